@@ -1,0 +1,129 @@
+"""The `tuner` command line: argparse parsers and main(). Each command maps its flags onto a call."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from tuner import __version__
+from tuner.errors import TunerError
+
+
+def _add_study_options(parser: argparse.ArgumentParser) -> None:
+    """Where the study lives; shared by every command that reads or writes one."""
+    group = parser.add_argument_group("study")
+    group.add_argument(
+        "--study-name",
+        help="study name (default: <dataset>-<model>-<device>, e.g. shapes-yolov8n-cpu)",
+    )
+    group.add_argument(
+        "--storage",
+        help="Optuna storage URL, e.g. postgresql://host/db for many machines "
+        "(default: sqlite:///<studies-dir>/<study-name>.db)",
+    )
+    group.add_argument(
+        "--studies-dir", type=Path, default=Path("studies"), help="where default SQLite studies go (default: studies/)"
+    )
+    group.add_argument(
+        "--results-dir", type=Path, default=Path("results"), help="where best.yaml and reports go (default: results/)"
+    )
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    """What to train on and where; shared by probe and train-best."""
+    group = parser.add_argument_group("what to train")
+    group.add_argument(
+        "--data", help="Ultralytics dataset YAML (default: the embedded synthetic shapes dataset, generated once)"
+    )
+    group.add_argument(
+        "--model",
+        help="model YAML (random init) or a local .pt (default: yolov8n.yaml; on the embedded dataset, "
+        "yolov8n pre-trained once on separate synthetic data)",
+    )
+    group.add_argument("--device", help="auto (mps > cuda > cpu), mps, cuda, cuda:N, N or cpu (default: auto)")
+    group.add_argument(
+        "--memory-budget",
+        help="memory a training may use: 800MB, 3GB, 2.5GiB, or a fraction of the device's usable memory "
+        "such as 0.7 (RAM for cpu and mps, the card for cuda; default: 0.7)",
+    )
+    group.add_argument(
+        "--config", type=Path, help="YAML file of settings (default: configs/probe.yaml if it exists here)"
+    )
+
+
+def _add_output_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("output")
+    group.add_argument("--quiet", action="store_true", help="print only warnings, errors and the final result")
+    group.add_argument("--json", action="store_true", help="print a machine-readable summary on stdout at the end")
+
+
+# ---------------------------------------------------------------------------------------------- probe
+
+
+def _add_probe(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "probe",
+        help="search imgsz, batch, mosaic and mixup with short, memory-watched probe trainings",
+        description="Run an Optuna study of short probe trainings, each in its own memory-watched process. "
+        "Trials that run out of memory are PRUNED with the reason and peak memory recorded; the best "
+        "stable config is written to <results-dir>/<study-name>/best.yaml. Re-running continues the study.",
+    )
+    _add_run_options(parser)
+    _add_study_options(parser)
+    search = parser.add_argument_group("search (flags override the config file)")
+    search.add_argument("--n-trials", type=int, help="trials the study should have in total (default: 10)")
+    search.add_argument("--timeout", type=float, help="stop starting new trials after this many seconds")
+    search.add_argument("--imgsz", help="imgsz choices, multiples of 32, comma-separated (default: 160,224,288,352)")
+    search.add_argument("--batch", help="batch choices, comma-separated (default: 2,4,8,16)")
+    search.add_argument("--mosaic", help="mosaic range LOW,HIGH within [0, 1] (default: 0,1)")
+    search.add_argument("--mixup", help="mixup range LOW,HIGH within [0, 1] (default: 0,0.3)")
+    search.add_argument("--probe-epochs", type=int, help="epochs each probe trains (default: 3)")
+    search.add_argument("--probe-fraction", type=float, help="fraction of the train split each probe uses")
+    search.add_argument("--trial-timeout", type=float, help="seconds before a probe is stopped as an error")
+    search.add_argument("--repeats", type=int, help="top configs re-run with another seed to measure noise")
+    search.add_argument("--safety-margin", type=float, help="headroom below the budget a stable config keeps")
+    search.add_argument("--seed", type=int, help="seed of the sampler and the probes")
+    _add_output_options(parser)
+    parser.set_defaults(func=_cmd_probe)
+
+
+def _cmd_probe(args: argparse.Namespace) -> int:
+    from tuner.study import run_probe
+
+    return run_probe(args)
+
+
+# ------------------------------------------------------------------------------------------------ main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tuner",
+        description="Find the most accurate Ultralytics YOLO training config that fits in memory "
+        "(tuner probe), train it without losing runs to OOM kills (tuner train-best), and review the "
+        "study (tuner report, tuner dashboard).",
+    )
+    parser.add_argument("--version", action="version", version=f"tuner {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_probe(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args)
+    except TunerError as exc:
+        if args.debug:
+            raise
+        print(f"tuner: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("tuner: interrupted; re-run the same command to continue.", file=sys.stderr)
+        return 130

@@ -1,0 +1,88 @@
+"""Where a study lives: its name, its Optuna storage URL, and opening it.
+
+The default storage is one SQLite file per study, `studies/<study-name>.db`; `--storage` takes any
+Optuna RDB URL (SQLite, PostgreSQL, MySQL) so that several machines can share one study.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+
+from tuner.errors import StudyError
+
+HEARTBEAT_INTERVAL = 10
+GRACE_PERIOD = 30
+
+
+def default_study_name(data: str | None, model: str, device_type: str) -> str:
+    """`<dataset>-<model>-<device>`, e.g. `shapes-yolov8n-cpu`: one study per dataset, model and device."""
+    data_stem = "shapes" if data is None else Path(data).stem
+    return f"{data_stem}-{Path(model).stem}-{device_type}"
+
+
+def storage_url(storage: str | None, studies_dir: Path, study_name: str) -> str:
+    """The URL given, or the default SQLite file under `studies_dir`."""
+    if storage:
+        return storage
+    return f"sqlite:///{(Path(studies_dir) / f'{study_name}.db').resolve()}"
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file behind a `sqlite:///` URL, or None for other databases."""
+    prefix = "sqlite:///"
+    return Path(url[len(prefix) :]) if url.startswith(prefix) else None
+
+
+def open_storage(
+    url: str,
+    *,
+    create: bool,
+    heartbeat_interval: int | None = None,
+    grace_period: int | None = None,
+    max_retry: int = 0,
+) -> optuna.storages.RDBStorage:
+    """Open an Optuna RDB storage, turning every way it can fail into one StudyError line.
+
+    With a heartbeat, trials left RUNNING by a tuner that died are failed once their heartbeat is
+    older than `grace_period`, and `RetryFailedTrialCallback` queues their parameters again.
+    """
+    path = sqlite_path(url)
+    if path is not None:
+        if not create and not path.exists():
+            raise StudyError(
+                f"No study database at {path}. Run `tuner probe` first, or pass --storage/--study-name "
+                "for an existing study."
+            )
+        if create:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StudyError(f"Cannot create {path.parent} for the study database ({exc.strerror}); "
+                                 "pass --studies-dir or --storage with a writable place.") from exc
+    kwargs = {}
+    if heartbeat_interval:
+        kwargs = {
+            "heartbeat_interval": heartbeat_interval,
+            "grace_period": grace_period or GRACE_PERIOD,
+            "failed_trial_callback": optuna.storages.RetryFailedTrialCallback(max_retry=max_retry),
+        }
+    try:
+        return optuna.storages.RDBStorage(url, **kwargs)
+    except Exception as exc:  # SQLAlchemy raises many types here; all mean the same to the user
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise StudyError(
+            f"Cannot open the study storage {url!r}: {reason}. "
+            "Pass --storage with a valid Optuna URL such as sqlite:///studies/mine.db."
+        ) from exc
+
+
+def load_study(study_name: str, url: str) -> optuna.Study:
+    """An existing study, read-only use (report, dashboard, train-best)."""
+    storage = open_storage(url, create=False)
+    names = [summary.study_name for summary in optuna.get_all_study_summaries(storage)]
+    if study_name not in names:
+        hint = f" Studies there: {', '.join(sorted(names))}." if names else " That storage holds no study yet."
+        raise StudyError(f"No study named {study_name!r} in {url}.{hint} Pass --study-name with one of them.")
+    return optuna.load_study(study_name=study_name, storage=storage)
