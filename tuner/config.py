@@ -1,0 +1,309 @@
+"""The resolved settings of a probe study: defaults, then a config file, then the flags the user passed.
+
+`DEFAULTS` is the single source of the defaults; `configs/probe.yaml` is a commented copy of it for
+users to edit (a test keeps the two equal). The result is a frozen `ProbeConfig`, validated here so
+that every later step can trust it; bad values raise `ConfigError` with one line naming the fix.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tuner.errors import ConfigError
+
+DEFAULT_CONFIG_FILE = Path("configs") / "probe.yaml"
+
+DEFAULTS: dict[str, Any] = {
+    "model": "yolov8n.yaml",
+    "data": None,
+    "device": "auto",
+    "memory_budget": 0.7,
+    "safety_margin": 0.1,
+    "n_trials": 10,
+    "timeout": None,
+    "metric": "metrics/mAP50-95(B)",
+    "sampler": "tpe",
+    "pruner": "median",
+    "seed": 0,
+    "space": {
+        "imgsz": [160, 224, 288, 352],
+        "batch": [2, 4, 8, 16],
+        "mosaic": [0.0, 1.0],
+        "mixup": [0.0, 0.3],
+    },
+    "probe": {
+        "epochs": 3,
+        "fraction": 1.0,
+        "optimizer": "AdamW",
+        "lr0": 0.001,
+        "warmup_epochs": 0.0,
+        "trial_timeout": 600.0,
+        "repeats": 2,
+    },
+    "heartbeat_interval": 10,
+    "grace_period": 30,
+}
+
+OPTIMIZERS = ("SGD", "Adam", "Adamax", "AdamW", "NAdam", "RAdam", "RMSProp")
+SAMPLERS = ("tpe", "random")
+PRUNERS = ("median", "none")
+METRIC_NAMES = {
+    "metrics/mAP50-95(B)": "mAP50-95",
+    "metrics/mAP50(B)": "mAP50",
+    "metrics/precision(B)": "precision",
+    "metrics/recall(B)": "recall",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Space:
+    """The search space: imgsz and batch are choices, mosaic and mixup are [low, high] ranges."""
+
+    imgsz: tuple[int, ...]
+    batch: tuple[int, ...]
+    mosaic: tuple[float, float]
+    mixup: tuple[float, float]
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeSettings:
+    """How long and how each probe trains."""
+
+    epochs: int
+    fraction: float
+    optimizer: str
+    lr0: float
+    warmup_epochs: float
+    trial_timeout: float
+    repeats: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeConfig:
+    model: str
+    data: str | None
+    device: str
+    memory_budget: str | float
+    safety_margin: float
+    n_trials: int
+    timeout: float | None
+    metric: str
+    sampler: str
+    pruner: str
+    seed: int
+    space: Space
+    probe: ProbeSettings
+    heartbeat_interval: int
+    grace_period: int
+
+    @property
+    def metric_name(self) -> str:
+        return METRIC_NAMES[self.metric]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready, as stored in the study's user attrs."""
+        out = dataclasses.asdict(self)
+        out["space"] = {key: list(value) for key, value in out["space"].items()}
+        out["metric_name"] = self.metric_name
+        return out
+
+
+# Settings that define what the study measures; a resumed study may not change them.
+IDENTITY_KEYS = ("model", "data", "metric", "space")
+IDENTITY_PROBE_KEYS = ("epochs", "fraction", "optimizer", "lr0", "warmup_epochs")
+
+
+def identity(config: dict[str, Any]) -> dict[str, Any]:
+    """The part of a stored or new config that must match for a study to be continued."""
+    out = {key: config.get(key) for key in IDENTITY_KEYS}
+    out["probe"] = {key: config.get("probe", {}).get(key) for key in IDENTITY_PROBE_KEYS}
+    return out
+
+
+def load(config_file: Path | None, overrides: dict[str, Any]) -> ProbeConfig:
+    """Defaults, then `config_file` (or configs/probe.yaml here, if present), then `overrides`.
+
+    `overrides` is nested like the file, holding only what the user passed on the command line.
+    """
+    merged = copy.deepcopy(DEFAULTS)
+    if config_file is None and DEFAULT_CONFIG_FILE.is_file():
+        config_file = DEFAULT_CONFIG_FILE
+    if config_file is not None:
+        _merge(merged, read_file(config_file), source=str(config_file))
+    _merge(merged, overrides, source="the command line")
+    return _build(merged)
+
+
+def read_file(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"Config file {path} does not exist; pass --config with an existing YAML file.")
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"Config file {path} is not valid YAML{where}; fix the syntax there.") from exc
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"Config file {path} must be a mapping of settings (key: value), not a {type(loaded).__name__}.")
+    return loaded
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any], *, source: str, prefix: str = "") -> None:
+    for key, value in update.items():
+        if key not in base:
+            raise ConfigError(f"Unknown setting `{prefix}{key}` in {source}.{_suggest(key, base)}")
+        if isinstance(base[key], dict):
+            if not isinstance(value, dict):
+                raise ConfigError(f"`{prefix}{key}` in {source} must be a mapping with keys {', '.join(base[key])}.")
+            _merge(base[key], value, source=source, prefix=f"{prefix}{key}.")
+        else:
+            base[key] = value
+
+
+def _suggest(key: str, known: dict[str, Any]) -> str:
+    close = difflib.get_close_matches(str(key), list(known), n=1, cutoff=0.6)
+    if close:
+        return f" Did you mean `{close[0]}`?"
+    return f" Known settings: {', '.join(known)}."
+
+
+def _build(raw: dict[str, Any]) -> ProbeConfig:
+    space = raw["space"]
+    probe = raw["probe"]
+    if raw["metric"] not in METRIC_NAMES:
+        raise ConfigError(f"The value of `metric` is {raw['metric']!r}, but must be one of: {', '.join(METRIC_NAMES)}.")
+    return ProbeConfig(
+        model=_text(raw["model"], "model"),
+        data=None if raw["data"] is None else _text(raw["data"], "data"),
+        device=str(raw["device"]),
+        memory_budget=raw["memory_budget"],
+        safety_margin=_fraction(raw["safety_margin"], "safety_margin", low=0.0, high=0.9, high_open=True),
+        n_trials=_positive_int(raw["n_trials"], "n_trials"),
+        timeout=None if raw["timeout"] is None else _positive_float(raw["timeout"], "timeout"),
+        metric=raw["metric"],
+        sampler=_choice(raw["sampler"], "sampler", SAMPLERS),
+        pruner=_choice(raw["pruner"], "pruner", PRUNERS),
+        seed=_int(raw["seed"], "seed"),
+        space=Space(
+            imgsz=_imgsz_choices(space["imgsz"]),
+            batch=tuple(_positive_int(value, "batch") for value in _as_list(space["batch"], "batch")),
+            mosaic=_range(space["mosaic"], "mosaic"),
+            mixup=_range(space["mixup"], "mixup"),
+        ),
+        probe=ProbeSettings(
+            epochs=_positive_int(probe["epochs"], "probe.epochs"),
+            fraction=_fraction(probe["fraction"], "probe.fraction", low=0.0, high=1.0, low_open=True),
+            optimizer=_choice(probe["optimizer"], "probe.optimizer", OPTIMIZERS),
+            lr0=_positive_float(probe["lr0"], "probe.lr0"),
+            warmup_epochs=_fraction(probe["warmup_epochs"], "probe.warmup_epochs", low=0.0, high=1e9),
+            trial_timeout=_positive_float(probe["trial_timeout"], "probe.trial_timeout"),
+            repeats=_non_negative_int(probe["repeats"], "probe.repeats"),
+        ),
+        heartbeat_interval=_positive_int(raw["heartbeat_interval"], "heartbeat_interval"),
+        grace_period=_positive_int(raw["grace_period"], "grace_period"),
+    )
+
+
+def _text(value: Any, name: str) -> str:
+    if not isinstance(value, (str, Path)) or not str(value).strip():
+        raise ConfigError(f"The value of `{name}` is {value!r}, but must be a path or name.")
+    return str(value)
+
+
+def _int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"The value of `{name}` is {value!r}, but must be an integer.")
+    return value
+
+
+def _positive_int(value: Any, name: str) -> int:
+    if _int(value, name) <= 0:
+        raise ConfigError(f"The value of `{name}` is {value}, but must be a positive integer.")
+    return value
+
+
+def _non_negative_int(value: Any, name: str) -> int:
+    if _int(value, name) < 0:
+        raise ConfigError(f"The value of `{name}` is {value}, but must be 0 or more.")
+    return value
+
+
+def _number(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"The value of `{name}` is {value!r}, but must be a number.")
+    return float(value)
+
+
+def _positive_float(value: Any, name: str) -> float:
+    if _number(value, name) <= 0:
+        raise ConfigError(f"The value of `{name}` is {value}, but must be greater than 0.")
+    return float(value)
+
+
+def _fraction(
+    value: Any, name: str, *, low: float, high: float, low_open: bool = False, high_open: bool = False
+) -> float:
+    number = _number(value, name)
+    too_low = number <= low if low_open else number < low
+    too_high = number >= high if high_open else number > high
+    if too_low or too_high:
+        left, right = "(" if low_open else "[", ")" if high_open else "]"
+        raise ConfigError(f"The value of `{name}` is {value}, but must be in {left}{low:g}, {high:g}{right}.")
+    return number
+
+
+def _choice(value: Any, name: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        close = difflib.get_close_matches(str(value), choices, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"The value of `{name}` is {value!r}, but must be one of: {', '.join(choices)}.{hint}")
+    return value
+
+
+def _as_list(value: Any, name: str) -> list[Any]:
+    values = value if isinstance(value, (list, tuple)) else [value]
+    if not values:
+        raise ConfigError(f"`{name}` needs at least one value.")
+    return list(values)
+
+
+def _imgsz_choices(value: Any) -> tuple[int, ...]:
+    sizes = []
+    for size in _as_list(value, "imgsz"):
+        _positive_int(size, "imgsz")
+        if size % 32:
+            raise ConfigError(
+                f"The value of `imgsz` is {size}, but must be a multiple of 32 (YOLO's largest stride); "
+                f"try {max(32, round(size / 32) * 32)}."
+            )
+        sizes.append(size)
+    return tuple(sorted(set(sizes)))
+
+
+def _range(value: Any, name: str) -> tuple[float, float]:
+    values = _as_list(value, name)
+    if len(values) == 1:
+        values = values * 2
+    if len(values) != 2:
+        raise ConfigError(f"`{name}` must be a range [low, high] or one fixed value, not {value!r}.")
+    low, high = (_fraction(number, name, low=0.0, high=1.0) for number in values)
+    if low > high:
+        raise ConfigError(f"`{name}` range is [{low:g}, {high:g}], but low must not exceed high.")
+    return (low, high)
+
+
+def parse_list(text: str, flag: str, kind: type) -> list[Any]:
+    """A comma-separated flag value such as `--imgsz 160,224` into numbers."""
+    try:
+        return [kind(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        example = "160,224,288" if kind is int else "0,0.5"
+        raise ConfigError(f"`{flag}` must be comma-separated numbers like {example}; got {text!r}.") from None
