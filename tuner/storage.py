@@ -86,3 +86,21 @@ def load_study(study_name: str, url: str) -> optuna.Study:
         hint = f" Studies there: {', '.join(sorted(names))}." if names else " That storage holds no study yet."
         raise StudyError(f"No study named {study_name!r} in {url}.{hint} Pass --study-name with one of them.")
     return optuna.load_study(study_name=study_name, storage=storage)
+
+
+def resolve_study_name(study_name: str | None, storage: str | None, studies_dir: Path) -> str:
+    """The study to read: the one named, else the only one in `--storage` (or in `studies_dir/*.db`)."""
+    if study_name:
+        return study_name
+    if storage:
+        names = sorted(optuna.get_all_study_names(open_storage(storage, create=False)))
+        where = storage
+    else:
+        names = sorted(path.stem for path in Path(studies_dir).glob("*.db"))
+        where = f"{studies_dir}/"
+    if len(names) == 1:
+        return names[0]
+    if not names:
+        raise StudyError(f"No study in {where}. Run `tuner probe` first, or pass --storage/--studies-dir "
+                         "where the study is.")
+    raise StudyError(f"{len(names)} studies in {where}: {', '.join(names)}. Pass --study-name with one of them.")

@@ -1,0 +1,32 @@
+"""What is known not to fit: memory grows with imgsz and with batch, so a config at least as large
+in both as one that ran out of memory will too, and is not worth a process start to find out.
+
+mosaic and mixup change pixels, not tensor sizes, so they do not enter the comparison.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import optuna
+
+
+def observed_ooms(trials: Iterable[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
+    """Trials that really ran and ran out of memory (not ones inferred to)."""
+    return [
+        trial
+        for trial in trials
+        if trial.user_attrs.get("outcome") == "oom" and "inferred_from" not in trial.user_attrs
+    ]
+
+
+def inferred_oom(params: dict[str, Any], trials: Iterable[optuna.trial.FrozenTrial]) -> optuna.trial.FrozenTrial | None:
+    """An observed OOM at no larger imgsz and batch than `params`, if there is one (the smallest)."""
+    dominated = [
+        trial
+        for trial in observed_ooms(trials)
+        if trial.params.get("imgsz", 0) <= params["imgsz"] and trial.params.get("batch", 0) <= params["batch"]
+    ]
+    if not dominated:
+        return None
+    return min(dominated, key=lambda trial: (trial.params["imgsz"] * trial.params["batch"], trial.number))

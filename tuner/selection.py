@@ -1,0 +1,75 @@
+"""The study's noise, and the best *stable* config.
+
+Stable: the trial completed and its peak memory stayed within the budget minus the safety margin.
+Noise: the same config probed again with another seed scores differently; the mean absolute
+difference over such pairs is the study's spread. Among stable configs whose mean metric is within
+that spread of the best, the one with the lowest peak memory (the most headroom) is chosen.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import defaultdict
+from statistics import mean
+from typing import Any, Iterable
+
+import optuna
+from optuna.trial import TrialState
+
+from tuner.space import config_key
+
+
+@dataclasses.dataclass(frozen=True)
+class Choice:
+    trial: optuna.trial.FrozenTrial  # the first trial of the chosen config
+    value: float  # mean metric over the config's stable trials
+    runs: int
+    peak_mb: float  # the largest peak of its runs
+    best_value: float  # the highest mean of any stable config
+    spread: float | None
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.trial.params)
+
+
+def is_stable(trial: optuna.trial.FrozenTrial, limit_mb: float) -> bool:
+    peak = trial.user_attrs.get("peak_mem_mb")
+    return (
+        trial.state == TrialState.COMPLETE
+        and trial.value is not None
+        and trial.user_attrs.get("outcome") == "ok"
+        and peak is not None
+        and peak <= limit_mb
+    )
+
+
+def noise(trials: Iterable[optuna.trial.FrozenTrial]) -> dict[str, Any]:
+    """Pairs (original, repeat, |difference|) of completed repeats, and their mean difference."""
+    by_number = {trial.number: trial for trial in trials}
+    pairs = []
+    for trial in by_number.values():
+        original = by_number.get(trial.user_attrs.get("repeat_of", -1))
+        if original is None or trial.state != TrialState.COMPLETE or original.state != TrialState.COMPLETE:
+            continue
+        pairs.append([original.number, trial.number, round(abs(trial.value - original.value), 6)])
+    spread = round(mean(pair[2] for pair in pairs), 6) if pairs else None
+    return {"pairs": pairs, "spread": spread}
+
+
+def best_stable(trials: Iterable[optuna.trial.FrozenTrial], limit_mb: float, spread: float | None) -> Choice | None:
+    groups: dict[tuple, list[optuna.trial.FrozenTrial]] = defaultdict(list)
+    for trial in trials:
+        if is_stable(trial, limit_mb):
+            groups[config_key(trial.params)].append(trial)
+    if not groups:
+        return None
+    summaries = [
+        (mean(t.value for t in runs), max(t.user_attrs["peak_mem_mb"] for t in runs), min(runs, key=lambda t: t.number), len(runs))
+        for runs in groups.values()
+    ]
+    best_value = max(summary[0] for summary in summaries)
+    tolerance = spread or 0.0
+    close = [summary for summary in summaries if summary[0] >= best_value - tolerance]
+    value, peak, first, runs = min(close, key=lambda summary: (summary[1], -summary[0]))
+    return Choice(trial=first, value=value, runs=runs, peak_mb=peak, best_value=best_value, spread=spread)

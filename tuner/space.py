@@ -1,0 +1,32 @@
+"""The search space as Optuna suggestions: imgsz and batch are choices, mosaic and mixup ranges."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+
+from tuner.config import Space
+
+STEP = 0.05  # mosaic/mixup in steps of 0.05 where the range allows: readable, and repeats match exactly
+
+
+def suggest(trial: optuna.Trial, space: Space) -> dict[str, Any]:
+    return {
+        "imgsz": trial.suggest_categorical("imgsz", list(space.imgsz)),
+        "batch": trial.suggest_categorical("batch", list(space.batch)),
+        "mosaic": _suggest_range(trial, "mosaic", space.mosaic),
+        "mixup": _suggest_range(trial, "mixup", space.mixup),
+    }
+
+
+def _suggest_range(trial: optuna.Trial, name: str, bounds: tuple[float, float]) -> float:
+    low, high = bounds
+    steps = (high - low) / STEP
+    step = STEP if abs(steps - round(steps)) < 1e-9 and high > low else None
+    return round(trial.suggest_float(name, low, high, step=step), 4)
+
+
+def config_key(params: dict[str, Any]) -> tuple:
+    """Trials with equal keys trained the same config (repeats differ only in their seed)."""
+    return (params["imgsz"], params["batch"], round(params["mosaic"], 3), round(params["mixup"], 3))
