@@ -95,6 +95,7 @@ def run_probe_process(
     module: str = "tuner.probe",
 ) -> Outcome:
     """Run `python -m <module> spec.json` to its end; `on_epoch(record)` returning True prunes it."""
+    trial_dir = Path(trial_dir).resolve()
     trial_dir.mkdir(parents=True, exist_ok=True)
     paths = {name: trial_dir / name for name in ("spec.json", "result.json", "progress.jsonl", "log.txt")}
     device_file = trial_dir / "device_bytes" if device.kind != "cpu" else None

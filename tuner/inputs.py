@@ -1,0 +1,63 @@
+"""The dataset and model a study trains on, checked before any trial starts.
+
+The parent process never imports Ultralytics (that would create or touch the user's own Ultralytics
+settings, and cost seconds); model names are checked against the files Ultralytics ships.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+
+from tuner import data
+from tuner.errors import ConfigError
+
+DEFAULT_MODEL = "yolov8n.yaml"
+
+
+def dataset(requested: str | None) -> Path:
+    """The data YAML to train on: the embedded synthetic dataset, or the user's, checked."""
+    if requested is None:
+        return data.embedded_dataset()
+    return data.check_dataset(requested)
+
+
+def model(requested: str, *, embedded: bool) -> Path | str:
+    """A local .pt, a model YAML file, or the name of one Ultralytics ships (random init).
+
+    On the embedded dataset the default model starts from tuner's base checkpoint (yolov8n trained
+    once on separate synthetic data): a short probe from random weights measures nothing.
+    """
+    if embedded and requested == DEFAULT_MODEL:
+        return data.base_checkpoint()
+    path = Path(requested).expanduser()
+    suffix = path.suffix.lower()
+    if suffix == ".pt":
+        if not path.is_file():
+            raise ConfigError(
+                f"Model weights {requested} not found; tuner never downloads weights. Pass a local .pt file "
+                "or a model YAML such as yolov8n.yaml."
+            )
+        return path.resolve()
+    if suffix not in (".yaml", ".yml"):
+        raise ConfigError(f"--model {requested!r} must be a model YAML (e.g. yolov8n.yaml) or a local .pt file.")
+    if path.is_file():
+        return path.resolve()
+    if _shipped_model_yaml(path.name):
+        return requested
+    raise ConfigError(
+        f"Model YAML {requested!r} is neither a file nor a model Ultralytics ships; check the name "
+        "(e.g. yolov8n.yaml, yolo11s.yaml) or pass a path."
+    )
+
+
+def _shipped_model_yaml(name: str) -> bool:
+    """Ultralytics resolves yolov8n.yaml to cfg/models/v8/yolov8.yaml with scale n."""
+    spec = importlib.util.find_spec("ultralytics")
+    if spec is None or not spec.submodule_search_locations:
+        return False
+    models = Path(spec.submodule_search_locations[0]) / "cfg" / "models"
+    unscaled = re.sub(r"(\d+)([nslmx])(.+)?$", r"\1\3", Path(name).stem)
+    wanted = {Path(name).stem, unscaled}
+    return any(found.stem in wanted for found in models.rglob("*.yaml"))
