@@ -94,6 +94,66 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     return run_probe(args)
 
 
+# --------------------------------------------------------------------------------------------- report
+
+
+def _add_report(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "report",
+        help="write report.md, trials.csv and plots of a study to <results-dir>/<study-name>/",
+        description="Summarize a study for people: the best stable config and the command to train it, "
+        "trials by outcome, the imgsz x batch memory frontier, the top configs, why trials were pruned, ran "
+        "out of memory or failed, and the seed noise; with PNG plots. Also leaves notes for optuna-dashboard.",
+    )
+    _add_study_options(parser)
+    _add_output_options(parser)
+    parser.set_defaults(func=_cmd_report)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from tuner.report import run_report
+
+    return run_report(
+        study_name=args.study_name,
+        storage=args.storage,
+        studies_dir=args.studies_dir,
+        results_dir=args.results_dir,
+        quiet=args.quiet,
+        as_json=args.json,
+    )
+
+
+# ------------------------------------------------------------------------------------------ dashboard
+
+
+def _add_dashboard(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "dashboard",
+        help="serve optuna-dashboard on the study's storage",
+        description="Start optuna-dashboard on the study's storage (Ctrl-C stops it), after saving Markdown "
+        "notes on the study and its best trial that say what was found and what to run next. The plain "
+        "`optuna-dashboard sqlite:///studies/<name>.db` works too.",
+    )
+    _add_study_options(parser)
+    group = parser.add_argument_group("server")
+    group.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    group.add_argument("--port", type=int, default=8080, help="port to listen on (default: 8080)")
+    parser.set_defaults(func=_cmd_dashboard)
+
+
+def _cmd_dashboard(args: argparse.Namespace) -> int:
+    from tuner.dashboard import run_dashboard
+
+    return run_dashboard(
+        study_name=args.study_name,
+        storage=args.storage,
+        studies_dir=args.studies_dir,
+        results_dir=args.results_dir,
+        host=args.host,
+        port=args.port,
+    )
+
+
 # ------------------------------------------------------------------------------------------------ main
 
 
@@ -108,6 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_probe(subparsers)
+    _add_report(subparsers)
+    _add_dashboard(subparsers)
     return parser
 
 

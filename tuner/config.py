@@ -169,10 +169,17 @@ def _merge(base: dict[str, Any], update: dict[str, Any], *, source: str, prefix:
 
 
 def _suggest(key: str, known: dict[str, Any]) -> str:
+    """The closest known setting: at this level first, else anywhere (`imgsz` lives under `space`)."""
     close = difflib.get_close_matches(str(key), list(known), n=1, cutoff=0.6)
     if close:
         return f" Did you mean `{close[0]}`?"
-    return f" Known settings: {', '.join(known)}."
+    everywhere = {f"{section}.{name}": name for section, value in DEFAULTS.items() if isinstance(value, dict) for name in value}
+    everywhere.update({name: name for name in DEFAULTS})
+    close = difflib.get_close_matches(str(key), list(everywhere.values()), n=1, cutoff=0.6)
+    if close:
+        dotted = next(path for path, name in everywhere.items() if name == close[0])
+        return f" Did you mean `{dotted}`?"
+    return f" Known settings here: {', '.join(known)}."
 
 
 def _build(raw: dict[str, Any]) -> ProbeConfig:
@@ -262,7 +269,8 @@ def _fraction(
 
 def _choice(value: Any, name: str, choices: tuple[str, ...]) -> str:
     if value not in choices:
-        close = difflib.get_close_matches(str(value), choices, n=1)
+        same_but_case = [choice for choice in choices if choice.lower() == str(value).lower()]
+        close = same_but_case or difflib.get_close_matches(str(value), choices, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise ConfigError(f"The value of `{name}` is {value!r}, but must be one of: {', '.join(choices)}.{hint}")
     return value

@@ -283,3 +283,238 @@ def _draw_shape(rng: np.random.Generator, image: np.ndarray, cls: int, slot: tup
     x_low, y_low = np.clip(points.min(0), 0, size)
     x_high, y_high = np.clip(points.max(0), 0, size)
     return float(x_low), float(y_low), float(x_high), float(y_high)
+
+
+# ------------------------------------------------------------------------------------------ base checkpoint
+
+
+def base_checkpoint(device: str = "cpu", notify: Callable[[str], None] | None = None) -> Path:
+    """yolov8n trained once from `yolov8n.yaml` on `BASE_DATA`, so that short probes on the embedded dataset
+    fine-tune from a model that already detects shapes. Built in a child process on first use, then cached.
+
+    `notify` gets the one-line notice printed before a build (default: stderr).
+    """
+    target = offline.cache_dir() / "weights" / f"{BASE_RECIPE.key}.pt"
+    if target.exists():
+        return target
+    data_yaml = build_shapes(BASE_DATA)
+    log_path = target.with_suffix(".log")
+
+    def build(tmp: Path) -> None:
+        (notify or _print_stderr)(
+            f"Building the base checkpoint once (about {BASE_RECIPE.minutes} minutes on 2 CPU cores); log: {log_path}"
+        )
+        project = tmp.with_name(f"{tmp.name}-project")  # matches the stale pattern, so a killed build is swept
+        command = [sys.executable, "-m", "tuner.data", "base", "--data", str(data_yaml)]
+        command += ["--project", str(project), "--device", device]
+        try:
+            with open(log_path, "w") as log:
+                child = subprocess.run(command, env=_base_env(), stdout=log, stderr=subprocess.STDOUT, check=False)
+            weights = project / "base" / "weights" / "last.pt"
+            if child.returncode != 0 or not weights.exists():
+                raise TunerError(
+                    f"Building the base checkpoint failed (exit status {child.returncode}); see {log_path}, "
+                    "or pass --model with weights of your own."
+                )
+            shutil.copyfile(weights, tmp)
+        finally:
+            shutil.rmtree(project, ignore_errors=True)
+
+    return _build_atomically(target, build)
+
+
+def _print_stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _base_env() -> dict[str, str]:
+    """Ultralytics pins torch to one thread unless OMP_NUM_THREADS is set; the one-off build may use every core."""
+    threads = os.environ.get("OMP_NUM_THREADS") or str(min(len(os.sched_getaffinity(0)), 16))
+    return offline.child_env({"OMP_NUM_THREADS": threads})
+
+
+def _train_base(data_yaml: Path, project: Path, device: str) -> None:
+    """Inside the child: train yolov8n from its YAML. Ultralytics strips the optimizer from last.pt at the end."""
+    from ultralytics import YOLO
+
+    offline.settle()
+    recipe = BASE_RECIPE
+    YOLO("yolov8n.yaml").train(
+        data=str(data_yaml),
+        epochs=recipe.epochs,
+        imgsz=recipe.imgsz,
+        batch=recipe.batch,
+        nbs=recipe.batch,  # one optimizer step per batch: from scratch, steps matter more than batch size
+        optimizer=recipe.optimizer,
+        lr0=recipe.lr0,
+        warmup_epochs=1,
+        close_mosaic=max(recipe.epochs // 4, 1),
+        seed=recipe.seed,
+        deterministic=True,
+        plots=False,
+        save=True,
+        workers=0,
+        device=device,
+        amp=False,
+        exist_ok=True,
+        project=str(project),
+        name="base",
+        verbose=False,
+    )
+
+
+# ------------------------------------------------------------------------------------- user dataset checks
+
+
+def check_dataset(path: str | Path, out_dir: Path | None = None) -> Path:
+    """Check a user's Ultralytics dataset YAML before any training; return the path of a resolved copy.
+
+    The copy keeps every key of the original, with `path` and the `train`/`val`/`test` entries made absolute, so
+    Ultralytics has nothing left to resolve (nor any reason to download). It is written atomically to
+    `out_dir/<stem>.yaml`, by default to the cache's resolved/ folder under a name that includes a hash of the
+    YAML's absolute path. Raises DataError with one line naming the problem and the fix.
+
+    A relative `path:` is looked up from the current folder first (as Ultralytics does), then from the YAML's
+    folder; without `path:` the YAML's folder is the root.
+    """
+    yaml_path = Path(path).expanduser()
+    if not yaml_path.exists():
+        raise DataError(f"The dataset YAML {yaml_path} does not exist; pass --data with the path of a dataset YAML.")
+    if yaml_path.is_dir():
+        raise DataError(f"--data {yaml_path} is a folder; pass the dataset YAML inside it instead.")
+    yaml_path = yaml_path.resolve()
+    try:
+        data = yaml.safe_load(yaml_path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where else ""
+        raise DataError(f"The dataset YAML {yaml_path} is not valid YAML{line}; fix its syntax.") from None
+    if not isinstance(data, dict):
+        raise DataError(
+            f"The dataset YAML {yaml_path} holds a {type(data).__name__}, not a mapping; "
+            "it needs keys such as `train: images/train`, `val: images/val` and `names: {0: cat}`."
+        )
+    for key, example in (("train", "images/train"), ("val", "images/val"), ("names", "{0: cat, 1: dog}")):
+        if data.get(key) in (None, "", [], {}):
+            raise DataError(f"The dataset YAML {yaml_path} has no `{key}`; add e.g. `{key}: {example}`.")
+    if not isinstance(data["names"], (list, dict)):
+        raise DataError(f"`names` in {yaml_path} must be a list or a mapping, e.g. `names: {{0: cat, 1: dog}}`.")
+    root = _dataset_root(data.get("path"), yaml_path)
+    resolved = dict(data, path=str(root))
+    for split in ("train", "val", "test"):
+        if data.get(split) in (None, ""):
+            continue
+        entries = _split_entries(data[split], split, yaml_path, root)
+        resolved[split] = [str(entry) for entry in entries] if isinstance(data[split], list) else str(entries[0])
+        if split != "test":
+            images = _split_images(entries, split, yaml_path)
+            if not any(os.path.exists(label) for label in _label_paths(images)):
+                raise DataError(
+                    f"None of the {len(images)} `{split}` images of {yaml_path} has a label file "
+                    f"(looked for e.g. {_label_paths(images[:1])[0]}); YOLO labels go in a `labels` folder beside "
+                    "`images`, one .txt per image."
+                )
+    return _write_resolved(resolved, yaml_path, out_dir)
+
+
+def _dataset_root(value: object, yaml_path: Path) -> Path:
+    if value in (None, ""):
+        return yaml_path.parent
+    if not isinstance(value, str):
+        raise DataError(f"`path` in {yaml_path} must be a folder name, not {value!r}.")
+    given = Path(value).expanduser()
+    if given.is_absolute():
+        if not given.is_dir():
+            raise DataError(f"`path: {value}` in {yaml_path} is not a folder; fix `path:` to the dataset's root.")
+        return given
+    for base in (Path.cwd(), yaml_path.parent):
+        if (base / given).is_dir():
+            return (base / given).resolve()
+    raise DataError(
+        f"`path: {value}` in {yaml_path} was found neither in the current folder nor beside the YAML; "
+        "make it absolute or relative to the YAML's folder."
+    )
+
+
+def _split_entries(value: object, split: str, yaml_path: Path, root: Path) -> list[Path]:
+    """The absolute folders or list files of one split; Ultralytics' '../' fallback included."""
+    raw = value if isinstance(value, list) else [value]
+    if not all(isinstance(item, str) and item for item in raw):
+        raise DataError(f"`{split}` in {yaml_path} must be a path or a list of paths, not {value!r}.")
+    entries = []
+    for item in raw:
+        entry = (root / item).resolve()
+        if not entry.exists() and item.startswith("../"):
+            entry = (root / item[3:]).resolve()
+        if not entry.exists():
+            raise DataError(
+                f"The `{split}` images of {yaml_path} are missing: {entry} does not exist; "
+                f"fix `{split}:` (relative to `path:`, here {root})."
+            )
+        entries.append(entry)
+    return entries
+
+
+def _split_images(entries: list[Path], split: str, yaml_path: Path) -> list[str]:
+    """Image files of one split, found the way Ultralytics finds them (folders recursively, or list files)."""
+    import glob
+
+    images = []
+    for entry in entries:
+        if entry.is_dir():
+            found = glob.glob(os.path.join(glob.escape(str(entry)), "**", "*.*"), recursive=True)
+        else:  # a text file listing images; './' lines are relative to it, others to the current folder
+            try:
+                lines = entry.read_text(encoding="utf-8-sig").strip().splitlines()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise DataError(f"The `{split}` list {entry} of {yaml_path} cannot be read ({exc}).") from None
+            found = [str(entry.parent / line[2:]) if line.startswith("./") else line for line in lines]
+        images += [name for name in found if name.rpartition(".")[-1].lower() in IMAGE_SUFFIXES]
+    if not images:
+        shown = ", ".join(str(entry) for entry in entries)
+        raise DataError(
+            f"No images found for `{split}` in {shown} (from {yaml_path}); "
+            f"add .jpg or .png files there or point `{split}:` at the folder that has them."
+        )
+    return images
+
+
+def _label_paths(images: list[str]) -> list[str]:
+    """Ultralytics' img2label_paths: the last /images/ becomes /labels/, the suffix .txt."""
+    images_dir, labels_dir = f"{os.sep}images{os.sep}", f"{os.sep}labels{os.sep}"
+    return [labels_dir.join(name.rsplit(images_dir, 1)).rsplit(".", 1)[0] + ".txt" for name in images]
+
+
+def _write_resolved(resolved: dict, yaml_path: Path, out_dir: Path | None) -> Path:
+    if out_dir is None:
+        digest = hashlib.sha1(str(yaml_path).encode()).hexdigest()[:10]
+        target = offline.cache_dir() / "resolved" / f"{yaml_path.stem}-{digest}.yaml"
+    else:
+        target = Path(out_dir) / f"{yaml_path.stem}.yaml"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=target.parent, suffix=".tmp", delete=False) as tmp:
+        yaml.safe_dump(resolved, tmp, sort_keys=False)
+    os.replace(tmp.name, target)
+    return target
+
+
+# ----------------------------------------------------------------------------------------------- child entry
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m tuner.data base --data D --project P --device X`: what the base checkpoint's child process runs."""
+    parser = argparse.ArgumentParser(prog="python -m tuner.data")
+    commands = parser.add_subparsers(dest="command", required=True)
+    base = commands.add_parser("base", help="train the base checkpoint (run by base_checkpoint())")
+    base.add_argument("--data", type=Path, required=True)
+    base.add_argument("--project", type=Path, required=True)
+    base.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+    _train_base(args.data, args.project, args.device)
+    print(f"base checkpoint trained in {time.monotonic() - started:.0f} s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,103 @@
+"""Shared fixtures: a tiny real dataset, in-process CLI runs, and a hook on trial processes."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+import psutil
+import pytest
+
+from tuner import data
+from tuner.cli import main
+
+TINY = data.ShapesSpec(seed=7, n_train=8, n_val=4, image_size=160)
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """An 8 + 4 image shapes dataset: a probe at imgsz 64 trains on it in a few seconds."""
+    return data.build_shapes(TINY, root=tmp_path_factory.mktemp("datasets"))
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch) -> Path:
+    """Each test runs tuner in its own folder, so studies/ and results/ start empty."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture
+def run_cli(capsys):
+    """`tuner ...` in-process; returns (exit code, stdout, stderr)."""
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        code = main([str(arg) for arg in argv])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+def trial_processes() -> list[psutil.Process]:
+    """The probe/train processes started by this test process."""
+    found = []
+    for process in psutil.Process().children(recursive=True):
+        try:
+            if any(part in ("tuner.probe", "tuner.train") for part in process.cmdline()):
+                found.append(process)
+        except psutil.Error:
+            continue
+    return found
+
+
+class TrialHook:
+    """Calls `action(process, index)` on each new trial process, from a background thread."""
+
+    def __init__(self, action: Callable[[psutil.Process, int], None], delay: float = 0.0, limit: int = 1):
+        self.action = action
+        self.delay = delay
+        self.limit = limit
+        self.seen: set[int] = set()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> TrialHook:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()
+
+    def _run(self) -> None:
+        while not self.stop.is_set() and len(self.seen) < self.limit:
+            for process in trial_processes():
+                if process.pid not in self.seen:
+                    self.seen.add(process.pid)
+                    time.sleep(self.delay)
+                    self.action(process, len(self.seen) - 1)
+            time.sleep(0.02)
+
+
+@pytest.fixture
+def trial_hook():
+    return TrialHook
+
+
+def tiny_probe_args(data_yaml: Path, *extra: str) -> list[str]:
+    """A probe small enough for the default test run: random-init yolov8n at imgsz 64, one epoch."""
+    return [
+        "probe",
+        "--data", str(data_yaml),
+        "--model", "yolov8n.yaml",
+        "--device", "cpu",
+        "--imgsz", "64",
+        "--batch", "2,4",
+        "--probe-epochs", "1",
+        "--repeats", "0",
+        *extra,
+    ]
+

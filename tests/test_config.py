@@ -1,0 +1,75 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tuner import config
+from tuner.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_shipped_config_file_matches_code_defaults():
+    shipped = yaml.safe_load((REPO / "configs" / "probe.yaml").read_text())
+    assert shipped == config.DEFAULTS
+
+
+def test_file_overrides_defaults_and_flags_override_file(tmp_path):
+    path = tmp_path / "probe.yaml"
+    path.write_text("n_trials: 7\nspace:\n  imgsz: [320, 256]\nprobe:\n  epochs: 5\n")
+    cfg = config.load(path, {"probe": {"epochs": 2}, "seed": 3})
+    assert cfg.n_trials == 7  # from the file
+    assert cfg.space.imgsz == (256, 320)  # from the file, sorted
+    assert cfg.space.batch == tuple(config.DEFAULTS["space"]["batch"])  # default kept
+    assert cfg.probe.epochs == 2  # the flag wins over the file
+    assert cfg.seed == 3
+
+
+def test_configs_probe_yaml_in_cwd_is_the_default_file(tmp_path, monkeypatch):
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "probe.yaml").write_text("n_trials: 4\n")
+    monkeypatch.chdir(tmp_path)
+    assert config.load(None, {}).n_trials == 4
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("imgsize: [320]\n", "Did you mean `space.imgsz`"),
+        ("space:\n  imgsize: [320]\n", "Did you mean `imgsz`"),
+        ("space:\n  imgsize: [320]\n", "`space.imgsize`"),
+        ("space:\n  imgsz: [630]\n", "imgsz` is 630, but must be a multiple of 32"),
+        ("space:\n  batch: [0, 4]\n", "`batch` is 0, but must be a positive integer"),
+        ("space:\n  mosaic: [0.2, 1.5]\n", "`mosaic` is 1.5, but must be in [0, 1]"),
+        ("space:\n  mixup: [0.5, 0.1]\n", "low must not exceed high"),
+        ("probe:\n  optimizer: adamw\n", "Did you mean 'AdamW'"),
+        ("n_trials: [1\n", "not valid YAML at line"),
+        ("- 1\n- 2\n", "must be a mapping"),
+    ],
+)
+def test_bad_config_files_name_the_problem(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        config.load(path, {})
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_missing_config_file():
+    with pytest.raises(ConfigError, match="does not exist"):
+        config.load(Path("nope.yaml"), {})
+
+
+def test_identity_ignores_settings_a_resumed_study_may_change():
+    base = config.load(None, {}).to_dict()
+    changed = config.load(None, {"n_trials": 50, "timeout": 60, "probe": {"repeats": 0}}).to_dict()
+    assert config.identity(base) == config.identity(changed)
+    other_space = config.load(None, {"space": {"imgsz": [320]}}).to_dict()
+    assert config.identity(base) != config.identity(other_space)
+
+
+def test_parse_list():
+    assert config.parse_list("160,224", "--imgsz", int) == [160, 224]
+    with pytest.raises(ConfigError, match="--imgsz` must be comma-separated"):
+        config.parse_list("160,abc", "--imgsz", int)

@@ -1,0 +1,54 @@
+import pytest
+
+from tuner.trial import classify
+
+
+def outcome(**facts):
+    defaults = {"returncode": 0, "result": None, "watchdog_reason": None, "stopped": None, "asked_batch": 8}
+    return classify(**{**defaults, **facts})
+
+
+def test_ok():
+    assert outcome(result={"status": "ok", "batch_used": 8}) == ("ok", None)
+
+
+def test_watchdog_kill_is_oom_whatever_else_happened():
+    assert outcome(returncode=-9, watchdog_reason="watchdog: 2000 MB is over") == ("oom", "watchdog: 2000 MB is over")
+
+
+@pytest.mark.parametrize("code", [-9, 137])
+def test_sigkill_from_outside_without_result_is_oom(code):
+    kind, reason = outcome(returncode=code)
+    assert kind == "oom"
+    assert "SIGKILL" in reason
+
+
+def test_halved_batch_is_oom_even_if_training_finished():
+    kind, reason = outcome(result={"status": "ok", "batch_used": 4})
+    assert kind == "oom"
+    assert "halved batch 8 -> 4" in reason
+
+
+def test_child_reported_oom_keeps_its_reason():
+    assert outcome(returncode=0, result={"status": "oom", "reason": "MPS backend out of memory"}) == (
+        "oom",
+        "MPS backend out of memory",
+    )
+
+
+def test_child_reported_error():
+    assert outcome(result={"status": "error", "message": "FileNotFoundError: x"}) == ("error", "FileNotFoundError: x")
+
+
+def test_other_signal_or_exit_code_without_result_is_error():
+    assert outcome(returncode=-11)[0] == "error"
+    assert "SIGSEGV" in outcome(returncode=-11)[1]
+    assert outcome(returncode=1) == ("error", "the trial process exited with code 1 without a result")
+
+
+def test_tuner_stops():
+    assert outcome(returncode=-9, stopped="pruned")[0] == "pruned"
+    assert outcome(returncode=-9, stopped="the trial ran longer than its 5 s timeout") == (
+        "error",
+        "the trial ran longer than its 5 s timeout",
+    )

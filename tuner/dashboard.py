@@ -1,0 +1,159 @@
+"""optuna-dashboard on a study's storage, with Markdown notes that say what was found and what next.
+
+The notes are optuna-dashboard's own (`save_note`, kept in the study's system attrs), so they show
+in `tuner dashboard` and in a plain `optuna-dashboard sqlite:///studies/<name>.db` alike.
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+from pathlib import Path
+
+import optuna
+import optuna_dashboard
+from optuna.trial import TrialState
+
+from tuner import selection
+from tuner.errors import ConfigError
+from tuner.report import Findings, summarize
+from tuner.storage import load_study, open_storage, resolve_study_name, storage_url
+
+
+def study_note(found: Findings) -> str:
+    """What the study found and what to run next, for the study's page."""
+    name = found.study.study_name
+    attrs = found.study.user_attrs
+    grid = found.frontier
+    lines = [f"## What tuner found in `{name}`", ""]
+    if found.best is None:
+        lines.append("**No stable config yet**: no trial finished within the stable limit.")
+    else:
+        lines.append(f"**Best stable config**: {_describe_best(found)}.")
+    if grid.budget_mb is not None and grid.stable_limit_mb is not None:
+        lines.append(
+            f"Budget {grid.budget_mb:.0f} MB on {attrs.get('device_name', attrs.get('device', '?'))}; a config is "
+            f"stable when its peak stays within {grid.stable_limit_mb:.0f} MB."
+        )
+    counts = ", ".join(f"{count} {outcome}" for outcome, count in found.counts.items() if count)
+    lines += ["", f"Trials: {counts or 'none yet'}. The user attrs `outcome`, `peak_mem_mb` and `oom_reason` say "
+              "why each trial ended."]  # fmt: skip
+    if grid.imgsz:
+        walls = "; ".join(f"imgsz {size}: {grid.largest_fitting_batch(size) or 'none'}" for size in grid.imgsz)
+        lines.append(f"Largest batch within the stable limit: {walls}.")
+    spread = (attrs.get("noise") or {}).get("spread")
+    if spread is not None:
+        lines.append(f"Seed noise: {found.metric_name} moves by about {spread:.4f} between repeats of one config.")
+    top = _top_unstable(found)
+    if top is not None:
+        lines.append(
+            f"The dashboard's *best trial* ({top.number}, {top.value:.4f}) is not used: its peak memory is over "
+            "the stable limit, so a full training could be killed for memory."
+        )
+    lines += ["", "## What to run next", ""]
+    if found.best is not None:
+        lines.append(f"- Train the best stable config: `{found.command}`")
+    else:
+        lines.append("- Raise `--memory-budget`, or add smaller `--imgsz`/`--batch` choices, and run `tuner probe` again.")
+    not_tried = sum(1 for cell in grid.cells.values() if cell.status == "not tried")
+    if not_tried:
+        lines.append(
+            f"- {not_tried} imgsz x batch combination(s) not tried yet: "
+            f"`tuner probe --study-name {name} --n-trials {len(found.trials) + 10}` continues this study."
+        )
+    lines.append(f"- Report with plots: `tuner report --study-name {name}` writes results/{name}/report.md.")
+    return "\n".join(lines)
+
+
+def best_trial_note(found: Findings) -> str:
+    return "\n".join([
+        "## Best stable config",
+        "",
+        f"tuner chose this trial's config: {_describe_best(found)}.",
+        "",
+        f"Next: `{found.command}`",
+    ])  # fmt: skip
+
+
+def unstable_trial_note(found: Findings, trial: optuna.trial.FrozenTrial) -> str:
+    peak = trial.user_attrs.get("peak_mem_mb")
+    return (
+        f"## Not chosen: over the stable limit\n\nThe highest {found.metric_name} of the study, but its peak memory "
+        f"({'?' if peak is None else f'{peak:.0f}'} MB) is over the stable limit of "
+        f"{found.frontier.stable_limit_mb:.0f} MB: a full training with it could be killed for memory. "
+        f"tuner chose trial {found.best['trial'] if found.best else '(none yet)'} instead."
+    )
+
+
+def _describe_best(found: Findings) -> str:
+    best = found.best
+    params = ", ".join(f"{key} {value}" for key, value in best["params"].items())
+    peak = best.get("peak_mem_mb")
+    value = best.get("value")
+    return (
+        f"trial {best['trial']}: {params}; {found.metric_name} {'?' if value is None else f'{value:.4f}'}, "
+        f"peak memory {'?' if peak is None else f'{peak:.0f}'} MB"
+    )
+
+
+def _top_unstable(found: Findings) -> optuna.trial.FrozenTrial | None:
+    """The highest-scoring completed trial, when it is not stable (and so not tuner's choice)."""
+    complete = [t for t in found.trials if t.state == TrialState.COMPLETE and t.value is not None]
+    limit = found.frontier.stable_limit_mb
+    if not complete or limit is None:
+        return None
+    top = max(complete, key=lambda trial: trial.value)
+    return None if selection.is_stable(top, limit) else top
+
+
+def save_notes(found: Findings) -> None:
+    """Notes on the study, on the best stable trial, and on a higher-scoring trial that is over the limit."""
+    study = found.study
+    _save_if_changed(study, study_note(found))
+    by_number = {trial.number: trial for trial in found.trials}
+    if found.best is not None and found.best["trial"] in by_number:
+        _save_if_changed(_live_trial(study, by_number[found.best["trial"]]), best_trial_note(found))
+    top = _top_unstable(found)
+    if top is not None:
+        _save_if_changed(_live_trial(study, top), unstable_trial_note(found, top))
+
+
+def _live_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> optuna.Trial:
+    """save_note wants an optuna.Trial; one made for a finished trial only reads it."""
+    return optuna.Trial(study, trial._trial_id)
+
+
+def _save_if_changed(study_or_trial: optuna.Study | optuna.Trial, body: str) -> None:
+    """Re-running the report leaves the note's version alone when nothing changed."""
+    if optuna_dashboard.get_note(study_or_trial) != body:
+        optuna_dashboard.save_note(study_or_trial, body)
+
+
+def _check_port(host: str, port: int) -> None:
+    try:
+        socket.create_server((host, port)).close()
+    except OSError as exc:
+        raise ConfigError(
+            f"Cannot listen on {host}:{port} ({exc.strerror or exc}); pass --port with a free port "
+            f"(e.g. --port {port + 1}) or --host with an address of this machine."
+        ) from exc
+
+
+def run_dashboard(
+    *, study_name: str | None, storage: str | None, studies_dir: Path, results_dir: Path, host: str, port: int
+) -> int:
+    """`tuner dashboard`: write the notes, then serve optuna-dashboard until Ctrl-C."""
+    name = resolve_study_name(study_name, storage, studies_dir)
+    url = storage_url(storage, studies_dir, name)
+    study = load_study(name, url)
+    save_notes(summarize(study, results_dir, url))
+    _check_port(host, port)
+    study_id = open_storage(url, create=False).get_study_id_from_name(name)
+    print(f"optuna-dashboard for study {name} ({url})")
+    print(f"Open http://{host}:{port}/dashboard/studies/{study_id}  (Ctrl-C to stop)", flush=True)
+    try:
+        optuna_dashboard.run_server(url, host=host, port=port)
+    except KeyboardInterrupt:
+        pass
+    print("Dashboard stopped.", file=sys.stderr)
+    return 0

@@ -1,0 +1,266 @@
+"""The report's PNG plots, drawn with matplotlib's Agg backend (imported only when a plot is drawn).
+
+Each function returns a `Plot`: the file written and what it shows, counted from the matplotlib
+artists themselves (cells, points per kind), so tests check the picture rather than the input.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+if TYPE_CHECKING:
+    from tuner.report import Frontier
+
+CELL_COLOURS = {
+    "ok": "#66bb6a",
+    "pruned": "#90caf9",
+    "oom": "#e57373",
+    "inferred": "#f8bbd0",
+    "error": "#bdbdbd",
+    "running": "#fff59d",
+    "not tried": "#f5f5f5",
+}
+OVER_LIMIT_COLOUR = "#ffb74d"
+POINT_STYLES = {  # kind: (colour, marker)
+    "stable": ("#2e7d32", "o"),
+    "over limit": ("#ef6c00", "o"),
+    "pruned": ("#1e88e5", "v"),
+    "oom": ("#c62828", "x"),
+    "error": ("#616161", "x"),
+}
+MEMORY_COLUMNS = ("peak_mem_mb", "mem_mb", "memory_mb")
+
+
+@dataclasses.dataclass(frozen=True)
+class Point:
+    """One trial on a plot. `value` is None for trials with no metric (oom, error)."""
+
+    trial: int
+    kind: str  # a key of POINT_STYLES
+    value: float | None
+    peak_mem_mb: float | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Plot:
+    path: Path
+    counts: dict[str, int]
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> None:
+    """Save through a temporary file and os.replace, so no reader sees a half-written PNG."""
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    finally:
+        _pyplot().close(fig)
+
+
+def _count(ax, gid: str) -> int:
+    """Points in the scatter collections (or patches, or texts) tagged with `gid`."""
+    offsets = sum(len(c.get_offsets()) for c in ax.collections if c.get_gid() == gid)
+    return offsets + sum(1 for a in [*ax.patches, *ax.texts] if a.get_gid() == gid)
+
+
+def plot_frontier(grid: Frontier, path: Path) -> Plot:
+    """imgsz rows x batch columns, each cell coloured by outcome and annotated with peak memory.
+
+    The stable limit is drawn as a staircase: left of it, each imgsz's batches that fit within it.
+    """
+    from matplotlib.patches import Patch, Rectangle
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(1.5 * max(len(grid.batch), 1) + 2.5, 0.8 * max(len(grid.imgsz), 1) + 1.8))
+    for row, size in enumerate(grid.imgsz):
+        for column, count in enumerate(grid.batch):
+            cell = grid.cells[(size, count)]
+            colour = OVER_LIMIT_COLOUR if cell.over_limit else CELL_COLOURS.get(cell.status, "white")
+            ax.add_patch(
+                Rectangle((column, row), 1, 1, facecolor=colour, edgecolor="white", linewidth=2,
+                          hatch="//" if cell.status == "inferred" else None, gid="cell")
+            )  # fmt: skip
+            ax.text(column + 0.5, row + 0.5, cell.label.replace(" (", "\n("), ha="center", va="center",
+                    fontsize=8, gid="cell-label")  # fmt: skip
+    budget_lines = 0
+    if grid.stable_limit_mb is not None and grid.imgsz:
+        xs, ys = [], []
+        for row, size in enumerate(grid.imgsz):
+            largest = grid.largest_fitting_batch(size)
+            wall = 0 if largest is None else grid.batch.index(largest) + 1
+            xs += [wall, wall]
+            ys += [row, row + 1]
+        budget = f"budget {grid.budget_mb:.0f} MB, " if grid.budget_mb is not None else ""
+        ax.plot(xs, ys, color="black", linewidth=3, gid="budget",
+                label=f"fits within the stable limit ({budget}limit {grid.stable_limit_mb:.0f} MB)")  # fmt: skip
+        budget_lines = 1
+    ax.set_xlim(0, max(len(grid.batch), 1))
+    ax.set_ylim(0, max(len(grid.imgsz), 1))
+    ax.set_xticks([column + 0.5 for column in range(len(grid.batch))], [str(b) for b in grid.batch])
+    ax.set_yticks([row + 0.5 for row in range(len(grid.imgsz))], [str(s) for s in grid.imgsz])
+    ax.set_xlabel("batch")
+    ax.set_ylabel("imgsz")
+    ax.set_title("Memory frontier: outcome and peak memory per config")
+    legend = [Patch(facecolor=colour, edgecolor="grey", label=status) for status, colour in CELL_COLOURS.items()]
+    legend.append(Patch(facecolor=OVER_LIMIT_COLOUR, edgecolor="grey", label="ok, over the stable limit"))
+    handles = legend + [line for line in ax.get_lines() if line.get_gid() == "budget"]
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
+    counts = {"cells": _count(ax, "cell"), "labels": _count(ax, "cell-label"), "budget_lines": budget_lines}
+    _save(fig, path)
+    return Plot(path, counts)
+
+
+def plot_accuracy_vs_memory(
+    points: Sequence[Point],
+    path: Path,
+    *,
+    metric_name: str,
+    budget_mb: float | None,
+    stable_limit_mb: float | None,
+    best_trial: int | None = None,
+) -> Plot:
+    """Metric against peak memory per trial, with the budget and stable limit as vertical lines.
+
+    Trials without a metric (oom, error) sit on the bottom edge at their peak memory, if it is known.
+    """
+    from matplotlib.transforms import blended_transform_factory
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 5))
+    bottom = blended_transform_factory(ax.transData, ax.transAxes)
+    for kind, (colour, marker) in POINT_STYLES.items():
+        chosen = [p for p in points if p.kind == kind and p.peak_mem_mb is not None]
+        if not chosen:
+            continue
+        xs = [p.peak_mem_mb for p in chosen]
+        if kind in ("oom", "error"):
+            ax.scatter(xs, [0.03] * len(xs), color=colour, marker=marker, transform=bottom, gid=kind,
+                       label=f"{kind} (no metric)", clip_on=False)  # fmt: skip
+        else:
+            ax.scatter(xs, [p.value for p in chosen], color=colour, marker=marker, gid=kind, label=kind)
+    best = [p for p in points if p.trial == best_trial and p.value is not None and p.peak_mem_mb is not None]
+    if best:
+        ax.scatter([best[0].peak_mem_mb], [best[0].value], marker="*", s=300, facecolor="none",
+                   edgecolor="black", gid="best", label=f"best stable (trial {best_trial})")  # fmt: skip
+    if budget_mb is not None:
+        ax.axvline(budget_mb, color="#c62828", gid="budget", label=f"budget {budget_mb:.0f} MB")
+    if stable_limit_mb is not None:
+        ax.axvline(stable_limit_mb, color="#ef6c00", linestyle="--", gid="stable-limit",
+                   label=f"stable limit {stable_limit_mb:.0f} MB")  # fmt: skip
+    ax.set_xlabel("peak memory (MB)")
+    ax.set_ylabel(metric_name)
+    ax.set_title(f"{metric_name} vs peak memory")
+    if not points:
+        ax.text(0.5, 0.5, "no trials yet", transform=ax.transAxes, ha="center")
+    ax.legend(fontsize=8, loc="best")
+    counts = {kind: _count(ax, kind) for kind in POINT_STYLES}
+    counts["best"] = _count(ax, "best")
+    counts["budget_lines"] = sum(1 for line in ax.get_lines() if line.get_gid() in ("budget", "stable-limit"))
+    _save(fig, path)
+    return Plot(path, counts)
+
+
+def plot_history(points: Sequence[Point], path: Path, *, metric_name: str) -> Plot:
+    """Metric per trial number, the best stable value so far as a step line, failures on the bottom edge."""
+    from matplotlib.transforms import blended_transform_factory
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    bottom = blended_transform_factory(ax.transData, ax.transAxes)
+    for kind, (colour, marker) in POINT_STYLES.items():
+        chosen = [p for p in points if p.kind == kind]
+        if not chosen:
+            continue
+        xs = [p.trial for p in chosen]
+        if kind in ("oom", "error"):
+            ax.scatter(xs, [0.03] * len(xs), color=colour, marker=marker, transform=bottom, gid=kind, label=kind,
+                       clip_on=False)  # fmt: skip
+        else:
+            ax.scatter(xs, [p.value for p in chosen], color=colour, marker=marker, gid=kind, label=kind)
+    stable = sorted((p.trial, p.value) for p in points if p.kind == "stable")
+    if stable:
+        best_so_far, running = [], float("-inf")
+        for _, value in stable:
+            running = max(running, value)
+            best_so_far.append(running)
+        ax.step([trial for trial, _ in stable], best_so_far, where="post", color="#2e7d32", gid="best-so-far",
+                label="best stable so far")  # fmt: skip
+    ax.set_xlabel("trial")
+    ax.set_ylabel(metric_name)
+    ax.set_title("Optimization history")
+    if not points:
+        ax.text(0.5, 0.5, "no trials yet", transform=ax.transAxes, ha="center")
+    ax.legend(fontsize=8, loc="best")
+    counts = {kind: _count(ax, kind) for kind in POINT_STYLES}
+    counts["best_so_far"] = sum(len(line.get_xdata()) for line in ax.get_lines() if line.get_gid() == "best-so-far")
+    _save(fig, path)
+    return Plot(path, counts)
+
+
+def read_train_epochs(results_csv: Path, metric_column: str) -> tuple[list[int], list[float], list[float]]:
+    """Epochs, metric and peak memory (MB) from an Ultralytics results.csv.
+
+    Memory comes from a `peak_mem_mb` (or `mem_mb`, `memory_mb`) column of results.csv, else from
+    `memory.csv` (epoch, peak_mem_mb) beside it; empty when neither has it.
+    """
+    rows = _read_csv(results_csv)
+    epochs = [int(float(row["epoch"])) for row in rows if row.get("epoch")]
+    metric = [float(row[metric_column]) for row in rows if row.get(metric_column)]
+    memory_column = next((name for name in MEMORY_COLUMNS if rows and name in rows[0]), None)
+    if memory_column is not None:
+        return epochs, metric, [float(row[memory_column]) for row in rows if row.get(memory_column)]
+    memory_csv = results_csv.parent / "memory.csv"
+    if not memory_csv.exists():
+        return epochs, metric, []
+    by_epoch = {int(float(row["epoch"])): float(row["peak_mem_mb"]) for row in _read_csv(memory_csv)}
+    return epochs, metric, [by_epoch[epoch] for epoch in epochs if epoch in by_epoch]
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    """Rows with names and values stripped (older Ultralytics padded its column names)."""
+    with open(path, newline="", encoding="utf-8") as file:
+        return [{key.strip(): (value or "").strip() for key, value in row.items() if key} for row in csv.DictReader(file)]
+
+
+def plot_train_epochs(results_csv: Path, path: Path, *, metric_column: str) -> Plot | None:
+    """Metric and peak memory per epoch of a train-best run; None when there is no results.csv."""
+    if not results_csv.exists():
+        return None
+    epochs, metric, memory = read_train_epochs(results_csv, metric_column)
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    ax.plot(epochs[: len(metric)], metric, marker="o", color="#2e7d32", gid="metric", label=metric_column)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(metric_column)
+    ax.set_title("train-best: metric and memory per epoch")
+    lines = list(ax.get_lines())
+    if memory:
+        twin = ax.twinx()
+        twin.plot(epochs[: len(memory)], memory, marker="s", color="#6a1b9a", gid="memory", label="peak memory (MB)")
+        twin.set_ylabel("peak memory (MB)")
+        lines += twin.get_lines()
+    ax.legend(handles=lines, fontsize=8, loc="lower right")
+    counts = {
+        "metric_points": len(ax.get_lines()[0].get_xdata()),
+        "memory_points": sum(len(line.get_xdata()) for line in lines if line.get_gid() == "memory"),
+    }
+    _save(fig, path)
+    return Plot(path, counts)
