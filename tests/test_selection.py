@@ -1,0 +1,90 @@
+import optuna
+from optuna.distributions import CategoricalDistribution, FloatDistribution
+from optuna.trial import TrialState, create_trial
+
+from tuner import frontier, selection
+
+DISTRIBUTIONS = {
+    "imgsz": CategoricalDistribution([160, 224, 288, 352]),
+    "batch": CategoricalDistribution([2, 4, 8, 16]),
+    "mosaic": FloatDistribution(0, 1),
+    "mixup": FloatDistribution(0, 0.3),
+}
+
+
+def make(number, imgsz, batch, value=None, peak=None, outcome="ok", state=TrialState.COMPLETE, **attrs):
+    trial = create_trial(
+        state=state,
+        value=value if state == TrialState.COMPLETE else None,
+        params={"imgsz": imgsz, "batch": batch, "mosaic": 0.5, "mixup": 0.1},
+        distributions=DISTRIBUTIONS,
+        user_attrs={"outcome": outcome, **({"peak_mem_mb": peak} if peak is not None else {}), **attrs},
+    )
+    trial.number = number
+    return trial
+
+
+def test_stable_means_completed_and_under_the_limit():
+    assert selection.is_stable(make(0, 160, 2, 0.3, peak=900), limit_mb=1000)
+    assert not selection.is_stable(make(0, 160, 2, 0.3, peak=1001), limit_mb=1000)
+    assert not selection.is_stable(make(0, 160, 2, peak=900, outcome="oom", state=TrialState.PRUNED), 1000)
+
+
+def test_best_is_the_most_accurate_stable_config():
+    trials = [
+        make(0, 160, 2, 0.20, peak=700),
+        make(1, 352, 16, 0.60, peak=1500),  # more accurate, but over the stable limit
+        make(2, 288, 8, 0.45, peak=950),
+        make(3, 224, 4, 0.30, peak=800),
+    ]
+    choice = selection.best_stable(trials, limit_mb=1000, spread=None)
+    assert choice.trial.number == 2
+    assert choice.value == 0.45
+
+
+def test_within_the_noise_the_config_with_more_headroom_wins():
+    trials = [make(0, 288, 8, 0.45, peak=950), make(1, 224, 4, 0.43, peak=800), make(2, 160, 2, 0.30, peak=600)]
+    assert selection.best_stable(trials, 1000, spread=0.05).trial.number == 1  # 0.43 is within 0.05 of 0.45
+    assert selection.best_stable(trials, 1000, spread=0.01).trial.number == 0
+
+
+def test_repeats_are_averaged_and_measure_the_noise():
+    trials = [
+        make(0, 288, 8, 0.50, peak=900),
+        make(1, 224, 4, 0.46, peak=800),
+        make(2, 288, 8, 0.40, peak=910, repeat_of=0),
+        make(3, 224, 4, 0.40, peak=805, repeat_of=1),
+    ]
+    spread = selection.noise(trials)
+    assert spread["pairs"] == [[0, 2, 0.1], [1, 3, 0.06]]
+    assert abs(spread["spread"] - 0.08) < 1e-9
+    choice = selection.best_stable(trials, 1000, spread=None)  # means 0.45 vs 0.43
+    assert choice.trial.number == 0 and abs(choice.value - 0.45) < 1e-9 and choice.runs == 2
+    assert choice.peak_mb == 910
+
+
+def test_no_stable_trial_means_no_best():
+    trials = [make(0, 352, 16, peak=1500, outcome="oom", state=TrialState.PRUNED)]
+    assert selection.best_stable(trials, 1000, None) is None
+
+
+def test_an_oom_rules_out_configs_at_least_as_large_in_imgsz_and_batch():
+    oom = make(4, 288, 8, outcome="oom", state=TrialState.PRUNED)
+    trials = [make(0, 160, 2, 0.2, peak=500), oom]
+    assert frontier.inferred_oom({"imgsz": 352, "batch": 8}, trials).number == 4
+    assert frontier.inferred_oom({"imgsz": 288, "batch": 16}, trials).number == 4
+    assert frontier.inferred_oom({"imgsz": 352, "batch": 4}, trials) is None
+    assert frontier.inferred_oom({"imgsz": 224, "batch": 16}, trials) is None
+
+
+def test_only_observed_ooms_are_evidence():
+    inferred = make(5, 160, 2, outcome="oom", state=TrialState.PRUNED, inferred_from=4)
+    assert frontier.inferred_oom({"imgsz": 352, "batch": 16}, [inferred]) is None
+
+
+def test_selection_on_a_real_sqlite_study(tmp_path):
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}", direction="maximize")
+    for trial in [make(0, 160, 2, 0.2, peak=500), make(1, 224, 4, 0.3, peak=600)]:
+        study.add_trial(trial)
+    loaded = optuna.load_study(study_name=study.study_name, storage=f"sqlite:///{tmp_path / 's.db'}")
+    assert selection.best_stable(loaded.trials, 1000, None).params["imgsz"] == 224
