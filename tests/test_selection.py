@@ -69,7 +69,7 @@ def test_no_stable_trial_means_no_best():
 
 
 def test_an_oom_rules_out_configs_at_least_as_large_in_imgsz_and_batch():
-    oom = make(4, 288, 8, outcome="oom", state=TrialState.PRUNED)
+    oom = make(4, 288, 8, outcome="oom", state=TrialState.PRUNED, oom_cause="watchdog")
     trials = [make(0, 160, 2, 0.2, peak=500), oom]
     assert frontier.inferred_oom({"imgsz": 352, "batch": 8}, trials).number == 4
     assert frontier.inferred_oom({"imgsz": 288, "batch": 16}, trials).number == 4
@@ -77,9 +77,13 @@ def test_an_oom_rules_out_configs_at_least_as_large_in_imgsz_and_batch():
     assert frontier.inferred_oom({"imgsz": 224, "batch": 16}, trials) is None
 
 
-def test_only_observed_ooms_are_evidence():
-    inferred = make(5, 160, 2, outcome="oom", state=TrialState.PRUNED, inferred_from=4)
-    assert frontier.inferred_oom({"imgsz": 352, "batch": 16}, [inferred]) is None
+def test_only_ooms_measured_against_the_budget_are_evidence():
+    inferred = make(5, 160, 2, outcome="oom", state=TrialState.PRUNED, oom_cause="inferred", inferred_from=4)
+    os_kill = make(6, 160, 2, outcome="oom", state=TrialState.PRUNED, oom_cause="os-kill")
+    assert frontier.inferred_oom({"imgsz": 352, "batch": 16}, [inferred, os_kill]) is None
+    for cause in ("exception", "batch-halving"):
+        oom = make(7, 160, 2, outcome="oom", state=TrialState.PRUNED, oom_cause=cause)
+        assert frontier.inferred_oom({"imgsz": 352, "batch": 16}, [oom]).number == 7
 
 
 def test_selection_on_a_real_sqlite_study(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
 from tuner import __version__
@@ -174,6 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Heartbeats and metric names are "experimental" in Optuna; tuner relies on them on purpose.
+    warnings.filterwarnings("ignore", message=r".*experimental.*")
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

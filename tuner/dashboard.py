@@ -6,9 +6,13 @@ in `tuner dashboard` and in a plain `optuna-dashboard sqlite:///studies/<name>.d
 
 from __future__ import annotations
 
-import socket
+import os
+import signal
 import sys
+import threading
 from pathlib import Path
+from socketserver import ThreadingMixIn
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import optuna
 import optuna_dashboard
@@ -129,14 +133,38 @@ def _save_if_changed(study_or_trial: optuna.Study | optuna.Trial, body: str) -> 
         optuna_dashboard.save_note(study_or_trial, body)
 
 
-def _check_port(host: str, port: int) -> None:
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True  # a browser's open connections do not hold up the stop
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args) -> None:  # noqa: A002 (the name is wsgiref's)
+        pass  # no line per request; the dashboard polls every few seconds
+
+
+def serve(url: str, host: str, port: int) -> None:
+    """Serve optuna-dashboard's WSGI app until SIGINT or SIGTERM.
+
+    The signals only set a flag that the request loop checks, rather than raising KeyboardInterrupt
+    wherever the server happens to be (a library that catches BaseException there would swallow it).
+    """
     try:
-        socket.create_server((host, port)).close()
+        httpd = make_server(host, port, optuna_dashboard.wsgi(url), server_class=_Server, handler_class=_QuietHandler)
     except OSError as exc:
         raise ConfigError(
-            f"Cannot listen on {host}:{port} ({exc.strerror or exc}); pass --port with a free port "
-            f"(e.g. --port {port + 1}) or --host with an address of this machine."
+            f"Cannot listen on {host}:{port} ({os.strerror(exc.errno) if exc.errno else exc}); pass --port with "
+            f"a free port (e.g. --port {port + 1}) or --host with an address of this machine."
         ) from exc
+    stop = threading.Event()
+    previous = {number: signal.signal(number, lambda *_: stop.set()) for number in (signal.SIGINT, signal.SIGTERM)}
+    httpd.timeout = 0.5
+    try:
+        with httpd:
+            while not stop.is_set():
+                httpd.handle_request()
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 def run_dashboard(
@@ -147,13 +175,9 @@ def run_dashboard(
     url = storage_url(storage, studies_dir, name)
     study = load_study(name, url)
     save_notes(summarize(study, results_dir, url))
-    _check_port(host, port)
     study_id = open_storage(url, create=False).get_study_id_from_name(name)
     print(f"optuna-dashboard for study {name} ({url})")
     print(f"Open http://{host}:{port}/dashboard/studies/{study_id}  (Ctrl-C to stop)", flush=True)
-    try:
-        optuna_dashboard.run_server(url, host=host, port=port)
-    except KeyboardInterrupt:
-        pass
+    serve(url, host, port)
     print("Dashboard stopped.", file=sys.stderr)
     return 0

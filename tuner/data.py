@@ -83,6 +83,7 @@ PROBE_EPOCHS = 3
 PROBE_FRACTION = 1.0
 PROBE_OPTIMIZER = "SGD"
 PROBE_LR0 = 0.002
+PROBE_LRF = 0.01
 PROBE_IMGSZ_CHOICES = (160, 224, 288, 352)
 
 
@@ -158,8 +159,9 @@ def render_image(rng: np.random.Generator, size: int, style: str) -> tuple[np.nd
     _clutter(rng, image, style)
     taken: list[tuple[float, float, float, float]] = []
     boxes = []
-    for _ in range(int(rng.integers(4, 11))):
-        placed = _place(rng, size, taken)
+    tiers = (0.45, 0.35, 0.20) if style == "probe" else (0.2, 0.5, 0.3)  # base: fewer tiny shapes, learnt faster
+    for _ in range(int(rng.integers(4, 11) if style == "probe" else rng.integers(6, 15))):
+        placed = _place(rng, size, taken, tiers)
         if placed is None:
             continue
         cls = int(rng.integers(len(CLASS_NAMES)))
@@ -171,16 +173,17 @@ def render_image(rng: np.random.Generator, size: int, style: str) -> tuple[np.nd
     return np.clip(image, 0, 255).astype(np.uint8), boxes
 
 
-def _object_side(rng: np.random.Generator, size: int) -> float:
-    """Side of an object's box: small ones vanish at imgsz 160, large ones fill a good part of the image."""
-    low, high = {0: (6, 18), 1: (18, 64), 2: (64, 240)}[int(rng.choice(3, p=(0.45, 0.35, 0.20)))]
+def _object_side(rng: np.random.Generator, size: int, tiers: tuple[float, float, float]) -> float:
+    """Side of an object's box, from tiers small / medium / large (at 512 px): small ones vanish at imgsz 160,
+    large ones fill a good part of the image."""
+    low, high = {0: (6, 18), 1: (18, 64), 2: (64, 240)}[int(rng.choice(3, p=tiers))]
     return float(np.exp(rng.uniform(np.log(low), np.log(high)))) * size / 512
 
 
-def _place(rng: np.random.Generator, size: int, taken: list) -> tuple[float, float, float, float] | None:
+def _place(rng: np.random.Generator, size: int, taken: list, tiers: tuple) -> tuple[float, ...] | None:
     """A free square slot for the next object, or None after a few tries."""
     for _ in range(20):
-        side = _object_side(rng, size)
+        side = _object_side(rng, size, tiers)
         x0, y0 = rng.uniform(0, size - side, 2)
         slot = (float(x0), float(y0), float(x0 + side), float(y0 + side))
         if all(_overlap(slot, other) < 0.1 for other in taken):
@@ -375,7 +378,7 @@ def check_dataset(path: str | Path, out_dir: Path | None = None) -> Path:
     YAML's absolute path. Raises DataError with one line naming the problem and the fix.
 
     A relative `path:` is looked up from the current folder first (as Ultralytics does), then from the YAML's
-    folder; without `path:` the YAML's folder is the root.
+    folder, preferring the one that holds the `train` images; without `path:` the YAML's folder is the root.
     """
     yaml_path = Path(path).expanduser()
     if not yaml_path.exists():
@@ -399,7 +402,7 @@ def check_dataset(path: str | Path, out_dir: Path | None = None) -> Path:
             raise DataError(f"The dataset YAML {yaml_path} has no `{key}`; add e.g. `{key}: {example}`.")
     if not isinstance(data["names"], (list, dict)):
         raise DataError(f"`names` in {yaml_path} must be a list or a mapping, e.g. `names: {{0: cat, 1: dog}}`.")
-    root = _dataset_root(data.get("path"), yaml_path)
+    root = _dataset_root(data.get("path"), yaml_path, data["train"])
     resolved = dict(data, path=str(root))
     for split in ("train", "val", "test"):
         if data.get(split) in (None, ""):
@@ -417,7 +420,9 @@ def check_dataset(path: str | Path, out_dir: Path | None = None) -> Path:
     return _write_resolved(resolved, yaml_path, out_dir)
 
 
-def _dataset_root(value: object, yaml_path: Path) -> Path:
+def _dataset_root(value: object, yaml_path: Path, train: object) -> Path:
+    """The dataset root: `path:` from the current folder (as Ultralytics), else from the YAML's folder. Of the two,
+    the first that holds the first `train` entry wins, so `path: .` works from any current folder."""
     if value in (None, ""):
         return yaml_path.parent
     if not isinstance(value, str):
@@ -427,13 +432,15 @@ def _dataset_root(value: object, yaml_path: Path) -> Path:
         if not given.is_dir():
             raise DataError(f"`path: {value}` in {yaml_path} is not a folder; fix `path:` to the dataset's root.")
         return given
-    for base in (Path.cwd(), yaml_path.parent):
-        if (base / given).is_dir():
-            return (base / given).resolve()
-    raise DataError(
-        f"`path: {value}` in {yaml_path} was found neither in the current folder nor beside the YAML; "
-        "make it absolute or relative to the YAML's folder."
-    )
+    candidates = [(base / given).resolve() for base in (Path.cwd(), yaml_path.parent) if (base / given).is_dir()]
+    if not candidates:
+        raise DataError(
+            f"`path: {value}` in {yaml_path} was found neither in the current folder nor beside the YAML; "
+            "make it absolute or relative to the YAML's folder."
+        )
+    first_train = (train if isinstance(train, list) else [train])[0]
+    holding = [root for root in candidates if isinstance(first_train, str) and (root / first_train).exists()]
+    return (holding or candidates)[0]
 
 
 def _split_entries(value: object, split: str, yaml_path: Path, root: Path) -> list[Path]:

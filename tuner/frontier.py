@@ -11,12 +11,17 @@ from typing import Any, Iterable
 import optuna
 
 
+# OOMs measured against the trial's own budget. A SIGKILL from outside ("os-kill") is an OOM for
+# that trial, but other processes may have caused it, so it rules out no other config.
+EVIDENCE = ("watchdog", "exception", "batch-halving")
+
+
 def observed_ooms(trials: Iterable[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
-    """Trials that really ran and ran out of memory (not ones inferred to)."""
+    """Trials that really ran and ran out of their budget (not ones inferred to)."""
     return [
         trial
         for trial in trials
-        if trial.user_attrs.get("outcome") == "oom" and "inferred_from" not in trial.user_attrs
+        if trial.user_attrs.get("outcome") == "oom" and trial.user_attrs.get("oom_cause") in EVIDENCE
     ]
 
 

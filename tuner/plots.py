@@ -180,6 +180,7 @@ def plot_accuracy_vs_memory(
 
 def plot_history(points: Sequence[Point], path: Path, *, metric_name: str) -> Plot:
     """Metric per trial number, the best stable value so far as a step line, failures on the bottom edge."""
+    from matplotlib.ticker import MaxNLocator
     from matplotlib.transforms import blended_transform_factory
 
     plt = _pyplot()
@@ -204,6 +205,7 @@ def plot_history(points: Sequence[Point], path: Path, *, metric_name: str) -> Pl
         ax.step([trial for trial, _ in stable], best_so_far, where="post", color="#2e7d32", gid="best-so-far",
                 label="best stable so far")  # fmt: skip
     ax.set_xlabel("trial")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(metric_name)
     ax.set_title("Optimization history")
     if not points:
@@ -240,10 +242,14 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
         return [{key.strip(): (value or "").strip() for key, value in row.items() if key} for row in csv.DictReader(file)]
 
 
-def plot_train_epochs(results_csv: Path, path: Path, *, metric_column: str) -> Plot | None:
+def plot_train_epochs(
+    results_csv: Path, path: Path, *, metric_column: str, budget_mb: float | None = None
+) -> Plot | None:
     """Metric and peak memory per epoch of a train-best run; None when there is no results.csv."""
     if not results_csv.exists():
         return None
+    from matplotlib.ticker import MaxNLocator
+
     epochs, metric, memory = read_train_epochs(results_csv, metric_column)
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5))
@@ -251,10 +257,14 @@ def plot_train_epochs(results_csv: Path, path: Path, *, metric_column: str) -> P
     ax.set_xlabel("epoch")
     ax.set_ylabel(metric_column)
     ax.set_title("train-best: metric and memory per epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     lines = list(ax.get_lines())
     if memory:
         twin = ax.twinx()
         twin.plot(epochs[: len(memory)], memory, marker="s", color="#6a1b9a", gid="memory", label="peak memory (MB)")
+        if budget_mb is not None:
+            twin.axhline(budget_mb, color="#c62828", gid="budget", label=f"budget {budget_mb:.0f} MB")
+        twin.set_ylim(bottom=0)
         twin.set_ylabel("peak memory (MB)")
         lines += twin.get_lines()
     ax.legend(handles=lines, fontsize=8, loc="lower right")

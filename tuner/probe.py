@@ -98,16 +98,15 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         state["imgsz_used"] = trainer.args.imgsz
         child.append_jsonl(progress, record)
 
-    model = YOLO(spec["model"])
-    model.add_callback("on_pretrain_routine_start", on_pretrain_routine_start)
-    model.add_callback("on_train_epoch_start", on_train_epoch_start)
-    model.add_callback("on_fit_epoch_end", on_fit_epoch_end)
-
     result: dict[str, Any] = {"status": "ok"}
     try:
+        model = YOLO(spec["model"])
+        model.add_callback("on_pretrain_routine_start", on_pretrain_routine_start)
+        model.add_callback("on_train_epoch_start", on_train_epoch_start)
+        model.add_callback("on_fit_epoch_end", on_fit_epoch_end)
         model.train(**train_arguments(spec))
     except BatchHalved as exc:
-        result = {"status": "oom", "reason": str(exc)}
+        result = {"status": "oom", "reason": str(exc), "halved": True}
     except BaseException as exc:  # classified below; the traceback goes to the trial's log
         traceback.print_exc()
         reason = devices.oom_reason(exc)

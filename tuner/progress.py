@@ -50,8 +50,10 @@ class Progress:
         elif not self.quiet:
             self.say(text)
 
-    def trial_end(self, outcome: str, value: float | None, peak_mb: float | None, reason: str | None) -> None:
-        self.done += 1
+    def trial_end(
+        self, outcome: str, value: float | None, peak_mb: float | None, reason: str | None, counted: bool = True
+    ) -> None:
+        self.done += counted
         if value is not None and (self.best is None or value > self.best):
             self.best = value
         result = f"{self.metric_name} {value:.3f}" if value is not None else outcome.upper()

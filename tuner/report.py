@@ -20,6 +20,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner import plots, selection
+from tuner.space import config_key
 from tuner.storage import load_study, resolve_study_name, sqlite_path, storage_url
 
 OUTCOME_MEANINGS = {
@@ -308,7 +309,7 @@ def write_findings(found: Findings, results_dir: Path) -> dict[str, Path]:
     out_dir = Path(results_dir) / found.study.study_name
     out_dir.mkdir(parents=True, exist_ok=True)
     written = write_plots(found, out_dir)
-    markdown = render_markdown(found, sorted(path.name for path in written.values()))
+    markdown = render_markdown(found, [path.name for path in written.values()])
     written["trials.csv"] = write_atomic(out_dir / "trials.csv", trials_csv(found.trials, found.metric_name))
     written["report.md"] = write_atomic(out_dir / "report.md", markdown)
     save_notes(found)
@@ -328,7 +329,7 @@ def write_plots(found: Findings, out_dir: Path) -> dict[str, Path]:
     }  # fmt: skip
     metric_column = found.study.user_attrs.get("config", {}).get("metric", "metrics/mAP50-95(B)")
     train = plots.plot_train_epochs(out_dir / "train" / "results.csv", out_dir / "train_epochs.png",
-                                    metric_column=metric_column)  # fmt: skip
+                                    metric_column=metric_column, budget_mb=grid.budget_mb)  # fmt: skip
     if train is not None:
         written["train_epochs.png"] = train.path
     return written
@@ -359,7 +360,7 @@ def render_markdown(found: Findings, images: Sequence[str]) -> str:
         "## Memory frontier\n\n" + frontier_section(found.frontier),
         f"## Top configs by {metric_name}\n\n" + top_table(trials, found.frontier.stable_limit_mb, metric_name),
         "## Pruned, out of memory, inferred, failed\n\n" + stopped_list(trials, metric_name),
-        "## Noise\n\n" + noise_text(study.user_attrs.get("noise") or {}, trials, metric_name),
+        "## Noise\n\n" + noise_text(study.user_attrs.get("noise") or {}, trials, found.frontier, metric_name),
         "## Plots\n\n" + "\n".join(f"![{Path(name).stem}]({name})" for name in images)
         + "\n\nEvery trial, one row each: [trials.csv](trials.csv).",
     ]  # fmt: skip
@@ -382,7 +383,8 @@ def setting_lines(study: optuna.Study) -> str:
             + (f"; stable limit {stable_limit_mb(study):.0f} MB (safety margin {margin:.0%})" if margin is not None else "")
         )  # fmt: skip
     if config:
-        lines.append(f"- Model `{config.get('model')}` on data `{config.get('data')}`")
+        data = f"`{config['data']}`" if config.get("data") else "the embedded synthetic shapes dataset"
+        lines.append(f"- Model `{config.get('model')}` on {data}")
         lines.append(
             f"- Metric {config.get('metric_name', '?')} (`{config.get('metric')}`) after {probe.get('epochs', '?')} "
             f"probe epoch(s) on fraction {probe.get('fraction', '?')} of the train split"
@@ -431,15 +433,12 @@ def frontier_section(grid: Frontier) -> str:
         return "No imgsz or batch tried yet."
     rows = [[size, *(grid.cells[(size, count)].label for count in grid.batch)] for size in grid.imgsz]
     table = _table(["imgsz \\ batch", *grid.batch], rows)
-    limit = "" if grid.stable_limit_mb is None else f" of the stable limit {grid.stable_limit_mb:.0f} MB"
-    walls = ", ".join(
-        f"imgsz {size}: batch {grid.largest_fitting_batch(size) or 'none'}" for size in grid.imgsz
-    )
+    limit = "the stable limit" + ("" if grid.stable_limit_mb is None else f" of {grid.stable_limit_mb:.0f} MB")
+    walls = ", ".join(f"imgsz {size}: {grid.largest_fitting_batch(size) or 'none'}" for size in grid.imgsz)
     return (
-        f"Peak memory of each imgsz and batch tried (the highest when tried more than once). "
-        f"\"over limit\" finished but above{limit or ' the stable limit'}; OOM ran out of memory; inferred was "
-        f"skipped because a config no larger had run out of memory.\n\n{table}\n\n"
-        f"Largest batch that fits within{limit or ' the stable limit'}: {walls}."
+        "Peak memory of each imgsz and batch tried (the highest when tried more than once). \"over limit\": "
+        f"finished, but above {limit}; OOM: ran out of memory; inferred: skipped, because a config no larger "
+        f"had run out of memory.\n\n{table}\n\nLargest batch within {limit}: {walls}."
     )
 
 
@@ -477,7 +476,7 @@ def stopped_list(trials: Sequence[FrozenTrial], metric_name: str) -> str:
     return "\n".join(lines) if lines else "None: every trial finished."
 
 
-def noise_text(noise: dict[str, Any], trials: Sequence[FrozenTrial], metric_name: str) -> str:
+def noise_text(noise: dict[str, Any], trials: Sequence[FrozenTrial], grid: Frontier, metric_name: str) -> str:
     spread = noise.get("spread")
     pairs = noise.get("pairs") or []
     if spread is None:
@@ -485,15 +484,21 @@ def noise_text(noise: dict[str, Any], trials: Sequence[FrozenTrial], metric_name
             f"Not measured: no config was run twice. Without it, small {metric_name} differences between "
             "configs may be seed noise; `--repeats N` re-runs the top configs with another seed."
         )
-    ranked = top_trials(trials, count=len(trials))
-    tied = [trial for trial in ranked if trial.value >= ranked[0].value - spread]
-    pair_text = ", ".join(f"#{a}/#{b}: {diff:.4f}" for a, b, diff in pairs)
-    return (
+    pair_text = ", ".join(f"trials {first}/{second}: {diff:.4f}" for first, second, diff in pairs)
+    text = (
         f"Re-running a config with another seed moved {metric_name} by {spread:.4f} on average "
-        f"({len(pairs)} pair(s): {pair_text}). Configs within {spread:.4f} of each other are not reliably "
-        f"better or worse; {len(tied)} completed trial(s) are within that of the top one, and among such "
-        "stable configs tuner picks the one with the lowest peak memory (the most headroom)."
+        f"({len(pairs)} pair(s): {pair_text}). Configs closer than that are not reliably better or worse."
     )
+    limit = grid.stable_limit_mb
+    stable = [trial for trial in trials if limit is not None and selection.is_stable(trial, limit)]
+    if stable:
+        top = max(trial.value for trial in stable)
+        close = {config_key(t.params) for t in stable if t.value >= top - spread}
+        text += (
+            f" {len(close)} stable config(s) score within {spread:.4f} of the best stable {top:.4f}; among "
+            "those, tuner picks the one with the lowest peak memory (the most headroom)."
+        )
+    return text
 
 
 def _table(header: Sequence[Any], rows: Sequence[Sequence[Any]]) -> str:

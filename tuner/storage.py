@@ -46,7 +46,7 @@ def open_storage(
     """Open an Optuna RDB storage, turning every way it can fail into one StudyError line.
 
     With a heartbeat, trials left RUNNING by a tuner that died are failed once their heartbeat is
-    older than `grace_period`, and `RetryFailedTrialCallback` queues their parameters again.
+    older than `grace_period`, and `RetryHeartbeatStaleTrialCallback` queues their parameters again.
     """
     path = sqlite_path(url)
     if path is not None:
@@ -66,7 +66,7 @@ def open_storage(
         kwargs = {
             "heartbeat_interval": heartbeat_interval,
             "grace_period": grace_period or GRACE_PERIOD,
-            "failed_trial_callback": optuna.storages.RetryFailedTrialCallback(max_retry=max_retry),
+            "heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry),
         }
     try:
         return optuna.storages.RDBStorage(url, **kwargs)

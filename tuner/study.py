@@ -23,6 +23,7 @@ from tuner.yamlio import write_yaml_atomic
 
 MAX_RETRY = 2  # a trial orphaned by a killed tuner is run again at most this often
 SAME_ERROR_STOP = 2  # stop when the first trials of a run all fail with the same message
+MAX_INFERRED_IN_A_ROW = 30  # the sampler keeps proposing configs known not to fit: the space is used up
 
 
 class ProbeFailed(Exception):
@@ -193,20 +194,27 @@ class _Runner:
         self.progress = progress
         self.first_number: int | None = None
         self.failure: str | None = None
+        self.inferred_in_a_row = 0
 
     def run(self) -> None:
         deadline = time.monotonic() + self.cfg.timeout if self.cfg.timeout else None
-        done = [t for t in self.study.get_trials(deepcopy=False) if _counts(t)]
-        remaining = self.cfg.n_trials - len([t for t in done if "repeat_of" not in t.user_attrs])
-        if remaining < self.cfg.n_trials:
-            self.progress.say(f"Continuing: {self.cfg.n_trials - remaining} of {self.cfg.n_trials} trials done.")
-        self._optimize(remaining, deadline)
+        done = self._main_trials_done()
+        if done:
+            self.progress.say(f"Continuing: {done} of {self.cfg.n_trials} trials done.")
+        # Inferred OOMs cost no training and do not count, so go round until n_trials really ran.
+        while not self.failure and (remaining := self.cfg.n_trials - self._main_trials_done()) > 0:
+            if deadline is not None and time.monotonic() >= deadline:
+                return
+            self._optimize(remaining, deadline)
         if self.failure:
             raise StudyFailed(self.failure)
         if deadline is None or time.monotonic() < deadline:
             self._enqueue_repeats()
             waiting = len(self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
             self._optimize(waiting, deadline)
+
+    def _main_trials_done(self) -> int:
+        return sum(1 for t in self.study.get_trials(deepcopy=False) if _counts(t) and "repeat_of" not in t.user_attrs)
 
     def _optimize(self, n_trials: int, deadline: float | None) -> None:
         if n_trials <= 0:
@@ -252,11 +260,20 @@ class _Runner:
                 f"inferred: imgsz {source.params['imgsz']} / batch {source.params['batch']} "
                 f"ran out of memory in trial {source.number}"
             )
-            for key, value in (("outcome", "oom"), ("oom_reason", reason), ("inferred_from", source.number)):
+            inferred = {"outcome": "oom", "oom_reason": reason, "oom_cause": "inferred", "inferred_from": source.number}
+            for key, value in inferred.items():
                 trial.set_user_attr(key, value)
             trial.set_user_attr("stable", False)
-            self.progress.trial_end("oom", None, None, reason)
+            self.progress.trial_end("oom", None, None, reason, counted=False)
+            self.inferred_in_a_row += 1
+            if self.inferred_in_a_row >= MAX_INFERRED_IN_A_ROW:
+                self.failure = (
+                    f"The sampler proposed {self.inferred_in_a_row} configs in a row that are known not to fit "
+                    "the memory budget. Lower the imgsz/batch choices or raise --memory-budget, then re-run."
+                )
+                self.study.stop()
             raise optuna.TrialPruned(reason)
+        self.inferred_in_a_row = 0
 
         def on_epoch(record: dict[str, Any]) -> bool:
             trial.report(record["value"], record["epoch"])
@@ -298,6 +315,7 @@ class _Runner:
         }
         if out.outcome == "oom":
             attrs["oom_reason"] = out.reason
+            attrs["oom_cause"] = out.cause
         elif out.outcome == "error":
             attrs["error"] = out.reason
         elif out.outcome == "pruned":
@@ -329,7 +347,12 @@ class _Runner:
 
 
 def _counts(trial: optuna.trial.FrozenTrial) -> bool:
-    """Whether a finished trial counts towards n_trials (an orphan failed by its heartbeat does not)."""
+    """Whether a finished trial counts towards n_trials.
+
+    An orphan failed by its heartbeat does not (it is retried), nor an inferred OOM (it never ran).
+    """
+    if trial.user_attrs.get("oom_cause") == "inferred":
+        return False
     if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
         return True
     return trial.state == TrialState.FAIL and "outcome" in trial.user_attrs

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import psutil
 
@@ -35,6 +35,7 @@ class Outcome:
     outcome: str  # "ok" | "oom" | "error" | "pruned"
     value: float | None
     reason: str | None  # oom_reason, the error message, or why it was stopped
+    cause: str | None  # see Classified.cause
     peak_mb: float
     peak_rss_mb: float
     peak_device_mb: float
@@ -53,6 +54,14 @@ class Outcome:
         return "\n".join(text[-lines:])
 
 
+class Classified(NamedTuple):
+    outcome: str  # "ok" | "oom" | "error" | "pruned"
+    reason: str | None
+    # For OOMs, what says so: "watchdog", "exception", "batch-halving" (each measured against this
+    # trial's own budget) or "os-kill" (a SIGKILL from outside, which other processes may have caused).
+    cause: str | None = None
+
+
 def classify(
     *,
     returncode: int | None,
@@ -60,29 +69,32 @@ def classify(
     watchdog_reason: str | None,
     stopped: str | None,
     asked_batch: int,
-) -> tuple[str, str | None]:
-    """(outcome, reason) from the facts of a finished trial process; see the module docstring."""
+) -> Classified:
+    """How a finished trial process ended, from its facts; see the module docstring."""
     if watchdog_reason:
-        return "oom", watchdog_reason
+        return Classified("oom", watchdog_reason, "watchdog")
     if stopped == "pruned":
-        return "pruned", "stopped by the pruner: its metric was below the median of earlier trials"
+        return Classified("pruned", "stopped by the pruner: its metric was below the median of earlier trials")
     if stopped:
-        return "error", stopped
+        return Classified("error", stopped)
     if result is not None:
         status = result.get("status")
         if status == "ok":
             used = result.get("batch_used")
             if used is not None and used < asked_batch:
-                return "oom", f"Ultralytics halved batch {asked_batch} -> {used} after an out-of-memory error"
-            return "ok", None
+                reason = f"Ultralytics halved batch {asked_batch} -> {used} after an out-of-memory error"
+                return Classified("oom", reason, "batch-halving")
+            return Classified("ok", None)
         if status == "oom":
-            return "oom", result.get("reason") or "out of memory"
-        return "error", result.get("message") or "the trial reported an error"
+            cause = "batch-halving" if result.get("halved") else "exception"
+            return Classified("oom", result.get("reason") or "out of memory", cause)
+        return Classified("error", result.get("message") or "the trial reported an error")
     if returncode in SIGKILL_CODES:
-        return "oom", "killed by SIGKILL from outside the trial (the OS out-of-memory killer or jetsam)"
+        reason = "killed by SIGKILL from outside the trial (the OS out-of-memory killer or jetsam)"
+        return Classified("oom", reason, "os-kill")
     if returncode is not None and returncode < 0:
-        return "error", f"killed by signal {signal.Signals(-returncode).name}"
-    return "error", f"the trial process exited with code {returncode} without a result"
+        return Classified("error", f"killed by signal {signal.Signals(-returncode).name}")
+    return Classified("error", f"the trial process exited with code {returncode} without a result")
 
 
 def run_probe_process(
@@ -144,7 +156,7 @@ def run_probe_process(
         if on_epoch and stopped is None:
             on_epoch(record)
     result = _read_result(paths["result.json"])
-    outcome, reason = classify(
+    outcome, reason, cause = classify(
         returncode=process.returncode,
         result=result,
         watchdog_reason=watchdog.killed_reason,
@@ -157,6 +169,7 @@ def run_probe_process(
         outcome=outcome,
         value=result.get("value") if result and outcome == "ok" else None,
         reason=reason,
+        cause=cause,
         peak_mb=round(peak / MB, 1),
         peak_rss_mb=round(watchdog.peak_rss / MB, 1),
         peak_device_mb=round(device_peak / MB, 1),

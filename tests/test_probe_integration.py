@@ -1,0 +1,230 @@
+"""`tuner probe` end to end with real Ultralytics training at tiny size, real kills and real SQLite."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import psutil
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from tests.conftest import tiny_probe_args, trial_processes
+
+pytestmark = pytest.mark.integration
+
+
+def load(workdir: Path, name: str = "data-yolov8n-cpu") -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{workdir / 'studies' / f'{name}.db'}")
+
+
+def by_outcome(study: optuna.Study) -> dict[str, list[optuna.trial.FrozenTrial]]:
+    groups: dict[str, list] = {}
+    for trial in study.trials:
+        groups.setdefault(trial.user_attrs.get("outcome", trial.state.name), []).append(trial)
+    return groups
+
+
+def test_probe_completes_trials_and_writes_the_best_stable_config(workdir, tiny_data, run_cli):
+    code, out, err = run_cli(*tiny_probe_args(tiny_data, "--n-trials", "2", "--repeats", "1", "--json"))
+    assert code == 0, err
+    study = load(workdir)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3
+    for trial in study.trials:
+        assert trial.user_attrs["outcome"] == "ok"
+        assert 200 < trial.user_attrs["peak_mem_mb"] < 4000
+        assert trial.user_attrs["batch_used"] == trial.params["batch"]
+        assert trial.intermediate_values.keys() == {1}
+        assert Path(trial.user_attrs["log"]).is_file()
+    assert study.trials[2].user_attrs["repeat_of"] in (0, 1)  # the noise repeat
+    assert study.user_attrs["noise"]["pairs"]
+    assert study.user_attrs["config"]["space"]["imgsz"] == [64]
+    assert study.metric_names == ["mAP50-95"]
+
+    best_file = workdir / "results" / "data-yolov8n-cpu" / "best.yaml"
+    best = yaml.safe_load(best_file.read_text())
+    assert best["imgsz"] == 64 and best["batch"] in (2, 4)
+    assert best["data"] == study.user_attrs["data_path"] and Path(best["data"]).is_file()
+    assert "Best stable config" in best_file.read_text().splitlines()[0]
+    assert study.user_attrs["best"]["best_yaml"] == str(Path("results") / "data-yolov8n-cpu" / "best.yaml")
+    assert '"best"' in out  # --json summary on stdout
+
+
+def test_trial_killed_from_outside_is_pruned_as_oom_and_the_study_goes_on(workdir, tiny_data, run_cli, trial_hook):
+    with trial_hook(lambda process, index: process.send_signal(signal.SIGKILL), delay=1.5):
+        code, _, err = run_cli(*tiny_probe_args(tiny_data, "--n-trials", "2"))
+    assert code == 0, err
+    first, second = load(workdir).trials
+    assert first.state == TrialState.PRUNED
+    assert first.user_attrs["outcome"] == "oom"
+    assert "SIGKILL" in first.user_attrs["oom_reason"]
+    assert first.user_attrs["peak_mem_mb"] > 0
+    assert second.state == TrialState.COMPLETE
+
+
+def test_budget_watchdog_prunes_configs_that_do_not_fit_and_the_best_fits(workdir, tiny_data, run_cli):
+    # Measured on 2 cores: imgsz 64 / batch 2 peaks near 950 MB, imgsz 320 / batch 8 near 1250 MB.
+    args = tiny_probe_args(tiny_data, "--n-trials", "4", "--memory-budget", "1150MB", "--safety-margin", "0.05")
+    args[args.index("--imgsz") + 1] = "64,320"
+    args[args.index("--batch") + 1] = "2,8"
+    code, _, err = run_cli(*args, "--seed", "1")
+    assert code == 0, err
+    study = load(workdir)
+    ooms = [t for t in study.trials if t.user_attrs.get("outcome") == "oom"]
+    fits = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert ooms and fits
+    watched = [t for t in ooms if "inferred_from" not in t.user_attrs]
+    assert all(t.user_attrs["oom_reason"].startswith("watchdog:") for t in watched)
+    assert all(t.user_attrs["peak_mem_mb"] > 1150 * 10**6 / 2**20 for t in watched)
+    assert all(t.state == TrialState.PRUNED for t in ooms)
+    assert all((t.params["imgsz"], t.params["batch"]) != (64, 2) for t in ooms)
+    best = yaml.safe_load((workdir / "results" / "data-yolov8n-cpu" / "best.yaml").read_text())
+    chosen = study.trials[study.user_attrs["best"]["trial"]]
+    assert chosen.user_attrs["peak_mem_mb"] <= study.user_attrs["stable_limit_mb"]
+    assert (best["imgsz"], best["batch"]) == (chosen.params["imgsz"], chosen.params["batch"])
+
+
+def test_every_trial_over_budget_means_no_best_yaml(workdir, tiny_data, run_cli):
+    code, _, err = run_cli(*tiny_probe_args(tiny_data, "--n-trials", "2", "--memory-budget", "400MB"))
+    assert code == 1
+    assert "No stable config" in err
+    study = load(workdir)
+    assert all(t.user_attrs["outcome"] == "oom" for t in study.trials)
+    assert not (workdir / "results" / "data-yolov8n-cpu" / "best.yaml").exists()
+
+
+# A probe at imgsz 64 peaks near 545 MB of anonymous memory (RSS near 950 MB counts shared libraries,
+# which the kernel can evict instead of killing). 400 MB leaves it no way out but the OOM killer.
+CGROUP_LIMIT_MB = 400
+
+
+def _memory_cgroup() -> Path:
+    """A fresh child of this process's cgroup v1 memory cgroup, or skip."""
+    root = Path("/sys/fs/cgroup/memory")
+    if not root.is_dir():
+        pytest.skip("no cgroup v1 memory controller at /sys/fs/cgroup/memory")
+    lines = [line for line in Path("/proc/self/cgroup").read_text().splitlines() if ":memory:" in line]
+    if not lines:
+        pytest.skip("this process is in no cgroup v1 memory cgroup")
+    group = root / lines[0].split(":", 2)[2].lstrip("/") / f"tuner-test-{os.getpid()}"
+    try:
+        group.mkdir()
+        (group / "memory.limit_in_bytes").write_text(str(CGROUP_LIMIT_MB * 2**20))
+    except OSError as exc:
+        pytest.skip(f"cannot create a memory cgroup here ({exc.strerror}); run as root on cgroup v1")
+    return group
+
+
+@pytest.mark.cgroup
+def test_kernel_oom_kill_under_a_cgroup_memory_limit_is_pruned_as_oom(workdir, tiny_data, run_cli, trial_hook):
+    group = _memory_cgroup()
+
+    def confine(process, index):
+        (group / "cgroup.procs").write_text(str(process.pid))
+
+    try:
+        with trial_hook(confine, limit=1):
+            code, _, err = run_cli(*tiny_probe_args(tiny_data, "--n-trials", "2"))
+        failcnt = int((group / "memory.failcnt").read_text())
+    finally:
+        group.rmdir()
+    assert code == 0, err
+    first, second = load(workdir).trials
+    assert failcnt > 0  # the kernel, not tuner, enforced the limit
+    assert first.state == TrialState.PRUNED
+    assert first.user_attrs["outcome"] == "oom"
+    assert "SIGKILL" in first.user_attrs["oom_reason"]
+    assert second.state == TrialState.COMPLETE
+
+
+def test_crashing_trials_fail_with_their_message_and_the_study_stops_early(workdir, tiny_data, run_cli):
+    broken = workdir / "broken.pt"
+    broken.write_bytes(b"this is not a checkpoint")
+    args = tiny_probe_args(tiny_data, "--n-trials", "5")
+    args[args.index("--model") + 1] = str(broken)
+    code, _, err = run_cli(*args)
+    assert code == 1
+    study = load(workdir, "data-broken-cpu")
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.FAIL]  # not all 5
+    message = study.trials[0].user_attrs["error"]
+    assert "not a loadable checkpoint" in message  # Ultralytics' own message, not just an exit code
+    assert message == study.trials[1].user_attrs["error"]
+    assert "all failed with the same error" in err
+    assert message in err
+    assert "torch_safe_load" in err  # the tail of the trial's log is shown
+
+
+def test_tuner_killed_mid_study_then_rerun_keeps_trials_and_retries_the_orphan(workdir, tiny_data):
+    (workdir / "fast-heartbeat.yaml").write_text("heartbeat_interval: 1\ngrace_period: 2\n")
+    args = [*tiny_probe_args(tiny_data, "--n-trials", "3"), "--config", "fast-heartbeat.yaml"]
+    command = [sys.executable, "-m", "tuner", *args]
+    tuner = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    trial_dir = workdir / "studies" / "data-yolov8n-cpu" / "trial-0001"
+    deadline = time.monotonic() + 120
+    while not (trial_dir / "spec.json").exists():
+        assert time.monotonic() < deadline and tuner.poll() is None
+        time.sleep(0.1)
+    time.sleep(1.0)
+    orphans = [p for p in psutil.Process(tuner.pid).children(recursive=True)]
+    tuner.send_signal(signal.SIGKILL)
+    tuner.wait()
+    gone, alive = psutil.wait_procs(orphans, timeout=10)
+    assert not alive, "the trial process outlived its killed tuner"
+
+    killed = load(workdir)
+    assert [t.state for t in killed.trials] == [TrialState.COMPLETE, TrialState.RUNNING]
+    orphan_params = killed.trials[1].params
+    time.sleep(3)  # past the grace period: the orphan's heartbeat is stale
+
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    study = load(workdir)
+    states = [t.state for t in study.trials]
+    assert states[0] == TrialState.COMPLETE and study.trials[0].datetime_start == killed.trials[0].datetime_start
+    assert states[1] == TrialState.FAIL  # the orphan, failed by its stale heartbeat
+    retried = [t for t in study.trials[2:] if t.system_attrs.get("failed_trial") == 1]
+    assert len(retried) == 1 and retried[0].params == orphan_params and retried[0].state == TrialState.COMPLETE
+    assert states.count(TrialState.COMPLETE) == 3  # n_trials counts the finished ones, not the orphan
+    assert "Continuing: 1 of 3 trials done." in rerun.stderr
+
+
+SOCKET_GUARD = """
+import os, socket
+_log = os.environ["TUNER_NET_LOG"]
+def _record(what, *args):
+    with open(_log, "a") as handle:
+        handle.write(f"{os.getpid()} {what} {args!r}\\n")
+    raise OSError("network access blocked by the tuner test")
+socket.socket.connect = lambda self, *a: _record("connect", *a)
+socket.socket.connect_ex = lambda self, *a: _record("connect_ex", *a)
+socket.getaddrinfo = lambda *a, **k: _record("getaddrinfo", *a)
+socket.create_connection = lambda *a, **k: _record("create_connection", *a)
+with open(_log + ".loaded", "a") as handle:
+    handle.write(f"{os.getpid()}\\n")
+"""
+
+
+def test_no_network_access_is_attempted(workdir, tiny_data, run_cli, monkeypatch):
+    guard = workdir / "guard"
+    guard.mkdir()
+    (guard / "sitecustomize.py").write_text(SOCKET_GUARD)
+    log = workdir / "net.log"
+    monkeypatch.setenv("PYTHONPATH", str(guard))
+    monkeypatch.setenv("TUNER_NET_LOG", str(log))
+    # the guard works: a plain connection attempt is recorded
+    probe = subprocess.run([sys.executable, "-c", "import socket; socket.create_connection(('192.0.2.1', 80))"])
+    assert probe.returncode != 0 and "create_connection" in log.read_text()
+    log.unlink()
+
+    code, _, err = run_cli(*tiny_probe_args(tiny_data, "--n-trials", "1"))
+    assert code == 0, err
+    loaded = (workdir / "net.log.loaded").read_text().split()
+    assert len(loaded) >= 2  # the sanity process and the trial process both ran under the guard
+    assert not log.exists(), log.read_text()
+    assert load(workdir).trials[0].state == TrialState.COMPLETE
