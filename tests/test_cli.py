@@ -1,0 +1,130 @@
+"""The command line: help, and bad input -> one line naming the problem and the fix, exit 2, nothing lost."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import tiny_probe_args
+from tuner.cli import main
+from tuner.errors import ConfigError
+
+
+def test_help_explains_every_probe_flag(run_cli):
+    with pytest.raises(SystemExit) as info:
+        main(["probe", "--help"])
+    assert info.value.code == 0
+
+
+def test_help_lists_flags_with_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["probe", "--help"])
+    text = capsys.readouterr().out
+    for flag in ("--data", "--model", "--device", "--memory-budget", "--n-trials", "--timeout", "--study-name",
+                 "--storage", "--config", "--studies-dir", "--results-dir", "--imgsz", "--batch", "--mosaic",
+                 "--mixup", "--probe-epochs"):
+        assert flag in text
+    assert "default: 0.7" in text and "default: auto" in text
+
+
+def test_no_command_prints_help(run_cli):
+    code, out, _ = run_cli()
+    assert code == 2 and "probe" in out
+
+
+def assert_one_line_error(code: int, err: str, *needles: str) -> None:
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("tuner: error: ")
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("flags", "needles"),
+    [
+        (["--imgsz", "630"], ["multiple of 32", "try 640"]),
+        (["--imgsz", "big"], ["--imgsz` must be comma-separated"]),
+        (["--batch", "0,4"], ["`batch` is 0"]),
+        (["--mosaic", "0,1.5"], ["`mosaic` is 1.5"]),
+        (["--mixup", "0.2,0.1"], ["low must not exceed high"]),
+        (["--memory-budget", "lots"], ["memory budget 'lots'", "800MB"]),
+        (["--memory-budget=-2GB"], ["memory budget"]),
+        (["--memory-budget", "0"], ["greater than 0"]),
+        (["--device", "tpu"], ["Unknown device 'tpu'", "--device auto"]),
+        (["--device", "cuda:3"], ["--device cuda:3"]),
+        (["--model", "missing.pt"], ["missing.pt not found", "never downloads"]),
+        (["--model", "yolov9q.yaml"], ["yolov9q.yaml"]),
+        (["--model", "weights.onnx"], ["must be a model YAML"]),
+        (["--storage", "nosuchdb://nowhere"], ["Cannot open the study storage", "--storage"]),
+        (["--config", "nope.yaml"], ["nope.yaml does not exist"]),
+        (["--probe-fraction", "1.5"], ["probe.fraction"]),
+    ],
+)
+def test_bad_flags(workdir, tiny_data, run_cli, flags, needles):
+    code, _, err = run_cli(*tiny_probe_args(tiny_data), *flags)
+    assert_one_line_error(code, err, *needles)
+    assert not (workdir / "results").exists()
+
+
+def test_unknown_key_in_config_file_suggests_the_close_one(workdir, tiny_data, run_cli):
+    (workdir / "mine.yaml").write_text("space:\n  imgsz: [64]\n  mosiac: [0, 1]\n")
+    code, _, err = run_cli(*tiny_probe_args(tiny_data), "--config", "mine.yaml")
+    assert_one_line_error(code, err, "`space.mosiac`", "Did you mean `mosaic`?")
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        (None, "does not exist"),
+        ("train: [unclosed\n", "not valid YAML"),
+        ("train: images/train\nval: images/val\n", "names"),
+    ],
+)
+def test_bad_dataset_yaml(workdir, run_cli, content, needle):
+    data = workdir / "data.yaml"
+    if content is not None:
+        data.write_text(content)
+    code, _, err = run_cli(*tiny_probe_args(data))
+    assert_one_line_error(code, err, needle)
+
+
+def test_dataset_without_images(workdir, run_cli):
+    (workdir / "empty" / "images" / "train").mkdir(parents=True)
+    (workdir / "empty" / "images" / "val").mkdir(parents=True)
+    data = workdir / "data.yaml"
+    data.write_text(f"path: {workdir / 'empty'}\ntrain: images/train\nval: images/val\nnames: {{0: a}}\n")
+    code, _, err = run_cli(*tiny_probe_args(data))
+    assert_one_line_error(code, err, "image")
+
+
+def test_debug_shows_the_traceback(workdir, tiny_data):
+    with pytest.raises(ConfigError):
+        main(["--debug", *tiny_probe_args(tiny_data), "--imgsz", "630"])
+
+
+@pytest.mark.integration
+def test_a_changed_space_is_refused_and_nothing_of_the_study_changes(workdir, tiny_data, run_cli):
+    code, _, err = run_cli(*tiny_probe_args(tiny_data, "--n-trials", "1"))
+    assert code == 0, err
+    database = workdir / "studies" / "data-yolov8n-cpu.db"
+    best = workdir / "results" / "data-yolov8n-cpu" / "best.yaml"
+    before = (database.read_bytes(), best.read_bytes())
+
+    code, _, err = run_cli(*tiny_probe_args(tiny_data, "--n-trials", "1"), "--imgsz", "96")
+    assert_one_line_error(code, err, "was created with space", "[64]", "--study-name")
+    code, _, err = run_cli(*tiny_probe_args(tiny_data, "--n-trials", "1"), "--memory-budget", "3GB")
+    assert_one_line_error(code, err, "memory budget", "--study-name")
+    assert (database.read_bytes(), best.read_bytes()) == before
+
+
+def test_console_script_runs_as_a_real_process(workdir):
+    done = subprocess.run([sys.executable, "-m", "tuner", "probe", "--imgsz", "100"], capture_output=True, text=True)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "tuner: error: The value of `imgsz` is 100, but must be a multiple of 32 (YOLO's largest stride); try 96."
+    ]
