@@ -44,7 +44,7 @@ class Progress:
     def epoch(self, record: dict[str, Any], epochs: int, rss_mb: float | None = None) -> None:
         text = f"{self._prefix} | epoch {record['epoch']}/{epochs} {self.metric_name} {record['value']:.3f}"
         if rss_mb is not None:
-            text += f" | mem {rss_mb:.0f}/{self.budget / MB:.0f} MB"
+            text += f" | peak {rss_mb:.0f}/{self.budget / MB:.0f} MB"
         if self.live:
             self._live(text)
         elif not self.quiet:

@@ -277,7 +277,7 @@ class _Runner:
 
         def on_epoch(record: dict[str, Any]) -> bool:
             trial.report(record["value"], record["epoch"])
-            self.progress.epoch(record, self.cfg.probe.epochs)
+            self.progress.epoch(record, self.cfg.probe.epochs, record.get("peak_mb"))
             return repeat_of is None and trial.should_prune()
 
         spec = {

@@ -141,6 +141,7 @@ def run_probe_process(
                     time.sleep(0.2)
                     for record in _new_records(paths["progress.jsonl"], epochs_seen):
                         epochs_seen += 1
+                        record["peak_mb"] = round(watchdog.peak / MB, 1)
                         if on_epoch and on_epoch(record) and not stopped:
                             stopped = "pruned"
                     if not stopped and time.monotonic() - started > timeout:
