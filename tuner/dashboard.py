@@ -20,53 +20,53 @@ from optuna.trial import TrialState
 
 from tuner import selection
 from tuner.errors import ConfigError
-from tuner.report import Findings, summarize
+from tuner.report import Findings, describe_params, summarize
 from tuner.storage import load_study, open_storage, resolve_study_name, storage_url
 
 
 def study_note(found: Findings) -> str:
-    """What the study found and what to run next, for the study's page."""
+    """What the study found and what to run next, for the study's Note page."""
     name = found.study.study_name
     attrs = found.study.user_attrs
     grid = found.frontier
-    lines = [f"## What tuner found in `{name}`", ""]
     if found.best is None:
-        lines.append("**No stable config yet**: no trial finished within the stable limit.")
+        facts = ["**No stable config yet**: no trial finished within the stable limit."]
     else:
-        lines.append(f"**Best stable config**: {_describe_best(found)}.")
+        facts = [f"**Best stable config**: {_describe_best(found)}."]
     if grid.budget_mb is not None and grid.stable_limit_mb is not None:
-        lines.append(
-            f"Budget {grid.budget_mb:.0f} MB on {attrs.get('device_name', attrs.get('device', '?'))}; a config is "
-            f"stable when its peak stays within {grid.stable_limit_mb:.0f} MB."
-        )
+        device = attrs.get("device_name", attrs.get("device", "?"))
+        limit = grid.stable_limit_mb
+        facts.append(f"Budget {grid.budget_mb:.0f} MB on {device}; stable means a peak within {limit:.0f} MB.")
     counts = ", ".join(f"{count} {outcome}" for outcome, count in found.counts.items() if count)
-    lines += ["", f"Trials: {counts or 'none yet'}. The user attrs `outcome`, `peak_mem_mb` and `oom_reason` say "
-              "why each trial ended."]  # fmt: skip
+    facts.append(f"Trials: {counts or 'none yet'}; trial user attrs `outcome`, `peak_mem_mb`, `oom_reason` say why.")
     if grid.imgsz:
         walls = "; ".join(f"imgsz {size}: {grid.largest_fitting_batch(size) or 'none'}" for size in grid.imgsz)
-        lines.append(f"Largest batch within the stable limit: {walls}.")
+        facts.append(f"Largest batch within the stable limit: {walls}.")
     spread = (attrs.get("noise") or {}).get("spread")
     if spread is not None:
-        lines.append(f"Seed noise: {found.metric_name} moves by about {spread:.4f} between repeats of one config.")
+        facts.append(f"Seed noise: {found.metric_name} moves by about {spread:.4f} between repeats of one config.")
     top = _top_unstable(found)
     if top is not None:
-        lines.append(
-            f"The dashboard's *best trial* ({top.number}, {top.value:.4f}) is not used: its peak memory is over "
-            "the stable limit, so a full training could be killed for memory."
+        facts.append(
+            f"The dashboard's *Best Trial* ({top.number}, {top.value:.4f}) is not used: its peak memory is over "
+            "the stable limit, so a full training with it could be killed for memory."
         )
-    lines += ["", "## What to run next", ""]
     if found.best is not None:
-        lines.append(f"- Train the best stable config: `{found.command}`")
+        steps = [f"Train the best stable config: `{found.command}`"]
     else:
-        lines.append("- Raise `--memory-budget`, or add smaller `--imgsz`/`--batch` choices, and run `tuner probe` again.")
+        steps = ["Raise `--memory-budget`, or add smaller `--imgsz`/`--batch` choices, and run `tuner probe` again."]
     not_tried = sum(1 for cell in grid.cells.values() if cell.status == "not tried")
     if not_tried:
-        lines.append(
-            f"- {not_tried} imgsz x batch combination(s) not tried yet: "
-            f"`tuner probe --study-name {name} --n-trials {len(found.trials) + 10}` continues this study."
+        total = attrs.get("config", {}).get("n_trials", len(found.trials)) + 10
+        steps.append(
+            f"{not_tried} imgsz x batch combination(s) not tried yet: "
+            f"`tuner probe --study-name {name} --n-trials {total}` continues this study."
         )
-    lines.append(f"- Report with plots: `tuner report --study-name {name}` writes results/{name}/report.md.")
-    return "\n".join(lines)
+    steps.append(f"Report with plots: `tuner report --study-name {name}` writes `results/{name}/report.md`.")
+    return "\n".join(
+        [f"## What tuner found in `{name}`", "", *(f"- {fact}" for fact in facts), "", "## What to run next", "",
+         *(f"- {step}" for step in steps)]
+    )  # fmt: skip
 
 
 def best_trial_note(found: Findings) -> str:
@@ -91,7 +91,7 @@ def unstable_trial_note(found: Findings, trial: optuna.trial.FrozenTrial) -> str
 
 def _describe_best(found: Findings) -> str:
     best = found.best
-    params = ", ".join(f"{key} {value}" for key, value in best["params"].items())
+    params = describe_params(best["params"])
     peak = best.get("peak_mem_mb")
     value = best.get("value")
     return (
@@ -138,23 +138,28 @@ class _Server(ThreadingMixIn, WSGIServer):
 
 
 class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args) -> None:  # noqa: A002 (the name is wsgiref's)
+    def log_message(self, format: str, *args) -> None:
         pass  # no line per request; the dashboard polls every few seconds
 
 
-def serve(url: str, host: str, port: int) -> None:
-    """Serve optuna-dashboard's WSGI app until SIGINT or SIGTERM.
-
-    The signals only set a flag that the request loop checks, rather than raising KeyboardInterrupt
-    wherever the server happens to be (a library that catches BaseException there would swallow it).
-    """
+def listen(url: str, host: str, port: int) -> WSGIServer:
+    """optuna-dashboard's WSGI app on the storage `url`, bound to host:port but not serving yet."""
     try:
-        httpd = make_server(host, port, optuna_dashboard.wsgi(url), server_class=_Server, handler_class=_QuietHandler)
+        return make_server(host, port, optuna_dashboard.wsgi(url), server_class=_Server, handler_class=_QuietHandler)
     except OSError as exc:
         raise ConfigError(
             f"Cannot listen on {host}:{port} ({os.strerror(exc.errno) if exc.errno else exc}); pass --port with "
             f"a free port (e.g. --port {port + 1}) or --host with an address of this machine."
         ) from exc
+
+
+def serve_until_stopped(httpd: WSGIServer) -> None:
+    """Serve until SIGINT or SIGTERM, then close the socket.
+
+    The signals only set a flag that the request loop checks between requests. With the default
+    KeyboardInterrupt, optuna_dashboard.run_server sometimes went on serving after a SIGINT (about
+    one run in four in tests/test_dashboard.py), the interrupt lost somewhere inside a request.
+    """
     stop = threading.Event()
     previous = {number: signal.signal(number, lambda *_: stop.set()) for number in (signal.SIGINT, signal.SIGTERM)}
     httpd.timeout = 0.5
@@ -176,8 +181,9 @@ def run_dashboard(
     study = load_study(name, url)
     save_notes(summarize(study, results_dir, url))
     study_id = open_storage(url, create=False).get_study_id_from_name(name)
+    httpd = listen(url, host, port)
     print(f"optuna-dashboard for study {name} ({url})")
     print(f"Open http://{host}:{port}/dashboard/studies/{study_id}  (Ctrl-C to stop)", flush=True)
-    serve(url, host, port)
+    serve_until_stopped(httpd)
     print("Dashboard stopped.", file=sys.stderr)
     return 0

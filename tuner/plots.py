@@ -10,8 +10,9 @@ import csv
 import dataclasses
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from tuner.report import Frontier
@@ -170,7 +171,8 @@ def plot_accuracy_vs_memory(
     ax.set_title(f"{metric_name} vs peak memory")
     if not points:
         ax.text(0.5, 0.5, "no trials yet", transform=ax.transAxes, ha="center")
-    ax.legend(fontsize=8, loc="best")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, loc="best")
     counts = {kind: _count(ax, kind) for kind in POINT_STYLES}
     counts["best"] = _count(ax, "best")
     counts["budget_lines"] = sum(1 for line in ax.get_lines() if line.get_gid() in ("budget", "stable-limit"))
@@ -210,7 +212,8 @@ def plot_history(points: Sequence[Point], path: Path, *, metric_name: str) -> Pl
     ax.set_title("Optimization history")
     if not points:
         ax.text(0.5, 0.5, "no trials yet", transform=ax.transAxes, ha="center")
-    ax.legend(fontsize=8, loc="best")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, loc="best")
     counts = {kind: _count(ax, kind) for kind in POINT_STYLES}
     counts["best_so_far"] = sum(len(line.get_xdata()) for line in ax.get_lines() if line.get_gid() == "best-so-far")
     _save(fig, path)
@@ -239,7 +242,8 @@ def read_train_epochs(results_csv: Path, metric_column: str) -> tuple[list[int],
 def _read_csv(path: Path) -> list[dict[str, str]]:
     """Rows with names and values stripped (older Ultralytics padded its column names)."""
     with open(path, newline="", encoding="utf-8") as file:
-        return [{key.strip(): (value or "").strip() for key, value in row.items() if key} for row in csv.DictReader(file)]
+        rows = list(csv.DictReader(file))
+    return [{key.strip(): (value or "").strip() for key, value in row.items() if key} for row in rows]
 
 
 def plot_train_epochs(

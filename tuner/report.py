@@ -13,8 +13,9 @@ import io
 import json
 import os
 import tempfile
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -47,6 +48,7 @@ _STATE_OUTCOMES = {
 # A cell shows the most telling outcome of the trials that tried its imgsz and batch.
 _CELL_PRIORITY = ("oom", "ok", "pruned", "inferred", "error", "running")
 TOP_N = 5
+PARAMS = ("imgsz", "batch", "mosaic", "mixup")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +58,6 @@ class Cell:
     status: str  # one of _CELL_PRIORITY, or "not tried"
     peak_mem_mb: float | None = None  # the highest peak among the trials of that status
     over_limit: bool = False  # ran to the end, but above the stable limit
-    trials: tuple[int, ...] = ()
 
     @property
     def label(self) -> str:
@@ -167,8 +168,10 @@ def best_config(study: optuna.Study, trials: Sequence[FrozenTrial]) -> dict[str,
 
 def frontier(study: optuna.Study, trials: Sequence[FrozenTrial]) -> Frontier:
     space = study.user_attrs.get("config", {}).get("space", {})
-    imgsz = sorted({int(v) for v in space.get("imgsz", [])} | {t.params["imgsz"] for t in trials if "imgsz" in t.params})
-    batch = sorted({int(v) for v in space.get("batch", [])} | {t.params["batch"] for t in trials if "batch" in t.params})
+    imgsz, batch = (
+        sorted({int(v) for v in space.get(name, [])} | {t.params[name] for t in trials if name in t.params})
+        for name in ("imgsz", "batch")
+    )
     limit = stable_limit_mb(study)
     by_config: dict[tuple[int, int], list[FrozenTrial]] = {}
     for trial in trials:
@@ -189,7 +192,7 @@ def _cell(trials: list[FrozenTrial], limit_mb: float | None) -> Cell:
     ]
     peak = max(peaks) if peaks else None
     over = status in ("ok", "pruned") and limit_mb is not None and peak is not None and peak > limit_mb
-    return Cell(status, peak, over, tuple(t.number for t in trials))
+    return Cell(status, peak, over)
 
 
 def top_trials(trials: Iterable[FrozenTrial], count: int = TOP_N) -> list[FrozenTrial]:
@@ -235,7 +238,7 @@ def trials_csv(trials: Iterable[FrozenTrial], metric_name: str) -> str:
     for trial in trials:
         attrs = trial.user_attrs
         row = {column: attrs.get(column, "") for column in CSV_COLUMNS}
-        row.update({name: trial.params.get(name, "") for name in ("imgsz", "batch", "mosaic", "mixup")})
+        row.update(zip(PARAMS, param_cells(trial.params, missing="")))
         duration = duration_s(trial)
         row.update(
             number=trial.number,
@@ -376,12 +379,12 @@ def setting_lines(study: optuna.Study) -> str:
         given = config.get("memory_budget")
         margin = config.get("safety_margin")
         usable = attrs.get("usable_memory_mb")
-        lines.append(
-            f"- Memory budget: {attrs['budget_mb']:.0f} MB"
-            + (f" (given as `{given}`)" if given is not None else "")
-            + (f" of {usable:.0f} MB usable" if usable is not None else "")
-            + (f"; stable limit {stable_limit_mb(study):.0f} MB (safety margin {margin:.0%})" if margin is not None else "")
-        )  # fmt: skip
+        line = f"- Memory budget: {attrs['budget_mb']:.0f} MB"
+        line += f" (given as `{given}`)" if given is not None else ""
+        line += f" of {usable:.0f} MB usable" if usable is not None else ""
+        if margin is not None:
+            line += f"; stable limit {stable_limit_mb(study):.0f} MB (safety margin {margin:.0%})"
+        lines.append(line)
     if config:
         data = f"`{config['data']}`" if config.get("data") else "the embedded synthetic shapes dataset"
         lines.append(f"- Model `{config.get('model')}` on {data}")
@@ -410,8 +413,7 @@ def best_section(best: dict[str, Any] | None, metric_name: str, command: str) ->
     peak = best.get("peak_mem_mb")
     table = _table(
         ["trial", "imgsz", "batch", "mosaic", "mixup", metric_name, "peak memory"],
-        [[best["trial"], params.get("imgsz"), params.get("batch"), params.get("mosaic"), params.get("mixup"),
-          _fmt(best.get("value"), 4), "?" if peak is None else f"{peak:.0f} MB"]],
+        [[best["trial"], *param_cells(params), _fmt(best.get("value"), 4), "?" if peak is None else f"{peak:.0f} MB"]],
     )  # fmt: skip
     if best.get("best_yaml"):
         where = f"Recorded in `{best['best_yaml']}`."
@@ -453,8 +455,7 @@ def top_table(trials: Sequence[FrozenTrial], limit_mb: float | None, metric_name
         repeat = trial.user_attrs.get("repeat_of")
         rows.append([
             rank, trial.number if repeat is None else f"{trial.number} (repeat of {repeat})",
-            trial.params.get("imgsz"), trial.params.get("batch"), trial.params.get("mosaic"),
-            trial.params.get("mixup"), _fmt(trial.value, 4), "?" if peak is None else f"{peak:.0f} MB",
+            *param_cells(trial.params), _fmt(trial.value, 4), "?" if peak is None else f"{peak:.0f} MB",
             {True: "yes", False: "no", None: "?"}[stable],
         ])  # fmt: skip
     return _table(["rank", "trial", "imgsz", "batch", "mosaic", "mixup", metric_name, "peak memory", "stable"], rows)
@@ -508,6 +509,15 @@ def _table(header: Sequence[Any], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join([line(header), line(["---"] * len(header)), *(line(row) for row in rows)])
 
 
+def param_cells(params: dict[str, Any], missing: str = "?") -> list[str]:
+    """imgsz, batch, mosaic, mixup as text; floats without binary noise (0.15, not 0.15000000000000002)."""
+    return [missing if params.get(name) is None else f"{params[name]:.6g}" for name in PARAMS]
+
+
+def describe_params(params: dict[str, Any]) -> str:
+    return ", ".join(f"{name} {text}" for name, text in zip(PARAMS, param_cells(params)))
+
+
 def _fmt(value: float | None, digits: int) -> str:
     return "?" if value is None else f"{value:.{digits}f}"
 
@@ -535,7 +545,7 @@ def run_report(
         if found.best is None:
             print("No stable config yet.")
         else:
-            params = ", ".join(f"{key} {value}" for key, value in found.best["params"].items())
+            params = describe_params(found.best["params"])
             print(f"Best stable config: trial {found.best['trial']}: {params}; "
                   f"{found.metric_name} {_fmt(found.best.get('value'), 4)}. Next: {found.command}")  # fmt: skip
     print(f"Report: {written['report.md']}")

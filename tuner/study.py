@@ -86,7 +86,7 @@ def run_probe(args: argparse.Namespace) -> int:
                 "best_yaml": str(best_yaml),
             },
         )
-    _write_report(study, Path(args.results_dir), progress)
+    _write_report(study, Path(args.results_dir), url, progress)
     summary = summarize(study, choice, best_yaml if choice else None, spread)
     _print_summary(summary, args, progress)
     return 0 if choice is not None else 1
@@ -410,12 +410,10 @@ def summarize(study: optuna.Study, choice, best_yaml: Path | None, spread: dict[
     }
 
 
-def _write_report(study: optuna.Study, results_dir: Path, progress: Progress) -> None:
-    try:
-        from tuner.report import write_report
-    except ImportError:
-        return
-    written = write_report(study, results_dir)
+def _write_report(study: optuna.Study, results_dir: Path, url: str, progress: Progress) -> None:
+    from tuner.report import write_report
+
+    written = write_report(study, results_dir, url=url)
     progress.say(f"Report: {written.get('report.md', results_dir / study.study_name)}")
 
 
