@@ -92,3 +92,16 @@ def test_selection_on_a_real_sqlite_study(tmp_path):
         study.add_trial(trial)
     loaded = optuna.load_study(study_name=study.study_name, storage=f"sqlite:///{tmp_path / 's.db'}")
     assert selection.best_stable(loaded.trials, 1000, None).params["imgsz"] == 224
+
+
+def test_startup_design_covers_every_imgsz_and_both_ends_of_batch():
+    from tuner.config import Space
+    from tuner.space import startup_design
+
+    space = Space(imgsz=(160, 224, 288, 352), batch=(2, 4, 8, 16), mosaic=(0, 1), mixup=(0, 0.3))
+    design = startup_design(space, 4)
+    assert [cell["imgsz"] for cell in design] == [160, 224, 288, 352]
+    assert [cell["batch"] for cell in design] == [16, 8, 4, 2]
+    assert startup_design(space, 2) == [{"imgsz": 160, "batch": 16}, {"imgsz": 352, "batch": 2}]
+    one_size = Space(imgsz=(64,), batch=(2, 4), mosaic=(0, 1), mixup=(0, 0.3))
+    assert startup_design(one_size, 3) == [{"imgsz": 64, "batch": 4}, {"imgsz": 64, "batch": 2}]

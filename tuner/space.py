@@ -27,6 +27,26 @@ def _suggest_range(trial: optuna.Trial, name: str, bounds: tuple[float, float]) 
     return round(trial.suggest_float(name, low, high, step=step), 4)
 
 
+def startup_design(space: Space, count: int) -> list[dict[str, int]]:
+    """imgsz and batch for a fresh study's first trials: every imgsz once (up to `count`), paired
+    with batches in the opposite order, so the first trials cover the accuracy axis and both ends of
+    the memory frontier instead of whatever cells random sampling repeats. mosaic and mixup are left
+    to the sampler.
+    """
+    sizes, batches = list(space.imgsz), list(space.batch)
+    count = min(count, len(sizes) * len(batches))
+    if count <= 0:
+        return []
+    design = []
+    for step in range(count):
+        position = step / (count - 1) if count > 1 else 0.0
+        imgsz = sizes[round(position * (len(sizes) - 1))]
+        batch = batches[round((1 - position) * (len(batches) - 1))]
+        if {"imgsz": imgsz, "batch": batch} not in design:
+            design.append({"imgsz": imgsz, "batch": batch})
+    return design
+
+
 def config_key(params: dict[str, Any]) -> tuple:
     """Trials with equal keys trained the same config (repeats differ only in their seed)."""
     return (params["imgsz"], params["batch"], round(params["mosaic"], 3), round(params["mixup"], 3))

@@ -150,11 +150,15 @@ def open_study(name: str, url: str, cfg: configs.ProbeConfig, attrs: dict[str, A
     return study
 
 
+def startup_trials(cfg: configs.ProbeConfig) -> int:
+    """Trials before TPE models the results: the startup design (see space.startup_design)."""
+    return max(2, min(len(cfg.space.imgsz), cfg.n_trials // 2))
+
+
 def _sampler(cfg: configs.ProbeConfig) -> optuna.samplers.BaseSampler:
     if cfg.sampler == "random":
         return optuna.samplers.RandomSampler(seed=cfg.seed)
-    startup = max(3, min(10, cfg.n_trials // 2))
-    return optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=startup, multivariate=True)
+    return optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=startup_trials(cfg), multivariate=True)
 
 
 def _check_same_study(name: str, stored: dict[str, Any], new: dict[str, Any]) -> None:
@@ -198,6 +202,9 @@ class _Runner:
 
     def run(self) -> None:
         deadline = time.monotonic() + self.cfg.timeout if self.cfg.timeout else None
+        if not self.study.get_trials(deepcopy=False):
+            for params in space.startup_design(self.cfg.space, startup_trials(self.cfg)):
+                self.study.enqueue_trial(params)
         done = self._main_trials_done()
         if done:
             self.progress.say(f"Continuing: {done} of {self.cfg.n_trials} trials done.")
