@@ -46,7 +46,7 @@ def trial_processes() -> list[psutil.Process]:
     found = []
     for process in psutil.Process().children(recursive=True):
         try:
-            if any(part in ("tuner.probe", "tuner.train") for part in process.cmdline()):
+            if any(part in ("tuner.probe", "tuner.train", "tuner.train_child") for part in process.cmdline()):
                 found.append(process)
         except psutil.Error:
             continue

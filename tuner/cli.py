@@ -8,7 +8,14 @@ import warnings
 from pathlib import Path
 
 from tuner import __version__
+from tuner.config import DEFAULTS
 from tuner.errors import TunerError
+
+SPACE, PROBE = DEFAULTS["space"], DEFAULTS["probe"]
+
+
+def _csv(values) -> str:
+    return ",".join(f"{value:g}" for value in values)
 
 
 def _add_study_options(parser: argparse.ArgumentParser) -> None:
@@ -73,18 +80,18 @@ def _add_probe(subparsers) -> None:
     _add_run_options(parser)
     _add_study_options(parser)
     search = parser.add_argument_group("search (flags override the config file)")
-    search.add_argument("--n-trials", type=int, help="trials the study should have in total (default: 10)")
+    search.add_argument("--n-trials", type=int, help=f"trials the study should have in total (default: {DEFAULTS['n_trials']})")
     search.add_argument("--timeout", type=float, help="stop starting new trials after this many seconds")
-    search.add_argument("--imgsz", help="imgsz choices, multiples of 32, comma-separated (default: 160,224,288,352)")
-    search.add_argument("--batch", help="batch choices, comma-separated (default: 2,4,8,16)")
-    search.add_argument("--mosaic", help="mosaic range LOW,HIGH within [0, 1] (default: 0,1)")
-    search.add_argument("--mixup", help="mixup range LOW,HIGH within [0, 1] (default: 0,0.3)")
-    search.add_argument("--probe-epochs", type=int, help="epochs each probe trains (default: 3)")
-    search.add_argument("--probe-fraction", type=float, help="fraction of the train split each probe uses (default: 1.0)")
-    search.add_argument("--trial-timeout", type=float, help="seconds before a probe is stopped as an error (default: 600)")
-    search.add_argument("--repeats", type=int, help="how many top configs are probed again with another seed to measure noise (default: 2)")
-    search.add_argument("--safety-margin", type=float, help="headroom below the budget a stable config keeps (default: 0.1)")
-    search.add_argument("--seed", type=int, help="seed of the sampler; trial N trains with seed + N (default: 0)")
+    search.add_argument("--imgsz", help=f"imgsz choices, multiples of 32, comma-separated (default: {_csv(SPACE['imgsz'])})")
+    search.add_argument("--batch", help=f"batch choices, comma-separated (default: {_csv(SPACE['batch'])})")
+    search.add_argument("--mosaic", help=f"mosaic range LOW,HIGH within [0, 1] (default: {_csv(SPACE['mosaic'])})")
+    search.add_argument("--mixup", help=f"mixup range LOW,HIGH within [0, 1] (default: {_csv(SPACE['mixup'])})")
+    search.add_argument("--probe-epochs", type=int, help=f"epochs each probe trains (default: {PROBE['epochs']})")
+    search.add_argument("--probe-fraction", type=float, help=f"fraction of the train split each probe uses (default: {PROBE['fraction']})")
+    search.add_argument("--trial-timeout", type=float, help=f"seconds before a probe is stopped as an error (default: {PROBE['trial_timeout']:g})")
+    search.add_argument("--repeats", type=int, help=f"how many top configs are probed again with another seed to measure noise (default: {PROBE['repeats']})")
+    search.add_argument("--safety-margin", type=float, help=f"headroom below the budget a stable config keeps (default: {DEFAULTS['safety_margin']})")
+    search.add_argument("--seed", type=int, help=f"seed of the sampler; trial N trains with seed + N (default: {DEFAULTS['seed']})")
     _add_output_options(parser)
     parser.set_defaults(func=_cmd_probe)
 
@@ -93,6 +100,67 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     from tuner.study import run_probe
 
     return run_probe(args)
+
+
+# ----------------------------------------------------------------------------------------- train-best
+
+
+def _add_train_best(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "train-best",
+        help="train the study's best stable config to the end, resuming after kills and stepping down on OOM",
+        description="Train the best stable config of a study (or of a best.yaml) in a memory-watched child process. "
+        "Writes <results-dir>/<study-name>/train/: Ultralytics' weights/last.pt, best.pt and results.csv, the "
+        "resolved config.yaml (before the first epoch), state.json and summary.json. A training process that dies "
+        "is continued from this run's last.pt; a config that runs out of memory twice at the same epoch steps down "
+        "to a smaller stable one. Re-running the command continues the run; a finished run is left as it is.",
+    )
+    _add_study_options(parser)
+    group = parser.add_argument_group("what to train")
+    group.add_argument(
+        "--config",
+        type=Path,
+        help="a best.yaml to train instead of the study's best (default: the study's best stable config)",
+    )
+    group.add_argument("--epochs", type=int, help="epochs to train in all (default: 40)")
+    group.add_argument(
+        "--strategy",
+        choices=("single", "two-stage", "progressive"),
+        help="single: the best config for all epochs; two-stage: a conservative config, then a fine-tune with the "
+        "best one at a tenth of lr0; progressive: imgsz grows in blocks up to the largest stable one "
+        "(default: single)",
+    )
+    group.add_argument("--device", help="auto, mps, cuda, cuda:N, N or cpu (default: the study's device)")
+    group.add_argument(
+        "--memory-budget",
+        help="memory the training may use, e.g. 800MB, 3GB or 0.7 of usable memory (default: the study's budget)",
+    )
+    group.add_argument(
+        "--max-restarts", type=int, help="training processes that may die before tuner gives up (default: 5)"
+    )
+    group.add_argument("--no-plots", action="store_true", help="skip Ultralytics' training plots (faster)")
+    _add_output_options(parser)
+    parser.set_defaults(func=_cmd_train_best)
+
+
+def _cmd_train_best(args: argparse.Namespace) -> int:
+    from tuner.train import train_best
+
+    return train_best(
+        study_name=args.study_name,
+        storage=args.storage,
+        studies_dir=args.studies_dir,
+        results_dir=args.results_dir,
+        config=args.config,
+        epochs=args.epochs,
+        device=args.device,
+        memory_budget=args.memory_budget,
+        max_restarts=args.max_restarts,
+        strategy=args.strategy,
+        plots=not args.no_plots,
+        quiet=args.quiet,
+        as_json=args.json,
+    )
 
 
 # --------------------------------------------------------------------------------------------- report
@@ -169,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_probe(subparsers)
+    _add_train_best(subparsers)
     _add_report(subparsers)
     _add_dashboard(subparsers)
     return parser

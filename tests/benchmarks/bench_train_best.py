@@ -1,0 +1,201 @@
+"""Benchmark: `tuner probe` + `tuner train-best` against the seed note's hand-picked config.
+
+On the embedded dataset, with the same memory budget and the same number of full-training epochs:
+- tuner: `tuner probe` (default settings), then `tuner train-best` of its best stable config;
+- seed:  the hand-picked imgsz 416, batch 2, mosaic 0.75, mixup 0.05, trained the same way
+         (`tuner train-best --config seed.yaml`: same model, data, optimizer, lr0, nbs, watchdog;
+         if it does not fit the budget it steps down like any run, and the table says so).
+Prints a Markdown table: final mAP50-95 (best.pt, validated by Ultralytics at the end), epochs,
+step-downs, restarts, peak memory and wall time, the probe's time included for tuner.
+
+    python tests/benchmarks/bench_train_best.py --epochs 40 --memory-budget 3GB   # hours on 2 CPU cores
+    python tests/benchmarks/bench_train_best.py --nbs --epochs 15                 # the lr0 / nbs experiment
+    BENCH_EPOCHS=5 python -m pytest tests/benchmarks/bench_train_best.py -m benchmark -s
+
+`--nbs` answers the README's question for small stable batches: with batch 2 on the embedded
+dataset, does relying on Ultralytics' nominal batch (nbs 64: gradients of 32 batches accumulated
+per optimizer step) train better than one step per batch (nbs = batch) with lr0 as is, or scaled
+linearly or by the square root of batch / 64? Each variant is a real train-best child process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tuner import config as configs
+from tuner import data
+
+SEED_CONFIG = {"imgsz": 416, "batch": 2, "mosaic": 0.75, "mixup": 0.05}
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _tuner(args: list[str], cwd: Path, log: Path) -> float:
+    """Run `python -m tuner ARGS` in `cwd`; return its wall time; stop with its log tail if it fails."""
+    started = time.monotonic()
+    with open(log, "w") as handle:
+        run = subprocess.run([sys.executable, "-m", "tuner", *args], cwd=cwd, stdout=handle, stderr=subprocess.STDOUT)
+    seconds = time.monotonic() - started
+    if run.returncode != 0:
+        raise SystemExit(f"tuner {' '.join(args)} failed ({run.returncode}):\n{log.read_text()[-3000:]}")
+    return seconds
+
+
+def _row(name: str, config: str, summary: dict, seconds: float) -> dict:
+    metrics = summary.get("metrics") or {}
+    return {
+        "method": name,
+        "config": config,
+        "mAP50-95": metrics.get("mAP50-95"),
+        "epochs": summary["epochs"],
+        "step_downs": len(summary["step_downs"]),
+        "restarts": summary["restarts"],
+        "peak_mem_mb": summary["peak_mem_mb"],
+        "wall_s": round(seconds, 1),
+    }
+
+
+def compare(workdir: Path, epochs: int, budget: str, device: str, n_trials: int | None, probe_extra=()) -> list[dict]:
+    """Both methods in `workdir`; returns the table rows."""
+    common = ["--device", device, "--memory-budget", budget]
+    probe_args = ["probe", *common, *probe_extra] + (["--n-trials", str(n_trials)] if n_trials else [])
+    probe_s = _tuner(probe_args, workdir, workdir / "probe.log")
+    name = next(path.stem for path in (workdir / "studies").glob("*.db"))
+    train_s = _tuner(["train-best", "--study-name", name, "--epochs", str(epochs), "--json"], workdir,
+                     workdir / "train-best.log")  # fmt: skip
+    tuner_summary = json.loads((workdir / "results" / name / "train" / "summary.json").read_text())
+    best = yaml.safe_load((workdir / "results" / name / "best.yaml").read_text())
+
+    seed_yaml = workdir / "seed.yaml"
+    seed_yaml.write_text(yaml.safe_dump({**{k: best[k] for k in ("model", "data", "optimizer", "lr0")}, **SEED_CONFIG}))
+    seed_s = _tuner(["train-best", "--config", str(seed_yaml), "--study-name", "seed-hand-picked",
+                     "--epochs", str(epochs), *common], workdir, workdir / "seed.log")  # fmt: skip
+    seed_summary = json.loads((workdir / "results" / "seed-hand-picked" / "train" / "summary.json").read_text())
+    described = ", ".join(f"{k} {best[k]}" for k in ("imgsz", "batch", "mosaic", "mixup"))
+    return [
+        _row("tuner probe + train-best", described, tuner_summary, probe_s + train_s),
+        _row("seed note, hand-picked", ", ".join(f"{k} {v}" for k, v in SEED_CONFIG.items()), seed_summary, seed_s),
+    ]
+
+
+def markdown(rows: list[dict]) -> str:
+    head = "| method | config | mAP50-95 | epochs | step-downs | restarts | peak MB | wall time |"
+    lines = [head, "|" + "---|" * 8]
+    for row in rows:
+        value = "n/a" if row["mAP50-95"] is None else f"{row['mAP50-95']:.4f}"
+        lines.append(
+            f"| {row['method']} | {row['config']} | {value} | {row['epochs']} | {row['step_downs']} | "
+            f"{row['restarts']} | {row['peak_mem_mb']:.0f} | {row['wall_s'] / 60:.1f} min |"
+        )
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------ lr / nbs
+
+
+def nbs_variants(batch: int, lr0: float) -> list[tuple[str, int, float]]:
+    """(label, nbs, lr0): rely on Ultralytics' accumulation, or step every batch with lr0 as is / scaled."""
+    ratio = batch / 64
+    return [
+        ("nbs 64 (accumulate), lr0", 64, lr0),
+        ("nbs = batch, lr0", batch, lr0),
+        ("nbs = batch, lr0 x batch/64", batch, lr0 * ratio),
+        ("nbs = batch, lr0 x sqrt(batch/64)", batch, lr0 * math.sqrt(ratio)),
+    ]
+
+
+def nbs_experiment(epochs: int, imgsz: int, batch: int, optimizer: str, lr0: float) -> list[dict]:
+    from tuner import device as devices
+    from tuner.trial import run_probe_process
+
+    device = devices.resolve("cpu")
+    model, data_yaml = data.base_checkpoint(), data.embedded_dataset()
+    rows = []
+    for label, nbs, lr in nbs_variants(batch, lr0):
+        with tempfile.TemporaryDirectory(prefix="tuner-bench-nbs-") as folder:
+            spec = {
+                "model": str(model), "resume": None, "data": str(data_yaml), "device": "cpu", "device_kind": "cpu",
+                "budget": device.total_memory, "metric": "metrics/mAP50-95(B)",
+                "params": {"imgsz": imgsz, "batch": batch, "mosaic": SEED_CONFIG["mosaic"], "mixup": SEED_CONFIG["mixup"]},
+                "train": {"epochs": epochs, "optimizer": optimizer, "lr0": lr, "nbs": nbs, "warmup_epochs": 3.0,
+                          "close_mosaic": min(10, epochs // 4), "seed": 0, "deterministic": True, "workers": 0,
+                          "plots": False},
+                "save_dir": str(Path(folder) / "run"),
+            }  # fmt: skip
+            records: list[dict] = []
+            out = run_probe_process(spec, Path(folder) / "attempt", device, device.total_memory, math.inf,
+                                    records.append, module="tuner.train_child")  # fmt: skip
+            result = json.loads((Path(folder) / "attempt" / "result.json").read_text())
+        if out.outcome != "ok":
+            raise SystemExit(f"{label}: {out.outcome} {out.reason}")
+        steps = math.ceil(len(list((Path(data_yaml).parent / "images" / "train").glob("*"))) / max(batch, nbs))
+        rows.append({
+            "variant": label, "nbs": nbs, "lr0": lr, "steps_per_epoch": steps,
+            "final": result["final_metrics"]["mAP50-95"], "last_epoch": records[-1]["value"],
+            "curve": [round(r["value"], 4) for r in records], "seconds": out.duration_s,
+        })  # fmt: skip
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+# --------------------------------------------------------------------------------------------- entry
+
+
+@pytest.mark.benchmark
+def test_probe_and_train_best_against_the_seed_config(tmp_path):
+    """On demand: BENCH_EPOCHS (default 5), BENCH_BUDGET (3GB), BENCH_TRIALS (default: the probe's)."""
+    epochs = int(os.environ.get("BENCH_EPOCHS", "5"))
+    trials = int(os.environ["BENCH_TRIALS"]) if os.environ.get("BENCH_TRIALS") else None
+    rows = compare(tmp_path, epochs, os.environ.get("BENCH_BUDGET", "3GB"), "cpu", trials)
+    print("\n" + markdown(rows))
+    assert [row["epochs"] for row in rows] == [epochs, epochs]
+    assert all(row["mAP50-95"] is not None for row in rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=40, help="full-training epochs of each method (default: 40)")
+    parser.add_argument("--memory-budget", default="3GB", help="the one budget both methods train under")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--n-trials", type=int, help="probe trials (default: the probe's own default)")
+    parser.add_argument("--workdir", type=Path, help="keep studies/ and results/ here (default: a temp folder)")
+    parser.add_argument("--probe-args", default="", help="more flags for tuner probe, e.g. '--probe-epochs 2'")
+    parser.add_argument("--nbs", action="store_true", help="run the lr0 / nbs experiment instead")
+    parser.add_argument("--imgsz", type=int, default=160, help="--nbs: imgsz of the experiment (default: 160)")
+    parser.add_argument("--batch", type=int, default=2, help="--nbs: the small stable batch (default: 2)")
+    parser.add_argument("--optimizer", default=configs.DEFAULTS["probe"]["optimizer"])
+    parser.add_argument("--lr0", type=float, default=configs.DEFAULTS["probe"]["lr0"])
+    args = parser.parse_args(argv)
+    if args.nbs:
+        rows = nbs_experiment(args.epochs, args.imgsz, args.batch, args.optimizer, args.lr0)
+        print(f"\n{args.optimizer}, imgsz {args.imgsz}, batch {args.batch}, {args.epochs} epochs, embedded dataset\n")
+        print("| variant | nbs | lr0 | optimizer steps / epoch | mAP50-95 best.pt | last epoch | time |")
+        print("|---|---|---|---|---|---|---|")
+        for row in rows:
+            print(f"| {row['variant']} | {row['nbs']} | {row['lr0']:.2e} | {row['steps_per_epoch']} | "
+                  f"{row['final']:.4f} | {row['last_epoch']:.4f} | {row['seconds'] / 60:.1f} min |")  # fmt: skip
+        return 0
+    extra = shlex.split(args.probe_args)
+    if args.workdir:
+        args.workdir.mkdir(parents=True, exist_ok=True)
+        rows = compare(args.workdir, args.epochs, args.memory_budget, args.device, args.n_trials, extra)
+    else:
+        with tempfile.TemporaryDirectory(prefix="tuner-bench-") as folder:
+            rows = compare(Path(folder), args.epochs, args.memory_budget, args.device, args.n_trials, extra)
+    print(markdown(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,528 @@
+"""`tuner train-best`: plans, step-downs and checkpoint handling, then real tiny trainings with real kills."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import psutil
+import pytest
+import yaml
+from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+from tests.conftest import tiny_probe_args, trial_processes
+from tuner import config as configs
+from tuner.train import (
+    Candidate,
+    CheckpointError,
+    Params,
+    Source,
+    plan_stages,
+    step_down,
+    train_settings,
+    verify_checkpoint,
+)
+from tuner.train_child import AtomicPath, trim_results_csv
+
+FAST = ("--device", "cpu", "--no-plots")
+
+
+# ------------------------------------------------------------------------------------------- helpers
+
+
+def write_best_yaml(path: Path, data_yaml: Path, **overrides) -> Path:
+    values = {"model": "yolov8n.yaml", "data": str(data_yaml), "imgsz": 64, "batch": 2, "mosaic": 0.5, "mixup": 0.0,
+              "device": "cpu", "optimizer": "AdamW", "lr0": 0.001, **overrides}  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
+def make_study(workdir: Path, name: str, data_yaml: Path, configs_and_values, *, best: bool = True) -> None:
+    """A study as `tuner probe` leaves it: stable trials with peaks, and the study attrs train-best reads."""
+    storage = f"sqlite:///{workdir / 'studies' / f'{name}.db'}"
+    (workdir / "studies").mkdir(exist_ok=True)
+    study = optuna.create_study(study_name=name, storage=storage, direction="maximize")
+    distributions = {
+        "imgsz": CategoricalDistribution(sorted({p["imgsz"] for p, _, _ in configs_and_values})),
+        "batch": CategoricalDistribution(sorted({p["batch"] for p, _, _ in configs_and_values})),
+        "mosaic": FloatDistribution(0.0, 1.0),
+        "mixup": FloatDistribution(0.0, 1.0),
+    }
+    for params, value, peak in configs_and_values:
+        study.add_trial(optuna.trial.create_trial(
+            params=params, distributions=distributions, value=value,
+            user_attrs={"outcome": "ok", "peak_mem_mb": peak, "stable": True},
+        ))  # fmt: skip
+    cfg = configs.load(None, {"data": str(data_yaml), "model": "yolov8n.yaml", "device": "cpu"}).to_dict()
+    attrs = {"config": cfg, "device": "cpu", "budget_mb": 4000.0, "stable_limit_mb": 3600.0,
+             "model_path": "yolov8n.yaml", "data_path": str(data_yaml)}  # fmt: skip
+    if best:
+        top = max(configs_and_values, key=lambda item: item[1])
+        attrs["best"] = {"trial": 0, "params": top[0], "value": top[1], "peak_mem_mb": top[2]}
+    for key, value in attrs.items():
+        study.set_user_attr(key, value)
+
+
+def train_dir(workdir: Path, name: str) -> Path:
+    return workdir / "results" / name / "train"
+
+
+def state_of(folder: Path) -> dict:
+    return json.loads((folder / "state.json").read_text())
+
+
+def csv_epochs(path: Path) -> list[int]:
+    with open(path) as handle:
+        return [int(float(row["epoch"])) for row in csv.DictReader(handle)]
+
+
+def progress_records(folder: Path) -> list[list[dict]]:
+    """Per attempt, the progress lines its training process wrote."""
+    attempts = sorted((folder / "attempts").iterdir())
+    return [[json.loads(line) for line in (a / "progress.jsonl").read_text().splitlines()] if (a / "progress.jsonl").exists()
+            else [] for a in attempts]  # fmt: skip
+
+
+def kill_after_epoch(folder: Path, epoch: int, stage: int = 0, timeout: float = 120.0):
+    """A trial_hook action: SIGKILL the training process once state.json says `epoch` epochs are done."""
+
+    def action(process: psutil.Process, index: int) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if state_of(folder)["stages"][stage]["epochs_done"] >= epoch:
+                    process.send_signal(signal.SIGKILL)
+                    return
+            except (FileNotFoundError, json.JSONDecodeError, KeyError):
+                pass
+            time.sleep(0.05)
+
+    return action
+
+
+def assert_one_line_error(code: int, err: str, *needles: str) -> None:
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("tuner: error: ") and "Traceback" not in err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()} if folder.exists() else {}
+
+
+# --------------------------------------------------------------------------------- plans, step-downs
+
+
+def source(best: Params, candidates=(), lr0=0.001) -> Source:
+    return Source(study="s", origin="test", model="yolov8n.yaml", data="d.yaml", device="cpu", memory_budget=0.7,
+                  optimizer="AdamW", lr0=lr0, metric="metrics/mAP50-95(B)", best=best, candidates=tuple(candidates))  # fmt: skip
+
+
+def candidate(imgsz, batch, value, trial) -> Candidate:
+    return Candidate(Params(imgsz, batch, 0.5, 0.1), value, 900.0, trial)
+
+
+def test_step_down_takes_the_most_accurate_stable_config_no_larger_in_imgsz_and_batch():
+    ladder = (candidate(352, 8, 0.60, 1), candidate(352, 16, 0.58, 2), candidate(288, 8, 0.55, 3), candidate(224, 4, 0.50, 4))
+    new, why = step_down(Params(352, 8, 0.5, 0.1), ladder)
+    assert (new.imgsz, new.batch) == (288, 8)  # 352/16 is more accurate but larger
+    assert "trial 3" in why
+    new, _ = step_down(Params(288, 8, 0.5, 0.1), ladder)
+    assert (new.imgsz, new.batch) == (224, 4)
+
+
+def test_step_down_without_a_study_lowers_imgsz_then_halves_the_batch():
+    new, why = step_down(Params(416, 2, 0.75, 0.05), ())
+    assert (new.imgsz, new.batch, new.mosaic) == (384, 2, 0.75) and "imgsz" in why
+    new, why = step_down(Params(64, 4, 0.75, 0.05), ())
+    assert (new.imgsz, new.batch) == (64, 2) and "batch" in why
+    assert step_down(Params(64, 1, 0.75, 0.05), ()) is None
+
+
+def test_two_stage_plan_fine_tunes_the_best_config_from_stage_one_at_a_tenth_of_lr0():
+    stages = plan_stages(source(Params(352, 8, 0.8, 0.2), lr0=0.01), "two-stage", 40)
+    first, second = stages
+    assert [s["epochs"] for s in stages] == [30, 10]
+    assert (first["params"]["imgsz"], first["params"]["mosaic"], first["params"]["mixup"]) == (288, 0.4, 0.0)
+    assert second["params"] == Params(352, 8, 0.8, 0.2).to_dict()
+    assert second["init"] == "previous best.pt" and second["lr0"] == pytest.approx(0.001)
+    assert (first["folder"], second["folder"]) == ("stages/1-conservative", ".")
+
+
+def test_progressive_plan_grows_imgsz_up_to_the_largest_stable_one():
+    ladder = (candidate(288, 8, 0.6, 1), candidate(352, 4, 0.5, 2))
+    stages = plan_stages(source(Params(288, 8, 0.5, 0.1), ladder), "progressive", 10)
+    assert [s["params"]["imgsz"] for s in stages] == [256, 288, 320, 352]
+    assert {s["params"]["batch"] for s in stages} == {4}  # the stable batch at the largest imgsz
+    assert [s["epochs"] for s in stages] == [2, 2, 3, 3] and sum(s["epochs"] for s in stages) == 10
+    assert [s["init"] for s in stages] == ["model", "previous last.pt", "previous last.pt", "previous last.pt"]
+    assert stages[-1]["folder"] == "." and stages[0]["folder"] == "stages/1-imgsz-256"
+
+
+@pytest.mark.parametrize("batch", [2, 16])
+def test_a_stage_steps_once_per_batch_at_the_study_lr0(batch):
+    """The lr decision: nbs = the planned batch (no accumulation to 64), lr0 never rescaled for the batch."""
+    plan = {"optimizer": "SGD", "seed": 0}
+    stage = plan_stages(source(Params(160, batch, 0.5, 0.0), lr0=0.002), "single", 40)[0]
+    settings = train_settings(stage, plan, type("D", (), {"kind": "cpu"})(), plots=False)
+    assert settings["lr0"] == 0.002 and settings["nbs"] == batch
+
+
+def test_results_csv_is_cut_back_to_the_checkpoint_epochs(tmp_path):
+    path = tmp_path / "results.csv"
+    path.write_text("epoch,time,x\n1,0.1,5\n2,0.2,6\n3,0.3,7\n3,0.4")  # epoch 3 not in last.pt; a half row
+    assert trim_results_csv(path, 2) == 2
+    assert csv_epochs(path) == [1, 2]
+
+
+def test_atomic_path_keeps_the_previous_checkpoint_when_a_write_dies(tmp_path, monkeypatch):
+    target = AtomicPath(tmp_path / "last.pt")
+    target.write_bytes(b"epoch 1")
+    monkeypatch.setattr(os, "replace", lambda *args: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        target.write_bytes(b"epoch 2, cut short")
+    assert target.read_bytes() == b"epoch 1"
+
+
+def test_a_truncated_checkpoint_is_detected(tmp_path):
+    import zipfile
+
+    path = tmp_path / "last.pt"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("archive/data.pkl", b"x" * 5000)
+    verify_checkpoint(path, tmp_path)
+    path.write_bytes(path.read_bytes()[:3000])
+    with pytest.raises(CheckpointError, match="corrupt"):
+        verify_checkpoint(path, tmp_path)
+
+
+# ----------------------------------------------------------------------- supervisor, with a fake runner
+
+
+class FakeRunner:
+    """Stands in for the training process: runs out of memory (by Ultralytics halving the batch) at imgsz >=
+    `oom_imgsz` once `oom_after` epochs are done, and otherwise trains to the end. Records every spec."""
+
+    def __init__(self, oom_imgsz: int, oom_after: int) -> None:
+        self.oom_imgsz = oom_imgsz
+        self.oom_after = oom_after
+        self.specs: list[dict] = []
+
+    def __call__(self, spec, attempt_dir, device, budget, timeout, on_epoch=None, module="tuner.probe"):
+        import zipfile
+
+        from tuner.trial import Outcome
+
+        self.specs.append(spec)
+        attempt_dir = Path(attempt_dir)
+        attempt_dir.mkdir(parents=True)
+        weights = Path(spec["save_dir"]) / "weights"
+        weights.mkdir(parents=True, exist_ok=True)
+        params, epochs = spec["params"], spec["train"]["epochs"]
+        done = 0
+        if spec["resume"]:
+            with zipfile.ZipFile(spec["resume"]) as archive:
+                done = int(archive.read("epoch"))
+        halved = params["imgsz"] >= self.oom_imgsz
+        stop = self.oom_after if halved else epochs
+        for epoch in range(done + 1, stop + 1):
+            with zipfile.ZipFile(weights / "last.pt", "w") as archive:
+                archive.writestr("epoch", str(epoch))
+            on_epoch({"epoch": epoch, "epochs": epochs, "value": 0.1, "metrics": {"mAP50-95": 0.1}, "peak_mb": 900.0,
+                      "imgsz": params["imgsz"], "batch": params["batch"]})  # fmt: skip
+        if halved:
+            result = {"status": "oom", "reason": f"Ultralytics halved batch {params['batch']}", "halved": True}
+        else:
+            result = {"status": "ok", "epochs_done": epochs, "final_metrics": {"mAP50-95": 0.2}}
+        (attempt_dir / "result.json").write_text(json.dumps(result))
+        outcome = "oom" if halved else "ok"
+        return Outcome(
+            outcome=outcome, value=None, reason=result.get("reason"), cause="batch-halving" if halved else None,
+            peak_mb=950.0, peak_rss_mb=950.0, peak_device_mb=0.0, returncode=0, duration_s=1.0,
+            epochs_done=stop - done, batch_used=params["batch"] // 2 if halved else params["batch"],
+            imgsz_used=params["imgsz"], log=attempt_dir / "log.txt",
+        )  # fmt: skip
+
+
+def test_batch_halving_twice_at_the_same_epoch_steps_down_and_continues_from_the_checkpoint(
+    workdir, tiny_data, run_cli, monkeypatch
+):
+    import tuner.trial
+
+    runner = FakeRunner(oom_imgsz=128, oom_after=1)
+    monkeypatch.setattr(tuner.trial, "run_probe_process", runner)
+    best = write_best_yaml(workdir / "results" / "halve" / "best.yaml", tiny_data, imgsz=128, batch=8)
+    code, _, err = run_cli("train-best", "--config", best, "--epochs", "3", *FAST)
+    assert code == 0, err
+    summary = json.loads((train_dir(workdir, "halve") / "summary.json").read_text())
+    assert summary["batch_halvings"] == 2 and summary["restarts"] == 2 and summary["epochs"] == 3
+    (step,) = summary["step_downs"]
+    assert (step["epochs_done"], step["from"]["imgsz"], step["to"]["imgsz"], step["to"]["batch"]) == (1, 128, 96, 8)
+    assert "halved batch 8" in err and "counted as out of memory" in err
+    last_pt = str(train_dir(workdir, "halve").resolve() / "weights" / "last.pt")
+    assert [(s["resume"], s["params"]["imgsz"]) for s in runner.specs] == [(None, 128), (last_pt, 128), (last_pt, 96)]
+
+
+def test_restarts_stop_at_max_restarts_and_keep_the_run(workdir, tiny_data, run_cli, monkeypatch):
+    import tuner.trial
+
+    monkeypatch.setattr(tuner.trial, "run_probe_process", FakeRunner(oom_imgsz=1, oom_after=0))
+    best = write_best_yaml(workdir / "results" / "stuck" / "best.yaml", tiny_data, imgsz=64, batch=4)
+    code, _, err = run_cli("train-best", "--config", best, "--epochs", "2", "--max-restarts", "1", *FAST)
+    assert code == 1 and "re-run the same command to continue" in err
+    state = state_of(train_dir(workdir, "stuck"))
+    assert state["restarts"] == 1 and len(state["failures"]) == 2 and not state["finished"]
+
+
+def test_a_second_tuner_on_the_same_run_is_refused(workdir, tiny_data, run_cli):
+    import fcntl
+
+    best = write_best_yaml(workdir / "results" / "busy" / "best.yaml", tiny_data)
+    folder = train_dir(workdir, "busy")
+    folder.mkdir(parents=True)
+    with open(folder / ".lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        code, _, err = run_cli("train-best", "--config", best, *FAST)
+    assert_one_line_error(code, err, "Another `tuner train-best` is training")
+    assert not (folder / "state.json").exists()
+
+
+def test_batch_halving_inside_ultralytics_is_reported_as_oom_by_the_training_process(tmp_path, tiny_data, monkeypatch):
+    """In-process: Ultralytics catches an OOM in the first epoch and halves the batch; the child reports it."""
+    from tuner import offline, train_child
+
+    for key, value in offline.child_env().items():
+        monkeypatch.setenv(key, value)
+    from ultralytics.models.yolo.detect import DetectionTrainer
+
+    original = DetectionTrainer.preprocess_batch
+    calls = []
+
+    def preprocess_batch(self, batch):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("CPU out of memory (simulated)")
+        return original(self, batch)
+
+    monkeypatch.setattr(DetectionTrainer, "preprocess_batch", preprocess_batch)
+    spec = {
+        "model": "yolov8n.yaml", "resume": None, "data": str(tiny_data), "device": "cpu", "device_kind": "cpu",
+        "budget": 8 * 2**30, "params": {"imgsz": 64, "batch": 4, "mosaic": 0.0, "mixup": 0.0},
+        "train": {"epochs": 1, "optimizer": "AdamW", "lr0": 0.001, "nbs": 64, "warmup_epochs": 0.0, "close_mosaic": 0,
+                  "seed": 0, "deterministic": True, "workers": 0, "plots": False},
+        "save_dir": str(tmp_path / "run"), "progress": str(tmp_path / "progress.jsonl"), "metric": "metrics/mAP50-95(B)",
+    }  # fmt: skip
+    result = train_child.run(spec)
+    assert result["status"] == "oom" and result["halved"] and result["batch_used"] == 2
+    assert "halved batch 4 -> 2" in result["reason"]
+
+
+# ------------------------------------------------------------------------------------------ bad input
+
+
+def test_no_study_is_one_line_and_creates_nothing(workdir, run_cli):
+    code, _, err = run_cli("train-best", *FAST)
+    assert_one_line_error(code, err, "No study", "tuner probe")
+    assert not (workdir / "results").exists()
+
+
+def test_a_study_without_a_stable_trial_is_refused(workdir, tiny_data, run_cli):
+    make_study(workdir, "nothing-fits", tiny_data, [({"imgsz": 64, "batch": 2, "mosaic": 0.5, "mixup": 0.0}, 0.1, 900)], best=False)
+    code, _, err = run_cli("train-best", "--study-name", "nothing-fits", *FAST)
+    assert_one_line_error(code, err, "no stable config", "--memory-budget")
+    assert not (workdir / "results").exists()
+
+
+@pytest.mark.parametrize(
+    ("text", "needles"),
+    [
+        ("imgsz: [64\n", ["not valid YAML"]),
+        ("imgsz: 64\nbatch: 2\n", ["has no `model`"]),
+        ("model: yolov8n.yaml\ndata: DATA\nimgsz: 70\nbatch: 2\nmosaic: 0.5\nmixup: 0\n", ["multiple of 32"]),
+        ("model: yolov8n.yaml\ndata: DATA\nimgsz: 64\nbatch: 2\nmosaic: 0.5\nmixup: 0\nlr: 1\n", ["Unknown setting `lr`", "Did you mean `lr0`?"]),
+        ("model: yolov8n.yaml\ndata: /nowhere/data.yaml\nimgsz: 64\nbatch: 2\nmosaic: 0.5\nmixup: 0\n", ["/nowhere/data.yaml", "does not exist"]),
+        ("model: /nowhere/w.pt\ndata: DATA\nimgsz: 64\nbatch: 2\nmosaic: 0.5\nmixup: 0\n", ["/nowhere/w.pt", "never downloads"]),
+    ],
+)
+def test_a_bad_best_yaml_is_one_line_and_left_as_it_is(workdir, tiny_data, run_cli, text, needles):
+    best = workdir / "results" / "mine" / "best.yaml"
+    best.parent.mkdir(parents=True)
+    best.write_text(text.replace("DATA", str(tiny_data)))
+    before = snapshot(workdir / "results")
+    code, _, err = run_cli("train-best", "--config", best, *FAST)
+    assert_one_line_error(code, err, *needles)
+    assert snapshot(workdir / "results") == before
+
+
+# -------------------------------------------------------------------------------- real tiny trainings
+
+
+@pytest.mark.integration
+def test_probe_then_train_best_trains_writes_its_files_and_a_finished_run_does_nothing(
+    workdir, tiny_data, run_cli, trial_hook
+):
+    code, _, err = run_cli(*tiny_probe_args(tiny_data, "--n-trials", "1"))
+    assert code == 0, err
+    folder = train_dir(workdir, "data-yolov8n-cpu")
+    seen_at_start = []
+    with trial_hook(lambda process, index: seen_at_start.append((folder / "config.yaml").exists())):
+        code, out, err = run_cli("train-best", "--epochs", "2", *FAST, "--json")
+    assert code == 0, err
+    assert seen_at_start == [True]  # the resolved config is on disk before the training process starts
+    assert "epoch 1/2" in err and "epoch 2/2" in err  # progress per epoch
+    summary = json.loads(out)
+    assert summary == json.loads((folder / "summary.json").read_text())
+    assert summary["finished"] and summary["epochs"] == 2 and summary["restarts"] == 0
+    assert set(summary["metrics"]) >= {"mAP50-95", "mAP50"} and summary["peak_mem_mb"] > 200
+    assert (folder / "weights" / "best.pt").is_file() and (folder / "weights" / "last.pt").is_file()
+    assert csv_epochs(folder / "results.csv") == [1, 2]
+    plan = yaml.safe_load((folder / "config.yaml").read_text())
+    best = yaml.safe_load((workdir / "results" / "data-yolov8n-cpu" / "best.yaml").read_text())
+    assert plan["stages"][0]["params"]["imgsz"] == best["imgsz"] and plan["best"]["batch"] == best["batch"]
+
+    before = snapshot(folder)
+    code, out, err = run_cli("train-best", *FAST)
+    assert code == 0 and "finished" in err and "nothing to do" in err
+    code, _, err = run_cli("train-best", "--epochs", "1", *FAST)
+    assert_one_line_error(code, err, "--epochs 1 is below the 2 epochs")
+    assert snapshot(folder) == before
+
+    # Killed after Ultralytics' final evaluation stripped last.pt, before tuner recorded the end: resuming that
+    # file would start a new default training; the training process sees it is done instead.
+    state = state_of(folder)
+    state["finished"] = state["stages"][0]["finished"] = False
+    (folder / "state.json").write_text(json.dumps(state))
+    code, _, err = run_cli("train-best", *FAST)
+    assert code == 0 and "had trained all its epochs" in err, err
+    assert state_of(folder)["finished"] and csv_epochs(folder / "results.csv") == [1, 2]
+    assert progress_records(folder)[-1] == []
+
+
+@pytest.mark.integration
+def test_training_process_killed_after_epoch_2_of_4_resumes_and_ends_with_exactly_4_epochs(
+    workdir, tiny_data, run_cli, trial_hook
+):
+    best = write_best_yaml(workdir / "results" / "kill" / "best.yaml", tiny_data)
+    folder = train_dir(workdir, "kill")
+    with trial_hook(kill_after_epoch(folder, 2)):
+        code, _, err = run_cli("train-best", "--config", best, "--epochs", "4", *FAST)
+    assert code == 0, err
+    assert "Restart 1/5" in err and "continuing from epoch 2" in err
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["epochs"] == 4 and summary["restarts"] == 1 and summary["failures"] == 1
+    assert csv_epochs(folder / "results.csv") == [1, 2, 3, 4]  # numbering intact, no duplicate row
+    first, second = progress_records(folder)
+    assert [r["epoch"] for r in first] == [1, 2] and [r["epoch"] for r in second] == [3, 4]
+    assert "Resuming training" in (folder / "attempts" / "002" / "log.txt").read_text()
+
+
+@pytest.mark.integration
+def test_killing_tuner_itself_then_running_it_again_continues_the_run(workdir, tiny_data, run_cli):
+    best = write_best_yaml(workdir / "results" / "again" / "best.yaml", tiny_data)
+    folder = train_dir(workdir, "again")
+    command = [sys.executable, "-m", "tuner", "train-best", "--config", str(best), "--epochs", "3", *FAST]
+    tuner = subprocess.Popen(command, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if state_of(folder)["stages"][0]["epochs_done"] >= 1:
+                break
+        except (FileNotFoundError, json.JSONDecodeError):
+            pass
+        time.sleep(0.05)
+    children = psutil.Process(tuner.pid).children(recursive=True)
+    tuner.send_signal(signal.SIGKILL)
+    tuner.wait()
+    _, alive = psutil.wait_procs(children, timeout=10)
+    assert not alive  # the training process does not outlive the tuner that started it
+    done = state_of(folder)["stages"][0]["epochs_done"]
+    assert 1 <= done < 3
+
+    code, _, err = run_cli("train-best", "--config", best, *FAST)
+    assert code == 0, err
+    assert f"Continuing the run in {Path('results') / 'again' / 'train'} after {done} of 3 epochs" in err
+    state = state_of(folder)
+    assert state["finished"] and state["invocations"] == 2 and state["restarts"] == 0
+    assert csv_epochs(folder / "results.csv") == [1, 2, 3]
+    assert progress_records(folder)[-1][0]["epoch"] == done + 1
+
+
+@pytest.mark.integration
+def test_repeated_oom_steps_down_to_the_next_stable_config_and_training_finishes(workdir, tiny_data, run_cli):
+    # Measured on 2 cores (MiB): imgsz 320 / batch 8 passes 1250 in its first epoch, 416 / 16 more; imgsz 64 /
+    # batch 2 peaks near 1000-1070. The budget (1250 MB = 1192 MiB) lets only the smaller one through.
+    big, small = {"imgsz": 416, "batch": 16, "mosaic": 0.5, "mixup": 0.0}, {"imgsz": 64, "batch": 2, "mosaic": 0.5, "mixup": 0.0}
+    make_study(workdir, "oom", tiny_data, [(big, 0.5, 1000.0), (small, 0.3, 900.0)])
+    code, _, err = run_cli("train-best", "--study-name", "oom", "--epochs", "2", "--memory-budget", "1250MB", *FAST)
+    assert code == 0, err
+    folder = train_dir(workdir, "oom")
+    summary = json.loads((folder / "summary.json").read_text())
+    assert [(s["from"]["imgsz"], s["from"]["batch"], s["to"]["imgsz"], s["to"]["batch"]) for s in summary["step_downs"]] == [(416, 16, 64, 2)]
+    state = state_of(folder)
+    assert [(f["outcome"], f["epochs_done"]) for f in state["failures"]] == [("oom", 0), ("oom", 0)]
+    assert "Step-down" in err and summary["restarts"] == 2 and summary["epochs"] == 2
+    assert summary["stages"][0]["trained_with"]["imgsz"] == 64
+    assert csv_epochs(folder / "results.csv") == [1, 2]
+    last = progress_records(folder)[-1]
+    # The lr decision, in real training after the step-down from batch 16 to 2: lr0 as planned, and Ultralytics
+    # accumulates 8 batches per optimizer step, so each step still sees the planned 16 images.
+    assert (last[-1]["lr0"], last[-1]["nbs"], last[-1]["batch"], last[-1]["accumulate"]) == (0.001, 16, 2, 8)
+
+
+@pytest.mark.integration
+def test_a_corrupt_last_pt_is_reported_and_never_replaced(workdir, tiny_data, run_cli, trial_hook):
+    best = write_best_yaml(workdir / "results" / "corrupt" / "best.yaml", tiny_data)
+    folder = train_dir(workdir, "corrupt")
+    with trial_hook(kill_after_epoch(folder, 1)):
+        code, _, err = run_cli("train-best", "--config", best, "--epochs", "3", "--max-restarts", "0", *FAST)
+    assert code == 1 and "re-run the same command to continue" in err
+    last = folder / "weights" / "last.pt"
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
+    before = snapshot(folder)
+    code, _, err = run_cli("train-best", "--config", best, *FAST)
+    assert_one_line_error(code, err, str(last), "corrupt", "left untouched", "restore it")
+    assert snapshot(folder) == before
+
+
+@pytest.mark.integration
+def test_two_stage_run_ends_with_both_stages_and_the_fine_tune_in_the_run_folder(workdir, tiny_data, run_cli):
+    best = write_best_yaml(workdir / "results" / "two" / "best.yaml", tiny_data, imgsz=96)
+    code, _, err = run_cli("train-best", "--config", best, "--epochs", "3", "--strategy", "two-stage", *FAST)
+    assert code == 0, err
+    folder = train_dir(workdir, "two")
+    summary = json.loads((folder / "summary.json").read_text())
+    assert [(s["name"], s["epochs"], s["trained_with"]["imgsz"]) for s in summary["stages"]] == [
+        ("conservative", 2, 64), ("fine-tune", 1, 96)]  # fmt: skip
+    stage_one = folder / "stages" / "1-conservative"
+    assert csv_epochs(stage_one / "results.csv") == [1, 2] and (stage_one / "weights" / "best.pt").is_file()
+    assert csv_epochs(folder / "results.csv") == [1] and (folder / "weights" / "best.pt").is_file()
+    spec = json.loads((folder / "attempts" / "002" / "spec.json").read_text())
+    assert spec["model"] == str(stage_one / "weights" / "best.pt")
+    assert spec["train"]["lr0"] == pytest.approx(0.0001)
+
+
+@pytest.mark.integration
+def test_progressive_run_grows_imgsz_block_by_block_from_the_previous_weights(workdir, tiny_data, run_cli):
+    small, large = {"imgsz": 64, "batch": 2, "mosaic": 0.5, "mixup": 0.0}, {"imgsz": 96, "batch": 2, "mosaic": 0.5, "mixup": 0.0}
+    make_study(workdir, "grow", tiny_data, [(small, 0.4, 900.0), (large, 0.3, 950.0)])
+    code, _, err = run_cli("train-best", "--study-name", "grow", "--epochs", "2", "--strategy", "progressive", *FAST)
+    assert code == 0, err
+    folder = train_dir(workdir, "grow")
+    summary = json.loads((folder / "summary.json").read_text())
+    assert [(s["name"], s["epochs"]) for s in summary["stages"]] == [("imgsz-64", 1), ("imgsz-96", 1)]
+    first, second = progress_records(folder)
+    assert (first[0]["imgsz"], second[0]["imgsz"]) == (64, 96)
+    spec = json.loads((folder / "attempts" / "002" / "spec.json").read_text())
+    assert spec["model"] == str(folder / "stages" / "1-imgsz-64" / "weights" / "last.pt")
+    assert (folder / "weights" / "best.pt").is_file() and summary["epochs"] == 2

@@ -1,0 +1,919 @@
+"""`tuner train-best`: train the best stable config of a study to the end, and survive kills doing it.
+
+Everything of a run lives in `<results-dir>/<study-name>/train/`:
+
+    config.yaml     the resolved config (inputs, strategy, stages), written before the first epoch;
+                    a re-run trains with this file, not with whatever the study or flags say now
+    state.json      where the run is: epochs done per stage, current params, restarts, step-downs,
+                    failures, peak memory, wall time, `finished` (written atomically after each event)
+    weights/        last.pt, best.pt of the final stage (Ultralytics'); results.csv, args.yaml beside
+    stages/K-NAME/  the same for the earlier stages of the two-stage and progressive strategies
+    attempts/NNN/   one folder per training process: spec.json, progress.jsonl, result.json, log.txt
+    summary.json    the final summary, also printed
+
+Each stage runs in a child process (`python -m tuner.train_child`) under the memory watchdog of the
+probes (tuner.trial). When the child dies, the stage continues from its own `weights/last.pt`
+(never Ultralytics' newest-last.pt-anywhere lookup), at most `--max-restarts` times per invocation.
+A config that runs out of memory twice at the same epoch steps down instead: to the most accurate
+stable config of the study that is no larger in imgsz and batch, else to the next smaller imgsz, then
+to half the batch; it continues from the current weights. Ultralytics' silent batch halving counts
+as running out of memory.
+
+Learning rate and batch: a stage trains the way the probes measured its config: one optimizer step per
+batch (`nbs` = the planned batch) at the study's lr0, unscaled. Ultralytics' default nbs 64 would
+accumulate 32 batches of 2 into each step; on a small dataset that leaves a handful of steps per epoch,
+and scaling lr0 down for small batches slows training further (tests/benchmarks/bench_train_best.py
+--nbs measures both). `nbs` stays the planned batch after a step-down to a smaller batch (a resume
+keeps the checkpoint's nbs anyway), so Ultralytics accumulates back to the same images per step and
+the optimizer state stays valid.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import difflib
+import fcntl
+import json
+import math
+import sys
+import time
+import zipfile
+import zlib
+from pathlib import Path
+from statistics import mean
+from typing import Any, Iterator
+
+from tuner import __version__, child, data, inputs
+from tuner import config as configs
+from tuner import device as devices
+from tuner.errors import ConfigError, StudyError, TunerError
+from tuner.memory import MB, parse_budget
+from tuner.yamlio import write_yaml_atomic
+
+DEFAULT_EPOCHS = 40  # the seed note's minimum for real data
+DEFAULT_MAX_RESTARTS = 5
+STRATEGIES = ("single", "two-stage", "progressive")
+FINE_TUNE_LR_FACTOR = 0.1  # two-stage: stage 2 trains at a tenth of lr0 (the seed: 0.01 -> 0.001)
+FINE_TUNE_SHARE = 0.25  # two-stage: the share of the epochs the fine-tune stage gets
+PROGRESSIVE_SIZES = 4  # progressive: imgsz blocks, IMGSZ_STEP apart, ending at the largest stable imgsz
+IMGSZ_STEP = 32
+MIN_IMGSZ = 64  # below 2 strides YOLO's BatchNorm runs on single values
+WARMUP_EPOCHS = 3.0  # Ultralytics' default, for a stage that starts from the initial model
+CLOSE_MOSAIC = 10  # Ultralytics' default, capped at a quarter of a stage
+STATE_VERSION = 1
+BEST_KEYS = ("model", "data", "imgsz", "batch", "mosaic", "mixup")
+OPTIONAL_BEST_KEYS = ("device", "workers", "optimizer", "lr0")
+
+
+class TrainFailed(TunerError):
+    """Training kept dying; the run is kept and a re-run continues it."""
+
+    exit_code = 1
+
+
+class CheckpointError(TunerError):
+    """A checkpoint of this run cannot be used; it is left as it is."""
+
+
+# ------------------------------------------------------------------------------------ configs, plan
+
+
+@dataclasses.dataclass(frozen=True)
+class Params:
+    imgsz: int
+    batch: int
+    mosaic: float
+    mixup: float
+
+    @classmethod
+    def of(cls, values: dict[str, Any]) -> Params:
+        mosaic, mixup = (round(float(values[key]), 4) for key in ("mosaic", "mixup"))
+        return cls(int(values["imgsz"]), int(values["batch"]), mosaic, mixup)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def __str__(self) -> str:
+        return f"imgsz {self.imgsz} batch {self.batch} mosaic {self.mosaic:.2f} mixup {self.mixup:.2f}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+    """A stable config of the study: the step-down ladder, most accurate first."""
+
+    params: Params
+    value: float | None
+    peak_mb: float | None
+    trial: int | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.params.to_dict(), "value": self.value, "peak_mem_mb": self.peak_mb, "trial": self.trial}
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """What to train, resolved from the study or a best.yaml."""
+
+    study: str
+    origin: str
+    model: str
+    data: str
+    device: str
+    memory_budget: str | float
+    optimizer: str
+    lr0: float
+    metric: str
+    best: Params
+    candidates: tuple[Candidate, ...]
+
+
+def study_name_for(study_name: str | None, storage: str | None, studies_dir: Path, config: Path | None) -> str:
+    """The run's name: --study-name, else the folder of --config (results/<study>/best.yaml), else the study."""
+    if study_name:
+        return study_name
+    if config is not None:
+        return Path(config).resolve().parent.name
+    from tuner.storage import resolve_study_name
+
+    return resolve_study_name(None, storage, studies_dir)
+
+
+def source_from_config(path: Path, name: str, storage: str | None, studies_dir: Path) -> Source:
+    """A best.yaml (as `tuner probe` writes it, or by hand); the study of that name, if any, gives step-downs."""
+    values = _read_best_yaml(path)
+    study = _try_load_study(name, storage, studies_dir)
+    stored = (study.user_attrs.get("config") or {}) if study is not None else {}
+    return Source(
+        study=name,
+        origin=f"config file {path}",
+        model=_check_model(str(values["model"]), f"`model` in {path}"),
+        data=_check_data(str(values["data"]), f"`data` in {path}"),
+        device=str(values.get("device", "auto")),
+        memory_budget=_study_budget(study) if study is not None else configs.DEFAULTS["memory_budget"],
+        optimizer=values.get("optimizer", configs.DEFAULTS["probe"]["optimizer"]),
+        lr0=float(values.get("lr0", configs.DEFAULTS["probe"]["lr0"])),
+        metric=stored.get("metric", configs.DEFAULTS["metric"]),
+        best=Params.of(values),
+        candidates=_candidates(study) if study is not None else (),
+    )
+
+
+def source_from_study(name: str, storage: str | None, studies_dir: Path) -> Source:
+    from tuner.storage import load_study, storage_url
+
+    url = storage_url(storage, studies_dir, name)
+    study = load_study(name, url)
+    attrs = study.user_attrs
+    best = attrs.get("best")
+    if not best:
+        raise StudyError(
+            f"Study {name!r} has no stable config: no trial finished within its memory budget's stable limit. "
+            "Re-run `tuner probe` with smaller --imgsz/--batch choices or a larger --memory-budget."
+        )
+    probe = (attrs.get("config") or {}).get("probe") or {}
+    where = f"study {name!r}"
+    return Source(
+        study=name,
+        origin=f"study {name!r} in {url}",
+        model=_check_model(str(attrs.get("model_path")), f"the model of {where}"),
+        data=_check_data(str(attrs.get("data_path")), f"the dataset of {where}"),
+        device=str(attrs.get("device", "auto")),
+        memory_budget=_study_budget(study),
+        optimizer=probe.get("optimizer", configs.DEFAULTS["probe"]["optimizer"]),
+        lr0=float(probe.get("lr0", configs.DEFAULTS["probe"]["lr0"])),
+        metric=(attrs.get("config") or {}).get("metric", configs.DEFAULTS["metric"]),
+        best=Params.of(best["params"]),
+        candidates=_candidates(study),
+    )
+
+
+def _read_best_yaml(path: Path) -> dict[str, Any]:
+    fix = "fix it, or run `tuner probe` again to rewrite it"
+    try:
+        values = configs.read_file(Path(path))
+    except ConfigError as exc:
+        raise ConfigError(f"{str(exc).rstrip('.')}; {fix}.") from None
+    missing = [key for key in BEST_KEYS if key not in values]
+    if missing:
+        raise ConfigError(f"{path} has no `{'`, `'.join(missing)}`; {fix}.")
+    known = BEST_KEYS + OPTIONAL_BEST_KEYS
+    for key in values:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f"Did you mean `{close[0]}`?" if close else f"It takes {', '.join(known)}."
+            raise ConfigError(f"Unknown setting `{key}` in {path}. {hint}")
+    for key in ("imgsz", "batch"):
+        value = values[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ConfigError(f"The value of `{key}` in {path} is {value!r}, but must be a positive integer; {fix}.")
+    if values["imgsz"] % 32:
+        raise ConfigError(f"The value of `imgsz` in {path} is {values['imgsz']}, but must be a multiple of 32; {fix}.")
+    for key in ("mosaic", "mixup"):
+        value = values[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+            raise ConfigError(f"The value of `{key}` in {path} is {value!r}, but must be a number in [0, 1]; {fix}.")
+    if "optimizer" in values and values["optimizer"] not in configs.OPTIMIZERS:
+        raise ConfigError(f"The value of `optimizer` in {path} is {values['optimizer']!r}, but must be one of: "
+                          f"{', '.join(configs.OPTIMIZERS)}.")
+    lr0 = values.get("lr0", 1.0)
+    if isinstance(lr0, bool) or not isinstance(lr0, (int, float)) or lr0 <= 0:
+        raise ConfigError(f"The value of `lr0` in {path} is {lr0!r}, but must be a number greater than 0.")
+    return values
+
+
+def _check_model(model: str, what: str) -> str:
+    if model.lower().endswith(".pt"):
+        if not Path(model).expanduser().is_file():
+            raise ConfigError(f"{what} is {model}, which does not exist (tuner never downloads weights); "
+                              "restore it, or pass --config with a best.yaml whose `model` exists.")
+        return str(Path(model).expanduser().resolve())
+    try:
+        return str(inputs.model(model, embedded=False))
+    except ConfigError as exc:
+        raise ConfigError(f"{what}: {exc}") from None
+
+
+def _check_data(path: str, what: str) -> str:
+    if not Path(path).expanduser().is_file():
+        raise ConfigError(f"{what} is {path}, which does not exist; restore it, or pass --config with a best.yaml "
+                          "whose `data` is a dataset YAML that exists.")
+    return str(data.check_dataset(path))
+
+
+def _try_load_study(name: str, storage: str | None, studies_dir: Path):
+    from tuner.storage import load_study, sqlite_path, storage_url
+
+    url = storage_url(storage, studies_dir, name)
+    path = sqlite_path(url)
+    if path is not None and not path.exists():
+        return None
+    try:
+        return load_study(name, url)
+    except StudyError:
+        return None
+
+
+def _study_budget(study) -> str | float:
+    budget_mb = study.user_attrs.get("budget_mb")
+    return f"{budget_mb}MiB" if budget_mb else configs.DEFAULTS["memory_budget"]
+
+
+def _candidates(study) -> tuple[Candidate, ...]:
+    """The study's stable configs, most accurate first (mean over repeats; the largest peak of the runs)."""
+    from tuner import selection
+    from tuner.space import config_key
+
+    limit = study.user_attrs.get("stable_limit_mb", float("inf"))
+    groups: dict[tuple, list] = {}
+    for trial in study.get_trials(deepcopy=False):
+        if selection.is_stable(trial, limit):
+            groups.setdefault(config_key(trial.params), []).append(trial)
+    found = [
+        Candidate(
+            params=Params.of(runs[0].params),
+            value=round(mean(t.value for t in runs), 6),
+            peak_mb=max(t.user_attrs["peak_mem_mb"] for t in runs),
+            trial=min(t.number for t in runs),
+        )
+        for runs in groups.values()
+    ]
+    return tuple(sorted(found, key=lambda c: (-(c.value or 0.0), c.peak_mb or 0.0)))
+
+
+def plan_stages(source: Source, strategy: str, epochs: int) -> list[dict[str, Any]]:
+    """The stages a strategy spends `epochs` on; the last one trains into the run folder itself."""
+    if strategy == "single":
+        stages = [_stage("best", epochs, source.best, "model", source.lr0, WARMUP_EPOCHS)]
+    elif strategy == "two-stage":
+        if epochs < 2:
+            raise ConfigError(f"--strategy two-stage needs --epochs 2 or more (it got {epochs}).")
+        fine = max(1, round(epochs * FINE_TUNE_SHARE))
+        conservative = dataclasses.replace(
+            source.best,
+            imgsz=max(MIN_IMGSZ, source.best.imgsz - 2 * IMGSZ_STEP),
+            mosaic=round(source.best.mosaic / 2, 2),
+            mixup=0.0,
+        )
+        stages = [
+            _stage("conservative", epochs - fine, conservative, "model", source.lr0, WARMUP_EPOCHS),
+            _stage("fine-tune", fine, source.best, "previous best.pt", source.lr0 * FINE_TUNE_LR_FACTOR, 0.0),
+        ]
+    elif strategy == "progressive":
+        final = _largest_stable(source)
+        sizes = [size for size in (final.imgsz - IMGSZ_STEP * k for k in range(PROGRESSIVE_SIZES - 1, -1, -1))
+                 if size >= MIN_IMGSZ]
+        sizes = sizes[-epochs:]  # at least one epoch per block
+        shares = [epochs // len(sizes) + (1 if k >= len(sizes) - epochs % len(sizes) else 0) for k in range(len(sizes))]
+        stages = [
+            _stage(
+                f"imgsz-{size}",
+                share,
+                dataclasses.replace(final, imgsz=size),
+                "model" if k == 0 else "previous last.pt",
+                source.lr0,
+                WARMUP_EPOCHS if k == 0 else 0.0,
+            )
+            for k, (size, share) in enumerate(zip(sizes, shares))
+        ]
+    else:
+        raise ConfigError(f"Unknown --strategy {strategy!r}; use one of: {', '.join(STRATEGIES)}.")
+    for index, stage in enumerate(stages):
+        stage["folder"] = "." if index == len(stages) - 1 else f"stages/{index + 1}-{stage['name']}"
+    return stages
+
+
+def _stage(name: str, epochs: int, params: Params, init: str, lr0: float, warmup: float) -> dict[str, Any]:
+    return {
+        "name": name,
+        "epochs": epochs,
+        "params": params.to_dict(),
+        "init": init,
+        "lr0": lr0,
+        "nbs": params.batch,  # one optimizer step per planned batch, kept after a step-down (see the docstring)
+        "warmup_epochs": warmup,
+        "close_mosaic": min(CLOSE_MOSAIC, epochs // 4),
+    }
+
+
+def _largest_stable(source: Source) -> Params:
+    """Progressive ends at the largest stable imgsz of the study, with its most accurate config there."""
+    if not source.candidates:
+        return source.best
+    largest = max(candidate.params.imgsz for candidate in source.candidates)
+    if largest <= source.best.imgsz:
+        return source.best
+    return next(c.params for c in source.candidates if c.params.imgsz == largest)
+
+
+def step_down(current: Params, candidates: tuple[Candidate, ...]) -> tuple[Params, str] | None:
+    """The config to continue with after `current` ran out of memory twice at the same point."""
+    for candidate in candidates:  # most accurate first
+        smaller = candidate.params.imgsz <= current.imgsz and candidate.params.batch <= current.batch
+        if smaller and (candidate.params.imgsz, candidate.params.batch) != (current.imgsz, current.batch):
+            value = f", {candidate.value:.4f}" if candidate.value is not None else ""
+            return candidate.params, f"the next most accurate stable config of the study (trial {candidate.trial}{value})"
+    floor = max(MIN_IMGSZ, min(c.params.imgsz for c in candidates)) if candidates else MIN_IMGSZ
+    if current.imgsz - IMGSZ_STEP >= floor:
+        return dataclasses.replace(current, imgsz=current.imgsz - IMGSZ_STEP), "the next smaller imgsz"
+    if current.batch > 1:
+        return dataclasses.replace(current, batch=current.batch // 2), "half the batch"
+    return None
+
+
+def train_settings(stage: dict[str, Any], plan: dict[str, Any], device: devices.Device, plots: bool) -> dict[str, Any]:
+    """The Ultralytics arguments of a stage besides its params (which change on a step-down)."""
+    return {
+        "epochs": stage["epochs"],
+        "optimizer": plan["optimizer"],
+        "lr0": stage["lr0"],
+        "nbs": stage["nbs"],
+        "warmup_epochs": stage["warmup_epochs"],
+        "close_mosaic": stage["close_mosaic"],
+        "seed": plan["seed"],
+        "deterministic": True,
+        "workers": 0 if device.kind == "cpu" else 2,  # Ultralytics forces 0 on cpu and mps anyway
+        "plots": plots,
+    }
+
+
+# --------------------------------------------------------------------------------------- run folder
+
+
+class RunFiles:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.config = self.root / "config.yaml"
+        self.state = self.root / "state.json"
+        self.summary = self.root / "summary.json"
+        self.lock = self.root / ".lock"
+
+    def stage_dir(self, stage: dict[str, Any]) -> Path:
+        return (self.root / stage["folder"]).resolve()
+
+    def attempt_dir(self, number: int) -> Path:
+        return self.root / "attempts" / f"{number:03d}"
+
+
+@contextlib.contextmanager
+def _locked(files: RunFiles) -> Iterator[None]:
+    """One `tuner train-best` per run folder: a second one would train over the first one's checkpoints."""
+    files.root.mkdir(parents=True, exist_ok=True)
+    with open(files.lock, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise TunerError(
+                f"Another `tuner train-best` is training in {files.root}; wait for it to end, or stop it first."
+            ) from None
+        yield
+
+
+def new_plan(source: Source, strategy: str, epochs: int) -> dict[str, Any]:
+    """The resolved config of a new run, as saved to config.yaml."""
+    return {
+        "study": source.study,
+        "origin": source.origin,
+        "strategy": strategy,
+        "epochs": epochs,
+        "model": source.model,
+        "data": source.data,
+        "device": source.device,
+        "memory_budget": source.memory_budget,
+        "metric": source.metric,
+        "optimizer": source.optimizer,
+        "lr0": source.lr0,
+        "seed": 0,
+        "best": source.best.to_dict(),
+        "candidates": [candidate.to_dict() for candidate in source.candidates],
+        "stages": plan_stages(source, strategy, epochs),
+        "tuner_version": __version__,
+        "created": _now(),
+    }
+
+
+def new_state(plan: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "version": STATE_VERSION,
+        "finished": False,
+        "stages": [
+            {"name": stage["name"], "epochs_done": 0, "params": dict(stage["params"]), "finished": False,
+             "final_metrics": None, "last_metrics": None}
+            for stage in plan["stages"]
+        ],
+        "restarts": 0,
+        "attempts": 0,
+        "invocations": 0,
+        "step_downs": [],
+        "failures": [],
+        "peak_mem_mb": 0.0,
+        "budget_mb": None,
+        "wall_s": 0.0,
+        "updated": _now(),
+    }
+
+
+def load_run(files: RunFiles) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The saved plan and state of an existing run; a damaged one is reported, never replaced."""
+    fix = f"restore it, or move {files.root} away to train from scratch"
+    try:
+        plan = configs.read_file(files.config)
+        if not files.state.exists() and "stages" in plan:
+            return plan, new_state(plan)  # stopped between the two first writes: nothing trained yet
+        state = json.loads(files.state.read_text())
+    except (ConfigError, OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"The run in {files.root} cannot be read ({str(exc).rstrip('.')}); {fix}.") from None
+    if not isinstance(state, dict) or state.get("version") != STATE_VERSION or "stages" not in plan:
+        raise ConfigError(f"{files.state} is not a state file of this tuner version; {fix}.")
+    return plan, state
+
+
+def _check_rerun(plan, state, files, epochs: int | None, strategy: str | None) -> bool:
+    """Flags given to a re-run must fit the run; returns whether the plan's epochs changed."""
+    if strategy is not None and strategy != plan["strategy"]:
+        raise ConfigError(
+            f"The run in {files.root} trains with --strategy {plan['strategy']}; re-run without --strategy, "
+            "or pass another --results-dir for a new run."
+        )
+    done = sum(stage["epochs_done"] for stage in state["stages"])
+    if epochs is None or epochs == plan["epochs"]:
+        return False
+    if epochs < done:
+        raise ConfigError(
+            f"--epochs {epochs} is below the {done} epochs the run in {files.root} has already trained; "
+            f"pass --epochs {done} or more (or leave it out), or another --results-dir for a new run."
+        )
+    if state["finished"]:
+        raise ConfigError(
+            f"The run in {files.root} finished its {plan['epochs']} epochs; a finished run cannot be extended "
+            "(Ultralytics stripped its optimizer state). Pass another --results-dir for a new run."
+        )
+    if plan["strategy"] != "single":
+        raise ConfigError(
+            f"The run in {files.root} is a {plan['strategy']} run planned for {plan['epochs']} epochs; only a "
+            f"single-stage run can change --epochs. Leave --epochs out, or pass another --results-dir."
+        )
+    plan["epochs"] = epochs
+    stage = plan["stages"][0]
+    stage["epochs"] = epochs
+    stage["close_mosaic"] = min(CLOSE_MOSAIC, epochs // 4)
+    return True
+
+
+def _check_inputs_exist(plan: dict[str, Any], files: RunFiles) -> None:
+    for key in ("data", "model"):
+        value = str(plan[key])
+        if (key == "data" or value.lower().endswith(".pt")) and not Path(value).is_file():
+            raise ConfigError(
+                f"The run in {files.root} trains on {key} {value}, which no longer exists; restore it, or move "
+                f"{files.root} away to start a new run."
+            )
+
+
+def _check_no_foreign_run(files: RunFiles) -> None:
+    for leftover in (files.root / "weights" / "last.pt", files.state):
+        if leftover.exists():
+            raise ConfigError(
+                f"{files.root} holds {leftover.name} but no config.yaml of tuner; move that folder away or pass "
+                "another --results-dir, so that nothing in it is overwritten."
+            )
+
+
+def _untouched(path: Path, root: Path) -> str:
+    return f"{path} was left untouched; restore it from a backup, or move {root} away to train from scratch"
+
+
+def verify_checkpoint(path: Path, root: Path) -> None:
+    """A torch checkpoint is a zip archive: every member's CRC must match, or it is corrupt (e.g. cut short)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, RuntimeError, zlib.error) as exc:
+        raise CheckpointError(f"The checkpoint is corrupt ({str(exc) or type(exc).__name__}): {_untouched(path, root)}.") from None
+    if bad is not None:
+        raise CheckpointError(f"The checkpoint is corrupt (bad CRC in {bad}): {_untouched(path, root)}.")
+
+
+def checkpoint_to_resume(last: Path, progress: dict[str, Any], root: Path) -> Path | None:
+    """The stage's own last.pt if it has one (checked whole), None for a stage that starts from its init."""
+    if last.exists():
+        verify_checkpoint(last, root)
+        return last
+    if progress["epochs_done"] > 0:
+        raise CheckpointError(
+            f"{last} is missing, but {progress['epochs_done']} epochs were trained into it; restore it, or move "
+            f"{root} away to train from scratch."
+        )
+    return None
+
+
+def _preflight(files: RunFiles, plan: dict[str, Any], state: dict[str, Any]) -> None:
+    """Before anything is written: the checkpoint the run would continue from must be whole."""
+    for stage, progress in zip(plan["stages"], state["stages"]):
+        if not progress["finished"]:
+            checkpoint_to_resume(files.stage_dir(stage) / "weights" / "last.pt", progress, files.root)
+            return
+
+
+# --------------------------------------------------------------------------------------- supervisor
+
+
+class _Screen:
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+
+    def say(self, text: str, *, important: bool = False) -> None:
+        if important or not self.quiet:
+            print(text, file=sys.stderr, flush=True)
+
+
+class Supervisor:
+    """Runs the stages of a run in order, each in a watched child process, until all are finished."""
+
+    def __init__(self, files, plan, state, device, budget, *, max_restarts: int, plots: bool, screen: _Screen):
+        self.files = files
+        self.plan = plan
+        self.state = state
+        self.device = device
+        self.budget = budget
+        self.max_restarts = max_restarts
+        self.plots = plots
+        self.screen = screen
+        self.restarts = 0  # this invocation's; the state keeps the run's total
+        self.candidates = tuple(
+            Candidate(Params.of(c), c.get("value"), c.get("peak_mem_mb"), c.get("trial")) for c in plan["candidates"]
+        )
+        self.started = time.monotonic()
+        self.wall_before = state["wall_s"]
+
+    def save(self) -> None:
+        self.state["wall_s"] = round(self.wall_before + time.monotonic() - self.started, 2)
+        self.state["updated"] = _now()
+        child.write_json_atomic(self.files.state, self.state)
+
+    def run(self) -> None:
+        for index in range(len(self.plan["stages"])):
+            if not self.state["stages"][index]["finished"]:
+                self._train_stage(index)
+        self.state["finished"] = True
+        self.save()
+
+    def _train_stage(self, index: int) -> None:
+        stage, progress = self.plan["stages"][index], self.state["stages"][index]
+        last = self.files.stage_dir(stage) / "weights" / "last.pt"
+        while True:
+            resume = checkpoint_to_resume(last, progress, self.files.root)
+            params = Params.of(progress["params"])
+            self._announce(index, params, resume)
+            outcome, result = self._attempt(index, params, resume)
+            if result.get("status") == "checkpoint":
+                raise CheckpointError(f"{result.get('message')}: {_untouched(last, self.files.root)}.")
+            if outcome.outcome == "ok":
+                progress["finished"] = True
+                progress["epochs_done"] = max(progress["epochs_done"], result.get("epochs_done") or 0)
+                progress["final_metrics"] = result.get("final_metrics") or progress["last_metrics"]
+                self.save()
+                if result.get("already_done"):
+                    self.screen.say(f"{self._label(index)} had trained all its epochs before the last stop.")
+                return
+            self._after_failure(index, params, outcome)
+
+    def _init_weights(self, index: int) -> str:
+        init = self.plan["stages"][index]["init"]
+        if init == "model":
+            return str(self.plan["model"])
+        previous = self.files.stage_dir(self.plan["stages"][index - 1]) / "weights" / init.split()[-1]
+        if not previous.is_file():
+            raise CheckpointError(
+                f"{previous} is missing, but stage {index + 1} starts from it; restore it, or move "
+                f"{self.files.root} away to train from scratch."
+            )
+        return str(previous)
+
+    def _attempt(self, index: int, params: Params, resume: Path | None):
+        from tuner.trial import run_probe_process
+
+        stage, progress = self.plan["stages"][index], self.state["stages"][index]
+        self.state["attempts"] += 1
+        self.save()
+        attempt_dir = self.files.attempt_dir(self.state["attempts"])
+        spec = {
+            "model": self._init_weights(index),
+            "resume": str(resume) if resume else None,
+            "data": self.plan["data"],
+            "device": self.device.ultralytics,
+            "device_kind": self.device.kind,
+            "budget": self.budget,
+            "params": params.to_dict(),
+            "train": train_settings(stage, self.plan, self.device, self.plots),
+            "save_dir": str(self.files.stage_dir(stage)),
+            "metric": self.plan["metric"],
+        }
+        started = time.monotonic()
+        first_epoch = progress["epochs_done"]
+
+        def on_epoch(record: dict[str, Any]) -> bool:
+            progress["epochs_done"] = record["epoch"]
+            progress["last_metrics"] = record.get("metrics")
+            self.state["peak_mem_mb"] = max(self.state["peak_mem_mb"], record.get("peak_mb") or 0.0)
+            self.save()
+            per_epoch = (time.monotonic() - started) / max(1, record["epoch"] - first_epoch)
+            left = (record["epochs"] - record["epoch"]) * per_epoch
+            metric = configs.METRIC_NAMES.get(self.plan["metric"], "metric")
+            memory = f" | mem {record['peak_mb']:.0f}/{self.budget / MB:.0f} MB" if record.get("peak_mb") else ""
+            self.screen.say(
+                f"{self._label(index)} | epoch {record['epoch']}/{record['epochs']} | {metric} {record['value']:.4f} | "
+                f"imgsz {record['imgsz']} batch {record['batch']}{memory} | {per_epoch:.1f} s/epoch"
+                + (f" | ETA {_duration(left)}" if left > 0 else "")
+            )
+            return False
+
+        outcome = run_probe_process(
+            spec, attempt_dir, self.device, self.budget, math.inf, on_epoch, module="tuner.train_child"
+        )
+        self.state["peak_mem_mb"] = max(self.state["peak_mem_mb"], outcome.peak_mb)
+        self.save()
+        return outcome, _read_json(attempt_dir / "result.json") or {}
+
+    def _after_failure(self, index: int, params: Params, outcome) -> None:
+        """Record a training process that died, then restart it as it was, step down, or give up."""
+        progress = self.state["stages"][index]
+        point = (index + 1, progress["epochs_done"], params.to_dict(), outcome.outcome)
+        same_point = [f for f in self.state["failures"] if (f["stage"], f["epochs_done"], f["params"], f["outcome"]) == point]
+        self.state["failures"].append(
+            {"stage": index + 1, "epochs_done": progress["epochs_done"], "params": params.to_dict(),
+             "outcome": outcome.outcome, "cause": outcome.cause, "reason": outcome.reason,
+             "peak_mem_mb": outcome.peak_mb, "log": str(outcome.log), "at": _now()}
+        )  # fmt: skip
+        where = f"{self._label(index)} after epoch {progress['epochs_done']}"
+        self.screen.say(f"Training process died in {where} ({outcome.outcome}: {outcome.reason}).", important=True)
+        if outcome.cause == "batch-halving":
+            self.screen.say(f"Warning: {outcome.reason}; counted as out of memory.", important=True)
+        if self.restarts >= self.max_restarts:
+            self.save()
+            raise TrainFailed(
+                f"Training died {self.restarts + 1} times in this run of tuner (last: {outcome.outcome}, "
+                f"{outcome.reason}; log {outcome.log}). Its checkpoint is kept: re-run the same command to continue, "
+                "with a larger --max-restarts or --memory-budget if memory is the cause."
+            )
+        if outcome.outcome == "oom" and same_point:
+            self._step_down(index, params, outcome.reason, where)
+        elif outcome.outcome == "error" and any(f["reason"] == outcome.reason for f in same_point):
+            self.save()
+            raise TrainFailed(
+                f"{where}: the training process failed twice the same way: {outcome.reason}. See {outcome.log}; "
+                "fix the cause, then re-run to continue from the checkpoint."
+            )
+        self.restarts += 1
+        self.state["restarts"] += 1
+        self.save()
+        last = self.files.stage_dir(self.plan["stages"][index]) / "weights" / "last.pt"
+        start = f"epoch {progress['epochs_done']} of {last}" if progress["epochs_done"] else "the stage's start"
+        self.screen.say(f"Restart {self.restarts}/{self.max_restarts}: continuing from {start}.", important=True)
+
+    def _step_down(self, index: int, params: Params, reason: str | None, where: str) -> None:
+        progress = self.state["stages"][index]
+        lower = step_down(params, self.candidates)
+        if lower is None:
+            self.save()
+            raise TrainFailed(
+                f"{where}: out of memory twice with {params}, and there is no smaller config to step down to. "
+                "Raise --memory-budget or free memory, then re-run to continue."
+            )
+        new_params, why = lower
+        self.state["step_downs"].append(
+            {"stage": index + 1, "epochs_done": progress["epochs_done"], "from": params.to_dict(),
+             "to": new_params.to_dict(), "why": why, "after": reason, "at": _now()}
+        )  # fmt: skip
+        progress["params"] = new_params.to_dict()
+        self.screen.say(
+            f"Step-down: out of memory twice at this point with {params}; continuing with {new_params}, {why}.",
+            important=True,
+        )
+
+    def _announce(self, index: int, params: Params, resume: Path | None) -> None:
+        stage, progress = self.plan["stages"][index], self.state["stages"][index]
+        if resume is None:
+            self.screen.say(f"{self._label(index)}: training {stage['epochs']} epochs with {params} "
+                            f"(from {self._init_weights(index)})")
+        else:
+            self.screen.say(f"{self._label(index)}: continuing after epoch {progress['epochs_done']}/{stage['epochs']} "
+                            f"from {resume} with {params}")
+
+    def _label(self, index: int) -> str:
+        return f"stage {index + 1}/{len(self.plan['stages'])} {self.plan['stages'][index]['name']}"
+
+
+# ------------------------------------------------------------------------------------------ summary
+
+
+def summarize(files: RunFiles, plan: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
+    final_stage = plan["stages"][-1]
+    final = state["stages"][-1]
+    weights = files.stage_dir(final_stage) / "weights"
+    return {
+        "study": plan["study"],
+        "strategy": plan["strategy"],
+        "finished": state["finished"],
+        "epochs": sum(stage["epochs_done"] for stage in state["stages"]),
+        "epochs_planned": plan["epochs"],
+        "metric": plan["metric"],
+        "metrics": final["final_metrics"] or final["last_metrics"],
+        "stages": [
+            {
+                "name": stage["name"],
+                "folder": str(files.stage_dir(stage)),
+                "epochs": progress["epochs_done"],
+                "planned": stage["params"],
+                "trained_with": progress["params"],
+                "init": stage["init"],
+                "lr0": stage["lr0"],
+                "metrics": progress["final_metrics"] or progress["last_metrics"],
+            }
+            for stage, progress in zip(plan["stages"], state["stages"])
+        ],
+        "restarts": state["restarts"],
+        "step_downs": state["step_downs"],
+        "batch_halvings": sum(1 for f in state["failures"] if f["cause"] == "batch-halving"),
+        "failures": len(state["failures"]),
+        "peak_mem_mb": state["peak_mem_mb"],
+        "budget_mb": state["budget_mb"],
+        "wall_s": state["wall_s"],
+        "weights": {"best": str(weights / "best.pt"), "last": str(weights / "last.pt")},
+        "results_csv": str(weights.parent / "results.csv"),
+        "config": str(files.config),
+    }
+
+
+def _print_summary(summary: dict[str, Any], screen: _Screen, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(summary, indent=2))
+        return
+    stages = len(summary["stages"])
+    lines = [
+        f"Trained {summary['study']!r} ({summary['strategy']}): {summary['epochs']} epochs"
+        + (f" in {stages} stages" if stages > 1 else "")
+        + f", {summary['restarts']} restart(s), {len(summary['step_downs'])} step-down(s)."
+    ]
+    metrics = summary["metrics"] or {}
+    if metrics:
+        shown = ", ".join(f"{name} {value:.4f}" for name, value in metrics.items())
+        lines.append(f"Final {shown} (best.pt: {summary['weights']['best']}).")
+    budget = f" of the {summary['budget_mb']:.0f} MB budget" if summary["budget_mb"] else ""
+    lines.append(f"Peak memory {summary['peak_mem_mb']:.0f} MB{budget}; wall time {_duration(summary['wall_s'])}.")
+    for step in summary["step_downs"]:
+        lines.append(
+            f"  step-down in stage {step['stage']} after epoch {step['epochs_done']}: {Params.of(step['from'])} -> "
+            f"{Params.of(step['to'])} ({step['why']})"
+        )
+    if summary["batch_halvings"]:
+        lines.append(f"  Ultralytics halved the batch {summary['batch_halvings']} time(s); each counted as out of memory.")
+    lines.append(f"Summary: {summary['config'].replace('config.yaml', 'summary.json')}")
+    screen.say("\n".join(lines), important=True)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def _now() -> str:
+    return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+# ----------------------------------------------------------------------------------------- command
+
+
+def train_best(
+    *,
+    study_name: str | None = None,
+    storage: str | None = None,
+    studies_dir: Path = Path("studies"),
+    results_dir: Path = Path("results"),
+    config: Path | None = None,
+    epochs: int | None = None,
+    device: str | None = None,
+    memory_budget: str | None = None,
+    max_restarts: int | None = None,
+    strategy: str | None = None,
+    plots: bool = True,
+    quiet: bool = False,
+    as_json: bool = False,
+) -> int:
+    """`tuner train-best`: start, continue or report the run of a study; see the module docstring."""
+    screen = _Screen(quiet)
+    if epochs is not None and epochs <= 0:
+        raise ConfigError(f"--epochs is {epochs}, but must be a positive integer.")
+    if max_restarts is not None and max_restarts < 0:
+        raise ConfigError(f"--max-restarts is {max_restarts}, but must be 0 or more.")
+    if strategy is not None and strategy not in STRATEGIES:
+        raise ConfigError(f"Unknown --strategy {strategy!r}; use one of: {', '.join(STRATEGIES)}.")
+    if config is not None and not Path(config).is_file():
+        raise ConfigError(f"Config file {config} does not exist; pass --config with a best.yaml that `tuner probe` wrote.")
+    name = study_name_for(study_name, storage, Path(studies_dir), config)
+    files = RunFiles(Path(results_dir) / name / "train")
+
+    existing = files.config.exists()
+    if existing:
+        plan, state = load_run(files)
+        plan_changed = _check_rerun(plan, state, files, epochs, strategy)
+        if state["finished"]:
+            screen.say(f"The run in {files.root} is finished ({sum(s['epochs_done'] for s in state['stages'])} "
+                       "epochs); nothing to do.", important=True)
+            _print_summary(summarize(files, plan, state), screen, as_json)
+            return 0
+        _check_inputs_exist(plan, files)
+        _preflight(files, plan, state)
+    else:
+        _check_no_foreign_run(files)
+        if config is not None:
+            source = source_from_config(Path(config), name, storage, Path(studies_dir))
+        else:
+            source = source_from_study(name, storage, Path(studies_dir))
+        plan = new_plan(source, strategy or "single", epochs or DEFAULT_EPOCHS)
+        state = new_state(plan)
+        plan_changed = True
+    target = devices.resolve(device or plan["device"])
+    budget = parse_budget(memory_budget if memory_budget is not None else plan["memory_budget"], target.total_memory)
+
+    with _locked(files):
+        if existing:  # re-read under the lock: another invocation may have moved it on
+            plan_saved, state = load_run(files)
+            if state["finished"]:
+                raise TunerError(f"The run in {files.root} was finished by another tuner meanwhile; nothing to do.")
+        state["invocations"] += 1
+        state["budget_mb"] = round(budget / MB, 1)
+        if plan_changed:  # config.yaml first: it marks a run that a re-run continues
+            header = [
+                f"Resolved config of `tuner train-best` for study {plan['study']!r} (tuner {__version__}).",
+                "Written before the first epoch; re-running the command continues the run with this file.",
+            ]
+            write_yaml_atomic(files.config, plan, header)
+        child.write_json_atomic(files.state, state)
+        done = sum(stage["epochs_done"] for stage in state["stages"])
+        screen.say(
+            (f"Continuing the run in {files.root} after {done} of {plan['epochs']} epochs" if existing
+             else f"Training {plan['study']!r} into {files.root}: {plan['epochs']} epochs, strategy {plan['strategy']}")
+            + f"\nFrom {plan['origin']}; device {target.torch} ({target.name}), memory budget {budget / MB:.0f} MB",
+        )
+        supervisor = Supervisor(
+            files, plan, state, target, budget,
+            max_restarts=DEFAULT_MAX_RESTARTS if max_restarts is None else max_restarts,
+            plots=plots, screen=screen,
+        )
+        supervisor.run()
+        summary = summarize(files, plan, state)
+        child.write_json_atomic(files.summary, summary)
+    _print_summary(summary, screen, as_json)
+    return 0
