@@ -42,7 +42,7 @@ def test_parse_budget_rejects(text, message):
 
 
 def _hog(megabytes: int, seconds: float) -> subprocess.Popen:
-    code = f"import time; block = bytearray({megabytes} * 1024 * 1024); time.sleep({seconds})"
+    code = f"import time; block = b'x' * ({megabytes} * 1024 * 1024); time.sleep({seconds})"  # pages written
     return subprocess.Popen([sys.executable, "-c", code])
 
 
@@ -59,14 +59,14 @@ def test_watchdog_counts_the_whole_process_tree():
     # a parent holding little, whose child holds 300 MB: only the tree total goes over 250 MB
     code = (
         "import subprocess, sys, time; "
-        "child = subprocess.Popen([sys.executable, '-c', 'import time; b = bytearray(300 * 2**20); time.sleep(30)']); "
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; b = bytes(1) * (300 * 2**20); time.sleep(30)']); "
         "time.sleep(30)"
     )
     process = subprocess.Popen([sys.executable, "-c", code])
     with Watchdog(process.pid, budget=250 * MB, measure=lambda rss, device: rss) as watchdog:
         process.wait(timeout=20)
-    assert watchdog.killed_reason is not None
-    assert watchdog.peak_rss > 300 * MB
+    assert watchdog.killed_reason is not None  # the parent alone holds about 10 MB
+    assert watchdog.peak_rss > 250 * MB
 
 
 def test_watchdog_leaves_a_process_within_budget_alone():
