@@ -387,6 +387,9 @@ def test_probe_then_train_best_trains_writes_its_files_and_a_finished_run_does_n
     assert set(summary["metrics"]) >= {"mAP50-95", "mAP50"} and summary["peak_mem_mb"] > 200
     assert (folder / "weights" / "best.pt").is_file() and (folder / "weights" / "last.pt").is_file()
     assert csv_epochs(folder / "results.csv") == [1, 2]
+    memory = (folder / "memory.csv").read_text().splitlines()
+    assert memory[0] == "epoch,peak_mem_mb" and [row.split(",")[0] for row in memory[1:]] == ["1", "2"]
+    assert all(float(row.split(",")[1]) > 200 for row in memory[1:])  # for the report's per-epoch plot
     plan = yaml.safe_load((folder / "config.yaml").read_text())
     best = yaml.safe_load((workdir / "results" / "data-yolov8n-cpu" / "best.yaml").read_text())
     assert plan["stages"][0]["params"]["imgsz"] == best["imgsz"] and plan["best"]["batch"] == best["batch"]

@@ -387,6 +387,7 @@ class RunFiles:
         self.config = self.root / "config.yaml"
         self.state = self.root / "state.json"
         self.summary = self.root / "summary.json"
+        self.memory = self.root / "memory.csv"  # epoch, peak memory so far: for the report's epoch plot
         self.lock = self.root / ".lock"
 
     def stage_dir(self, stage: dict[str, Any]) -> Path:
@@ -658,6 +659,7 @@ class Supervisor:
             progress["last_metrics"] = record.get("metrics")
             self.state["peak_mem_mb"] = max(self.state["peak_mem_mb"], record.get("peak_mb") or 0.0)
             self.save()
+            _append_memory(self.files.memory, stage, record)
             per_epoch = (time.monotonic() - started) / max(1, record["epoch"] - first_epoch)
             left = (record["epochs"] - record["epoch"]) * per_epoch
             metric = configs.METRIC_NAMES.get(self.plan["metric"], "metric")
@@ -819,6 +821,17 @@ def _duration(seconds: float) -> str:
     if seconds < 5400:
         return f"{seconds / 60:.1f} min"
     return f"{seconds / 3600:.1f} h"
+
+
+def _append_memory(path: Path, stage: dict[str, Any], record: dict[str, Any]) -> None:
+    """One row per epoch of the final stage (the one training into train/ itself)."""
+    if stage["folder"] not in ("", "."):
+        return
+    new = not path.exists()
+    with open(path, "a") as handle:
+        if new:
+            handle.write("epoch,peak_mem_mb\n")
+        handle.write(f"{record['epoch']},{record.get('peak_mb') or 0.0}\n")
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
