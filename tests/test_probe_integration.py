@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -42,6 +43,8 @@ def test_probe_completes_trials_and_writes_the_best_stable_config(workdir, tiny_
         assert trial.user_attrs["batch_used"] == trial.params["batch"]
         assert trial.intermediate_values.keys() == {1}
         assert Path(trial.user_attrs["log"]).is_file()
+        progress = Path(trial.user_attrs["log"]).with_name("progress.jsonl").read_text().splitlines()
+        assert json.loads(progress[0])["threads"] == min(8, os.cpu_count())  # all cores, not cores - 1
     assert study.trials[2].user_attrs["repeat_of"] in (0, 1)  # the noise repeat
     assert study.user_attrs["noise"]["pairs"]
     assert study.user_attrs["config"]["space"]["imgsz"] == [64]

@@ -81,6 +81,19 @@ class DeviceMemoryReporter:
             time.sleep(self.interval)
 
 
+def use_all_cores(kind: str) -> None:
+    """On CPU, train with one torch thread per core.
+
+    Ultralytics' select_device() sets min(8, cores - 1) threads, keeping a core for dataloader
+    workers; on CPU it runs no workers, so on a 2-core machine that leaves half the CPU idle.
+    Call this from `on_pretrain_routine_start`, which runs after select_device().
+    """
+    if kind == "cpu":
+        import torch
+
+        torch.set_num_threads(min(8, os.cpu_count() or 1))
+
+
 def import_ultralytics(kind: str) -> None:
     """Import Ultralytics with tuner's offline settings applied (env comes from offline.child_env)."""
     if os.environ.get("YOLO_OFFLINE") != "1":

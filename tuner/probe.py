@@ -65,6 +65,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     kind = spec["device_kind"]
     reporter = child.DeviceMemoryReporter(kind, _path(spec.get("device_file"))).start()
     child.import_ultralytics(kind)
+    import torch
     from ultralytics import YOLO
 
     devices.apply_budget(kind, spec["budget"])
@@ -75,6 +76,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
 
     def on_pretrain_routine_start(trainer) -> None:
         trainer.final_eval = lambda: None  # see the module docstring
+        child.use_all_cores(kind)
 
     def on_train_epoch_start(trainer) -> None:
         if trainer.batch_size != asked_batch:
@@ -92,6 +94,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
             "imgsz": trainer.args.imgsz,
             "seconds": round(time.monotonic() - started, 2),
             "device_peak": max(reporter.peak, reporter.read()),
+            "threads": torch.get_num_threads(),
         }
         state["epochs"].append(record)
         state["batch_used"] = trainer.batch_size

@@ -224,6 +224,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
             final_eval()
 
         trainer.final_eval = final_eval_flagged
+        child.use_all_cores(spec["device_kind"])
 
     def on_train_epoch_start(trainer) -> None:
         if trainer.batch_size != params["batch"]:
