@@ -41,7 +41,7 @@ DEFAULTS: dict[str, Any] = {
         "epochs": 3,
         "fraction": 1.0,
         "optimizer": "AdamW",
-        "lr0": 0.001,
+        "lr0": 0.0003,
         "warmup_epochs": 0.0,
         "trial_timeout": 600.0,
         "repeats": 2,

@@ -287,24 +287,7 @@ class _Runner:
             self.progress.epoch(record, self.cfg.probe.epochs, record.get("peak_mb"))
             return repeat_of is None and trial.should_prune()
 
-        spec = {
-            "model": str(self.model),
-            "data": str(self.data_yaml),
-            "device": self.device.ultralytics,
-            "device_kind": self.device.kind,
-            "budget": self.budget,
-            "params": params,
-            "probe": {
-                "epochs": self.cfg.probe.epochs,
-                "fraction": self.cfg.probe.fraction,
-                "optimizer": self.cfg.probe.optimizer,
-                "lr0": self.cfg.probe.lr0,
-                "warmup_epochs": self.cfg.probe.warmup_epochs,
-            },
-            "seed": seed,
-            "workers": 0 if self.device.kind == "cpu" else 2,
-            "metric": self.cfg.metric,
-        }
+        spec = probe_spec(self.cfg, self.device, self.budget, self.data_yaml, self.model, params, seed)
         trial_dir = self.trials_dir / f"trial-{trial.number:04d}"
         out = run_probe_process(spec, trial_dir, self.device, self.budget, self.cfg.probe.trial_timeout, on_epoch)
         limit_mb = self.budget * (1 - self.cfg.safety_margin) / MB
@@ -351,6 +334,28 @@ class _Runner:
                 f"Stopped early instead of repeating it; see {log} and fix the cause, then re-run."
             )
             study.stop()
+
+
+def probe_spec(cfg, device, budget: int, data_yaml: Path, model, params: dict[str, Any], seed: int) -> dict[str, Any]:
+    """What one probe trial process is told to do (see tuner.probe)."""
+    return {
+        "model": str(model),
+        "data": str(data_yaml),
+        "device": device.ultralytics,
+        "device_kind": device.kind,
+        "budget": budget,
+        "params": params,
+        "probe": {
+            "epochs": cfg.probe.epochs,
+            "fraction": cfg.probe.fraction,
+            "optimizer": cfg.probe.optimizer,
+            "lr0": cfg.probe.lr0,
+            "warmup_epochs": cfg.probe.warmup_epochs,
+        },
+        "seed": seed,
+        "workers": 0 if device.kind == "cpu" else 2,
+        "metric": cfg.metric,
+    }
 
 
 def _counts(trial: optuna.trial.FrozenTrial) -> bool:
