@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from tuner import device as devices
 from tuner import offline
@@ -79,6 +80,15 @@ class DeviceMemoryReporter:
             except Exception:  # a reading must never kill the training it watches
                 pass
             time.sleep(self.interval)
+
+
+def main_for(run: Callable[[dict[str, Any]], dict[str, Any]], argv: list[str] | None = None) -> int:
+    """The entry point of a training process: `python -m MODULE spec.json` -> result.json."""
+    argv = sys.argv[1:] if argv is None else argv
+    spec = json.loads(Path(argv[0]).read_text())
+    exit_with_parent()
+    write_json_atomic(Path(spec["result"]), run(spec))
+    return 0
 
 
 def use_all_cores(kind: str) -> None:

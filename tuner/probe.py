@@ -14,8 +14,6 @@ starting weights, instead of the config's training.
 
 from __future__ import annotations
 
-import json
-import sys
 import time
 import traceback
 from pathlib import Path
@@ -139,12 +137,7 @@ def _path(value: str | None) -> Path | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    spec = json.loads(Path(argv[0]).read_text())
-    child.exit_with_parent()
-    result = run(spec)
-    child.write_json_atomic(Path(spec["result"]), result)
-    return 0
+    return child.main_for(run, argv)
 
 
 if __name__ == "__main__":

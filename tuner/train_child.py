@@ -21,9 +21,7 @@ What makes a kill cheap here:
 
 from __future__ import annotations
 
-import json
 import os
-import sys
 import time
 import traceback
 from pathlib import Path
@@ -285,12 +283,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    spec = json.loads(Path(argv[0]).read_text())
-    child.exit_with_parent()
-    result = run(spec)
-    child.write_json_atomic(Path(spec["result"]), result)
-    return 0
+    return child.main_for(run, argv)
 
 
 if __name__ == "__main__":
