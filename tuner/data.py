@@ -79,15 +79,10 @@ class BaseRecipe:
 
 BASE_RECIPE = BaseRecipe()
 
-# Probe defaults measured with tests/benchmarks/calibrate_probe.py on the embedded dataset (2 CPU cores): with these,
-# 160 -> 352 moves mAP50-95 from ~0.07 to ~0.18-0.19 while two seeds of one config differ by ~0.004-0.010.
-# AdamW at 0.001 or SGD at 0.01 first knock the base model down (epoch 1 at 0.01-0.1) and scatter the result.
-PROBE_EPOCHS = 3
-PROBE_FRACTION = 1.0
-PROBE_OPTIMIZER = "AdamW"
-PROBE_LR0 = 0.0003
-PROBE_LRF = 0.01  # Ultralytics' default: linear decay to lr0 * lrf over the probe's epochs
-PROBE_IMGSZ_CHOICES = (160, 224, 288, 352)
+# The probe defaults (tuner.config.DEFAULTS["probe"]) were measured with tests/benchmarks/calibrate_probe.py on the
+# embedded dataset (2 CPU cores): 160 -> 352 moves mAP50-95 from ~0.07 to ~0.18-0.19 while two seeds of one config
+# differ by ~0.004-0.010. AdamW at 0.001 or SGD at 0.01 first knock the base model down (epoch 1 at 0.01-0.1) and
+# scatter the result.
 
 
 # ------------------------------------------------------------------------------------------ atomic builds

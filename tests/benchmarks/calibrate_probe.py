@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from tuner import data, offline
+from tuner import config, data, offline
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,7 @@ def _base_metrics(data_yaml: Path, sizes: list[int], threads: int) -> dict[int, 
     code = (
         "import json, sys, torch\n"
         "from ultralytics import YOLO\n"
-        "from tuner import data, offline\n"
+        "from tuner import config, data, offline\n"
         "offline.settle()\n"
         f"torch.set_num_threads({threads or 1})\n"
         "model = YOLO(str(data.base_checkpoint()))\n"
@@ -137,11 +137,12 @@ def _run_probe_in_temp(spec: ProbeSpec) -> tuple[dict, float]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=data.PROBE_EPOCHS)
-    parser.add_argument("--fraction", type=float, default=data.PROBE_FRACTION)
-    parser.add_argument("--optimizer", default=data.PROBE_OPTIMIZER)
-    parser.add_argument("--lr0", type=float, default=data.PROBE_LR0)
-    parser.add_argument("--lrf", type=float, default=data.PROBE_LRF)
+    probe = config.DEFAULTS["probe"]
+    parser.add_argument("--epochs", type=int, default=probe["epochs"])
+    parser.add_argument("--fraction", type=float, default=probe["fraction"])
+    parser.add_argument("--optimizer", default=probe["optimizer"])
+    parser.add_argument("--lr0", type=float, default=probe["lr0"])
+    parser.add_argument("--lrf", type=float, default=0.01)  # Ultralytics' default, as in a probe
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads in each probe (0: leave)")
     parser.add_argument("--only", default="all", choices=("all", "imgsz", "seed", "mosaic", "batch", "mixup"))
     parser.add_argument("--configs", help="rows IMGSZ,BATCH,MOSAIC,MIXUP,SEED separated by ';' (overrides --only)")
