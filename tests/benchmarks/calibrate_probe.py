@@ -180,9 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     ]
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         for spec, (result, seconds) in zip(specs, pool.map(_run_probe_in_temp, specs)):
-            config = f"imgsz={spec.imgsz} batch={spec.batch} mosaic={spec.mosaic:g} mixup={spec.mixup:g}"
+            label = f"imgsz={spec.imgsz} batch={spec.batch} mosaic={spec.mosaic:g} mixup={spec.mixup:g}"
             per_epoch = " ".join(f"{value:.4f}" for value in result["epochs"])
-            print(f"{config:<40} {spec.seed:>4} {result['metric']:>9.5f} {seconds:>8.1f}  {per_epoch}", flush=True)
+            print(f"{label:<40} {spec.seed:>4} {result['metric']:>9.5f} {seconds:>8.1f}  {per_epoch}", flush=True)
     return 0
 
 
