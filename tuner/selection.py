@@ -3,7 +3,9 @@
 Stable: the trial completed and its peak memory stayed within the budget minus the safety margin.
 Noise: the same config probed again with another seed scores differently; the mean absolute
 difference over such pairs is the study's spread. Among stable configs whose mean metric is within
-that spread of the best, the one with the lowest peak memory (the most headroom) is chosen.
+that spread of the best, the one with the lowest peak memory (the most headroom) is chosen; peaks
+within MEMORY_TIE of the budget of each other count as equal (the same config's peak scatters by
+several percent from run to run), and among those the higher mean metric wins.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import optuna
 from optuna.trial import TrialState
 
 from tuner.space import config_key
+
+MEMORY_TIE = 0.05  # peaks closer than this fraction of the budget are the same headroom
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,7 +61,9 @@ def noise(trials: Iterable[optuna.trial.FrozenTrial]) -> dict[str, Any]:
     return {"pairs": pairs, "spread": spread}
 
 
-def best_stable(trials: Iterable[optuna.trial.FrozenTrial], limit_mb: float, spread: float | None) -> Choice | None:
+def best_stable(
+    trials: Iterable[optuna.trial.FrozenTrial], limit_mb: float, spread: float | None, budget_mb: float | None = None
+) -> Choice | None:
     groups: dict[tuple, list[optuna.trial.FrozenTrial]] = defaultdict(list)
     for trial in trials:
         if is_stable(trial, limit_mb):
@@ -71,5 +77,7 @@ def best_stable(trials: Iterable[optuna.trial.FrozenTrial], limit_mb: float, spr
     best_value = max(summary[0] for summary in summaries)
     tolerance = spread or 0.0
     close = [summary for summary in summaries if summary[0] >= best_value - tolerance]
-    value, peak, first, runs = min(close, key=lambda summary: (summary[1], -summary[0]))
+    lowest_peak = min(summary[1] for summary in close)
+    same_headroom = [summary for summary in close if summary[1] <= lowest_peak + MEMORY_TIE * (budget_mb or limit_mb)]
+    value, peak, first, runs = max(same_headroom, key=lambda summary: (summary[0], -summary[1]))
     return Choice(trial=first, value=value, runs=runs, peak_mb=peak, best_value=best_value, spread=spread)

@@ -70,7 +70,7 @@ def run_probe(args: argparse.Namespace) -> int:
     trials = study.get_trials(deepcopy=False)
     spread = selection.noise(trials)
     study.set_user_attr("noise", spread)
-    choice = selection.best_stable(trials, limit / MB, spread["spread"])
+    choice = selection.best_stable(trials, limit / MB, spread["spread"], budget / MB)
     results_dir = Path(args.results_dir) / name
     best_yaml = results_dir / "best.yaml"
     if choice is not None:
@@ -247,8 +247,15 @@ class _Runner:
             (t for t in trials if selection.is_stable(t, limit_mb) and "repeat_of" not in t.user_attrs),
             key=lambda t: -t.value,
         )
-        for original in [t for t in candidates if t.number not in repeated][:needed]:
+        configs_repeated = {space.config_key(t.params) for t in trials if t.number in repeated}
+        for original in candidates:
+            if needed <= 0:
+                break
+            if space.config_key(original.params) in configs_repeated:
+                continue  # one repeat per config: TPE may have sampled the same config twice
+            configs_repeated.add(space.config_key(original.params))
             self.study.enqueue_trial(original.params, user_attrs={"repeat_of": original.number})
+            needed -= 1
 
     def objective(self, trial: optuna.Trial) -> float:
         if self.first_number is None:
