@@ -132,4 +132,5 @@ def test_noise_repeats_go_to_distinct_configs(tmp_path):
     runner = _Runner(study, cfg, None, 16000 * 2**20, None, None, tmp_path, None)
     runner._enqueue_repeats()
     waiting = study.get_trials(states=(State.WAITING,))
-    assert sorted((t.params["imgsz"], t.user_attrs["repeat_of"]) for t in waiting) == [(288, 2), (352, 0)]
+    queued = sorted((t.system_attrs["fixed_params"]["imgsz"], t.user_attrs["repeat_of"]) for t in waiting)
+    assert queued == [(288, 2), (352, 0)]
