@@ -29,6 +29,7 @@ from tuner.train import (
     train_settings,
     verify_checkpoint,
 )
+from tuner.config import DEFAULTS
 from tuner.train_child import AtomicPath, trim_results_csv
 
 FAST = ("--device", "cpu", "--no-plots")
@@ -480,7 +481,8 @@ def test_repeated_oom_steps_down_to_the_next_stable_config_and_training_finishes
     last = progress_records(folder)[-1]
     # The lr decision, in real training after the step-down from batch 16 to 2: lr0 as planned, and Ultralytics
     # accumulates 8 batches per optimizer step, so each step still sees the planned 16 images.
-    assert (last[-1]["lr0"], last[-1]["nbs"], last[-1]["batch"], last[-1]["accumulate"]) == (0.001, 16, 2, 8)
+    probed_lr0 = DEFAULTS["probe"]["lr0"]  # the study's lr0, from the probe that made it
+    assert (last[-1]["lr0"], last[-1]["nbs"], last[-1]["batch"], last[-1]["accumulate"]) == (probed_lr0, 16, 2, 8)
 
 
 @pytest.mark.integration
