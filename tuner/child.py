@@ -15,6 +15,7 @@ import os
 import sys
 import threading
 import time
+import traceback
 from pathlib import Path
 from typing import Any, Callable
 
@@ -80,6 +81,33 @@ class DeviceMemoryReporter:
             except Exception:  # a reading must never kill the training it watches
                 pass
             time.sleep(self.interval)
+
+
+class BatchHalved(Exception):
+    """Ultralytics hit an OOM in the first epoch and silently halved the batch (raised from a callback)."""
+
+
+def train(model_source: str, callbacks: dict[str, Callable], arguments: dict[str, Any]) -> dict[str, Any]:
+    """Train with Ultralytics and say how it ended: ok, oom (with a reason) or error (with a message).
+
+    The traceback of any failure goes to this process's log, which the parent shows.
+    """
+    from ultralytics import YOLO
+
+    try:
+        model = YOLO(model_source)
+        for event, callback in callbacks.items():
+            model.add_callback(event, callback)
+        model.train(**arguments)
+    except BatchHalved as exc:
+        return {"status": "oom", "reason": str(exc), "halved": True}
+    except BaseException as exc:  # classified here; the parent decides what it means for the study
+        traceback.print_exc()
+        reason = devices.oom_reason(exc)
+        if reason:
+            return {"status": "oom", "reason": reason}
+        return {"status": "error", "message": f"{type(exc).__name__}: {exc}".splitlines()[0][:500]}
+    return {"status": "ok"}
 
 
 def main_for(run: Callable[[dict[str, Any]], dict[str, Any]], argv: list[str] | None = None) -> int:

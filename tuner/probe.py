@@ -15,7 +15,6 @@ starting weights, instead of the config's training.
 from __future__ import annotations
 
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +22,7 @@ from tuner import child
 from tuner import device as devices
 
 
-class BatchHalved(Exception):
-    """Ultralytics hit an OOM in the first epoch and silently halved the batch."""
+BatchHalved = child.BatchHalved
 
 
 def train_arguments(spec: dict[str, Any]) -> dict[str, Any]:
@@ -64,7 +62,6 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     reporter = child.DeviceMemoryReporter(kind, _path(spec.get("device_file"))).start()
     child.import_ultralytics(kind)
     import torch
-    from ultralytics import YOLO
 
     devices.apply_budget(kind, spec["budget"])
     asked_batch = spec["params"]["batch"]
@@ -99,22 +96,12 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         state["imgsz_used"] = trainer.args.imgsz
         child.append_jsonl(progress, record)
 
-    result: dict[str, Any] = {"status": "ok"}
-    try:
-        model = YOLO(spec["model"])
-        model.add_callback("on_pretrain_routine_start", on_pretrain_routine_start)
-        model.add_callback("on_train_epoch_start", on_train_epoch_start)
-        model.add_callback("on_fit_epoch_end", on_fit_epoch_end)
-        model.train(**train_arguments(spec))
-    except BatchHalved as exc:
-        result = {"status": "oom", "reason": str(exc), "halved": True}
-    except BaseException as exc:  # classified below; the traceback goes to the trial's log
-        traceback.print_exc()
-        reason = devices.oom_reason(exc)
-        if reason:
-            result = {"status": "oom", "reason": reason}
-        else:
-            result = {"status": "error", "message": f"{type(exc).__name__}: {exc}".splitlines()[0][:500]}
+    callbacks = {
+        "on_pretrain_routine_start": on_pretrain_routine_start,
+        "on_train_epoch_start": on_train_epoch_start,
+        "on_fit_epoch_end": on_fit_epoch_end,
+    }
+    result = child.train(spec["model"], callbacks, train_arguments(spec))
     epochs = state["epochs"]
     result.update(
         {

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import os
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +42,7 @@ RESUME_OVERRIDES = {"data", "imgsz", "batch", "device", "workers", "plots", "pat
                     "close_mosaic", "save_dir"}  # fmt: skip
 
 
-class BatchHalved(Exception):
-    """Ultralytics hit an OOM in the first epoch of this process and silently halved the batch."""
+BatchHalved = child.BatchHalved
 
 
 class CheckpointUnusable(Exception):
@@ -177,7 +175,6 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     reporter.start()
     child.import_ultralytics(kind)
     import ultralytics.engine.trainer as trainer_module
-    from ultralytics import YOLO
 
     trainer_module.strip_optimizer = _atomic_strip(trainer_module.strip_optimizer)
     devices.apply_budget(kind, spec["budget"])
@@ -251,22 +248,12 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         state["epochs_done"] = record["epoch"]
         child.append_jsonl(progress, record)
 
-    result: dict[str, Any] = {"status": "ok"}
-    try:
-        model = YOLO(str(resume) if resume is not None else spec["model"])
-        model.add_callback("on_pretrain_routine_start", on_pretrain_routine_start)
-        model.add_callback("on_train_epoch_start", on_train_epoch_start)
-        model.add_callback("on_fit_epoch_end", on_fit_epoch_end)
-        model.train(**train_arguments(spec))
-    except BatchHalved as exc:
-        result = {"status": "oom", "reason": str(exc), "halved": True}
-    except BaseException as exc:  # classified below; the traceback goes to the log
-        traceback.print_exc()
-        reason = devices.oom_reason(exc)
-        if reason:
-            result = {"status": "oom", "reason": reason}
-        else:
-            result = {"status": "error", "message": f"{type(exc).__name__}: {exc}".splitlines()[0][:500]}
+    callbacks = {
+        "on_pretrain_routine_start": on_pretrain_routine_start,
+        "on_train_epoch_start": on_train_epoch_start,
+        "on_fit_epoch_end": on_fit_epoch_end,
+    }
+    result = child.train(str(resume) if resume is not None else spec["model"], callbacks, train_arguments(spec))
     result.update(
         {
             "epochs_done": state["epochs_done"],
