@@ -35,8 +35,10 @@ import dataclasses
 import datetime
 import difflib
 import fcntl
+import io
 import json
 import math
+import pickle
 import sys
 import time
 import zipfile
@@ -536,10 +538,66 @@ def verify_checkpoint(path: Path, root: Path) -> None:
         raise CheckpointError(f"The checkpoint is corrupt (bad CRC in {bad}): {_untouched(path, root)}.")
 
 
+class _Opaque:
+    """Whatever a checkpoint's pickle builds besides plain containers: accepted and ignored."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> _Opaque:
+        return object.__new__(cls)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __setstate__(self, state: Any) -> None:
+        pass
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        pass
+
+    def append(self, value: Any) -> None:
+        pass
+
+    def extend(self, values: Any) -> None:
+        pass
+
+
+class _TopLevelUnpickler(pickle.Unpickler):
+    """Reads the plain values of a torch checkpoint without torch: no class is imported, no code runs."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        return _Opaque
+
+    def persistent_load(self, pid: Any) -> Any:
+        return None
+
+
+def checkpoint_epochs(path: Path) -> int | None:
+    """Epochs trained into an Ultralytics checkpoint, read from its pickle alone; None if unreadable.
+
+    The supervisor records an epoch after the training process has saved it, so a kill in between
+    leaves state.json one epoch behind last.pt; the checkpoint is the truth a resume continues from.
+    Reading it this way costs milliseconds and keeps torch out of the supervising process's memory.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            name = next(n for n in archive.namelist() if n.endswith("/data.pkl") and n.count("/") == 1)
+            ckpt = _TopLevelUnpickler(io.BytesIO(archive.read(name))).load()
+        epoch = ckpt.get("epoch")
+        if isinstance(epoch, int) and epoch >= 0:
+            return epoch + 1
+        epochs = (ckpt.get("train_results") or {}).get("epoch")  # a final, stripped checkpoint: epoch -1
+        return len(epochs) if isinstance(epochs, list) else None
+    except Exception:  # the training process reads it properly and reports what is wrong
+        return None
+
+
 def checkpoint_to_resume(last: Path, progress: dict[str, Any], root: Path) -> Path | None:
-    """The stage's own last.pt if it has one (checked whole), None for a stage that starts from its init."""
+    """The stage's own last.pt if it has one (checked whole), None for a stage that starts from its init.
+
+    The stage's `epochs_done` catches up with the checkpoint, which may be an epoch ahead of it.
+    """
     if last.exists():
         verify_checkpoint(last, root)
+        progress["epochs_done"] = max(progress["epochs_done"], checkpoint_epochs(last) or 0)
         return last
     if progress["epochs_done"] > 0:
         raise CheckpointError(
@@ -550,7 +608,9 @@ def checkpoint_to_resume(last: Path, progress: dict[str, Any], root: Path) -> Pa
 
 
 def _preflight(files: RunFiles, plan: dict[str, Any], state: dict[str, Any]) -> None:
-    """Before anything is written: the checkpoint the run would continue from must be whole."""
+    """Before anything is written: the checkpoint the run would continue from must be whole.
+
+    The state's epochs done catch up with it (see checkpoint_epochs)."""
     for stage, progress in zip(plan["stages"], state["stages"]):
         if not progress["finished"]:
             checkpoint_to_resume(files.stage_dir(stage) / "weights" / "last.pt", progress, files.root)
@@ -905,6 +965,7 @@ def train_best(
             plan_saved, state = load_run(files)
             if state["finished"]:
                 raise TunerError(f"The run in {files.root} was finished by another tuner meanwhile; nothing to do.")
+            _preflight(files, plan, state)
         state["invocations"] += 1
         state["budget_mb"] = round(budget / MB, 1)
         if plan_changed:  # config.yaml first: it marks a run that a re-run continues
