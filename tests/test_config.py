@@ -73,3 +73,48 @@ def test_parse_list():
     assert config.parse_list("160,224", "--imgsz", int) == [160, 224]
     with pytest.raises(ConfigError, match="--imgsz` must be comma-separated"):
         config.parse_list("160,abc", "--imgsz", int)
+
+
+# ------------------------------------------------------------------------------------------ train-best
+
+
+def test_shipped_train_settings_match_code_defaults():
+    shipped = yaml.safe_load((REPO / "configs" / "train.yaml").read_text())
+    assert shipped == config.TRAIN_DEFAULTS
+
+
+def test_train_settings_file_overrides_defaults_and_flags_override_file(tmp_path):
+    path = tmp_path / "train.yaml"
+    path.write_text("epochs: 60\nval_every: 5\ntwo_stage:\n  lr_factor: 0.2\n")
+    settings, flags = config.load_train(path, {"epochs": 12, "strategy": None})
+    assert (settings.epochs, settings.val_every, settings.fine_tune_lr_factor) == (12, 5, 0.2)
+    assert settings.strategy == "single" and settings.max_restarts == config.TRAIN_DEFAULTS["max_restarts"]
+    assert flags == {"epochs"}  # a flag left out (None) is not a flag given
+
+
+def test_configs_train_yaml_in_cwd_is_the_default_train_file(tmp_path, monkeypatch):
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "train.yaml").write_text("strategy: progressive\n")
+    monkeypatch.chdir(tmp_path)
+    assert config.load_train(None, {})[0].strategy == "progressive"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("epoch: 40\n", "Did you mean `epochs`"),
+        ("lr_factor: 0.5\n", "Did you mean `two_stage.lr_factor`"),
+        ("strategy: two_stage\n", "Did you mean 'two-stage'"),
+        ("val_every: 0\n", "`val_every` is 0, but must be a positive integer"),
+        ("plots: maybe\n", "`plots` is 'maybe', but must be true or false"),
+        ("two_stage:\n  fine_tune_share: 1.0\n", "`two_stage.fine_tune_share` is 1.0, but must be in (0, 1)"),
+    ],
+)
+def test_bad_train_settings_name_the_problem(tmp_path, text, message):
+    path = tmp_path / "train.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        config.load_train(path, {})
+    assert message in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(ConfigError, match="pass --settings with an existing YAML file"):
+        config.load_train(tmp_path / "absent.yaml", {})

@@ -230,6 +230,16 @@ def test_train_plot_reads_ultralytics_results_and_memory(tmp_path):
     assert plots.plot_train_epochs(tmp_path / "absent.csv", tmp_path / "x.png", metric_column="m") is None
 
 
+def test_train_plot_leaves_out_epochs_that_were_not_validated(tmp_path):
+    results = tmp_path / "results.csv"
+    results.write_text(ULTRALYTICS_CSV.replace("2,20.1,1.3,0.3,0.2,1.4", "2,20.1,1.3,nan,nan,nan"))
+    (tmp_path / "memory.csv").write_text("epoch,peak_mem_mb\n1,900\n2,950\n3,940\n")
+    metric, memory = plots.read_train_epochs(results, "metrics/mAP50-95(B)")
+    assert metric == [(1, 0.1), (3, 0.25)] and memory == [(1, 900.0), (2, 950.0), (3, 940.0)]
+    plot = plots.plot_train_epochs(results, tmp_path / "train.png", metric_column="metrics/mAP50-95(B)")
+    assert plot.counts == {"metric_points": 2, "memory_points": 3}
+
+
 def test_report_plots_train_best_epochs_when_present(study):
     train = Path("results") / NAME / "train"
     train.mkdir(parents=True)

@@ -19,18 +19,9 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 
 from tests.conftest import tiny_probe_args, trial_processes
 from tuner import config as configs
-from tuner.train import (
-    Candidate,
-    CheckpointError,
-    Params,
-    Source,
-    checkpoint_epochs,
-    plan_stages,
-    step_down,
-    train_settings,
-    verify_checkpoint,
-)
 from tuner.config import DEFAULTS
+from tuner.plan import Candidate, Params, Source, plan_stages, step_down, train_settings
+from tuner.train import CheckpointError, checkpoint_epochs, verify_checkpoint
 from tuner.train_child import AtomicPath, checkpoint_facts, trim_results_csv
 
 FAST = ("--device", "cpu", "--no-plots")
@@ -131,6 +122,10 @@ def source(best: Params, candidates=(), lr0=0.001) -> Source:
                   optimizer="AdamW", lr0=lr0, metric="metrics/mAP50-95(B)", best=best, candidates=tuple(candidates))  # fmt: skip
 
 
+def settings(strategy="single", epochs=40, **values) -> configs.TrainSettings:
+    return configs.load_train(None, {"strategy": strategy, "epochs": epochs, **values})[0]
+
+
 def candidate(imgsz, batch, value, trial) -> Candidate:
     return Candidate(Params(imgsz, batch, 0.5, 0.1), value, 900.0, trial)
 
@@ -153,7 +148,7 @@ def test_step_down_without_a_study_lowers_imgsz_then_halves_the_batch():
 
 
 def test_two_stage_plan_fine_tunes_the_best_config_from_stage_one_at_a_tenth_of_lr0():
-    stages = plan_stages(source(Params(352, 8, 0.8, 0.2), lr0=0.01), "two-stage", 40)
+    stages = plan_stages(source(Params(352, 8, 0.8, 0.2), lr0=0.01), settings("two-stage", 40))
     first, second = stages
     assert [s["epochs"] for s in stages] == [30, 10]
     assert (first["params"]["imgsz"], first["params"]["mosaic"], first["params"]["mixup"]) == (288, 0.4, 0.0)
@@ -164,7 +159,7 @@ def test_two_stage_plan_fine_tunes_the_best_config_from_stage_one_at_a_tenth_of_
 
 def test_progressive_plan_grows_imgsz_up_to_the_largest_stable_one():
     ladder = (candidate(288, 8, 0.6, 1), candidate(352, 4, 0.5, 2))
-    stages = plan_stages(source(Params(288, 8, 0.5, 0.1), ladder), "progressive", 10)
+    stages = plan_stages(source(Params(288, 8, 0.5, 0.1), ladder), settings("progressive", 10))
     assert [s["params"]["imgsz"] for s in stages] == [256, 288, 320, 352]
     assert {s["params"]["batch"] for s in stages} == {4}  # the stable batch at the largest imgsz
     assert [s["epochs"] for s in stages] == [2, 2, 3, 3] and sum(s["epochs"] for s in stages) == 10
@@ -176,9 +171,9 @@ def test_progressive_plan_grows_imgsz_up_to_the_largest_stable_one():
 def test_a_stage_steps_once_per_batch_at_the_study_lr0(batch):
     """The lr decision: nbs = the planned batch (no accumulation to 64), lr0 never rescaled for the batch."""
     plan = {"optimizer": "SGD", "seed": 0}
-    stage = plan_stages(source(Params(160, batch, 0.5, 0.0), lr0=0.002), "single", 40)[0]
-    settings = train_settings(stage, plan, type("D", (), {"kind": "cpu"})(), plots=False)
-    assert settings["lr0"] == 0.002 and settings["nbs"] == batch
+    stage = plan_stages(source(Params(160, batch, 0.5, 0.0), lr0=0.002), settings())[0]
+    arguments = train_settings(stage, plan, type("D", (), {"kind": "cpu"})(), plots=False)
+    assert arguments["lr0"] == 0.002 and arguments["nbs"] == batch
 
 
 def test_results_csv_is_cut_back_to_the_checkpoint_epochs(tmp_path):
@@ -309,6 +304,31 @@ def test_restarts_stop_at_max_restarts_and_keep_the_run(workdir, tiny_data, run_
     assert code == 1 and "re-run the same command to continue" in err
     state = state_of(train_dir(workdir, "stuck"))
     assert state["restarts"] == 1 and len(state["failures"]) == 2 and not state["finished"]
+
+
+def test_configs_train_yaml_shapes_a_new_run_and_a_rerun_applies_only_its_flags(
+    workdir, tiny_data, run_cli, monkeypatch
+):
+    import tuner.trial
+
+    (workdir / "configs").mkdir(exist_ok=True)
+    (workdir / "configs" / "train.yaml").write_text("epochs: 3\nval_every: 2\nmax_restarts: 0\n")
+    best = write_best_yaml(workdir / "results" / "shaped" / "best.yaml", tiny_data, imgsz=128, batch=8)
+    monkeypatch.setattr(tuner.trial, "run_probe_process", FakeRunner(oom_imgsz=128, oom_after=1))
+    code, _, err = run_cli("train-best", "--config", best, *FAST)
+    assert code == 1 and "re-run the same command to continue" in err  # max_restarts 0 came from the file
+    plan = yaml.safe_load((train_dir(workdir, "shaped") / "config.yaml").read_text())
+    assert plan["epochs"] == 3 and plan["settings"]["val_every"] == 2 and plan["stages"][0]["val_every"] == 2
+
+    (workdir / "configs" / "train.yaml").write_text("epochs: 9\nval_every: 4\nmax_restarts: 0\n")
+    runner = FakeRunner(oom_imgsz=10**6, oom_after=0)
+    monkeypatch.setattr(tuner.trial, "run_probe_process", runner)
+    code, _, err = run_cli("train-best", "--config", best, "--val-every", "1", *FAST)
+    assert code == 0, err
+    assert "after 1 of 3 epochs" in err  # the run's own epochs, not the edited file's
+    assert [spec["val_every"] for spec in runner.specs] == [1]  # the flag applies to the rest of the run
+    plan = yaml.safe_load((train_dir(workdir, "shaped") / "config.yaml").read_text())
+    assert plan["epochs"] == 3 and plan["settings"]["val_every"] == 1
 
 
 def test_a_second_tuner_on_the_same_run_is_refused(workdir, tiny_data, run_cli):
@@ -454,6 +474,26 @@ def test_training_process_killed_after_epoch_2_of_4_resumes_and_ends_with_exactl
     first, second = progress_records(folder)
     assert [r["epoch"] for r in first] == [1, 2] and [r["epoch"] for r in second] == [3, 4]
     assert "Resuming training" in (folder / "attempts" / "002" / "log.txt").read_text()
+
+
+@pytest.mark.integration
+def test_val_every_validates_every_nth_and_the_last_epoch_and_best_pt_only_from_those(workdir, tiny_data, run_cli):
+    best = write_best_yaml(workdir / "results" / "sparse" / "best.yaml", tiny_data)
+    folder = train_dir(workdir, "sparse")
+    code, _, err = run_cli("train-best", "--config", best, "--epochs", "3", "--val-every", "2", *FAST)
+    assert code == 0, err
+    assert "epoch 1/3 | not validated" in err and "epoch 2/3 | mAP50-95" in err and "epoch 3/3 | mAP50-95" in err
+    (records,) = progress_records(folder)
+    assert [r["value"] is None for r in records] == [True, False, False]
+    with open(folder / "results.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    maps = [float(row["metrics/mAP50-95(B)"]) for row in rows]
+    assert maps[0] != maps[0] and all(value == value for value in maps[1:])  # NaN only where not validated
+    best_pt = checkpoint_facts(folder / "weights" / "best.pt")
+    fitness = best_pt["train_metrics"]["fitness"]
+    assert fitness is not None and fitness == fitness  # saved after a validation, never under a stale fitness
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["epochs"] == 3 and summary["metrics"]["mAP50-95"] is not None
 
 
 @pytest.mark.integration

@@ -8,7 +8,7 @@ import warnings
 from pathlib import Path
 
 from tuner import __version__
-from tuner.config import DEFAULTS
+from tuner.config import DEFAULTS, STRATEGIES, TRAIN_DEFAULTS
 from tuner.errors import TunerError
 
 SPACE, PROBE = DEFAULTS["space"], DEFAULTS["probe"]
@@ -122,13 +122,21 @@ def _add_train_best(subparsers) -> None:
         type=Path,
         help="a best.yaml to train instead of the study's best (default: the study's best stable config)",
     )
-    group.add_argument("--epochs", type=int, help="epochs to train in all (default: 40)")
+    train = TRAIN_DEFAULTS
+    group.add_argument(
+        "--settings",
+        type=Path,
+        metavar="FILE",
+        help="a train settings YAML like configs/train.yaml (default: configs/train.yaml if present here); "
+        "flags override it; a re-run keeps its run's config.yaml and applies only flags",
+    )
+    group.add_argument("--epochs", type=int, help=f"epochs to train in all (default: {train['epochs']})")
     group.add_argument(
         "--strategy",
-        choices=("single", "two-stage", "progressive"),
+        choices=STRATEGIES,
         help="single: the best config for all epochs; two-stage: a conservative config, then a fine-tune with the "
         "best one at a tenth of lr0; progressive: imgsz grows in blocks up to the largest stable one "
-        "(default: single)",
+        f"(default: {train['strategy']})",
     )
     group.add_argument("--device", help="auto, mps, cuda, cuda:N, N or cpu (default: the study's device)")
     group.add_argument(
@@ -136,9 +144,23 @@ def _add_train_best(subparsers) -> None:
         help="memory the training may use, e.g. 800MB, 3GB or 0.7 of usable memory (default: the study's budget)",
     )
     group.add_argument(
-        "--max-restarts", type=int, help="training processes that may die before tuner gives up (default: 5)"
+        "--max-restarts",
+        type=int,
+        help=f"training processes that may die before tuner gives up (default: {train['max_restarts']})",
     )
-    group.add_argument("--no-plots", action="store_true", help="skip Ultralytics' training plots (faster)")
+    group.add_argument(
+        "--val-every",
+        type=int,
+        metavar="N",
+        help="validate every Nth epoch and the last one; best.pt is chosen among validated epochs only "
+        f"(default: {train['val_every']}, every epoch)",
+    )
+    group.add_argument(
+        "--plots",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help=f"Ultralytics' training plots; --no-plots is a little faster (default: {'on' if train['plots'] else 'off'})",
+    )
     _add_output_options(parser)
     parser.set_defaults(func=_cmd_train_best)
 
@@ -152,12 +174,14 @@ def _cmd_train_best(args: argparse.Namespace) -> int:
         studies_dir=args.studies_dir,
         results_dir=args.results_dir,
         config=args.config,
+        settings_file=args.settings,
         epochs=args.epochs,
         device=args.device,
         memory_budget=args.memory_budget,
         max_restarts=args.max_restarts,
         strategy=args.strategy,
-        plots=not args.no_plots,
+        val_every=args.val_every,
+        plots=args.plots,
         quiet=args.quiet,
         as_json=args.json,
     )

@@ -1,8 +1,9 @@
-"""The resolved settings of a probe study: defaults, then a config file, then the flags the user passed.
+"""The resolved settings of `tuner probe` and `tuner train-best`: defaults, then a file, then flags.
 
-`DEFAULTS` is the single source of the defaults; `configs/probe.yaml` is a commented copy of it for
-users to edit (a test keeps the two equal). The result is a frozen `ProbeConfig`, validated here so
-that every later step can trust it; bad values raise `ConfigError` with one line naming the fix.
+`DEFAULTS` and `TRAIN_DEFAULTS` are the single sources of the defaults; `configs/probe.yaml` and
+`configs/train.yaml` are commented copies of them for users to edit (a test keeps them equal). The
+results are frozen `ProbeConfig` and `TrainSettings`, validated here so that every later step can
+trust them; bad values raise `ConfigError` with one line naming the fix.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import yaml
 from tuner.errors import ConfigError
 
 DEFAULT_CONFIG_FILE = Path("configs") / "probe.yaml"
+DEFAULT_TRAIN_FILE = Path("configs") / "train.yaml"
 
 DEFAULTS: dict[str, Any] = {
     "model": "yolov8n.yaml",
@@ -50,6 +52,24 @@ DEFAULTS: dict[str, Any] = {
     "grace_period": 30,
 }
 
+TRAIN_DEFAULTS: dict[str, Any] = {
+    "epochs": 40,
+    "strategy": "single",
+    "max_restarts": 5,
+    "val_every": 1,
+    "plots": True,
+    "warmup_epochs": 3.0,
+    "close_mosaic": 10,
+    "two_stage": {
+        "fine_tune_share": 0.25,
+        "lr_factor": 0.1,
+    },
+    "progressive": {
+        "blocks": 4,
+    },
+}
+
+STRATEGIES = ("single", "two-stage", "progressive")
 OPTIMIZERS = ("SGD", "Adam", "Adamax", "AdamW", "NAdam", "RAdam", "RMSProp")
 SAMPLERS = ("tpe", "random")
 PRUNERS = ("median", "none")
@@ -140,9 +160,9 @@ def load(config_file: Path | None, overrides: dict[str, Any]) -> ProbeConfig:
     return _build(merged)
 
 
-def read_file(path: Path) -> dict[str, Any]:
+def read_file(path: Path, flag: str = "--config") -> dict[str, Any]:
     if not path.is_file():
-        raise ConfigError(f"Config file {path} does not exist; pass --config with an existing YAML file.")
+        raise ConfigError(f"Config file {path} does not exist; pass {flag} with an existing YAML file.")
     try:
         loaded = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
@@ -156,25 +176,28 @@ def read_file(path: Path) -> dict[str, Any]:
     return loaded
 
 
-def _merge(base: dict[str, Any], update: dict[str, Any], *, source: str, prefix: str = "") -> None:
+def _merge(
+    base: dict[str, Any], update: dict[str, Any], *, source: str, prefix: str = "", root: dict[str, Any] | None = None
+) -> None:
+    root = base if root is None else root
     for key, value in update.items():
         if key not in base:
-            raise ConfigError(f"Unknown setting `{prefix}{key}` in {source}.{_suggest(key, base)}")
+            raise ConfigError(f"Unknown setting `{prefix}{key}` in {source}.{_suggest(key, base, root)}")
         if isinstance(base[key], dict):
             if not isinstance(value, dict):
                 raise ConfigError(f"`{prefix}{key}` in {source} must be a mapping with keys {', '.join(base[key])}.")
-            _merge(base[key], value, source=source, prefix=f"{prefix}{key}.")
+            _merge(base[key], value, source=source, prefix=f"{prefix}{key}.", root=root)
         else:
             base[key] = value
 
 
-def _suggest(key: str, known: dict[str, Any]) -> str:
+def _suggest(key: str, known: dict[str, Any], root: dict[str, Any]) -> str:
     """The closest known setting: at this level first, else anywhere (`imgsz` lives under `space`)."""
     close = difflib.get_close_matches(str(key), list(known), n=1, cutoff=0.6)
     if close:
         return f" Did you mean `{close[0]}`?"
-    everywhere = {f"{section}.{name}": name for section, value in DEFAULTS.items() if isinstance(value, dict) for name in value}
-    everywhere.update({name: name for name in DEFAULTS})
+    everywhere = {f"{section}.{name}": name for section, value in root.items() if isinstance(value, dict) for name in value}
+    everywhere.update({name: name for name in root})
     close = difflib.get_close_matches(str(key), list(everywhere.values()), n=1, cutoff=0.6)
     if close:
         dotted = next(path for path, name in everywhere.items() if name == close[0])
@@ -217,6 +240,58 @@ def _build(raw: dict[str, Any]) -> ProbeConfig:
         heartbeat_interval=_positive_int(raw["heartbeat_interval"], "heartbeat_interval"),
         grace_period=_positive_int(raw["grace_period"], "grace_period"),
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSettings:
+    """How `tuner train-best` spends its epochs (see tuner.train)."""
+
+    epochs: int
+    strategy: str
+    max_restarts: int
+    val_every: int
+    plots: bool
+    warmup_epochs: float
+    close_mosaic: int
+    fine_tune_share: float
+    fine_tune_lr_factor: float
+    progressive_blocks: int
+
+
+def load_train(settings_file: Path | None, overrides: dict[str, Any]) -> tuple[TrainSettings, set[str]]:
+    """Defaults, then `settings_file` (or configs/train.yaml here, if present), then `overrides`.
+
+    Also returns the top-level keys the command line set: a re-run of a run keeps its own config.yaml
+    and applies only those.
+    """
+    merged = copy.deepcopy(TRAIN_DEFAULTS)
+    if settings_file is None and DEFAULT_TRAIN_FILE.is_file():
+        settings_file = DEFAULT_TRAIN_FILE
+    if settings_file is not None:
+        _merge(merged, read_file(settings_file, "--settings"), source=str(settings_file))
+    overrides = {key: value for key, value in overrides.items() if value is not None}
+    _merge(merged, overrides, source="the command line")
+    two_stage, progressive = merged["two_stage"], merged["progressive"]
+    settings = TrainSettings(
+        epochs=_positive_int(merged["epochs"], "epochs"),
+        strategy=_choice(merged["strategy"], "strategy", STRATEGIES),
+        max_restarts=_non_negative_int(merged["max_restarts"], "max_restarts"),
+        val_every=_positive_int(merged["val_every"], "val_every"),
+        plots=_bool(merged["plots"], "plots"),
+        warmup_epochs=_fraction(merged["warmup_epochs"], "warmup_epochs", low=0.0, high=1e9),
+        close_mosaic=_non_negative_int(merged["close_mosaic"], "close_mosaic"),
+        fine_tune_share=_fraction(two_stage["fine_tune_share"], "two_stage.fine_tune_share", low=0.0, high=1.0,
+                                  low_open=True, high_open=True),  # fmt: skip
+        fine_tune_lr_factor=_positive_float(two_stage["lr_factor"], "two_stage.lr_factor"),
+        progressive_blocks=_positive_int(progressive["blocks"], "progressive.blocks"),
+    )
+    return settings, set(overrides)
+
+
+def _bool(value: Any, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"The value of `{name}` is {value!r}, but must be true or false.")
+    return value
 
 
 def _text(value: Any, name: str) -> str:

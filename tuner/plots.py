@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import math
 import os
 import tempfile
 from collections.abc import Sequence
@@ -220,23 +221,37 @@ def plot_history(points: Sequence[Point], path: Path, *, metric_name: str) -> Pl
     return Plot(path, counts)
 
 
-def read_train_epochs(results_csv: Path, metric_column: str) -> tuple[list[int], list[float], list[float]]:
-    """Epochs, metric and peak memory (MB) from an Ultralytics results.csv.
+def read_train_epochs(
+    results_csv: Path, metric_column: str
+) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
+    """(epoch, metric) and (epoch, peak memory MB) points from an Ultralytics results.csv.
 
-    Memory comes from a `peak_mem_mb` (or `mem_mb`, `memory_mb`) column of results.csv, else from
-    `memory.csv` (epoch, peak_mem_mb) beside it; empty when neither has it.
+    Epochs that were not validated (`--val-every`) have no metric point. Memory comes from a
+    `peak_mem_mb` (or `mem_mb`, `memory_mb`) column of results.csv, else from `memory.csv` (epoch,
+    peak_mem_mb) beside it; empty when neither has it.
     """
-    rows = _read_csv(results_csv)
-    epochs = [int(float(row["epoch"])) for row in rows if row.get("epoch")]
-    metric = [float(row[metric_column]) for row in rows if row.get(metric_column)]
+    rows = [row for row in _read_csv(results_csv) if row.get("epoch")]
+    metric = [(int(float(row["epoch"])), _number(row.get(metric_column))) for row in rows]
+    metric = [(epoch, value) for epoch, value in metric if value is not None]
     memory_column = next((name for name in MEMORY_COLUMNS if rows and name in rows[0]), None)
     if memory_column is not None:
-        return epochs, metric, [float(row[memory_column]) for row in rows if row.get(memory_column)]
+        memory = [(int(float(row["epoch"])), _number(row.get(memory_column))) for row in rows]
+        return metric, [(epoch, value) for epoch, value in memory if value is not None]
     memory_csv = results_csv.parent / "memory.csv"
     if not memory_csv.exists():
-        return epochs, metric, []
+        return metric, []
     by_epoch = {int(float(row["epoch"])): float(row["peak_mem_mb"]) for row in _read_csv(memory_csv)}
-    return epochs, metric, [by_epoch[epoch] for epoch in epochs if epoch in by_epoch]
+    return metric, [(int(float(row["epoch"])), by_epoch[int(float(row["epoch"]))]) for row in rows
+                    if int(float(row["epoch"])) in by_epoch]  # fmt: skip
+
+
+def _number(text: str | None) -> float | None:
+    """A finite number from a CSV cell; None for an empty cell or nan."""
+    try:
+        value = float(text) if text else None
+    except ValueError:
+        return None
+    return value if value is not None and math.isfinite(value) else None
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:
@@ -254,10 +269,11 @@ def plot_train_epochs(
         return None
     from matplotlib.ticker import MaxNLocator
 
-    epochs, metric, memory = read_train_epochs(results_csv, metric_column)
+    metric, memory = read_train_epochs(results_csv, metric_column)
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    ax.plot(epochs[: len(metric)], metric, marker="o", color="#2e7d32", gid="metric", label=metric_column)
+    ax.plot([e for e, _ in metric], [v for _, v in metric], marker="o", color="#2e7d32", gid="metric",
+            label=metric_column)  # fmt: skip
     ax.set_xlabel("epoch")
     ax.set_ylabel(metric_column)
     ax.set_title("train-best: metric and memory per epoch")
@@ -265,7 +281,7 @@ def plot_train_epochs(
     lines = list(ax.get_lines())
     if memory:
         twin = ax.twinx()
-        twin.plot(epochs[: len(memory)], memory, marker="s", color="#6a1b9a", gid="memory", label="peak memory (MB)")
+        twin.plot([e for e, _ in memory], [v for _, v in memory], marker="s", color="#6a1b9a", gid="memory", label="peak memory (MB)")
         if budget_mb is not None:
             twin.axhline(budget_mb, color="#c62828", gid="budget", label=f"budget {budget_mb:.0f} MB")
         twin.set_ylim(bottom=0)

@@ -2,8 +2,8 @@
 
 Everything of a run lives in `<results-dir>/<study-name>/train/`:
 
-    config.yaml     the resolved config (inputs, strategy, stages), written before the first epoch;
-                    a re-run trains with this file, not with whatever the study or flags say now
+    config.yaml     the resolved config (inputs, settings, stages), written before the first epoch;
+                    a re-run trains with this file, changed only by the flags passed to it
     state.json      where the run is: epochs done per stage, current params, restarts, step-downs,
                     failures, peak memory, wall time, `finished` (written atomically after each event)
     weights/        last.pt, best.pt of the final stage (Ultralytics'); results.csv, args.yaml beside
@@ -19,21 +19,13 @@ stable config of the study that is no larger in imgsz and batch, else to the nex
 to half the batch; it continues from the current weights. Ultralytics' silent batch halving counts
 as running out of memory.
 
-Learning rate and batch: a stage trains the way the probes measured its config: one optimizer step per
-batch (`nbs` = the planned batch) at the study's lr0, unscaled. Ultralytics' default nbs 64 would
-accumulate 32 batches of 2 into each step; on a small dataset that leaves a handful of steps per epoch,
-and scaling lr0 down for small batches slows training further (tests/benchmarks/bench_train_best.py
---nbs measures both). `nbs` stays the planned batch after a step-down to a smaller batch (a resume
-keeps the checkpoint's nbs anyway), so Ultralytics accumulates back to the same images per step and
-the optimizer state stays valid.
+What is trained (the source, the stages of a strategy, step-downs) is planned in tuner.plan.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import datetime
-import difflib
 import fcntl
 import io
 import json
@@ -44,29 +36,27 @@ import time
 import zipfile
 import zlib
 from pathlib import Path
-from statistics import mean
 from typing import Any, Iterator
 
-from tuner import __version__, child, data, inputs
+from tuner import __version__, child
 from tuner import config as configs
 from tuner import device as devices
-from tuner.errors import ConfigError, StudyError, TunerError
+from tuner.errors import ConfigError, TunerError
 from tuner.memory import MB, parse_budget
+from tuner.plan import (
+    Candidate,
+    Params,
+    close_mosaic,
+    new_plan,
+    source_from_config,
+    source_from_study,
+    step_down,
+    study_name_for,
+    train_settings,
+)
 from tuner.yamlio import write_yaml_atomic
 
-DEFAULT_EPOCHS = 40  # the seed note's minimum for real data
-DEFAULT_MAX_RESTARTS = 5
-STRATEGIES = ("single", "two-stage", "progressive")
-FINE_TUNE_LR_FACTOR = 0.1  # two-stage: stage 2 trains at a tenth of lr0 (the seed: 0.01 -> 0.001)
-FINE_TUNE_SHARE = 0.25  # two-stage: the share of the epochs the fine-tune stage gets
-PROGRESSIVE_SIZES = 4  # progressive: imgsz blocks, IMGSZ_STEP apart, ending at the largest stable imgsz
-IMGSZ_STEP = 32
-MIN_IMGSZ = 64  # below 2 strides YOLO's BatchNorm runs on single values
-WARMUP_EPOCHS = 3.0  # Ultralytics' default, for a stage that starts from the initial model
-CLOSE_MOSAIC = 10  # Ultralytics' default, capped at a quarter of a stage
 STATE_VERSION = 1
-BEST_KEYS = ("model", "data", "imgsz", "batch", "mosaic", "mixup")
-OPTIONAL_BEST_KEYS = ("device", "workers", "optimizer", "lr0")
 
 
 class TrainFailed(TunerError):
@@ -77,307 +67,6 @@ class TrainFailed(TunerError):
 
 class CheckpointError(TunerError):
     """A checkpoint of this run cannot be used; it is left as it is."""
-
-
-# ------------------------------------------------------------------------------------ configs, plan
-
-
-@dataclasses.dataclass(frozen=True)
-class Params:
-    imgsz: int
-    batch: int
-    mosaic: float
-    mixup: float
-
-    @classmethod
-    def of(cls, values: dict[str, Any]) -> Params:
-        mosaic, mixup = (round(float(values[key]), 4) for key in ("mosaic", "mixup"))
-        return cls(int(values["imgsz"]), int(values["batch"]), mosaic, mixup)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def __str__(self) -> str:
-        return f"imgsz {self.imgsz} batch {self.batch} mosaic {self.mosaic:.2f} mixup {self.mixup:.2f}"
-
-
-@dataclasses.dataclass(frozen=True)
-class Candidate:
-    """A stable config of the study: the step-down ladder, most accurate first."""
-
-    params: Params
-    value: float | None
-    peak_mb: float | None
-    trial: int | None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**self.params.to_dict(), "value": self.value, "peak_mem_mb": self.peak_mb, "trial": self.trial}
-
-
-@dataclasses.dataclass(frozen=True)
-class Source:
-    """What to train, resolved from the study or a best.yaml."""
-
-    study: str
-    origin: str
-    model: str
-    data: str
-    device: str
-    memory_budget: str | float
-    optimizer: str
-    lr0: float
-    metric: str
-    best: Params
-    candidates: tuple[Candidate, ...]
-
-
-def study_name_for(study_name: str | None, storage: str | None, studies_dir: Path, config: Path | None) -> str:
-    """The run's name: --study-name, else the folder of --config (results/<study>/best.yaml), else the study."""
-    if study_name:
-        return study_name
-    if config is not None:
-        return Path(config).resolve().parent.name
-    from tuner.storage import resolve_study_name
-
-    return resolve_study_name(None, storage, studies_dir)
-
-
-def source_from_config(path: Path, name: str, storage: str | None, studies_dir: Path) -> Source:
-    """A best.yaml (as `tuner probe` writes it, or by hand); the study of that name, if any, gives step-downs."""
-    values = _read_best_yaml(path)
-    study = _try_load_study(name, storage, studies_dir)
-    stored = (study.user_attrs.get("config") or {}) if study is not None else {}
-    return Source(
-        study=name,
-        origin=f"config file {path}",
-        model=_check_model(str(values["model"]), f"`model` in {path}"),
-        data=_check_data(str(values["data"]), f"`data` in {path}"),
-        device=str(values.get("device", "auto")),
-        memory_budget=_study_budget(study) if study is not None else configs.DEFAULTS["memory_budget"],
-        optimizer=values.get("optimizer", configs.DEFAULTS["probe"]["optimizer"]),
-        lr0=float(values.get("lr0", configs.DEFAULTS["probe"]["lr0"])),
-        metric=stored.get("metric", configs.DEFAULTS["metric"]),
-        best=Params.of(values),
-        candidates=_candidates(study) if study is not None else (),
-    )
-
-
-def source_from_study(name: str, storage: str | None, studies_dir: Path) -> Source:
-    from tuner.storage import load_study, storage_url
-
-    url = storage_url(storage, studies_dir, name)
-    study = load_study(name, url)
-    attrs = study.user_attrs
-    best = attrs.get("best")
-    if not best:
-        raise StudyError(
-            f"Study {name!r} has no stable config: no trial finished within its memory budget's stable limit. "
-            "Re-run `tuner probe` with smaller --imgsz/--batch choices or a larger --memory-budget."
-        )
-    probe = (attrs.get("config") or {}).get("probe") or {}
-    where = f"study {name!r}"
-    return Source(
-        study=name,
-        origin=f"study {name!r} in {url}",
-        model=_check_model(str(attrs.get("model_path")), f"the model of {where}"),
-        data=_check_data(str(attrs.get("data_path")), f"the dataset of {where}"),
-        device=str(attrs.get("device", "auto")),
-        memory_budget=_study_budget(study),
-        optimizer=probe.get("optimizer", configs.DEFAULTS["probe"]["optimizer"]),
-        lr0=float(probe.get("lr0", configs.DEFAULTS["probe"]["lr0"])),
-        metric=(attrs.get("config") or {}).get("metric", configs.DEFAULTS["metric"]),
-        best=Params.of(best["params"]),
-        candidates=_candidates(study),
-    )
-
-
-def _read_best_yaml(path: Path) -> dict[str, Any]:
-    fix = "fix it, or run `tuner probe` again to rewrite it"
-    try:
-        values = configs.read_file(Path(path))
-    except ConfigError as exc:
-        raise ConfigError(f"{str(exc).rstrip('.')}; {fix}.") from None
-    missing = [key for key in BEST_KEYS if key not in values]
-    if missing:
-        raise ConfigError(f"{path} has no `{'`, `'.join(missing)}`; {fix}.")
-    known = BEST_KEYS + OPTIONAL_BEST_KEYS
-    for key in values:
-        if key not in known:
-            close = difflib.get_close_matches(str(key), known, n=1)
-            hint = f"Did you mean `{close[0]}`?" if close else f"It takes {', '.join(known)}."
-            raise ConfigError(f"Unknown setting `{key}` in {path}. {hint}")
-    for key in ("imgsz", "batch"):
-        value = values[key]
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise ConfigError(f"The value of `{key}` in {path} is {value!r}, but must be a positive integer; {fix}.")
-    if values["imgsz"] % 32:
-        raise ConfigError(f"The value of `imgsz` in {path} is {values['imgsz']}, but must be a multiple of 32; {fix}.")
-    for key in ("mosaic", "mixup"):
-        value = values[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
-            raise ConfigError(f"The value of `{key}` in {path} is {value!r}, but must be a number in [0, 1]; {fix}.")
-    if "optimizer" in values and values["optimizer"] not in configs.OPTIMIZERS:
-        raise ConfigError(f"The value of `optimizer` in {path} is {values['optimizer']!r}, but must be one of: "
-                          f"{', '.join(configs.OPTIMIZERS)}.")
-    lr0 = values.get("lr0", 1.0)
-    if isinstance(lr0, bool) or not isinstance(lr0, (int, float)) or lr0 <= 0:
-        raise ConfigError(f"The value of `lr0` in {path} is {lr0!r}, but must be a number greater than 0.")
-    return values
-
-
-def _check_model(model: str, what: str) -> str:
-    if model.lower().endswith(".pt"):
-        if not Path(model).expanduser().is_file():
-            raise ConfigError(f"{what} is {model}, which does not exist (tuner never downloads weights); "
-                              "restore it, or pass --config with a best.yaml whose `model` exists.")
-        return str(Path(model).expanduser().resolve())
-    try:
-        return str(inputs.model(model, embedded=False))
-    except ConfigError as exc:
-        raise ConfigError(f"{what}: {exc}") from None
-
-
-def _check_data(path: str, what: str) -> str:
-    if not Path(path).expanduser().is_file():
-        raise ConfigError(f"{what} is {path}, which does not exist; restore it, or pass --config with a best.yaml "
-                          "whose `data` is a dataset YAML that exists.")
-    return str(data.check_dataset(path))
-
-
-def _try_load_study(name: str, storage: str | None, studies_dir: Path):
-    from tuner.storage import load_study, sqlite_path, storage_url
-
-    url = storage_url(storage, studies_dir, name)
-    path = sqlite_path(url)
-    if path is not None and not path.exists():
-        return None
-    try:
-        return load_study(name, url)
-    except StudyError:
-        return None
-
-
-def _study_budget(study) -> str | float:
-    budget_mb = study.user_attrs.get("budget_mb")
-    return f"{budget_mb}MiB" if budget_mb else configs.DEFAULTS["memory_budget"]
-
-
-def _candidates(study) -> tuple[Candidate, ...]:
-    """The study's stable configs, most accurate first (mean over repeats; the largest peak of the runs)."""
-    from tuner import selection
-    from tuner.space import config_key
-
-    limit = study.user_attrs.get("stable_limit_mb", float("inf"))
-    groups: dict[tuple, list] = {}
-    for trial in study.get_trials(deepcopy=False):
-        if selection.is_stable(trial, limit):
-            groups.setdefault(config_key(trial.params), []).append(trial)
-    found = [
-        Candidate(
-            params=Params.of(runs[0].params),
-            value=round(mean(t.value for t in runs), 6),
-            peak_mb=max(t.user_attrs["peak_mem_mb"] for t in runs),
-            trial=min(t.number for t in runs),
-        )
-        for runs in groups.values()
-    ]
-    return tuple(sorted(found, key=lambda c: (-(c.value or 0.0), c.peak_mb or 0.0)))
-
-
-def plan_stages(source: Source, strategy: str, epochs: int) -> list[dict[str, Any]]:
-    """The stages a strategy spends `epochs` on; the last one trains into the run folder itself."""
-    if strategy == "single":
-        stages = [_stage("best", epochs, source.best, "model", source.lr0, WARMUP_EPOCHS)]
-    elif strategy == "two-stage":
-        if epochs < 2:
-            raise ConfigError(f"--strategy two-stage needs --epochs 2 or more (it got {epochs}).")
-        fine = max(1, round(epochs * FINE_TUNE_SHARE))
-        conservative = dataclasses.replace(
-            source.best,
-            imgsz=max(MIN_IMGSZ, source.best.imgsz - 2 * IMGSZ_STEP),
-            mosaic=round(source.best.mosaic / 2, 2),
-            mixup=0.0,
-        )
-        stages = [
-            _stage("conservative", epochs - fine, conservative, "model", source.lr0, WARMUP_EPOCHS),
-            _stage("fine-tune", fine, source.best, "previous best.pt", source.lr0 * FINE_TUNE_LR_FACTOR, 0.0),
-        ]
-    elif strategy == "progressive":
-        final = _largest_stable(source)
-        sizes = [size for size in (final.imgsz - IMGSZ_STEP * k for k in range(PROGRESSIVE_SIZES - 1, -1, -1))
-                 if size >= MIN_IMGSZ]
-        sizes = sizes[-epochs:]  # at least one epoch per block
-        shares = [epochs // len(sizes) + (1 if k >= len(sizes) - epochs % len(sizes) else 0) for k in range(len(sizes))]
-        stages = [
-            _stage(
-                f"imgsz-{size}",
-                share,
-                dataclasses.replace(final, imgsz=size),
-                "model" if k == 0 else "previous last.pt",
-                source.lr0,
-                WARMUP_EPOCHS if k == 0 else 0.0,
-            )
-            for k, (size, share) in enumerate(zip(sizes, shares))
-        ]
-    else:
-        raise ConfigError(f"Unknown --strategy {strategy!r}; use one of: {', '.join(STRATEGIES)}.")
-    for index, stage in enumerate(stages):
-        stage["folder"] = "." if index == len(stages) - 1 else f"stages/{index + 1}-{stage['name']}"
-    return stages
-
-
-def _stage(name: str, epochs: int, params: Params, init: str, lr0: float, warmup: float) -> dict[str, Any]:
-    return {
-        "name": name,
-        "epochs": epochs,
-        "params": params.to_dict(),
-        "init": init,
-        "lr0": lr0,
-        "nbs": params.batch,  # one optimizer step per planned batch, kept after a step-down (see the docstring)
-        "warmup_epochs": warmup,
-        "close_mosaic": min(CLOSE_MOSAIC, epochs // 4),
-    }
-
-
-def _largest_stable(source: Source) -> Params:
-    """Progressive ends at the largest stable imgsz of the study, with its most accurate config there."""
-    if not source.candidates:
-        return source.best
-    largest = max(candidate.params.imgsz for candidate in source.candidates)
-    if largest <= source.best.imgsz:
-        return source.best
-    return next(c.params for c in source.candidates if c.params.imgsz == largest)
-
-
-def step_down(current: Params, candidates: tuple[Candidate, ...]) -> tuple[Params, str] | None:
-    """The config to continue with after `current` ran out of memory twice at the same point."""
-    for candidate in candidates:  # most accurate first
-        smaller = candidate.params.imgsz <= current.imgsz and candidate.params.batch <= current.batch
-        if smaller and (candidate.params.imgsz, candidate.params.batch) != (current.imgsz, current.batch):
-            value = f", {candidate.value:.4f}" if candidate.value is not None else ""
-            return candidate.params, f"the next most accurate stable config of the study (trial {candidate.trial}{value})"
-    floor = max(MIN_IMGSZ, min(c.params.imgsz for c in candidates)) if candidates else MIN_IMGSZ
-    if current.imgsz - IMGSZ_STEP >= floor:
-        return dataclasses.replace(current, imgsz=current.imgsz - IMGSZ_STEP), "the next smaller imgsz"
-    if current.batch > 1:
-        return dataclasses.replace(current, batch=current.batch // 2), "half the batch"
-    return None
-
-
-def train_settings(stage: dict[str, Any], plan: dict[str, Any], device: devices.Device, plots: bool) -> dict[str, Any]:
-    """The Ultralytics arguments of a stage besides its params (which change on a step-down)."""
-    return {
-        "epochs": stage["epochs"],
-        "optimizer": plan["optimizer"],
-        "lr0": stage["lr0"],
-        "nbs": stage["nbs"],
-        "warmup_epochs": stage["warmup_epochs"],
-        "close_mosaic": stage["close_mosaic"],
-        "seed": plan["seed"],
-        "deterministic": True,
-        "workers": 0 if device.kind == "cpu" else 2,  # Ultralytics forces 0 on cpu and mps anyway
-        "plots": plots,
-    }
 
 
 # --------------------------------------------------------------------------------------- run folder
@@ -411,29 +100,6 @@ def _locked(files: RunFiles) -> Iterator[None]:
                 f"Another `tuner train-best` is training in {files.root}; wait for it to end, or stop it first."
             ) from None
         yield
-
-
-def new_plan(source: Source, strategy: str, epochs: int) -> dict[str, Any]:
-    """The resolved config of a new run, as saved to config.yaml."""
-    return {
-        "study": source.study,
-        "origin": source.origin,
-        "strategy": strategy,
-        "epochs": epochs,
-        "model": source.model,
-        "data": source.data,
-        "device": source.device,
-        "memory_budget": source.memory_budget,
-        "metric": source.metric,
-        "optimizer": source.optimizer,
-        "lr0": source.lr0,
-        "seed": 0,
-        "best": source.best.to_dict(),
-        "candidates": [candidate.to_dict() for candidate in source.candidates],
-        "stages": plan_stages(source, strategy, epochs),
-        "tuner_version": __version__,
-        "created": _now(),
-    }
 
 
 def new_state(plan: dict[str, Any]) -> dict[str, Any]:
@@ -473,7 +139,10 @@ def load_run(files: RunFiles) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def _check_rerun(plan, state, files, epochs: int | None, strategy: str | None) -> bool:
-    """Flags given to a re-run must fit the run; returns whether the plan's epochs changed."""
+    """Flags given to a re-run must fit the run; returns whether the plan's epochs changed.
+
+    Only flags count here: configs/train.yaml and the defaults shaped the run when it began.
+    """
     if strategy is not None and strategy != plan["strategy"]:
         raise ConfigError(
             f"The run in {files.root} trains with --strategy {plan['strategy']}; re-run without --strategy, "
@@ -500,7 +169,17 @@ def _check_rerun(plan, state, files, epochs: int | None, strategy: str | None) -
     plan["epochs"] = epochs
     stage = plan["stages"][0]
     stage["epochs"] = epochs
-    stage["close_mosaic"] = min(CLOSE_MOSAIC, epochs // 4)
+    stage["close_mosaic"] = close_mosaic((plan.get("settings") or configs.TRAIN_DEFAULTS)["close_mosaic"], epochs)
+    return True
+
+
+def _apply_val_every(plan: dict[str, Any], val_every: int | None) -> bool:
+    """--val-every on a re-run applies from the next epoch on; returns whether the plan changed."""
+    if val_every is None or (plan.get("settings") or {}).get("val_every", 1) == val_every:
+        return False
+    plan.setdefault("settings", {})["val_every"] = val_every
+    for stage in plan["stages"]:
+        stage["val_every"] = val_every
     return True
 
 
@@ -710,22 +389,25 @@ class Supervisor:
             "train": train_settings(stage, self.plan, self.device, self.plots),
             "save_dir": str(self.files.stage_dir(stage)),
             "metric": self.plan["metric"],
+            "val_every": stage.get("val_every", 1),
         }
         started = time.monotonic()
         first_epoch = progress["epochs_done"]
 
         def on_epoch(record: dict[str, Any]) -> bool:
             progress["epochs_done"] = record["epoch"]
-            progress["last_metrics"] = record.get("metrics")
+            if record.get("metrics"):  # None for an epoch that --val-every did not validate
+                progress["last_metrics"] = record["metrics"]
             self.state["peak_mem_mb"] = max(self.state["peak_mem_mb"], record.get("peak_mb") or 0.0)
             self.save()
             _append_memory(self.files.memory, stage, record)
             per_epoch = (time.monotonic() - started) / max(1, record["epoch"] - first_epoch)
             left = (record["epochs"] - record["epoch"]) * per_epoch
             metric = configs.METRIC_NAMES.get(self.plan["metric"], "metric")
+            value = f"{metric} {record['value']:.4f}" if record.get("value") is not None else "not validated"
             memory = f" | mem {record['peak_mb']:.0f}/{self.budget / MB:.0f} MB" if record.get("peak_mb") else ""
             self.screen.say(
-                f"{self._label(index)} | epoch {record['epoch']}/{record['epochs']} | {metric} {record['value']:.4f} | "
+                f"{self._label(index)} | epoch {record['epoch']}/{record['epochs']} | {value} | "
                 f"imgsz {record['imgsz']} batch {record['batch']}{memory} | {per_epoch:.1f} s/epoch"
                 + (f" | ETA {_duration(left)}" if left > 0 else "")
             )
@@ -915,25 +597,36 @@ def train_best(
     studies_dir: Path = Path("studies"),
     results_dir: Path = Path("results"),
     config: Path | None = None,
+    settings_file: Path | None = None,
     epochs: int | None = None,
     device: str | None = None,
     memory_budget: str | None = None,
     max_restarts: int | None = None,
     strategy: str | None = None,
-    plots: bool = True,
+    val_every: int | None = None,
+    plots: bool | None = None,
     quiet: bool = False,
     as_json: bool = False,
 ) -> int:
-    """`tuner train-best`: start, continue or report the run of a study; see the module docstring."""
+    """`tuner train-best`: start, continue or report the run of a study; see the module docstring.
+
+    Settings come from the defaults, then configs/train.yaml (or `settings_file`), then the flags (the
+    arguments that are not None); a run that exists keeps its config.yaml and applies only the flags.
+    """
     screen = _Screen(quiet)
     if epochs is not None and epochs <= 0:
         raise ConfigError(f"--epochs is {epochs}, but must be a positive integer.")
     if max_restarts is not None and max_restarts < 0:
         raise ConfigError(f"--max-restarts is {max_restarts}, but must be 0 or more.")
-    if strategy is not None and strategy not in STRATEGIES:
-        raise ConfigError(f"Unknown --strategy {strategy!r}; use one of: {', '.join(STRATEGIES)}.")
+    if val_every is not None and val_every <= 0:
+        raise ConfigError(f"--val-every is {val_every}, but must be a positive integer (1 validates every epoch).")
+    if strategy is not None and strategy not in configs.STRATEGIES:
+        raise ConfigError(f"Unknown --strategy {strategy!r}; use one of: {', '.join(configs.STRATEGIES)}.")
     if config is not None and not Path(config).is_file():
         raise ConfigError(f"Config file {config} does not exist; pass --config with a best.yaml that `tuner probe` wrote.")
+    flags = {"epochs": epochs, "strategy": strategy, "max_restarts": max_restarts, "val_every": val_every,
+             "plots": plots}  # fmt: skip
+    settings, _ = configs.load_train(settings_file, flags)
     name = study_name_for(study_name, storage, Path(studies_dir), config)
     files = RunFiles(Path(results_dir) / name / "train")
 
@@ -948,15 +641,20 @@ def train_best(
             return 0
         _check_inputs_exist(plan, files)
         _preflight(files, plan, state)
+        plan_changed |= _apply_val_every(plan, val_every)
+        saved = plan.get("settings") or {}
+        max_restarts = saved.get("max_restarts", settings.max_restarts) if max_restarts is None else max_restarts
+        plots = saved.get("plots", settings.plots) if plots is None else plots
     else:
         _check_no_foreign_run(files)
         if config is not None:
             source = source_from_config(Path(config), name, storage, Path(studies_dir))
         else:
             source = source_from_study(name, storage, Path(studies_dir))
-        plan = new_plan(source, strategy or "single", epochs or DEFAULT_EPOCHS)
+        plan = new_plan(source, settings, _now())
         state = new_state(plan)
         plan_changed = True
+        max_restarts, plots = settings.max_restarts, settings.plots
     target = devices.resolve(device or plan["device"])
     budget = parse_budget(memory_budget if memory_budget is not None else plan["memory_budget"], target.total_memory)
 
@@ -983,7 +681,7 @@ def train_best(
         )
         supervisor = Supervisor(
             files, plan, state, target, budget,
-            max_restarts=DEFAULT_MAX_RESTARTS if max_restarts is None else max_restarts,
+            max_restarts=max_restarts,
             plots=plots, screen=screen,
         )
         supervisor.run()

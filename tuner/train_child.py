@@ -15,6 +15,10 @@ What makes a kill cheap here:
   Ultralytics' results row and its save would otherwise leave that epoch twice.
 - Resume ignores `epochs`, `mosaic` and `mixup` (they come from the checkpoint); the spec's values are
   set on the trainer before its dataloaders are built, so a step-down or a longer run takes effect.
+- `val_every` N > 1 validates every Nth epoch and the last: on the others `args.val` is off and the
+  fitness is None, so best.pt and early stopping only ever compare validated epochs (Ultralytics'
+  own `val=False` would save unvalidated weights as best.pt under the last fitness), and the epoch's
+  metrics are NaN in results.csv and None in its progress line.
 - Ultralytics' silent batch halving raises `BatchHalved` (from a callback, which leaves last.pt
   resumable): the parent counts it as an out-of-memory failure.
 """
@@ -221,6 +225,15 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         trainer.final_eval = final_eval_flagged
         child.use_all_cores(spec["device_kind"])
 
+    every = int(spec.get("val_every") or 1)
+
+    def on_train_epoch_end(trainer) -> None:
+        epoch = trainer.epoch + 1
+        trainer.args.val = every == 1 or epoch % every == 0 or epoch >= trainer.epochs
+        if not trainer.args.val:
+            trainer.fitness = None
+            trainer.metrics = {key: float("nan") for key in trainer.metrics or {}}
+
     def on_train_epoch_start(trainer) -> None:
         if trainer.batch_size != params["batch"]:
             state["batch_used"] = trainer.batch_size
@@ -232,11 +245,12 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         if state["final"]:  # the final validation of best.pt re-fires this callback with epoch + 1
             state["final_metrics"] = _metrics(trainer.metrics)
             return
+        validated = trainer.fitness is not None
         record = {
             "epoch": trainer.epoch + 1,
             "epochs": trainer.epochs,
-            "value": float(trainer.metrics.get(spec["metric"], float("nan"))),
-            "metrics": _metrics(trainer.metrics),
+            "value": float(trainer.metrics.get(spec["metric"], float("nan"))) if validated else None,
+            "metrics": _metrics(trainer.metrics) if validated else None,
             "imgsz": trainer.args.imgsz,
             "batch": trainer.batch_size,
             "accumulate": trainer.accumulate,
@@ -251,6 +265,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     callbacks = {
         "on_pretrain_routine_start": on_pretrain_routine_start,
         "on_train_epoch_start": on_train_epoch_start,
+        "on_train_epoch_end": on_train_epoch_end,
         "on_fit_epoch_end": on_fit_epoch_end,
     }
     result = child.train(str(resume) if resume is not None else spec["model"], callbacks, train_arguments(spec))
