@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -114,6 +115,14 @@ def _csv_rows(path: Path) -> list[dict[str, str]]:
 def test_outcomes_distinguish_inferred_ooms_and_running_trials(study):
     counts = report.count_outcomes(study.get_trials())
     assert counts == {"ok": 5, "pruned": 1, "oom": 1, "inferred": 1, "error": 1, "running": 1, "waiting": 0}
+
+
+def test_report_suggests_larger_sizes_only_when_the_best_is_at_the_edge_with_memory_to_spare(study):
+    found = report.summarize(study, Path("results"))
+    assert found.best["params"]["imgsz"] < max(found.frontier.imgsz) and report.grow_hint(found) == ""
+    edge = dict(found.best, params={**found.best["params"], "imgsz": 352}, peak_mem_mb=500.0)
+    hint = report.grow_hint(dataclasses.replace(found, best=edge))
+    assert "**Room to grow:**" in hint and "--imgsz 224,288,352,416,480" in hint
 
 
 def test_frontier_cells_show_outcome_and_peak_memory(study):

@@ -134,3 +134,12 @@ def test_noise_repeats_go_to_distinct_configs(tmp_path):
     waiting = study.get_trials(states=(State.WAITING,))
     queued = sorted((t.system_attrs["fixed_params"]["imgsz"], t.user_attrs["repeat_of"]) for t in waiting)
     assert queued == [(288, 2), (352, 0)]
+
+
+def test_room_to_grow_only_at_the_largest_imgsz_searched_and_well_under_the_limit():
+    searched = (160, 224, 288, 352)
+    hint = selection.room_to_grow(352, 1158.0, searched, 2575.0)  # the 3 GB benchmark: 416 fit and won
+    assert hint is not None and "--imgsz 224,288,352,416,480" in hint and "1158 MB" in hint
+    assert selection.room_to_grow(288, 1000.0, searched, 2575.0) is None  # not at the edge of the space
+    assert selection.room_to_grow(352, 1400.0, searched, 2575.0) is None  # more than half the limit used
+    assert selection.room_to_grow(352, None, searched, 2575.0) is None

@@ -358,7 +358,7 @@ def render_markdown(found: Findings, images: Sequence[str]) -> str:
     study, trials, metric_name = found.study, found.trials, found.metric_name
     sections = [
         f"# Study `{study.study_name}`\n\n{setting_lines(study)}",
-        "## Best stable config\n\n" + best_section(found.best, metric_name, found.command),
+        "## Best stable config\n\n" + best_section(found.best, metric_name, found.command) + grow_hint(found),
         "## Trials by outcome\n\n" + outcome_table(found.counts),
         "## Memory frontier\n\n" + frontier_section(found.frontier),
         f"## Top configs by {metric_name}\n\n" + top_table(trials, found.frontier.stable_limit_mb, metric_name),
@@ -422,6 +422,16 @@ def best_section(best: dict[str, Any] | None, metric_name: str, command: str) ->
     else:
         where = ""
     return f"{table}\n\n{where}\n\nTrain it:\n\n```\n{command}\n```"
+
+
+def grow_hint(found: Findings) -> str:
+    """The probe's hint, when the best config sits at the largest imgsz searched with memory to spare."""
+    best, grid = found.best, found.frontier
+    if best is None:
+        return ""
+    searched = (found.study.user_attrs.get("config") or {}).get("space", {}).get("imgsz") or grid.imgsz
+    hint = selection.room_to_grow(best["params"]["imgsz"], best.get("peak_mem_mb"), searched, grid.stable_limit_mb)
+    return f"\n\n**Room to grow:** {hint}" if hint else ""
 
 
 def outcome_table(counts: dict[str, int]) -> str:

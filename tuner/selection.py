@@ -21,6 +21,7 @@ from optuna.trial import TrialState
 from tuner.space import config_key
 
 MEMORY_TIE = 0.05  # peaks closer than this fraction of the budget are the same headroom
+ROOM_TO_GROW = 0.5  # a best config at the largest imgsz, peaking below this share of the stable limit
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,3 +82,22 @@ def best_stable(
     same_headroom = [summary for summary in close if summary[1] <= lowest_peak + MEMORY_TIE * (budget_mb or limit_mb)]
     value, peak, first, runs = max(same_headroom, key=lambda summary: (summary[0], -summary[1]))
     return Choice(trial=first, value=value, runs=runs, peak_mb=peak, best_value=best_value, spread=spread)
+
+
+def room_to_grow(imgsz: int, peak_mb: float | None, searched: Iterable[int], stable_limit_mb: float | None) -> str | None:
+    """A hint when the best stable config is at the largest imgsz searched and far below the stable limit.
+
+    The probe can only choose among the sizes it is given; when accuracy still grows at the edge of
+    the space and memory is left over, a larger imgsz may train a more accurate model that still fits.
+    """
+    sizes = sorted(set(searched))
+    if not sizes or imgsz < sizes[-1] or peak_mb is None or not stable_limit_mb:
+        return None
+    if peak_mb > ROOM_TO_GROW * stable_limit_mb:
+        return None
+    wider = ",".join(str(size) for size in [*sizes[-3:], sizes[-1] + 64, sizes[-1] + 128])
+    return (
+        f"imgsz {imgsz} is the largest size this study searched, and its peak ({peak_mb:.0f} MB) is under half of "
+        f"the stable limit ({stable_limit_mb:.0f} MB): larger sizes may be more accurate and still fit. "
+        f"Try `tuner probe --imgsz {wider} --study-name <new name>`."
+    )

@@ -88,6 +88,10 @@ def run_probe(args: argparse.Namespace) -> int:
         )
     _write_report(study, Path(args.results_dir), url, progress)
     summary = summarize(study, choice, best_yaml if choice else None, spread)
+    if choice is not None:
+        summary["hint"] = selection.room_to_grow(
+            choice.params["imgsz"], choice.peak_mb, cfg.space.imgsz, limit / MB
+        )
     _print_summary(summary, args, progress)
     return 0 if choice is not None else 1
 
@@ -456,4 +460,6 @@ def _print_summary(summary: dict[str, Any], args: argparse.Namespace, progress: 
             f"peak {best['peak_mem_mb']:.0f} MB (trial {best['trial']})."
         )
         lines.append(f"Written to {best['best_yaml']}. Next: tuner train-best --study-name {summary['study']}")
+        if summary.get("hint"):
+            lines.append(f"Note: {summary['hint']}")
     progress.say("\n".join(lines), important=True)
