@@ -383,6 +383,23 @@ def test_no_study_is_one_line_and_creates_nothing(workdir, run_cli):
     assert not (workdir / "results").exists()
 
 
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        (("--settings", "absent.yaml"), ("absent.yaml does not exist", "--settings")),
+        (("--val-every", "0"), ("--val-every is 0",)),
+        (("--settings", "configs/train.yaml"), ("Unknown setting `epoch`", "Did you mean `epochs`?")),
+    ],
+)
+def test_bad_train_settings_are_one_line_and_create_nothing(workdir, tiny_data, run_cli, args, needles):
+    (workdir / "configs").mkdir(exist_ok=True)
+    (workdir / "configs" / "train.yaml").write_text("epoch: 3\n")
+    best = write_best_yaml(workdir / "best.yaml", tiny_data)
+    code, _, err = run_cli("train-best", "--config", best, *args, *FAST)
+    assert_one_line_error(code, err, *needles)
+    assert not (workdir / "results").exists()
+
+
 def test_a_study_without_a_stable_trial_is_refused(workdir, tiny_data, run_cli):
     make_study(workdir, "nothing-fits", tiny_data, [({"imgsz": 64, "batch": 2, "mosaic": 0.5, "mixup": 0.0}, 0.1, 900)], best=False)
     code, _, err = run_cli("train-best", "--study-name", "nothing-fits", *FAST)
