@@ -55,6 +55,16 @@ def _tuner(args: list[str], cwd: Path, log: Path) -> float:
     return seconds
 
 
+def _trials_span(db: Path, name: str) -> float:
+    """Seconds from the first trial's start to the last trial's end of a study."""
+    import optuna
+
+    trials = optuna.load_study(study_name=name, storage=f"sqlite:///{db}").get_trials(deepcopy=False)
+    starts = [t.datetime_start for t in trials if t.datetime_start]
+    ends = [t.datetime_complete for t in trials if t.datetime_complete]
+    return (max(ends) - min(starts)).total_seconds() if starts and ends else 0.0
+
+
 def _row(name: str, config: str, summary: dict, seconds: float) -> dict:
     metrics = summary.get("metrics") or {}
     return {
@@ -73,8 +83,11 @@ def compare(workdir: Path, epochs: int, budget: str, device: str, n_trials: int 
     """Both methods in `workdir`; returns the table rows."""
     common = ["--device", device, "--memory-budget", budget]
     probe_args = ["probe", *common, *probe_extra] + (["--n-trials", str(n_trials)] if n_trials else [])
-    probe_s = _tuner(probe_args, workdir, workdir / "probe.log")
+    continued = any((workdir / "studies").glob("*.db"))
+    probe_s = _tuner(probe_args, workdir, workdir / ("probe-continued.log" if continued else "probe.log"))
     name = next(path.stem for path in (workdir / "studies").glob("*.db"))
+    if continued:  # a study an interrupted benchmark left: add the time its trials took
+        probe_s += _trials_span(workdir / "studies" / f"{name}.db", name)
     train_s = _tuner(["train-best", "--study-name", name, "--epochs", str(epochs), "--json"], workdir,
                      workdir / "train-best.log")  # fmt: skip
     tuner_summary = json.loads((workdir / "results" / name / "train" / "summary.json").read_text())
