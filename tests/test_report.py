@@ -125,6 +125,14 @@ def test_report_suggests_larger_sizes_only_when_the_best_is_at_the_edge_with_mem
     assert "**Room to grow:**" in hint and "--imgsz 224,288,352,416,480" in hint
 
 
+def test_report_command_prints_the_room_to_grow_note(study, run_cli):
+    found = report.summarize(study, Path("results"))
+    study.set_user_attr("best", dict(found.best, params={**found.best["params"], "imgsz": 352}, peak_mem_mb=500.0))
+    code, out, _ = run_cli("report")
+    assert code == 0 and "Note: imgsz 352 is the largest size this study searched" in out
+    assert "**Room to grow:**" in (Path("results") / NAME / "report.md").read_text()
+
+
 def test_frontier_cells_show_outcome_and_peak_memory(study):
     grid = report.frontier(study, study.get_trials())
     assert grid.imgsz == (160, 224, 288, 352) and grid.batch == (2, 4, 8)

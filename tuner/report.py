@@ -426,12 +426,16 @@ def best_section(best: dict[str, Any] | None, metric_name: str, command: str) ->
 
 def grow_hint(found: Findings) -> str:
     """The probe's hint, when the best config sits at the largest imgsz searched with memory to spare."""
+    hint = room_to_grow(found)
+    return f"\n\n**Room to grow:** {hint}" if hint else ""
+
+
+def room_to_grow(found: Findings) -> str | None:
     best, grid = found.best, found.frontier
     if best is None:
-        return ""
+        return None
     searched = (found.study.user_attrs.get("config") or {}).get("space", {}).get("imgsz") or grid.imgsz
-    hint = selection.room_to_grow(best["params"]["imgsz"], best.get("peak_mem_mb"), searched, grid.stable_limit_mb)
-    return f"\n\n**Room to grow:** {hint}" if hint else ""
+    return selection.room_to_grow(best["params"]["imgsz"], best.get("peak_mem_mb"), searched, grid.stable_limit_mb)
 
 
 def outcome_table(counts: dict[str, int]) -> str:
@@ -558,5 +562,8 @@ def run_report(
             params = describe_params(found.best["params"])
             print(f"Best stable config: trial {found.best['trial']}: {params}; "
                   f"{found.metric_name} {_fmt(found.best.get('value'), 4)}. Next: {found.command}")  # fmt: skip
+            hint = room_to_grow(found)
+            if hint:
+                print(f"Note: {hint}")
     print(f"Report: {written['report.md']}")
     return 0
