@@ -295,6 +295,55 @@ def test_batch_halving_twice_at_the_same_epoch_steps_down_and_continues_from_the
     assert [(s["resume"], s["params"]["imgsz"]) for s in runner.specs] == [(None, 128), (last_pt, 128), (last_pt, 96)]
 
 
+def test_an_oom_right_after_a_checkpoint_counts_at_the_checkpoint_epoch(workdir, tiny_data, run_cli, monkeypatch):
+    """The process saves epoch 2 and dies before its record reaches the supervisor, then dies again at once
+    after resuming: both failures are at epoch 2, the same point, so the run steps down."""
+    import torch
+
+    import tuner.trial
+    from tuner.trial import Outcome
+
+    specs = []
+
+    def runner(spec, attempt_dir, device, budget, timeout, on_epoch=None, module="tuner.probe"):
+        specs.append(spec)
+        attempt_dir = Path(attempt_dir)
+        attempt_dir.mkdir(parents=True)
+        weights = Path(spec["save_dir"]) / "weights"
+        weights.mkdir(parents=True, exist_ok=True)
+        params, epochs = spec["params"], spec["train"]["epochs"]
+        small = params["imgsz"] < 128
+        if spec["resume"] is None:  # epochs 1 and 2 saved, only epoch 1 recorded
+            for epoch in (1, 2):
+                torch.save({"epoch": epoch - 1, "optimizer": {}, "train_results": {}}, weights / "last.pt")
+            on_epoch({"epoch": 1, "epochs": epochs, "value": 0.1, "metrics": {"mAP50-95": 0.1}, "peak_mb": 900.0,
+                      "imgsz": params["imgsz"], "batch": params["batch"]})  # fmt: skip
+        elif small:  # the stepped-down config trains to the end
+            for epoch in range(3, epochs + 1):
+                torch.save({"epoch": epoch - 1, "optimizer": {}, "train_results": {}}, weights / "last.pt")
+                on_epoch({"epoch": epoch, "epochs": epochs, "value": 0.1, "metrics": {"mAP50-95": 0.1},
+                          "peak_mb": 900.0, "imgsz": params["imgsz"], "batch": params["batch"]})  # fmt: skip
+        result = {"status": "ok", "epochs_done": epochs, "final_metrics": {"mAP50-95": 0.2}} if small else {
+            "status": "oom", "reason": "CUDA out of memory"}  # fmt: skip
+        (attempt_dir / "result.json").write_text(json.dumps(result))
+        return Outcome(
+            outcome="ok" if small else "oom", value=None, reason=result.get("reason"), cause=None if small else "exception",
+            peak_mb=950.0, peak_rss_mb=950.0, peak_device_mb=0.0, returncode=0, duration_s=1.0, epochs_done=0,
+            batch_used=params["batch"], imgsz_used=params["imgsz"], log=attempt_dir / "log.txt",
+        )  # fmt: skip
+
+    monkeypatch.setattr(tuner.trial, "run_probe_process", runner)
+    best = write_best_yaml(workdir / "results" / "lag" / "best.yaml", tiny_data, imgsz=128, batch=4)
+    code, _, err = run_cli("train-best", "--config", best, "--epochs", "4", *FAST)
+    assert code == 0, err
+    state = state_of(train_dir(workdir, "lag"))
+    assert [f["epochs_done"] for f in state["failures"]] == [2, 2]
+    (step,) = state["step_downs"]
+    assert (step["epochs_done"], step["from"]["imgsz"], step["to"]["imgsz"]) == (2, 128, 96)
+    assert "Restart 1/5: continuing from epoch 2" in err and state["restarts"] == 2
+    assert [s["params"]["imgsz"] for s in specs] == [128, 128, 96]
+
+
 def test_restarts_stop_at_max_restarts_and_keep_the_run(workdir, tiny_data, run_cli, monkeypatch):
     import tuner.trial
 

@@ -423,6 +423,9 @@ class Supervisor:
     def _after_failure(self, index: int, params: Params, outcome) -> None:
         """Record a training process that died, then restart it as it was, step down, or give up."""
         progress = self.state["stages"][index]
+        last = self.files.stage_dir(self.plan["stages"][index]) / "weights" / "last.pt"
+        if last.exists():  # the epoch it died in is the one after its checkpoint (see checkpoint_epochs)
+            progress["epochs_done"] = max(progress["epochs_done"], checkpoint_epochs(last) or 0)
         point = (index + 1, progress["epochs_done"], params.to_dict(), outcome.outcome)
         same_point = [f for f in self.state["failures"] if (f["stage"], f["epochs_done"], f["params"], f["outcome"]) == point]
         self.state["failures"].append(
@@ -452,7 +455,6 @@ class Supervisor:
         self.restarts += 1
         self.state["restarts"] += 1
         self.save()
-        last = self.files.stage_dir(self.plan["stages"][index]) / "weights" / "last.pt"
         start = f"epoch {progress['epochs_done']} of {last}" if progress["epochs_done"] else "the stage's start"
         self.screen.say(f"Restart {self.restarts}/{self.max_restarts}: continuing from {start}.", important=True)
 
