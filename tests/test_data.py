@@ -51,6 +51,37 @@ def test_cache_key_changes_with_generator_version(monkeypatch):
     assert TINY.key != before
 
 
+def test_building_a_current_version_removes_older_versions_from_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TUNER_CACHE_DIR", str(tmp_path))
+    version = data.GENERATOR_VERSION
+    datasets, weights = tmp_path / "datasets", tmp_path / "weights"
+    old = [datasets / f"shapes-v{version - 1}-probe-s0-96x96-512", datasets / f"shapes-v{version - 1}-base-s1-x"]
+    for folder in old:
+        (folder / "images").mkdir(parents=True)
+        (folder / "data.yaml").write_text("x")
+    kept = [datasets / f"shapes-v{version + 1}-probe-s0-96x96-512", datasets / "my-own-data"]
+    for folder in kept:
+        folder.mkdir(parents=True)
+    data.build_shapes(TINY)
+    assert not any(folder.exists() for folder in old)
+    assert all(folder.exists() for folder in kept) and (datasets / TINY.key / "data.yaml").exists()
+
+    weights.mkdir()
+    old_weights = [weights / f"base-v{version - 1}-shapes.pt", weights / f"base-v{version - 1}-shapes.pt.lock",
+                   weights / f"base-v{version - 1}-shapes.log"]  # fmt: skip
+    current = weights / f"base-v{version}-shapes.pt"
+    for path in [*old_weights, current]:
+        path.write_text("x")
+    assert sorted(data.remove_older_versions(weights, "base")) == sorted(old_weights)
+    assert current.exists()
+    (tmp_path / "elsewhere" / f"shapes-v{version - 1}-mine").mkdir(parents=True)
+    data.build_shapes(TINY, root=tmp_path / "elsewhere")  # a folder of the caller's: never swept
+    assert (tmp_path / "elsewhere" / f"shapes-v{version - 1}-mine").exists()
+    (datasets / f"shapes-v{version - 1}-late").mkdir()
+    data.build_shapes(TINY)  # already there: nothing is built, nothing is swept
+    assert (datasets / f"shapes-v{version - 1}-late").exists()
+
+
 def test_embedded_dataset_yaml_is_absolute_and_counts_match(tmp_path, monkeypatch):
     monkeypatch.setenv("TUNER_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(data, "EMBEDDED", TINY)

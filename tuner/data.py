@@ -10,7 +10,8 @@ Cache layout under `offline.cache_dir()`:
     resolved/<stem>-<hash>.yaml              checked copies of users' dataset YAMLs with absolute paths
 
 Everything is built under a file lock into a temporary name and moved into place with `os.replace`, so a killed
-build leaves no half dataset or checkpoint, and two processes never build the same thing at once.
+build leaves no half dataset or checkpoint, and two processes never build the same thing at once. Once a
+current version is built, the cache's entries of older versions (`shapes-v1-*`, `base-v1-*`) are deleted.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -130,8 +132,31 @@ def embedded_dataset() -> Path:
 def build_shapes(spec: ShapesSpec, root: Path | None = None) -> Path:
     """Generate `spec` under `root` (default: the cache's datasets/ folder) unless it is there; return its data.yaml."""
     folder = (root or offline.cache_dir() / "datasets") / spec.key
-    _build_atomically(folder, lambda tmp: _write_shapes(spec, tmp, final=folder))
+    if not folder.exists():
+        _build_atomically(folder, lambda tmp: _write_shapes(spec, tmp, final=folder))
+        if root is None:
+            remove_older_versions(folder.parent, "shapes")
     return folder / "data.yaml"
+
+
+def remove_older_versions(folder: Path, prefix: str) -> list[Path]:
+    """Delete `<prefix>-vN-*` entries of `folder` with N below GENERATOR_VERSION, once a current one is built.
+
+    An older tuner's data and base weights are never used again (every key names its version), and
+    each version is a few hundred MB; entries of newer versions are left to the tuner that made them.
+    """
+    pattern = re.compile(rf"^{re.escape(prefix)}-v(\d+)-")
+    removed = []
+    for entry in sorted(folder.iterdir()):
+        match = pattern.match(entry.name)
+        if match is None or int(match.group(1)) >= GENERATOR_VERSION:
+            continue
+        try:
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+        except OSError:  # in use, or not ours to delete: it only costs disk space
+            continue
+        removed.append(entry)
+    return removed
 
 
 def _write_shapes(spec: ShapesSpec, out: Path, final: Path) -> None:
@@ -323,7 +348,9 @@ def base_checkpoint(device: str = "cpu", notify: Callable[[str], None] | None = 
         finally:
             shutil.rmtree(project, ignore_errors=True)
 
-    return _build_atomically(target, build)
+    _build_atomically(target, build)
+    remove_older_versions(target.parent, "base")
+    return target
 
 
 def _print_stderr(message: str) -> None:
