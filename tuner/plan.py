@@ -1,7 +1,8 @@
 """What `tuner train-best` trains: the source (a study or a best.yaml), its stages, and step-downs.
 
 A plan is plain data, saved as the run's config.yaml before the first epoch; a re-run trains with
-that file, not with whatever the study, configs/train.yaml or the defaults say by then.
+that file (changed only by the flags passed to it), not with whatever the study, configs/train.yaml
+or the defaults say by then.
 
 Learning rate and batch: a stage trains the way the probes measured its config: one optimizer step per
 batch (`nbs` = the planned batch) at the study's lr0, unscaled. Ultralytics' default nbs 64 would
