@@ -123,7 +123,7 @@ def source(best: Params, candidates=(), lr0=0.001) -> Source:
 
 
 def settings(strategy="single", epochs=40, **values) -> configs.TrainSettings:
-    return configs.load_train(None, {"strategy": strategy, "epochs": epochs, **values})[0]
+    return configs.load_train(None, {"strategy": strategy, "epochs": epochs, **values})
 
 
 def candidate(imgsz, batch, value, trial) -> Candidate:

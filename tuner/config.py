@@ -258,11 +258,10 @@ class TrainSettings:
     progressive_blocks: int
 
 
-def load_train(settings_file: Path | None, overrides: dict[str, Any]) -> tuple[TrainSettings, set[str]]:
+def load_train(settings_file: Path | None, overrides: dict[str, Any]) -> TrainSettings:
     """Defaults, then `settings_file` (or configs/train.yaml here, if present), then `overrides`.
 
-    Also returns the top-level keys the command line set: a re-run of a run keeps its own config.yaml
-    and applies only those.
+    `overrides` holds the flags, None where a flag was not given.
     """
     merged = copy.deepcopy(TRAIN_DEFAULTS)
     if settings_file is None and DEFAULT_TRAIN_FILE.is_file():
@@ -272,7 +271,7 @@ def load_train(settings_file: Path | None, overrides: dict[str, Any]) -> tuple[T
     overrides = {key: value for key, value in overrides.items() if value is not None}
     _merge(merged, overrides, source="the command line")
     two_stage, progressive = merged["two_stage"], merged["progressive"]
-    settings = TrainSettings(
+    return TrainSettings(
         epochs=_positive_int(merged["epochs"], "epochs"),
         strategy=_choice(merged["strategy"], "strategy", STRATEGIES),
         max_restarts=_non_negative_int(merged["max_restarts"], "max_restarts"),
@@ -285,7 +284,6 @@ def load_train(settings_file: Path | None, overrides: dict[str, Any]) -> tuple[T
         fine_tune_lr_factor=_positive_float(two_stage["lr_factor"], "two_stage.lr_factor"),
         progressive_blocks=_positive_int(progressive["blocks"], "progressive.blocks"),
     )
-    return settings, set(overrides)
 
 
 def _bool(value: Any, name: str) -> bool:

@@ -628,7 +628,7 @@ def train_best(
         raise ConfigError(f"Config file {config} does not exist; pass --config with a best.yaml that `tuner probe` wrote.")
     flags = {"epochs": epochs, "strategy": strategy, "max_restarts": max_restarts, "val_every": val_every,
              "plots": plots}  # fmt: skip
-    settings, _ = configs.load_train(settings_file, flags)
+    settings = configs.load_train(settings_file, flags)
     name = study_name_for(study_name, storage, Path(studies_dir), config)
     files = RunFiles(Path(results_dir) / name / "train")
 
