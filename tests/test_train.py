@@ -231,6 +231,23 @@ def test_checkpoint_epochs_are_read_without_building_what_the_checkpoint_holds(t
 # ----------------------------------------------------------------------- supervisor, with a fake runner
 
 
+def fake_record(epoch: int, epochs: int, params: dict) -> dict:
+    """A progress line as the training process writes it (plus the watchdog's peak)."""
+    return {"epoch": epoch, "epochs": epochs, "value": 0.1, "metrics": {"mAP50-95": 0.1}, "peak_mb": 900.0,
+            "imgsz": params["imgsz"], "batch": params["batch"]}  # fmt: skip
+
+
+def fake_outcome(ok: bool, params: dict, attempt_dir: Path, *, reason=None, cause=None, epochs_done=0, batch_used=None):
+    from tuner.trial import Outcome
+
+    return Outcome(
+        outcome="ok" if ok else "oom", value=None, reason=reason, cause=cause, peak_mb=950.0, peak_rss_mb=950.0,
+        peak_device_mb=0.0, returncode=0, duration_s=1.0, epochs_done=epochs_done,
+        batch_used=params["batch"] if batch_used is None else batch_used, imgsz_used=params["imgsz"],
+        log=attempt_dir / "log.txt",
+    )  # fmt: skip
+
+
 class FakeRunner:
     """Stands in for the training process: runs out of memory (by Ultralytics halving the batch) at imgsz >=
     `oom_imgsz` once `oom_after` epochs are done, and otherwise trains to the end. Records every spec."""
@@ -242,8 +259,6 @@ class FakeRunner:
 
     def __call__(self, spec, attempt_dir, device, budget, timeout, on_epoch=None, module="tuner.probe"):
         import zipfile
-
-        from tuner.trial import Outcome
 
         self.specs.append(spec)
         attempt_dir = Path(attempt_dir)
@@ -260,20 +275,16 @@ class FakeRunner:
         for epoch in range(done + 1, stop + 1):
             with zipfile.ZipFile(weights / "last.pt", "w") as archive:
                 archive.writestr("epoch", str(epoch))
-            on_epoch({"epoch": epoch, "epochs": epochs, "value": 0.1, "metrics": {"mAP50-95": 0.1}, "peak_mb": 900.0,
-                      "imgsz": params["imgsz"], "batch": params["batch"]})  # fmt: skip
+            on_epoch(fake_record(epoch, epochs, params))
         if halved:
             result = {"status": "oom", "reason": f"Ultralytics halved batch {params['batch']}", "halved": True}
         else:
             result = {"status": "ok", "epochs_done": epochs, "final_metrics": {"mAP50-95": 0.2}}
         (attempt_dir / "result.json").write_text(json.dumps(result))
-        outcome = "oom" if halved else "ok"
-        return Outcome(
-            outcome=outcome, value=None, reason=result.get("reason"), cause="batch-halving" if halved else None,
-            peak_mb=950.0, peak_rss_mb=950.0, peak_device_mb=0.0, returncode=0, duration_s=1.0,
-            epochs_done=stop - done, batch_used=params["batch"] // 2 if halved else params["batch"],
-            imgsz_used=params["imgsz"], log=attempt_dir / "log.txt",
-        )  # fmt: skip
+        return fake_outcome(
+            not halved, params, attempt_dir, reason=result.get("reason"), cause="batch-halving" if halved else None,
+            epochs_done=stop - done, batch_used=params["batch"] // 2 if halved else None,
+        )
 
 
 def test_batch_halving_twice_at_the_same_epoch_steps_down_and_continues_from_the_checkpoint(
@@ -301,7 +312,6 @@ def test_an_oom_right_after_a_checkpoint_counts_at_the_checkpoint_epoch(workdir,
     import torch
 
     import tuner.trial
-    from tuner.trial import Outcome
 
     specs = []
 
@@ -316,21 +326,15 @@ def test_an_oom_right_after_a_checkpoint_counts_at_the_checkpoint_epoch(workdir,
         if spec["resume"] is None:  # epochs 1 and 2 saved, only epoch 1 recorded
             for epoch in (1, 2):
                 torch.save({"epoch": epoch - 1, "optimizer": {}, "train_results": {}}, weights / "last.pt")
-            on_epoch({"epoch": 1, "epochs": epochs, "value": 0.1, "metrics": {"mAP50-95": 0.1}, "peak_mb": 900.0,
-                      "imgsz": params["imgsz"], "batch": params["batch"]})  # fmt: skip
+            on_epoch(fake_record(1, epochs, params))
         elif small:  # the stepped-down config trains to the end
             for epoch in range(3, epochs + 1):
                 torch.save({"epoch": epoch - 1, "optimizer": {}, "train_results": {}}, weights / "last.pt")
-                on_epoch({"epoch": epoch, "epochs": epochs, "value": 0.1, "metrics": {"mAP50-95": 0.1},
-                          "peak_mb": 900.0, "imgsz": params["imgsz"], "batch": params["batch"]})  # fmt: skip
+                on_epoch(fake_record(epoch, epochs, params))
         result = {"status": "ok", "epochs_done": epochs, "final_metrics": {"mAP50-95": 0.2}} if small else {
             "status": "oom", "reason": "CUDA out of memory"}  # fmt: skip
         (attempt_dir / "result.json").write_text(json.dumps(result))
-        return Outcome(
-            outcome="ok" if small else "oom", value=None, reason=result.get("reason"), cause=None if small else "exception",
-            peak_mb=950.0, peak_rss_mb=950.0, peak_device_mb=0.0, returncode=0, duration_s=1.0, epochs_done=0,
-            batch_used=params["batch"], imgsz_used=params["imgsz"], log=attempt_dir / "log.txt",
-        )  # fmt: skip
+        return fake_outcome(small, params, attempt_dir, reason=result.get("reason"), cause=None if small else "exception")
 
     monkeypatch.setattr(tuner.trial, "run_probe_process", runner)
     best = write_best_yaml(workdir / "results" / "lag" / "best.yaml", tiny_data, imgsz=128, batch=4)

@@ -269,14 +269,18 @@ def checkpoint_epochs(path: Path) -> int | None:
         return None
 
 
-def checkpoint_to_resume(last: Path, progress: dict[str, Any], root: Path) -> Path | None:
-    """The stage's own last.pt if it has one (checked whole), None for a stage that starts from its init.
+def catch_up(progress: dict[str, Any], last: Path) -> None:
+    """A stage's `epochs_done` catches up with its last.pt, which may be an epoch ahead of state.json."""
+    if last.exists():
+        progress["epochs_done"] = max(progress["epochs_done"], checkpoint_epochs(last) or 0)
 
-    The stage's `epochs_done` catches up with the checkpoint, which may be an epoch ahead of it.
-    """
+
+def checkpoint_to_resume(last: Path, progress: dict[str, Any], root: Path) -> Path | None:
+    """The stage's own last.pt if it has one (checked whole, `epochs_done` caught up with it), None for a
+    stage that starts from its init."""
     if last.exists():
         verify_checkpoint(last, root)
-        progress["epochs_done"] = max(progress["epochs_done"], checkpoint_epochs(last) or 0)
+        catch_up(progress, last)
         return last
     if progress["epochs_done"] > 0:
         raise CheckpointError(
@@ -424,8 +428,7 @@ class Supervisor:
         """Record a training process that died, then restart it as it was, step down, or give up."""
         progress = self.state["stages"][index]
         last = self.files.stage_dir(self.plan["stages"][index]) / "weights" / "last.pt"
-        if last.exists():  # the epoch it died in is the one after its checkpoint (see checkpoint_epochs)
-            progress["epochs_done"] = max(progress["epochs_done"], checkpoint_epochs(last) or 0)
+        catch_up(progress, last)  # it died in the epoch after its checkpoint, which state.json may lag behind
         point = (index + 1, progress["epochs_done"], params.to_dict(), outcome.outcome)
         same_point = [f for f in self.state["failures"] if (f["stage"], f["epochs_done"], f["params"], f["outcome"]) == point]
         self.state["failures"].append(
