@@ -27,6 +27,7 @@ import argparse
 import json
 import math
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -106,11 +107,42 @@ def compare(workdir: Path, epochs: int, budget: str, device: str, n_trials: int 
         seed_s = _tuner(["train-best", "--config", str(seed_yaml), "--study-name", "seed-hand-picked",
                          "--epochs", str(epochs), *common], workdir, workdir / "seed.log")  # fmt: skip
         seed_summary = json.loads(seed_file.read_text())
-    described = ", ".join(f"{k} {best[k]}" for k in ("imgsz", "batch", "mosaic", "mixup"))
+    described = ", ".join(f"{k} {round(best[k], 2):g}" for k in ("imgsz", "batch", "mosaic", "mixup"))
     return [
         _row("tuner probe + train-best", described, tuner_summary, probe_s + train_s),
         _row("seed note, hand-picked", ", ".join(f"{k} {v}" for k, v in SEED_CONFIG.items()), seed_summary, seed_s),
     ]
+
+
+PROGRESS_DONE = re.compile(r"100% \S+ (\d+)/\1 \S+ ([\d.]+)s\s*$")
+
+
+def validation_share(train_dir: Path) -> tuple[float, float]:
+    """(validation s, training s) of a train-best run, from the finished progress bars in its attempt logs.
+
+    Ultralytics ends each epoch's training bar and each validation bar (the one headed `mAP50-95)`)
+    with its elapsed seconds; this sums both kinds over every epoch of every attempt.
+    """
+    validation = training = 0.0
+    for log in sorted(train_dir.glob("attempts/*/log.txt")):
+        text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", log.read_text(errors="replace")).replace("\r", "\n")
+        for line in text.splitlines():
+            match = PROGRESS_DONE.search(line)
+            if match is None or "Scanning" in line:
+                continue
+            if "mAP50-95)" in line:
+                validation += float(match.group(2))
+            else:
+                training += float(match.group(2))
+    return validation, training
+
+
+def print_validation_shares(workdir: Path) -> None:
+    for train_dir in sorted((workdir / "results").glob("*/train")):
+        validation, training = validation_share(train_dir)
+        if validation + training:
+            print(f"validation in {train_dir.parent.name}: {validation:.0f} of {validation + training:.0f} s of epoch "
+                  f"time ({validation / (validation + training):.0%})")  # fmt: skip
 
 
 def markdown(rows: list[dict]) -> str:
@@ -183,6 +215,7 @@ def test_probe_and_train_best_against_the_seed_config(tmp_path):
     trials = int(os.environ["BENCH_TRIALS"]) if os.environ.get("BENCH_TRIALS") else None
     rows = compare(tmp_path, epochs, os.environ.get("BENCH_BUDGET", "3GB"), "cpu", trials)
     print("\n" + markdown(rows))
+    print_validation_shares(tmp_path)
     assert [row["epochs"] for row in rows] == [epochs, epochs]
     assert all(row["mAP50-95"] is not None for row in rows)
 
@@ -196,11 +229,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, help="keep studies/ and results/ here (default: a temp folder)")
     parser.add_argument("--probe-args", default="", help="more flags for tuner probe, e.g. '--probe-epochs 2'")
     parser.add_argument("--nbs", action="store_true", help="run the lr0 / nbs experiment instead")
+    parser.add_argument("--validation-share", type=Path, metavar="WORKDIR",
+                        help="only print how much of each run's epoch time in WORKDIR went to validation")  # fmt: skip
     parser.add_argument("--imgsz", type=int, default=160, help="--nbs: imgsz of the experiment (default: 160)")
     parser.add_argument("--batch", type=int, default=2, help="--nbs: the small stable batch (default: 2)")
     parser.add_argument("--optimizer", default=configs.DEFAULTS["probe"]["optimizer"])
     parser.add_argument("--lr0", type=float, default=configs.DEFAULTS["probe"]["lr0"])
     args = parser.parse_args(argv)
+    if args.validation_share:
+        print_validation_shares(args.validation_share)
+        return 0
     if args.nbs:
         rows = nbs_experiment(args.epochs, args.imgsz, args.batch, args.optimizer, args.lr0)
         print(f"\n{args.optimizer}, imgsz {args.imgsz}, batch {args.batch}, {args.epochs} epochs, embedded dataset\n")
@@ -214,10 +252,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.workdir:
         args.workdir.mkdir(parents=True, exist_ok=True)
         rows = compare(args.workdir, args.epochs, args.memory_budget, args.device, args.n_trials, extra)
+        print(markdown(rows))
+        print_validation_shares(args.workdir)
     else:
         with tempfile.TemporaryDirectory(prefix="tuner-bench-") as folder:
             rows = compare(Path(folder), args.epochs, args.memory_budget, args.device, args.n_trials, extra)
-    print(markdown(rows))
+            print(markdown(rows))
+            print_validation_shares(Path(folder))
     return 0
 
 
