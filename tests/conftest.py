@@ -10,16 +10,16 @@ from typing import Callable
 import psutil
 import pytest
 
-from tuner import data
+from tuner import shapes
 from tuner.cli import main
 
-TINY = data.ShapesSpec(seed=7, n_train=8, n_val=4, image_size=160)
+TINY = shapes.ShapesSpec(seed=7, n_train=8, n_val=4, image_size=160)
 
 
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
     """An 8 + 4 image shapes dataset: a probe at imgsz 64 trains on it in a few seconds."""
-    return data.build_shapes(TINY, root=tmp_path_factory.mktemp("datasets"))
+    return shapes.build_shapes(TINY, root=tmp_path_factory.mktemp("datasets"))
 
 
 @pytest.fixture
@@ -54,11 +54,20 @@ def trial_processes() -> list[psutil.Process]:
 
 
 class TrialHook:
-    """Calls `action(process, index)` on each new trial process, from a background thread."""
+    """Calls `action(process, index)` on each new trial process, from a background thread.
 
-    def __init__(self, action: Callable[[psutil.Process, int], None], delay: float = 0.0, limit: int = 1):
+    With `until`, the action waits until `until(process)` holds (an event of that process, such as
+    its memory showing that torch is loaded), or the process ends.
+    """
+
+    def __init__(
+        self,
+        action: Callable[[psutil.Process, int], None],
+        until: Callable[[psutil.Process], bool] | None = None,
+        limit: int = 1,
+    ):
         self.action = action
-        self.delay = delay
+        self.until = until
         self.limit = limit
         self.seen: set[int] = set()
         self.stop = threading.Event()
@@ -77,9 +86,27 @@ class TrialHook:
             for process in trial_processes():
                 if process.pid not in self.seen:
                     self.seen.add(process.pid)
-                    time.sleep(self.delay)
-                    self.action(process, len(self.seen) - 1)
+                    if self.until is None or wait_for(process, self.until):
+                        self.action(process, len(self.seen) - 1)
             time.sleep(0.02)
+
+
+def wait_for(process: psutil.Process, event: Callable[[psutil.Process], bool], timeout: float = 120.0) -> bool:
+    """Poll until `event(process)` holds; False if the process ended (or the time ran out) first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if event(process):
+                return True
+        except psutil.NoSuchProcess:
+            return False
+        time.sleep(0.02)
+    return False
+
+
+def has_loaded_torch(process: psutil.Process) -> bool:
+    """The trial process is past its imports: torch alone takes a few hundred MB."""
+    return process.memory_info().rss > 300 * 2**20
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from tuner import dashboard, report
+from tuner import dashboard, findings
 from tuner.storage import storage_url
 
 NAME = "shapes-yolov8n-cpu"
@@ -103,6 +103,7 @@ def served(workdir):
         process.communicate(timeout=10)
 
 
+@pytest.mark.integration
 def test_dashboard_serves_trials_attrs_and_notes(served):
     base, process = served
     (summary,) = _get(f"{base}/api/studies")["study_summaries"]
@@ -127,6 +128,7 @@ def test_dashboard_serves_trials_attrs_and_notes(served):
     assert "Dashboard stopped." in err
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(CHROMIUM is None, reason="no `chromium` on PATH (Debian: apt-get install -y chromium)")
 def test_dashboard_page_renders_in_headless_chromium(served, tmp_path):
     from PIL import Image
@@ -146,12 +148,13 @@ def test_dashboard_page_renders_in_headless_chromium(served, tmp_path):
     assert colours is None or len(colours) > 100  # the study's charts, not a blank or error page
 
 
+@pytest.mark.integration
 def test_plain_optuna_dashboard_command_serves_the_study_and_notes(workdir):
     command = Path(sys.executable).parent / "optuna-dashboard"
     assert command.exists(), "the optuna-dashboard console script is missing from the venv"
     url = storage_url(None, Path("studies"), NAME)
     study = build_study(url)
-    dashboard.save_notes(report.summarize(study, Path("results"), url))
+    dashboard.save_notes(findings.read(study, Path("results"), url), url)
     port = _free_port()
     process = _start([str(command), f"sqlite:///studies/{NAME}.db", "--host", "127.0.0.1", "--port", str(port)], port)
     try:

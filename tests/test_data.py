@@ -1,4 +1,5 @@
-"""tuner.data: the synthetic shapes dataset, its cache, the base checkpoint, and checks of user dataset YAMLs."""
+"""tuner.shapes, tuner.cache, tuner.datasets and tuner.base_model: the synthetic shapes dataset, its cache, checks of
+user dataset YAMLs, and the base checkpoint."""
 
 from __future__ import annotations
 
@@ -11,10 +12,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tuner import data, offline
+from tuner import base_model, cache, datasets, offline, shapes
 from tuner.errors import DataError
 
-TINY = data.ShapesSpec(seed=7, n_train=4, n_val=2, image_size=128)
+TINY = shapes.ShapesSpec(seed=7, n_train=4, n_val=2, image_size=128)
 
 
 def _digests(folder: Path) -> dict[str, str]:
@@ -28,9 +29,9 @@ def _digests(folder: Path) -> dict[str, str]:
 
 def test_same_seed_gives_identical_files_in_two_caches(tmp_path, monkeypatch):
     monkeypatch.setenv("TUNER_CACHE_DIR", str(tmp_path / "one"))
-    first = data.build_shapes(TINY)
+    first = shapes.build_shapes(TINY)
     monkeypatch.setenv("TUNER_CACHE_DIR", str(tmp_path / "two"))
-    second = data.build_shapes(TINY)
+    second = shapes.build_shapes(TINY)
 
     assert first != second
     assert first.parent.name == second.parent.name == TINY.key
@@ -39,32 +40,32 @@ def test_same_seed_gives_identical_files_in_two_caches(tmp_path, monkeypatch):
 
 
 def test_another_seed_gives_other_images(tmp_path):
-    first = data.build_shapes(TINY, root=tmp_path)
-    other = data.build_shapes(data.ShapesSpec(seed=8, n_train=4, n_val=2, image_size=128), root=tmp_path)
+    first = shapes.build_shapes(TINY, root=tmp_path)
+    other = shapes.build_shapes(shapes.ShapesSpec(seed=8, n_train=4, n_val=2, image_size=128), root=tmp_path)
     assert first.parent != other.parent
     assert set(_digests(first.parent).values()).isdisjoint(_digests(other.parent).values())
 
 
 def test_cache_key_changes_with_generator_version(monkeypatch):
     before = TINY.key
-    monkeypatch.setattr(data, "GENERATOR_VERSION", data.GENERATOR_VERSION + 1)
+    monkeypatch.setattr(cache, "GENERATOR_VERSION", cache.GENERATOR_VERSION + 1)
     assert TINY.key != before
 
 
 def test_building_a_current_version_removes_older_versions_from_the_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("TUNER_CACHE_DIR", str(tmp_path))
-    version = data.GENERATOR_VERSION
-    datasets, weights = tmp_path / "datasets", tmp_path / "weights"
-    old = [datasets / f"shapes-v{version - 1}-probe-s0-96x96-512", datasets / f"shapes-v{version - 1}-base-s1-x"]
+    version = cache.GENERATOR_VERSION
+    shapes_dir, weights = tmp_path / "datasets", tmp_path / "weights"
+    old = [shapes_dir / f"shapes-v{version - 1}-probe-s0-96x96-512", shapes_dir / f"shapes-v{version - 1}-base-s1-x"]
     for folder in old:
         (folder / "images").mkdir(parents=True)
         (folder / "data.yaml").write_text("x")
-    kept = [datasets / f"shapes-v{version + 1}-probe-s0-96x96-512", datasets / "my-own-data"]
+    kept = [shapes_dir / f"shapes-v{version + 1}-probe-s0-96x96-512", shapes_dir / "my-own-data"]
     for folder in kept:
         folder.mkdir(parents=True)
-    data.build_shapes(TINY)
+    shapes.build_shapes(TINY)
     assert not any(folder.exists() for folder in old)
-    assert all(folder.exists() for folder in kept) and (datasets / TINY.key / "data.yaml").exists()
+    assert all(folder.exists() for folder in kept) and (shapes_dir / TINY.key / "data.yaml").exists()
 
     weights.mkdir()
     old_weights = [weights / f"base-v{version - 1}-shapes.pt", weights / f"base-v{version - 1}-shapes.pt.lock",
@@ -72,25 +73,25 @@ def test_building_a_current_version_removes_older_versions_from_the_cache(tmp_pa
     current = weights / f"base-v{version}-shapes.pt"
     for path in [*old_weights, current]:
         path.write_text("x")
-    assert sorted(data.remove_older_versions(weights, "base")) == sorted(old_weights)
+    assert sorted(cache.remove_older_versions(weights, "base")) == sorted(old_weights)
     assert current.exists()
     (tmp_path / "elsewhere" / f"shapes-v{version - 1}-mine").mkdir(parents=True)
-    data.build_shapes(TINY, root=tmp_path / "elsewhere")  # a folder of the caller's: never swept
+    shapes.build_shapes(TINY, root=tmp_path / "elsewhere")  # a folder of the caller's: never swept
     assert (tmp_path / "elsewhere" / f"shapes-v{version - 1}-mine").exists()
-    (datasets / f"shapes-v{version - 1}-late").mkdir()
-    data.build_shapes(TINY)  # already there: nothing is built, nothing is swept
-    assert (datasets / f"shapes-v{version - 1}-late").exists()
+    (shapes_dir / f"shapes-v{version - 1}-late").mkdir()
+    shapes.build_shapes(TINY)  # already there: nothing is built, nothing is swept
+    assert (shapes_dir / f"shapes-v{version - 1}-late").exists()
 
 
 def test_embedded_dataset_yaml_is_absolute_and_counts_match(tmp_path, monkeypatch):
     monkeypatch.setenv("TUNER_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(data, "EMBEDDED", TINY)
-    data_yaml = data.embedded_dataset()
+    monkeypatch.setattr(shapes, "EMBEDDED", TINY)
+    data_yaml = shapes.embedded_dataset()
 
     assert data_yaml.is_relative_to(tmp_path / "datasets")
     spec = yaml.safe_load(data_yaml.read_text())
     assert Path(spec["path"]).is_absolute() and Path(spec["path"]) == data_yaml.parent
-    assert spec["names"] == dict(enumerate(data.CLASS_NAMES))
+    assert spec["names"] == dict(enumerate(shapes.CLASS_NAMES))
     for split, count in (("train", TINY.n_train), ("val", TINY.n_val)):
         images = sorted((Path(spec["path"]) / spec[split]).glob("*.jpg"))
         labels = sorted((data_yaml.parent / "labels" / split).glob("*.txt"))
@@ -99,13 +100,13 @@ def test_embedded_dataset_yaml_is_absolute_and_counts_match(tmp_path, monkeypatc
 
 
 def test_labels_are_valid_yolo_boxes_with_small_and_large_objects(tmp_path):
-    spec = data.ShapesSpec(seed=3, n_train=12, n_val=1)
-    folder = data.build_shapes(spec, root=tmp_path).parent
+    spec = shapes.ShapesSpec(seed=3, n_train=12, n_val=1)
+    folder = shapes.build_shapes(spec, root=tmp_path).parent
     rows = [line.split() for f in (folder / "labels").rglob("*.txt") for line in f.read_text().splitlines()]
     classes = {int(row[0]) for row in rows}
     boxes = [[float(v) for v in row[1:]] for row in rows]
 
-    assert classes == set(range(len(data.CLASS_NAMES)))
+    assert classes == set(range(len(shapes.CLASS_NAMES)))
     assert all(0 <= cx <= 1 and 0 <= cy <= 1 and 0 < w <= 1 and 0 < h <= 1 for cx, cy, w, h in boxes)
     widths_px = [max(w, h) * spec.image_size for _, _, w, h in boxes]
     assert min(widths_px) < 12  # gone at imgsz 160
@@ -113,7 +114,7 @@ def test_labels_are_valid_yolo_boxes_with_small_and_large_objects(tmp_path):
 
 
 def test_killed_build_leaves_nothing_and_next_build_succeeds(tmp_path, monkeypatch):
-    real_render = data.render_image
+    real_render = shapes.render_image
     calls = []
 
     def render_then_die(*args):
@@ -122,28 +123,28 @@ def test_killed_build_leaves_nothing_and_next_build_succeeds(tmp_path, monkeypat
             raise KeyboardInterrupt
         return real_render(*args)
 
-    monkeypatch.setattr(data, "render_image", render_then_die)
+    monkeypatch.setattr(shapes, "render_image", render_then_die)
     with pytest.raises(KeyboardInterrupt):
-        data.build_shapes(TINY, root=tmp_path)
+        shapes.build_shapes(TINY, root=tmp_path)
     assert not (tmp_path / TINY.key).exists()
     assert not list(tmp_path.glob(f".{TINY.key}.tmp-*"))
 
-    monkeypatch.setattr(data, "render_image", real_render)
-    assert data.build_shapes(TINY, root=tmp_path).exists()
+    monkeypatch.setattr(shapes, "render_image", real_render)
+    assert shapes.build_shapes(TINY, root=tmp_path).exists()
 
 
 def test_stale_temporary_folder_of_a_sigkilled_build_is_swept(tmp_path):
     stale = tmp_path / f".{TINY.key}.tmp-99999"
     (stale / "images").mkdir(parents=True)
-    data.build_shapes(TINY, root=tmp_path)
+    shapes.build_shapes(TINY, root=tmp_path)
     assert not stale.exists()
     assert (tmp_path / TINY.key / "data.yaml").exists()
 
 
 def test_existing_dataset_is_not_rebuilt(tmp_path, monkeypatch):
-    data.build_shapes(TINY, root=tmp_path)
-    monkeypatch.setattr(data, "render_image", lambda *args: pytest.fail("rebuilt a cached dataset"))
-    assert data.build_shapes(TINY, root=tmp_path).exists()
+    shapes.build_shapes(TINY, root=tmp_path)
+    monkeypatch.setattr(shapes, "render_image", lambda *args: pytest.fail("rebuilt a cached dataset"))
+    assert shapes.build_shapes(TINY, root=tmp_path).exists()
 
 
 # -------------------------------------------------------------------------------------------- checks
@@ -165,7 +166,7 @@ def _user_dataset(root: Path, labels: bool = True) -> Path:
 
 def _check_fails(path, *words: str) -> str:
     with pytest.raises(DataError) as caught:
-        data.check_dataset(path)
+        datasets.check_dataset(path)
     message = str(caught.value)
     assert "\n" not in message
     for word in words:
@@ -180,7 +181,7 @@ def test_valid_dataset_gives_resolved_absolute_copy(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # "." does not hold images/ here: resolved from the YAML's folder instead
     monkeypatch.setenv("TUNER_CACHE_DIR", str(tmp_path / "cache"))
 
-    resolved = yaml.safe_load(data.check_dataset(yaml_path).read_text())
+    resolved = yaml.safe_load(datasets.check_dataset(yaml_path).read_text())
     assert resolved["path"] == str(tmp_path / "ds")
     assert resolved["train"] == str(tmp_path / "ds" / "images" / "train")
     assert resolved["val"] == str(tmp_path / "ds" / "images" / "val")
@@ -194,12 +195,12 @@ def test_relative_path_prefers_current_folder_like_ultralytics(tmp_path, monkeyp
     yaml_path.write_text(yaml.safe_dump({"path": "ds", "train": "images/train", "val": "images/val", "names": ["a"]}))
     monkeypatch.chdir(tmp_path / "work")
 
-    resolved_path = data.check_dataset(yaml_path, out_dir=tmp_path / "out")
+    resolved_path = datasets.check_dataset(yaml_path, out_dir=tmp_path / "out")
     assert resolved_path == tmp_path / "out" / "mine.yaml"
     assert yaml.safe_load(resolved_path.read_text())["val"] == str(tmp_path / "work" / "ds" / "images" / "val")
 
     _user_dataset(tmp_path / "yamls" / "ds")  # both hold the images: the current folder wins, as in Ultralytics
-    resolved = yaml.safe_load(data.check_dataset(yaml_path, out_dir=tmp_path / "out").read_text())
+    resolved = yaml.safe_load(datasets.check_dataset(yaml_path, out_dir=tmp_path / "out").read_text())
     assert resolved["path"] == str(tmp_path / "work" / "ds")
 
 
@@ -208,7 +209,7 @@ def test_list_file_entries_relative_to_the_list(tmp_path):
     (tmp_path / "train.txt").write_text("./images/train/0.jpg\n./images/train/1.jpg\n")
     yaml_path.write_text(yaml.safe_dump({"train": "train.txt", "val": ["images/val"], "names": ["cat"]}))
 
-    resolved = yaml.safe_load(data.check_dataset(yaml_path, out_dir=tmp_path / "out").read_text())
+    resolved = yaml.safe_load(datasets.check_dataset(yaml_path, out_dir=tmp_path / "out").read_text())
     assert resolved["train"] == str(tmp_path / "train.txt")
     assert resolved["val"] == [str(tmp_path / "images" / "val")]
 
@@ -268,8 +269,8 @@ def test_images_without_labels(tmp_path):
 
 
 def test_check_passes_on_the_embedded_layout(tmp_path):
-    data_yaml = data.build_shapes(TINY, root=tmp_path)
-    resolved = yaml.safe_load(data.check_dataset(data_yaml, out_dir=tmp_path / "out").read_text())
+    data_yaml = shapes.build_shapes(TINY, root=tmp_path)
+    resolved = yaml.safe_load(datasets.check_dataset(data_yaml, out_dir=tmp_path / "out").read_text())
     assert resolved["train"] == str(data_yaml.parent / "images" / "train")
 
 
@@ -279,7 +280,7 @@ def test_check_passes_on_the_embedded_layout(tmp_path):
 @pytest.mark.integration
 def test_base_checkpoint_detects_shapes_on_the_embedded_val_split():
     """Builds the base checkpoint if the cache lacks it (a few minutes on 2 CPU cores), then validates it."""
-    weights, data_yaml = data.base_checkpoint(), data.embedded_dataset()
+    weights, data_yaml = base_model.base_checkpoint(), shapes.embedded_dataset()
     code = (
         "import json, sys\n"
         "from ultralytics import YOLO\n"

@@ -1,5 +1,8 @@
 """Devices: cpu is real here; MPS and CUDA are reached through fakes of the torch calls tuner makes."""
 
+import json
+import subprocess
+import sys
 import types
 
 import pytest
@@ -23,6 +26,27 @@ def test_auto_falls_back_to_cpu_without_accelerators():
     assert devices.resolve("auto").kind == "cpu"
 
 
+def test_looking_for_a_device_keeps_torch_out_of_tuners_own_process():
+    """torch costs the process that imports it about 600 MB: the trials would lack it on a tight machine."""
+    code = (
+        "import sys, json; from tuner import cli, study, search, train, device; "
+        "found = device.resolve('auto'); print(json.dumps([found.kind, 'torch' in sys.modules]))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    kind, imported = json.loads(done.stdout)
+    assert kind in ("cpu", "cuda", "mps") and imported is False
+
+
+def test_the_child_answers_with_the_device_or_the_error():
+    found = subprocess.run([sys.executable, "-m", "tuner.device", "auto"], capture_output=True, text=True)
+    assert devices.Device(**json.loads(found.stdout)["device"]) == devices.resolve("auto")
+    if not torch.backends.mps.is_available():
+        missing = subprocess.run([sys.executable, "-m", "tuner.device", "mps"], capture_output=True, text=True)
+        assert "MPS is not available" in json.loads(missing.stdout)["error"]
+        with pytest.raises(DeviceError, match="MPS is not available"):
+            devices.resolve("mps")
+
+
 @pytest.mark.parametrize("name", ["gpu", "cuda:x", "tpu", "mps:1"])
 def test_unknown_device(name):
     with pytest.raises(DeviceError, match="Unknown device"):
@@ -33,9 +57,9 @@ def test_missing_devices_are_errors_not_a_silent_cpu_fallback(monkeypatch):
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(DeviceError, match="MPS is not available"):
-        devices.resolve("mps")
+        devices.detect("mps")
     with pytest.raises(DeviceError, match="no CUDA device"):
-        devices.resolve("cuda")
+        devices.detect("cuda")
 
 
 @pytest.fixture
@@ -50,7 +74,7 @@ def fake_mps(monkeypatch):
 
 
 def test_mps_is_preferred_and_its_allocator_is_capped_at_the_budget(fake_mps):
-    dev = devices.resolve("auto")
+    dev = devices.detect("auto")
     assert (dev.kind, dev.torch, dev.ultralytics) == ("mps", "mps", "mps")
     env = dev.child_env(budget=8 * 2**30)
     high = float(env["PYTORCH_MPS_HIGH_WATERMARK_RATIO"])
@@ -81,11 +105,11 @@ def fake_cuda(monkeypatch):
 
 
 def test_cuda_budget_is_enforced_by_the_allocator(fake_cuda):
-    dev = devices.resolve("auto")
+    dev = devices.detect("auto")
     assert (dev.kind, dev.torch, dev.ultralytics, dev.total_memory) == ("cuda", "cuda:0", "0", 4 * 2**30)
-    assert devices.resolve("cuda:0") == devices.resolve("0") == dev
+    assert devices.detect("cuda:0") == devices.detect("0") == dev
     with pytest.raises(DeviceError, match="1 CUDA device"):
-        devices.resolve("cuda:1")
+        devices.detect("cuda:1")
     devices.apply_budget("cuda", 2 * 2**30)
     assert fake_cuda["fraction"] == pytest.approx(0.5)
     assert dev.measured(rss=10**9, device_bytes=3 * 2**30) == 3 * 2**30  # the card is what the budget bounds

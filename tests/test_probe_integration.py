@@ -16,7 +16,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from tests.conftest import tiny_probe_args, trial_processes
+from tests.conftest import has_loaded_torch, tiny_probe_args, trial_processes
 
 pytestmark = pytest.mark.integration
 
@@ -60,7 +60,7 @@ def test_probe_completes_trials_and_writes_the_best_stable_config(workdir, tiny_
 
 
 def test_trial_killed_from_outside_is_pruned_as_oom_and_the_study_goes_on(workdir, tiny_data, run_cli, trial_hook):
-    with trial_hook(lambda process, index: process.send_signal(signal.SIGKILL), delay=1.5):
+    with trial_hook(lambda process, index: process.send_signal(signal.SIGKILL), until=has_loaded_torch):
         code, _, err = run_cli(*tiny_probe_args(tiny_data, "--n-trials", "2"))
     assert code == 0, err
     first, second = load(workdir).trials
@@ -173,15 +173,13 @@ def test_tuner_killed_mid_study_then_rerun_keeps_trials_and_retries_the_orphan(w
     tuner = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     trial_dir = workdir / "studies" / "data-yolov8n-cpu" / "trial-0001"
     deadline = time.monotonic() + 120
-    while not (trial_dir / "spec.json").exists():
+    while not (trial_dir / "spec.json").exists() or not (orphans := _probe_children(tuner.pid)):
         assert time.monotonic() < deadline and tuner.poll() is None
         time.sleep(0.1)
-    time.sleep(1.0)
-    orphans = [p for p in psutil.Process(tuner.pid).children(recursive=True)]
     tuner.send_signal(signal.SIGKILL)
     tuner.wait()
     gone, alive = psutil.wait_procs(orphans, timeout=10)
-    assert not alive, "the trial process outlived its killed tuner"
+    assert not [p for p in alive if _running(p)], "the trial process outlived its killed tuner"
 
     killed = load(workdir)
     assert [t.state for t in killed.trials] == [TrialState.COMPLETE, TrialState.RUNNING]
@@ -198,6 +196,19 @@ def test_tuner_killed_mid_study_then_rerun_keeps_trials_and_retries_the_orphan(w
     assert len(retried) == 1 and retried[0].params == orphan_params and retried[0].state == TrialState.COMPLETE
     assert states.count(TrialState.COMPLETE) == 3  # n_trials counts the finished ones, not the orphan
     assert "Continuing: 1 of 3 trials done." in rerun.stderr
+
+
+def _running(process: psutil.Process) -> bool:
+    """Alive and holding memory; an exited process waiting to be reaped by init (a zombie) is not."""
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _probe_children(pid: int) -> list[psutil.Process]:
+    """The probe processes a tuner process has started (none until its trial process is spawned)."""
+    return [p for p in trial_processes() if p.ppid() == pid]
 
 
 SOCKET_GUARD = """

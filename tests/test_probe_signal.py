@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import pytest
 
-from tuner import config, data
+from tuner import config, shapes
 from tuner import device as devices
+from tuner.base_model import base_checkpoint
 from tuner.memory import parse_budget
-from tuner.study import probe_spec
-from tuner.trial import run_probe_process
+from tuner.search import Inputs
+from tuner.space import Params
+from tuner.trial import run_child
 
 pytestmark = pytest.mark.integration
 
@@ -23,16 +25,15 @@ def probe(tmp_path_factory):
     cfg = config.load(None, {})
     device = devices.resolve("cpu")
     budget = parse_budget(cfg.memory_budget, device.total_memory)
-    data_yaml, model = data.embedded_dataset(), data.base_checkpoint()
     folder = tmp_path_factory.mktemp("probes")
+    inputs = Inputs(cfg, device, budget, shapes.embedded_dataset(), base_checkpoint(), folder)
     results = {}
 
     def run(imgsz: int, batch: int, mosaic: float, seed: int = 0) -> float:
         key = (imgsz, batch, mosaic, seed)
         if key not in results:
-            params = {"imgsz": imgsz, "batch": batch, "mosaic": mosaic, "mixup": 0.0}
-            spec = probe_spec(cfg, device, budget, data_yaml, model, params, seed)
-            out = run_probe_process(spec, folder / "-".join(map(str, key)), device, budget, 600)
+            spec = inputs.spec(Params(imgsz, batch, mosaic, 0.0), seed)
+            out = run_child("tuner.probe", spec, folder / "-".join(map(str, key)), device, budget, 600)
             assert out.outcome == "ok", out.log_tail()
             results[key] = out.value
         return results[key]

@@ -1,8 +1,10 @@
 import io
 
+from tuner.contract import EpochRecord
 from tuner.progress import Progress
+from tuner.space import Params
 
-PARAMS = {"imgsz": 288, "batch": 8, "mosaic": 0.5, "mixup": 0.1}
+PARAMS = Params(imgsz=288, batch=8, mosaic=0.5, mixup=0.1)
 
 
 class Terminal(io.StringIO):
@@ -13,7 +15,7 @@ class Terminal(io.StringIO):
 def run(stream, quiet=False):
     progress = Progress(total=2, budget=2000 * 2**20, metric_name="mAP50-95", quiet=quiet, stream=stream)
     progress.trial_start(0, PARAMS)
-    progress.epoch({"epoch": 1, "value": 0.12}, epochs=3, rss_mb=900)
+    progress.epoch(EpochRecord(epoch=1, value=0.12, imgsz=288, batch=8, seconds=3.0, peak_mb=900), epochs=3)
     progress.trial_end("ok", 0.15, 950, None)
     progress.trial_start(1, PARAMS)
     progress.trial_end("oom", None, 2100, "watchdog: 2100 MB is over the 2000 MB budget")

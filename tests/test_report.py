@@ -1,11 +1,13 @@
-"""tuner report: report.md, trials.csv, the plots and the dashboard notes, from a real SQLite study."""
+"""tuner report: the findings, report.md, trials.csv, the plots and the dashboard notes, from a real SQLite study."""
 
 from __future__ import annotations
 
 import csv
 import dataclasses
 import json
+import os
 import shutil
+import stat
 from pathlib import Path
 
 import optuna
@@ -14,8 +16,9 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from tuner import plots, report
-from tuner.storage import sqlite_path, storage_url
+from tuner import findings, plots, report
+from tuner.records import StudyRecord
+from tuner.storage import open_storage, sqlite_path, storage_url
 
 NAME = "shapes-yolov8n-cpu"
 SPACE = {"imgsz": [160, 224, 288, 352], "batch": [2, 4, 8], "mosaic": [0.0, 1.0], "mixup": [0.0, 0.3]}
@@ -112,29 +115,56 @@ def _csv_rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(file))
 
 
+def _write(study: optuna.Study) -> dict[str, Path]:
+    """The report files of `study` in results/, as `tuner report` writes them (without the notes)."""
+    url = storage_url(None, Path("studies"), NAME)
+    return report.write_report(findings.read(study, Path("results"), url), Path("results"))
+
+
+def _at_the_edge(best):
+    """`best` moved to the largest imgsz searched, far below the stable limit."""
+    return dataclasses.replace(best, params=dataclasses.replace(best.params, imgsz=352), peak_mem_mb=500.0)
+
+
+def _storage():
+    """The default storage of the study, opened through Optuna's public API."""
+    return open_storage(storage_url(None, Path("studies"), NAME), create=False)
+
+
+def _system_attrs() -> dict:
+    storage = _storage()
+    return storage.get_study_system_attrs(storage.get_study_id_from_name(NAME))
+
+
+def _trial(study: optuna.Study, number: int) -> optuna.Trial:
+    """A live handle on a finished trial (what optuna_dashboard.get_note takes)."""
+    storage = _storage()
+    trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(NAME), number)
+    return optuna.Trial(study, trial_id)
+
+
 def test_outcomes_distinguish_inferred_ooms_and_running_trials(study):
-    counts = report.count_outcomes(study.get_trials())
+    counts = findings.count_outcomes(study.get_trials())
     assert counts == {"ok": 5, "pruned": 1, "oom": 1, "inferred": 1, "error": 1, "running": 1, "waiting": 0}
 
 
 def test_report_suggests_larger_sizes_only_when_the_best_is_at_the_edge_with_memory_to_spare(study):
-    found = report.summarize(study, Path("results"))
-    assert found.best["params"]["imgsz"] < max(found.frontier.imgsz) and report.grow_hint(found) == ""
-    edge = dict(found.best, params={**found.best["params"], "imgsz": 352}, peak_mem_mb=500.0)
+    found = findings.read(study, Path("results"))
+    assert found.best.params.imgsz < max(found.grid.imgsz) and report.grow_hint(found) == ""
+    edge = _at_the_edge(found.best)
     hint = report.grow_hint(dataclasses.replace(found, best=edge))
     assert "**Room to grow:**" in hint and "--imgsz 224,288,352,416,480" in hint
 
 
 def test_report_command_prints_the_room_to_grow_note(study, run_cli):
-    found = report.summarize(study, Path("results"))
-    study.set_user_attr("best", dict(found.best, params={**found.best["params"], "imgsz": 352}, peak_mem_mb=500.0))
+    StudyRecord(best=_at_the_edge(StudyRecord.of(study).best)).save(study)  # records only the changed best
     code, out, _ = run_cli("report")
     assert code == 0 and "Note: imgsz 352 is the largest size this study searched" in out
     assert "**Room to grow:**" in (Path("results") / NAME / "report.md").read_text()
 
 
-def test_frontier_cells_show_outcome_and_peak_memory(study):
-    grid = report.frontier(study, study.get_trials())
+def test_memory_grid_cells_show_outcome_and_peak_memory(study):
+    grid = findings.memory_grid(StudyRecord.of(study), study.get_trials())
     assert grid.imgsz == (160, 224, 288, 352) and grid.batch == (2, 4, 8)
     labels = {key: cell.label for key, cell in grid.cells.items()}
     assert labels == {
@@ -147,7 +177,7 @@ def test_frontier_cells_show_outcome_and_peak_memory(study):
 
 
 def test_write_report_writes_every_file_atomically(study):
-    written = report.write_report(study, Path("results"))
+    written = report.write_report(findings.read(study, Path("results")), Path("results"))
     out = Path("results") / NAME
     assert set(written) == {"report.md", "trials.csv", "frontier.png", "accuracy_vs_memory.png", "history.png"}
     for path in written.values():
@@ -157,7 +187,7 @@ def test_write_report_writes_every_file_atomically(study):
 
 
 def test_report_md_says_what_was_found_and_what_to_run(study):
-    text = report.write_report(study, Path("results"))["report.md"].read_text()
+    text = _write(study)["report.md"].read_text()
     assert "| 2 | 224 | 4 | 0.2 | 0.1 | 0.4150 | 1320 MB |" in text  # best stable config
     assert f"tuner train-best --study-name {NAME}\n" in text
     budget = "Memory budget: 2000 MB (given as `2000MB`) of 2857 MB usable; stable limit 1800 MB (safety margin 10%)"
@@ -180,21 +210,21 @@ def test_report_md_says_what_was_found_and_what_to_run(study):
 def test_report_chooses_the_best_itself_when_probe_has_not_recorded_one(workdir):
     attrs = {key: value for key, value in STUDY_ATTRS.items() if key != "best"}
     study = build_study(storage_url(None, Path("studies"), NAME), attrs=attrs)
-    found = report.summarize(study, Path("results"))
-    assert found.best["trial"] == 2 and found.best["recorded"] is False  # 3 scores higher but is over the limit
-    assert "has not recorded a best config yet" in report.write_report(study, Path("results"))["report.md"].read_text()
+    found = findings.read(study, Path("results"))
+    assert found.best.trial == 2 and found.best.recorded is False  # 3 scores higher but is over the limit
+    assert "has not recorded a best config yet" in _write(study)["report.md"].read_text()
 
 
 def test_report_of_a_study_without_a_stable_config(workdir):
     attrs = {**STUDY_ATTRS, "best": None, "noise": {"pairs": [], "spread": None}}
     study = build_study(storage_url(None, Path("studies"), NAME), trials=TRIALS[4:6], attrs=attrs)
-    text = report.write_report(study, Path("results"))["report.md"].read_text()
+    text = _write(study)["report.md"].read_text()
     assert "No stable config yet" in text and "Not measured" in text
     assert "No trial has completed yet." in text
 
 
 def test_trials_csv_has_one_row_per_trial(study):
-    rows = _csv_rows(report.write_report(study, Path("results"))["trials.csv"])
+    rows = _csv_rows(_write(study)["trials.csv"])
     assert [int(row["number"]) for row in rows] == list(range(10))
     assert list(rows[0]) == list(report.CSV_COLUMNS)
     assert rows[0]["value"] == "0.3" and rows[0]["peak_mem_mb"] == "700.0" and rows[0]["duration_s"] == "31.5"
@@ -204,15 +234,15 @@ def test_trials_csv_has_one_row_per_trial(study):
     assert (rows[9]["state"], rows[9]["outcome"], rows[9]["value"]) == ("RUNNING", "running", "")
 
 
-def test_frontier_plot_draws_one_cell_per_config_and_the_budget(study, tmp_path):
-    grid = report.frontier(study, study.get_trials())
-    plot = plots.plot_frontier(grid, tmp_path / "frontier.png")
+def test_memory_grid_plot_draws_one_cell_per_config_and_the_budget(study, tmp_path):
+    grid = findings.memory_grid(StudyRecord.of(study), study.get_trials())
+    plot = plots.plot_memory_grid(grid, tmp_path / "frontier.png")
     assert plot.path.exists()
     assert plot.counts == {"cells": 12, "labels": 12, "budget_lines": 1}
 
 
 def test_accuracy_memory_plot_has_a_point_per_trial_with_memory(study, tmp_path):
-    points = report.trial_points(study.get_trials(), 1800.0)
+    points = findings.trial_points(study.get_trials(), 1800.0)
     plot = plots.plot_accuracy_vs_memory(
         points, tmp_path / "acc.png", metric_name="mAP50-95", budget_mb=2000.0, stable_limit_mb=1800.0, best_trial=2
     )
@@ -223,7 +253,7 @@ def test_accuracy_memory_plot_has_a_point_per_trial_with_memory(study, tmp_path)
 
 
 def test_history_plot_has_a_point_per_finished_trial(study, tmp_path):
-    points = report.trial_points(study.get_trials(), 1800.0)
+    points = findings.trial_points(study.get_trials(), 1800.0)
     plot = plots.plot_history(points, tmp_path / "history.png", metric_name="mAP50-95")
     assert plot.path.exists()
     assert plot.counts == {"stable": 4, "over limit": 1, "pruned": 1, "oom": 1, "error": 1, "best_so_far": 4}
@@ -261,36 +291,49 @@ def test_report_plots_train_best_epochs_when_present(study):
     train = Path("results") / NAME / "train"
     train.mkdir(parents=True)
     (train / "results.csv").write_text(ULTRALYTICS_CSV)
-    written = report.write_report(study, Path("results"))
+    written = _write(study)
     assert written["train_epochs.png"].exists()
     assert "![train_epochs](train_epochs.png)" in written["report.md"].read_text()
 
 
-def test_report_leaves_dashboard_notes_once(study):
-    report.write_report(study, Path("results"))
+def test_write_report_leaves_no_dashboard_notes(study):
+    _write(study)
+    assert optuna_dashboard.get_note(study) == ""  # the notes are the command's job (run_report), not the writer's
+    assert "dashboard:note_ver" not in _system_attrs()
+
+
+def test_report_leaves_dashboard_notes_once(study, run_cli):
+    assert run_cli("report", "--quiet")[0] == 0
     note = optuna_dashboard.get_note(study)
     assert "**Best stable config**: trial 2: imgsz 224, batch 4" in note
     assert f"`tuner train-best --study-name {NAME}`" in note
     assert "*Best Trial* (3, 0.4500) is not used" in note
-    trials = study.get_trials()
-    assert "tuner chose this trial's config" in optuna_dashboard.get_note(optuna.Trial(study, trials[2]._trial_id))
-    assert "over the stable limit" in optuna_dashboard.get_note(optuna.Trial(study, trials[3]._trial_id))
-    version = _note_version(study)
-    report.write_report(study, Path("results"))
-    assert _note_version(study) == version  # an unchanged note is not saved again
+    assert "tuner chose this trial's config" in optuna_dashboard.get_note(_trial(study, 2))
+    assert "over the stable limit" in optuna_dashboard.get_note(_trial(study, 3))
+    version = _system_attrs()["dashboard:note_ver"]
+    assert run_cli("report", "--quiet")[0] == 0
+    assert _system_attrs()["dashboard:note_ver"] == version  # an unchanged note is not saved again
 
 
-def _note_version(study: optuna.Study) -> int:
-    return study._storage.get_study_system_attrs(study._study_id)["dashboard:note_ver"]
+@pytest.mark.parametrize("umask", [0o022, 0o002])
+def test_report_files_have_the_permissions_the_umask_gives(study, umask):
+    previous = os.umask(umask)
+    try:
+        written = _write(study)
+    finally:
+        os.umask(previous)
+    assert {"report.md", "trials.csv", "frontier.png", "history.png"} <= set(written)
+    modes = {name: stat.S_IMODE(path.stat().st_mode) for name, path in written.items()}
+    assert modes == dict.fromkeys(written, 0o666 & ~umask)  # 0644 under umask 022, not mkstemp's 0600
 
 
 def test_train_best_command_names_non_default_storage(workdir):
     default = storage_url(None, Path("studies"), NAME)
-    assert report.train_best_command(NAME, Path("results"), default) == f"tuner train-best --study-name {NAME}"
+    assert findings.train_best_command(NAME, Path("results"), default) == f"tuner train-best --study-name {NAME}"
     elsewhere = storage_url(None, Path("other"), NAME)
-    assert report.train_best_command(NAME, Path("out"), elsewhere).endswith("--studies-dir other --results-dir out")
+    assert findings.train_best_command(NAME, Path("out"), elsewhere).endswith("--studies-dir other --results-dir out")
     shared = "postgresql://db/tuner"
-    assert report.train_best_command(NAME, Path("results"), shared).endswith(f"--storage {shared}")
+    assert findings.train_best_command(NAME, Path("results"), shared).endswith(f"--storage {shared}")
 
 
 # ---------------------------------------------------------------------------------------------- the CLI

@@ -2,7 +2,7 @@ import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from tuner import frontier, selection
+from tuner import frontier, records, selection
 
 DISTRIBUTIONS = {
     "imgsz": CategoricalDistribution([160, 224, 288, 352]),
@@ -25,9 +25,9 @@ def make(number, imgsz, batch, value=None, peak=None, outcome="ok", state=TrialS
 
 
 def test_stable_means_completed_and_under_the_limit():
-    assert selection.is_stable(make(0, 160, 2, 0.3, peak=900), limit_mb=1000)
-    assert not selection.is_stable(make(0, 160, 2, 0.3, peak=1001), limit_mb=1000)
-    assert not selection.is_stable(make(0, 160, 2, peak=900, outcome="oom", state=TrialState.PRUNED), 1000)
+    assert records.is_stable(make(0, 160, 2, 0.3, peak=900), limit_mb=1000)
+    assert not records.is_stable(make(0, 160, 2, 0.3, peak=1001), limit_mb=1000)
+    assert not records.is_stable(make(0, 160, 2, peak=900, outcome="oom", state=TrialState.PRUNED), 1000)
 
 
 def test_best_is_the_most_accurate_stable_config():
@@ -64,8 +64,8 @@ def test_repeats_are_averaged_and_measure_the_noise():
         make(3, 224, 4, 0.40, peak=805, repeat_of=1),
     ]
     spread = selection.noise(trials)
-    assert spread["pairs"] == [[0, 2, 0.1], [1, 3, 0.06]]
-    assert abs(spread["spread"] - 0.08) < 1e-9
+    assert spread.pairs == ((0, 2, 0.1), (1, 3, 0.06))
+    assert abs(spread.spread - 0.08) < 1e-9
     choice = selection.best_stable(trials, 1000, spread=None)  # means 0.45 vs 0.43
     assert choice.trial.number == 0 and abs(choice.value - 0.45) < 1e-9 and choice.runs == 2
     assert choice.peak_mb == 910
@@ -115,25 +115,21 @@ def test_startup_design_covers_every_imgsz_and_both_ends_of_batch():
     assert startup_design(one_size, 3) == [{"imgsz": 64, "batch": 4}, {"imgsz": 64, "batch": 2}]
 
 
-def test_noise_repeats_go_to_distinct_configs(tmp_path):
-    from optuna.trial import TrialState as State
-
-    from tuner import config
-    from tuner.study import _Runner
-
-    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}", direction="maximize")
-    for trial in [
+def test_noise_repeats_go_to_distinct_configs():
+    trials = [
         make(0, 352, 2, 0.194, peak=1080),
         make(1, 352, 2, 0.191, peak=1077),  # TPE sampled the same config again
         make(2, 288, 4, 0.159, peak=1120),
-    ]:
-        study.add_trial(trial)
-    cfg = config.load(None, {"probe": {"repeats": 2}})
-    runner = _Runner(study, cfg, None, 16000 * 2**20, None, None, tmp_path, None)
-    runner._enqueue_repeats()
-    waiting = study.get_trials(states=(State.WAITING,))
-    queued = sorted((t.system_attrs["fixed_params"]["imgsz"], t.user_attrs["repeat_of"]) for t in waiting)
+    ]
+    queued = sorted((t.params["imgsz"], t.number) for t in selection.to_repeat(trials, 2, limit_mb=15000))
     assert queued == [(288, 2), (352, 0)]
+
+
+def test_repeats_already_run_count_towards_the_wanted_number():
+    trials = [make(0, 352, 2, 0.194, peak=1080), make(1, 288, 4, 0.159, peak=1120), make(2, 352, 2, 0.19, peak=1090, repeat_of=0)]
+    assert [t.number for t in selection.to_repeat(trials, 2, limit_mb=15000)] == [1]
+    assert selection.to_repeat(trials, 1, limit_mb=15000) == []
+    assert selection.to_repeat(trials, 2, limit_mb=1000) == []  # nothing stable under a 1000 MB limit
 
 
 def test_room_to_grow_only_at_the_largest_imgsz_searched_and_well_under_the_limit():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import signal
@@ -10,19 +11,32 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import optuna
 import psutil
 import pytest
+import torch
 import yaml
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 
-from tests.conftest import tiny_probe_args, trial_processes
+from tests.conftest import tiny_probe_args
 from tuner import config as configs
+from tuner.checkpoints import (
+    AtomicPath,
+    CheckpointError,
+    checkpoint_epochs,
+    checkpoint_facts,
+    trim_results_csv,
+    verify_checkpoint,
+)
 from tuner.config import DEFAULTS
-from tuner.plan import Candidate, Params, Source, plan_stages, step_down, train_settings
-from tuner.train import CheckpointError, checkpoint_epochs, verify_checkpoint
-from tuner.train_child import AtomicPath, checkpoint_facts, trim_results_csv
+from tuner.contract import ChildResult, EpochRecord, TrainSpec
+from tuner.errors import TunerError
+from tuner.plan import Candidate, Source, plan_stages, step_down, train_settings
+from tuner.space import Params
+from tuner.train import train_best
+from tuner.trial import Attempt, classify
 
 FAST = ("--device", "cpu", "--no-plots")
 
@@ -84,19 +98,28 @@ def progress_records(folder: Path) -> list[list[dict]]:
             else [] for a in attempts]  # fmt: skip
 
 
-def kill_after_epoch(folder: Path, epoch: int, stage: int = 0, timeout: float = 120.0):
+def epochs_recorded(folder: Path, stage: int = 0) -> int:
+    """Epochs that state.json says are done (0 before the run has one); it is never read half-written."""
+    try:
+        return state_of(folder)["stages"][stage]["epochs_done"]
+    except FileNotFoundError:
+        return 0
+
+
+def wait_until(event: Callable[[], bool], what: str, timeout: float = 300.0) -> None:
+    """Poll until `event()` holds; fail the test if it never does."""
+    deadline = time.monotonic() + timeout
+    while not event():
+        assert time.monotonic() < deadline, f"timed out after {timeout:.0f} s waiting for {what}"
+        time.sleep(0.05)
+
+
+def kill_after_epoch(folder: Path, epoch: int, stage: int = 0):
     """A trial_hook action: SIGKILL the training process once state.json says `epoch` epochs are done."""
 
     def action(process: psutil.Process, index: int) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                if state_of(folder)["stages"][stage]["epochs_done"] >= epoch:
-                    process.send_signal(signal.SIGKILL)
-                    return
-            except (FileNotFoundError, json.JSONDecodeError, KeyError):
-                pass
-            time.sleep(0.05)
+        wait_until(lambda: epochs_recorded(folder, stage) >= epoch or not process.is_running(), f"epoch {epoch}")
+        process.send_signal(signal.SIGKILL)
 
     return action
 
@@ -212,8 +235,6 @@ class RefusesToLoad:
 
 
 def test_checkpoint_epochs_are_read_without_building_what_the_checkpoint_holds(tmp_path):
-    import torch
-
     resumable = {"epoch": 4, "ema": RefusesToLoad(), "optimizer": {"state": {0: {"step": torch.tensor(3.0)}}},
                  "train_results": {"epoch": [1, 2, 3, 4, 5]}}  # fmt: skip
     resumable["ema"].weights = torch.zeros(3)
@@ -231,71 +252,92 @@ def test_checkpoint_epochs_are_read_without_building_what_the_checkpoint_holds(t
 # ----------------------------------------------------------------------- supervisor, with a fake runner
 
 
-def fake_record(epoch: int, epochs: int, params: dict) -> dict:
-    """A progress line as the training process writes it (plus the watchdog's peak)."""
-    return {"epoch": epoch, "epochs": epochs, "value": 0.1, "metrics": {"mAP50-95": 0.1}, "peak_mb": 900.0,
-            "imgsz": params["imgsz"], "batch": params["batch"]}  # fmt: skip
+def save_checkpoint(path: Path, epochs_done: int) -> None:
+    """A resumable last.pt as Ultralytics writes it after `epochs_done` epochs (the keys tuner reads)."""
+    torch.save({"epoch": epochs_done - 1, "optimizer": {"state": {}, "param_groups": []},
+                "train_results": {"epoch": list(range(1, epochs_done + 1))}}, path)  # fmt: skip
 
 
-def fake_outcome(ok: bool, params: dict, attempt_dir: Path, *, reason=None, cause=None, epochs_done=0, batch_used=None):
-    from tuner.trial import Outcome
+def checkpoint_epoch(path: str | None) -> int:
+    """Epochs done in the checkpoint a spec resumes from, read with torch as the training process does."""
+    return 0 if path is None else torch.load(path, weights_only=False)["epoch"] + 1
 
-    return Outcome(
-        outcome="ok" if ok else "oom", value=None, reason=reason, cause=cause, peak_mb=950.0, peak_rss_mb=950.0,
-        peak_device_mb=0.0, returncode=0, duration_s=1.0, epochs_done=epochs_done,
-        batch_used=params["batch"] if batch_used is None else batch_used, imgsz_used=params["imgsz"],
-        log=attempt_dir / "log.txt",
+
+def fake_record(epoch: int, spec: TrainSpec, value: float | None = 0.1) -> EpochRecord:
+    """A progress line as the training process writes it and tuner.trial reads it back (through its JSON),
+    with the watchdog's peak added; `value` None for an epoch that was not validated."""
+    record = EpochRecord(epoch=epoch, value=value, imgsz=spec.params.imgsz, batch=spec.params.batch, seconds=1.0,
+                         epochs=spec.epochs, metrics=None if value is None else {"mAP50-95": value}, peak_mb=900.0)  # fmt: skip
+    return EpochRecord.from_json(json.loads(json.dumps(record.to_json())))
+
+
+def fake_attempt(spec: TrainSpec, folder: Path, result: ChildResult, epochs_done: int) -> Attempt:
+    """How tuner.trial.run_child would report a process that exited with `result`, classified the real way."""
+    classified = classify(returncode=0, result=result, watchdog_reason=None, stopped=None, asked_batch=spec.params.batch)
+    return Attempt(
+        outcome=classified.outcome, reason=classified.reason, cause=classified.cause, peak_mb=950.0, peak_rss_mb=950.0,
+        peak_device_mb=0.0, returncode=0, duration_s=1.0, epochs_done=epochs_done, result=result, log=folder / "log.txt",
     )  # fmt: skip
+
+
+def halved(spec: TrainSpec, epochs_done: int) -> ChildResult:
+    batch = spec.params.batch
+    return ChildResult(status="oom", message=f"Ultralytics halved batch {batch} -> {batch // 2} after an out-of-memory "
+                       "error", halved=True, epochs_done=epochs_done, batch_used=batch // 2, imgsz_used=spec.params.imgsz)  # fmt: skip
+
+
+def trained(spec: TrainSpec) -> ChildResult:
+    return ChildResult(status="ok", epochs_done=spec.epochs, final_metrics={"mAP50-95": 0.2}, batch_used=spec.params.batch,
+                       imgsz_used=spec.params.imgsz)  # fmt: skip
 
 
 class FakeRunner:
     """Stands in for the training process: runs out of memory (by Ultralytics halving the batch) at imgsz >=
-    `oom_imgsz` once `oom_after` epochs are done, and otherwise trains to the end. Records every spec."""
+    `oom_imgsz` once `oom_after` epochs are done, and otherwise trains to the end. Continues from the real
+    checkpoint it is given, writes one per epoch, and records every spec."""
 
     def __init__(self, oom_imgsz: int, oom_after: int) -> None:
         self.oom_imgsz = oom_imgsz
         self.oom_after = oom_after
-        self.specs: list[dict] = []
+        self.specs: list[TrainSpec] = []
 
-    def __call__(self, spec, attempt_dir, device, budget, timeout, on_epoch=None, module="tuner.probe"):
-        import zipfile
-
+    def __call__(self, module, spec: TrainSpec, folder, device, budget, timeout, on_epoch) -> Attempt:
+        assert module == "tuner.train_child"
         self.specs.append(spec)
-        attempt_dir = Path(attempt_dir)
-        attempt_dir.mkdir(parents=True)
-        weights = Path(spec["save_dir"]) / "weights"
+        folder = Path(folder)
+        folder.mkdir(parents=True)
+        weights = Path(spec.save_dir) / "weights"
         weights.mkdir(parents=True, exist_ok=True)
-        params, epochs = spec["params"], spec["train"]["epochs"]
-        done = 0
-        if spec["resume"]:
-            with zipfile.ZipFile(spec["resume"]) as archive:
-                done = int(archive.read("epoch"))
-        halved = params["imgsz"] >= self.oom_imgsz
-        stop = self.oom_after if halved else epochs
+        done = checkpoint_epoch(spec.resume)
+        runs_out = spec.params.imgsz >= self.oom_imgsz
+        stop = self.oom_after if runs_out else spec.epochs
         for epoch in range(done + 1, stop + 1):
-            with zipfile.ZipFile(weights / "last.pt", "w") as archive:
-                archive.writestr("epoch", str(epoch))
-            on_epoch(fake_record(epoch, epochs, params))
-        if halved:
-            result = {"status": "oom", "reason": f"Ultralytics halved batch {params['batch']}", "halved": True}
-        else:
-            result = {"status": "ok", "epochs_done": epochs, "final_metrics": {"mAP50-95": 0.2}}
-        (attempt_dir / "result.json").write_text(json.dumps(result))
-        return fake_outcome(
-            not halved, params, attempt_dir, reason=result.get("reason"), cause="batch-halving" if halved else None,
-            epochs_done=stop - done, batch_used=params["batch"] // 2 if halved else None,
-        )
+            save_checkpoint(weights / "last.pt", epoch)
+            on_epoch(fake_record(epoch, spec))
+        result = halved(spec, max(done, stop)) if runs_out else trained(spec)
+        return fake_attempt(spec, folder, result, epochs_done=max(0, stop - done))
 
 
-def test_batch_halving_twice_at_the_same_epoch_steps_down_and_continues_from_the_checkpoint(
-    workdir, tiny_data, run_cli, monkeypatch
-):
-    import tuner.trial
+@pytest.fixture
+def train_with(capsys):
+    """`tuner train-best` in-process with a fake training process; (exit code, stdout, stderr) like run_cli."""
 
+    def run(runner, **options) -> tuple[int, str, str]:
+        try:
+            code = train_best(device="cpu", plots=False, runner=runner, **options)
+        except TunerError as exc:  # reported as tuner.cli.main reports it
+            print(f"tuner: error: {exc}", file=sys.stderr)
+            code = exc.exit_code
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+def test_batch_halving_twice_at_the_same_epoch_steps_down_and_continues_from_the_checkpoint(workdir, tiny_data, train_with):
     runner = FakeRunner(oom_imgsz=128, oom_after=1)
-    monkeypatch.setattr(tuner.trial, "run_probe_process", runner)
     best = write_best_yaml(workdir / "results" / "halve" / "best.yaml", tiny_data, imgsz=128, batch=8)
-    code, _, err = run_cli("train-best", "--config", best, "--epochs", "3", *FAST)
+    code, _, err = train_with(runner, config=best, epochs=3)
     assert code == 0, err
     summary = json.loads((train_dir(workdir, "halve") / "summary.json").read_text())
     assert summary["batch_halvings"] == 2 and summary["restarts"] == 2 and summary["epochs"] == 3
@@ -303,83 +345,108 @@ def test_batch_halving_twice_at_the_same_epoch_steps_down_and_continues_from_the
     assert (step["epochs_done"], step["from"]["imgsz"], step["to"]["imgsz"], step["to"]["batch"]) == (1, 128, 96, 8)
     assert "halved batch 8" in err and "counted as out of memory" in err
     last_pt = str(train_dir(workdir, "halve").resolve() / "weights" / "last.pt")
-    assert [(s["resume"], s["params"]["imgsz"]) for s in runner.specs] == [(None, 128), (last_pt, 128), (last_pt, 96)]
+    assert [(s.resume, s.params.imgsz) for s in runner.specs] == [(None, 128), (last_pt, 128), (last_pt, 96)]
+    assert "continuing after epoch 1/3" in err  # the resumes start where the checkpoint is
 
 
-def test_an_oom_right_after_a_checkpoint_counts_at_the_checkpoint_epoch(workdir, tiny_data, run_cli, monkeypatch):
+def test_an_oom_right_after_a_checkpoint_counts_at_the_checkpoint_epoch(workdir, tiny_data, train_with):
     """The process saves epoch 2 and dies before its record reaches the supervisor, then dies again at once
     after resuming: both failures are at epoch 2, the same point, so the run steps down."""
-    import torch
-
-    import tuner.trial
-
     specs = []
 
-    def runner(spec, attempt_dir, device, budget, timeout, on_epoch=None, module="tuner.probe"):
+    def runner(module, spec, folder, device, budget, timeout, on_epoch):
         specs.append(spec)
-        attempt_dir = Path(attempt_dir)
-        attempt_dir.mkdir(parents=True)
-        weights = Path(spec["save_dir"]) / "weights"
+        folder = Path(folder)
+        folder.mkdir(parents=True)
+        weights = Path(spec.save_dir) / "weights"
         weights.mkdir(parents=True, exist_ok=True)
-        params, epochs = spec["params"], spec["train"]["epochs"]
-        small = params["imgsz"] < 128
-        if spec["resume"] is None:  # epochs 1 and 2 saved, only epoch 1 recorded
+        small = spec.params.imgsz < 128
+        if spec.resume is None:  # epochs 1 and 2 saved, only epoch 1 recorded
             for epoch in (1, 2):
-                torch.save({"epoch": epoch - 1, "optimizer": {}, "train_results": {}}, weights / "last.pt")
-            on_epoch(fake_record(1, epochs, params))
+                save_checkpoint(weights / "last.pt", epoch)
+            on_epoch(fake_record(1, spec))
         elif small:  # the stepped-down config trains to the end
-            for epoch in range(3, epochs + 1):
-                torch.save({"epoch": epoch - 1, "optimizer": {}, "train_results": {}}, weights / "last.pt")
-                on_epoch(fake_record(epoch, epochs, params))
-        result = {"status": "ok", "epochs_done": epochs, "final_metrics": {"mAP50-95": 0.2}} if small else {
-            "status": "oom", "reason": "CUDA out of memory"}  # fmt: skip
-        (attempt_dir / "result.json").write_text(json.dumps(result))
-        return fake_outcome(small, params, attempt_dir, reason=result.get("reason"), cause=None if small else "exception")
+            for epoch in range(checkpoint_epoch(spec.resume) + 1, spec.epochs + 1):
+                save_checkpoint(weights / "last.pt", epoch)
+                on_epoch(fake_record(epoch, spec))
+        result = trained(spec) if small else ChildResult(status="oom", message="CUDA out of memory", epochs_done=2)
+        return fake_attempt(spec, folder, result, epochs_done=1)
 
-    monkeypatch.setattr(tuner.trial, "run_probe_process", runner)
     best = write_best_yaml(workdir / "results" / "lag" / "best.yaml", tiny_data, imgsz=128, batch=4)
-    code, _, err = run_cli("train-best", "--config", best, "--epochs", "4", *FAST)
+    code, _, err = train_with(runner, config=best, epochs=4)
     assert code == 0, err
     state = state_of(train_dir(workdir, "lag"))
     assert [f["epochs_done"] for f in state["failures"]] == [2, 2]
     (step,) = state["step_downs"]
     assert (step["epochs_done"], step["from"]["imgsz"], step["to"]["imgsz"]) == (2, 128, 96)
     assert "Restart 1/5: continuing from epoch 2" in err and state["restarts"] == 2
-    assert [s["params"]["imgsz"] for s in specs] == [128, 128, 96]
+    assert [s.params.imgsz for s in specs] == [128, 128, 96]
 
 
-def test_restarts_stop_at_max_restarts_and_keep_the_run(workdir, tiny_data, run_cli, monkeypatch):
-    import tuner.trial
+def test_an_unusable_checkpoint_reported_by_the_training_process_is_left_untouched(workdir, tiny_data, train_with):
+    """The training process says it cannot load last.pt (status `checkpoint`): one error, no restart, the file kept."""
+    weights = train_dir(workdir, "unloadable") / "weights"
+    specs, given = [], []
 
-    monkeypatch.setattr(tuner.trial, "run_probe_process", FakeRunner(oom_imgsz=1, oom_after=0))
+    def runner(module, spec, folder, device, budget, timeout, on_epoch):
+        specs.append(spec)
+        Path(folder).mkdir(parents=True)
+        if spec.resume is None:
+            weights.mkdir(parents=True, exist_ok=True)
+            save_checkpoint(weights / "last.pt", 1)
+            on_epoch(fake_record(1, spec))
+            return fake_attempt(spec, Path(folder), ChildResult(status="oom", message="CUDA out of memory"), 1)
+        given.append(Path(spec.resume).read_bytes())
+        unusable = ChildResult(status="checkpoint", message=f"{spec.resume} cannot be loaded (no model)")
+        return fake_attempt(spec, Path(folder), unusable, 0)
+
+    best = write_best_yaml(workdir / "results" / "unloadable" / "best.yaml", tiny_data)
+    code, _, err = train_with(runner, config=best, epochs=3)
+    assert_one_line_error(code, err.splitlines()[-1], "cannot be loaded", "left untouched", "restore it")
+    assert len(specs) == 2 and [(weights / "last.pt").read_bytes()] == given
+    assert state_of(train_dir(workdir, "unloadable"))["restarts"] == 1
+
+
+def test_an_epoch_that_was_not_validated_is_shown_and_recorded_as_such(workdir, tiny_data, train_with):
+    def runner(module, spec, folder, device, budget, timeout, on_epoch):
+        Path(folder).mkdir(parents=True)
+        (Path(spec.save_dir) / "weights").mkdir(parents=True, exist_ok=True)
+        for epoch, value in ((1, 0.3), (2, None)):
+            save_checkpoint(Path(spec.save_dir) / "weights" / "last.pt", epoch)
+            on_epoch(fake_record(epoch, spec, value))
+        return fake_attempt(spec, Path(folder), dataclasses.replace(trained(spec), final_metrics=None), 2)
+
+    best = write_best_yaml(workdir / "results" / "sparse" / "best.yaml", tiny_data)
+    code, _, err = train_with(runner, config=best, epochs=2, val_every=2)
+    assert code == 0, err
+    assert "epoch 1/2 | mAP50-95 0.3000" in err and "epoch 2/2 | not validated" in err
+    summary = json.loads((train_dir(workdir, "sparse") / "summary.json").read_text())
+    assert summary["metrics"] == {"mAP50-95": 0.3}  # the last validated epoch's
+
+
+def test_restarts_stop_at_max_restarts_and_keep_the_run(workdir, tiny_data, train_with):
     best = write_best_yaml(workdir / "results" / "stuck" / "best.yaml", tiny_data, imgsz=64, batch=4)
-    code, _, err = run_cli("train-best", "--config", best, "--epochs", "2", "--max-restarts", "1", *FAST)
+    code, _, err = train_with(FakeRunner(oom_imgsz=1, oom_after=0), config=best, epochs=2, max_restarts=1)
     assert code == 1 and "re-run the same command to continue" in err
     state = state_of(train_dir(workdir, "stuck"))
     assert state["restarts"] == 1 and len(state["failures"]) == 2 and not state["finished"]
 
 
-def test_configs_train_yaml_shapes_a_new_run_and_a_rerun_applies_only_its_flags(
-    workdir, tiny_data, run_cli, monkeypatch
-):
-    import tuner.trial
-
+def test_configs_train_yaml_shapes_a_new_run_and_a_rerun_applies_only_its_flags(workdir, tiny_data, train_with):
     (workdir / "configs").mkdir(exist_ok=True)
     (workdir / "configs" / "train.yaml").write_text("epochs: 3\nval_every: 2\nmax_restarts: 0\n")
     best = write_best_yaml(workdir / "results" / "shaped" / "best.yaml", tiny_data, imgsz=128, batch=8)
-    monkeypatch.setattr(tuner.trial, "run_probe_process", FakeRunner(oom_imgsz=128, oom_after=1))
-    code, _, err = run_cli("train-best", "--config", best, *FAST)
+    code, _, err = train_with(FakeRunner(oom_imgsz=128, oom_after=1), config=best)
     assert code == 1 and "re-run the same command to continue" in err  # max_restarts 0 came from the file
     plan = yaml.safe_load((train_dir(workdir, "shaped") / "config.yaml").read_text())
     assert plan["epochs"] == 3 and plan["settings"]["val_every"] == 2 and plan["stages"][0]["val_every"] == 2
 
     (workdir / "configs" / "train.yaml").write_text("epochs: 9\nval_every: 4\nmax_restarts: 0\n")
     runner = FakeRunner(oom_imgsz=10**6, oom_after=0)
-    monkeypatch.setattr(tuner.trial, "run_probe_process", runner)
-    code, _, err = run_cli("train-best", "--config", best, "--val-every", "1", *FAST)
+    code, _, err = train_with(runner, config=best, val_every=1)
     assert code == 0, err
     assert "after 1 of 3 epochs" in err  # the run's own epochs, not the edited file's
-    assert [spec["val_every"] for spec in runner.specs] == [1]  # the flag applies to the rest of the run
+    assert [spec.val_every for spec in runner.specs] == [1]  # the flag applies to the rest of the run
     plan = yaml.safe_load((train_dir(workdir, "shaped") / "config.yaml").read_text())
     assert plan["epochs"] == 3 and plan["settings"]["val_every"] == 1
 
@@ -397,6 +464,19 @@ def test_a_second_tuner_on_the_same_run_is_refused(workdir, tiny_data, run_cli):
     assert not (folder / "state.json").exists()
 
 
+def test_the_supervising_process_reads_checkpoints_without_importing_torch(tmp_path):
+    save_checkpoint(tmp_path / "last.pt", 3)
+    script = (
+        "import sys; from pathlib import Path; import tuner.cli, tuner.train\n"
+        "from tuner.checkpoints import checkpoint_epochs, verify_checkpoint\n"
+        f"path = Path({str(tmp_path / 'last.pt')!r}); verify_checkpoint(path, path.parent)\n"
+        "print(checkpoint_epochs(path), sorted({'torch', 'ultralytics'} & set(sys.modules)))"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["3", "[]"], done.stderr
+
+
+@pytest.mark.integration
 def test_batch_halving_inside_ultralytics_is_reported_as_oom_by_the_training_process(tmp_path, tiny_data, monkeypatch):
     """In-process: Ultralytics catches an OOM in the first epoch and halves the batch; the child reports it."""
     from tuner import offline, train_child
@@ -415,16 +495,16 @@ def test_batch_halving_inside_ultralytics_is_reported_as_oom_by_the_training_pro
         return original(self, batch)
 
     monkeypatch.setattr(DetectionTrainer, "preprocess_batch", preprocess_batch)
-    spec = {
-        "model": "yolov8n.yaml", "resume": None, "data": str(tiny_data), "device": "cpu", "device_kind": "cpu",
-        "budget": 8 * 2**30, "params": {"imgsz": 64, "batch": 4, "mosaic": 0.0, "mixup": 0.0},
-        "train": {"epochs": 1, "optimizer": "AdamW", "lr0": 0.001, "nbs": 64, "warmup_epochs": 0.0, "close_mosaic": 0,
+    spec = TrainSpec(
+        model="yolov8n.yaml", data=str(tiny_data), device="cpu", device_kind="cpu", budget=8 * 2**30,
+        params=Params(64, 4, 0.0, 0.0), metric="metrics/mAP50-95(B)", folder=str(tmp_path),
+        settings={"epochs": 1, "optimizer": "AdamW", "lr0": 0.001, "nbs": 64, "warmup_epochs": 0.0, "close_mosaic": 0,
                   "seed": 0, "deterministic": True, "workers": 0, "plots": False},
-        "save_dir": str(tmp_path / "run"), "progress": str(tmp_path / "progress.jsonl"), "metric": "metrics/mAP50-95(B)",
-    }  # fmt: skip
+        save_dir=str(tmp_path / "run"),
+    )  # fmt: skip
     result = train_child.run(spec)
-    assert result["status"] == "oom" and result["halved"] and result["batch_used"] == 2
-    assert "halved batch 4 -> 2" in result["reason"]
+    assert result.status == "oom" and result.halved and result.batch_used == 2
+    assert "halved batch 4 -> 2" in result.message
 
 
 # ------------------------------------------------------------------------------------------ bad input
@@ -560,7 +640,7 @@ def test_val_every_validates_every_nth_and_the_last_epoch_and_best_pt_only_from_
     maps = [float(row["metrics/mAP50-95(B)"]) for row in rows]
     assert maps[0] != maps[0] and all(value == value for value in maps[1:])  # NaN only where not validated
     best_pt = checkpoint_facts(folder / "weights" / "best.pt")
-    fitness = best_pt["train_metrics"]["fitness"]
+    fitness = best_pt.train_metrics["fitness"]
     assert fitness is not None and fitness == fitness  # saved after a validation, never under a stale fitness
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["epochs"] == 3 and summary["metrics"]["mAP50-95"] is not None
@@ -572,20 +652,14 @@ def test_killing_tuner_itself_then_running_it_again_continues_the_run(workdir, t
     folder = train_dir(workdir, "again")
     command = [sys.executable, "-m", "tuner", "train-best", "--config", str(best), "--epochs", "3", *FAST]
     tuner = subprocess.Popen(command, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if state_of(folder)["stages"][0]["epochs_done"] >= 1:
-                break
-        except (FileNotFoundError, json.JSONDecodeError):
-            pass
-        time.sleep(0.05)
+    wait_until(lambda: epochs_recorded(folder) >= 1 or tuner.poll() is not None, "the first epoch")
+    assert tuner.poll() is None, "tuner ended before it could be killed"
     children = psutil.Process(tuner.pid).children(recursive=True)
     tuner.send_signal(signal.SIGKILL)
     tuner.wait()
     _, alive = psutil.wait_procs(children, timeout=10)
     assert not alive  # the training process does not outlive the tuner that started it
-    done = checkpoint_facts(folder / "weights" / "last.pt")["epochs_done"]  # what the checkpoint holds, via torch
+    done = checkpoint_facts(folder / "weights" / "last.pt").epochs_done  # what the checkpoint holds, via torch
     state = state_of(folder)
     assert 1 <= state["stages"][0]["epochs_done"] <= done < 3
     # The state is recorded after the checkpoint: a kill in between leaves it an epoch behind. Make that so.
@@ -653,7 +727,7 @@ def test_two_stage_run_ends_with_both_stages_and_the_fine_tune_in_the_run_folder
     assert csv_epochs(folder / "results.csv") == [1] and (folder / "weights" / "best.pt").is_file()
     spec = json.loads((folder / "attempts" / "002" / "spec.json").read_text())
     assert spec["model"] == str(stage_one / "weights" / "best.pt")
-    assert spec["train"]["lr0"] == pytest.approx(0.0001)
+    assert spec["settings"]["lr0"] == pytest.approx(0.0001)
 
 
 @pytest.mark.integration

@@ -1,11 +1,16 @@
+"""Every row of tuner.trial.classify's table: the facts of a finished process in, one named end out."""
+
 import pytest
 
+from tuner.contract import ChildResult
+from tuner.records import Outcome
 from tuner.trial import classify
 
 
-def outcome(**facts):
-    defaults = {"returncode": 0, "result": None, "watchdog_reason": None, "stopped": None, "asked_batch": 8}
-    return classify(**{**defaults, **facts})
+def outcome(result=None, **facts):
+    defaults = {"returncode": 0, "watchdog_reason": None, "stopped": None, "asked_batch": 8}
+    parsed = ChildResult.from_json(result) if result is not None else None
+    return classify(result=parsed, **{**defaults, **facts})
 
 
 def test_ok():
@@ -34,12 +39,12 @@ def test_halved_batch_is_oom_even_if_training_finished():
 
 
 def test_halving_caught_early_by_the_probe_is_oom():
-    result = {"status": "oom", "reason": "Ultralytics halved batch 8 -> 4", "halved": True}
+    result = {"status": "oom", "message": "Ultralytics halved batch 8 -> 4", "halved": True}
     assert outcome(result=result).cause == "batch-halving"
 
 
 def test_child_reported_oom_keeps_its_reason():
-    assert outcome(returncode=0, result={"status": "oom", "reason": "MPS backend out of memory"}) == (
+    assert outcome(returncode=0, result={"status": "oom", "message": "MPS backend out of memory"}) == (
         "oom",
         "MPS backend out of memory",
         "exception",
@@ -65,3 +70,14 @@ def test_tuner_stops():
         "error",
         "the trial ran longer than its 5 s timeout",
     )
+
+
+def test_an_unusable_checkpoint_is_an_error_that_says_so():
+    kind, reason, cause = outcome(result={"status": "checkpoint", "message": "last.pt cannot be loaded (EOF)"})
+    assert (kind, cause) == (Outcome.ERROR, "checkpoint")
+    assert reason == "last.pt cannot be loaded (EOF)"
+
+
+def test_outcomes_are_the_record_enum():
+    assert outcome(result={"status": "ok", "batch_used": 8}).outcome is Outcome.OK
+    assert outcome(returncode=-9).outcome is Outcome.OOM

@@ -1,11 +1,16 @@
-"""What every tuner training process (probe trial, train-best run) does before and around training.
+"""What every tuner training process (probe trial, train-best stage) does before, around and after training.
 
-- `write_json_atomic`: results and state files are written to a temp name and `os.replace`d, so a
-  reader never sees half a file, even if the writer is killed mid-write.
-- `exit_with_parent`: a training whose tuner was killed must not keep eating memory as an orphan.
-- `DeviceMemoryReporter`: the parent's watchdog sees RSS itself, but device memory (CUDA reserved,
-  MPS driver-allocated) only the child can read; it writes the figure to a small file.
-- `import_ultralytics`: the offline settings, and on CUDA no AMP self-test download.
+`Training` is the skeleton a child module fills with its Ultralytics arguments and callbacks:
+- device memory: the parent's watchdog sees RSS itself, but device memory (CUDA reserved, MPS
+  driver-allocated) only this process can read; `DeviceMemoryReporter` writes it to a small file;
+- Ultralytics imported offline (tuner.offline), and on CUDA without its AMP self-test download;
+- the budget applied to the allocator where the device allows it (tuner.device.apply_budget);
+- Ultralytics' silent batch halving after an OOM stopped at the next epoch start (`BatchHalved`);
+- one `EpochRecord` per finished epoch appended to progress.jsonl;
+- the end classified into a `ChildResult` (ok / oom / error), and an "ok" that trained fewer
+  epochs than asked downgraded to an error.
+`main_for` is the entry point: spec.json in, result.json out (atomically), and the process exits
+by itself if the tuner that started it dies.
 """
 
 from __future__ import annotations
@@ -17,27 +22,17 @@ import threading
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 from tuner import device as devices
-from tuner import offline
+from tuner import files, offline
+from tuner.contract import ChildResult, ChildSpec, EpochRecord
+
+SpecT = TypeVar("SpecT", bound=ChildSpec)
 
 
-def write_json_atomic(path: Path, payload: Any) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as handle:
-        json.dump(payload, handle, indent=2, default=str)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
-def append_jsonl(path: Path, record: dict[str, Any]) -> None:
-    """One JSON object per line; the parent reads whole lines only."""
-    with open(path, "a") as handle:
-        handle.write(json.dumps(record, default=str) + "\n")
-        handle.flush()
+class BatchHalved(Exception):
+    """Ultralytics hit an OOM in the first epoch and silently halved the batch (raised from a callback)."""
 
 
 def exit_with_parent(interval: float = 0.5) -> None:
@@ -56,14 +51,14 @@ def exit_with_parent(interval: float = 0.5) -> None:
 class DeviceMemoryReporter:
     """Writes this process's device memory to `path` every `interval` s and keeps the peak."""
 
-    def __init__(self, kind: str, path: Path | None, interval: float = 0.1) -> None:
+    def __init__(self, kind: str, path: Path, interval: float = 0.1) -> None:
         self.kind = kind
         self.path = path
         self.interval = interval
         self.peak = 0
 
     def start(self) -> DeviceMemoryReporter:
-        if self.kind != "cpu" and self.path is not None:
+        if self.kind != "cpu":
             threading.Thread(target=self._run, name="tuner-device-memory", daemon=True).start()
         return self
 
@@ -73,49 +68,102 @@ class DeviceMemoryReporter:
         return current
 
     def _run(self) -> None:
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
         while True:
             try:
-                tmp.write_text(str(self.read()))
-                os.replace(tmp, self.path)
+                files.write_text(self.path, str(self.read()), sync=False)  # a reading, not a record: no fsync
             except Exception:  # a reading must never kill the training it watches
                 pass
             time.sleep(self.interval)
 
 
-class BatchHalved(Exception):
-    """Ultralytics hit an OOM in the first epoch and silently halved the batch (raised from a callback)."""
+class Training:
+    """One Ultralytics training in this process, under the spec's device, budget and params."""
+
+    def __init__(self, spec: ChildSpec) -> None:
+        self.spec = spec
+        self.reporter = DeviceMemoryReporter(spec.device_kind, spec.files.device_bytes).start()
+        import_ultralytics(spec.device_kind)
+        devices.apply_budget(spec.device_kind, spec.budget)
+        self.started = time.monotonic()
+        self.epochs_done = 0
+        self.batch_used = spec.params.batch
+        self.imgsz_used = spec.params.imgsz
+        self.last_value: float | None = None
+
+    def device_peak(self) -> int:
+        return max(self.reporter.peak, self.reporter.read())
+
+    def seconds(self) -> float:
+        return round(time.monotonic() - self.started, 2)
+
+    def record(self, trainer, value: float | None, **extra: Any) -> EpochRecord:
+        """Append the epoch that just ended to progress.jsonl (call from `on_fit_epoch_end`)."""
+        record = EpochRecord(
+            epoch=trainer.epoch + 1,
+            value=value,
+            imgsz=trainer.args.imgsz,
+            batch=trainer.batch_size,
+            seconds=self.seconds(),
+            device_peak=self.device_peak(),
+            **extra,
+        )
+        self.epochs_done, self.batch_used, self.imgsz_used = record.epoch, record.batch, record.imgsz
+        self.last_value = value
+        files.append_jsonl(self.spec.files.progress, record.to_json())
+        return record
+
+    def train(self, model_source: str, arguments: dict[str, Any], callbacks: dict[str, Callable], epochs: int) -> ChildResult:
+        """Train to the end and say how it ended; `epochs` is how many epochs the spec asked for in all.
+
+        The traceback of any failure goes to this process's log, which the parent shows.
+        """
+        from ultralytics import YOLO
+
+        asked = self.spec.params.batch
+
+        def check_batch(trainer) -> None:
+            if trainer.batch_size != asked:
+                self.batch_used = trainer.batch_size
+                raise BatchHalved(f"Ultralytics halved batch {asked} -> {trainer.batch_size} after an out-of-memory error")
+
+        try:
+            model = YOLO(model_source)
+            model.add_callback("on_pretrain_routine_start", lambda trainer: use_all_cores(self.spec.device_kind))
+            model.add_callback("on_train_epoch_start", check_batch)
+            for event, callback in callbacks.items():
+                model.add_callback(event, callback)
+            model.train(**arguments)
+        except BatchHalved as exc:
+            return self._result("oom", str(exc), halved=True)
+        except BaseException as exc:  # classified here; the parent decides what it means for the study
+            traceback.print_exc()
+            reason = devices.oom_reason(exc)
+            if reason:
+                return self._result("oom", reason)
+            return self._result("error", f"{type(exc).__name__}: {exc}".splitlines()[0][:500])
+        if self.epochs_done < epochs:
+            return self._result("error", f"training stopped after {self.epochs_done} epochs")
+        return self._result("ok", None)
+
+    def _result(self, status: str, message: str | None, halved: bool = False) -> ChildResult:
+        return ChildResult(
+            status=status,
+            message=message,
+            halved=halved,
+            epochs_done=self.epochs_done,
+            batch_used=self.batch_used,
+            imgsz_used=self.imgsz_used,
+            device_peak=self.device_peak(),
+            seconds=self.seconds(),
+        )
 
 
-def train(model_source: str, callbacks: dict[str, Callable], arguments: dict[str, Any]) -> dict[str, Any]:
-    """Train with Ultralytics and say how it ended: ok, oom (with a reason) or error (with a message).
-
-    The traceback of any failure goes to this process's log, which the parent shows.
-    """
-    from ultralytics import YOLO
-
-    try:
-        model = YOLO(model_source)
-        for event, callback in callbacks.items():
-            model.add_callback(event, callback)
-        model.train(**arguments)
-    except BatchHalved as exc:
-        return {"status": "oom", "reason": str(exc), "halved": True}
-    except BaseException as exc:  # classified here; the parent decides what it means for the study
-        traceback.print_exc()
-        reason = devices.oom_reason(exc)
-        if reason:
-            return {"status": "oom", "reason": reason}
-        return {"status": "error", "message": f"{type(exc).__name__}: {exc}".splitlines()[0][:500]}
-    return {"status": "ok"}
-
-
-def main_for(run: Callable[[dict[str, Any]], dict[str, Any]], argv: list[str] | None = None) -> int:
-    """The entry point of a training process: `python -m MODULE spec.json` -> result.json."""
+def main_for(spec_type: type[SpecT], run: Callable[[SpecT], ChildResult], argv: list[str] | None = None) -> int:
+    """The entry point of a training process: `python -m MODULE spec.json` -> result.json beside it."""
     argv = sys.argv[1:] if argv is None else argv
-    spec = json.loads(Path(argv[0]).read_text())
+    spec = spec_type.from_json(json.loads(Path(argv[0]).read_text()))
     exit_with_parent()
-    write_json_atomic(Path(spec["result"]), run(spec))
+    files.write_json(spec.files.result, run(spec).to_json())
     return 0
 
 
@@ -124,7 +172,7 @@ def use_all_cores(kind: str) -> None:
 
     Ultralytics' select_device() sets min(8, cores - 1) threads, keeping a core for dataloader
     workers; on CPU it runs no workers, so on a 2-core machine that leaves half the CPU idle.
-    Call this from `on_pretrain_routine_start`, which runs after select_device().
+    Called from `on_pretrain_routine_start`, which runs after select_device().
     """
     if kind == "cpu":
         import torch

@@ -7,7 +7,10 @@ import sys
 import warnings
 from pathlib import Path
 
+from typing import Any
+
 from tuner import __version__
+from tuner import config as configs
 from tuner.config import DEFAULTS, STRATEGIES, TRAIN_DEFAULTS
 from tuner.errors import TunerError
 
@@ -99,7 +102,49 @@ def _add_probe(subparsers) -> None:
 def _cmd_probe(args: argparse.Namespace) -> int:
     from tuner.study import run_probe
 
-    return run_probe(args)
+    return run_probe(
+        configs.load(args.config, _probe_overrides(args)),
+        study_name=args.study_name,
+        storage=args.storage,
+        studies_dir=args.studies_dir,
+        results_dir=args.results_dir,
+        quiet=args.quiet,
+        as_json=args.json,
+    )
+
+
+def _probe_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """Only the flags the user passed, nested like the config file."""
+    top = {
+        "data": args.data,
+        "model": args.model,
+        "device": args.device,
+        "memory_budget": args.memory_budget,
+        "n_trials": args.n_trials,
+        "timeout": args.timeout,
+        "safety_margin": args.safety_margin,
+        "seed": args.seed,
+    }
+    sections = {
+        "space": {
+            "imgsz": args.imgsz and configs.parse_list(args.imgsz, "--imgsz", int),
+            "batch": args.batch and configs.parse_list(args.batch, "--batch", int),
+            "mosaic": args.mosaic and configs.parse_list(args.mosaic, "--mosaic", float),
+            "mixup": args.mixup and configs.parse_list(args.mixup, "--mixup", float),
+        },
+        "probe": {
+            "epochs": args.probe_epochs,
+            "fraction": args.probe_fraction,
+            "trial_timeout": args.trial_timeout,
+            "repeats": args.repeats,
+        },
+    }
+    out: dict[str, Any] = {key: value for key, value in top.items() if value is not None}
+    for section, flags in sections.items():
+        passed = {key: value for key, value in flags.items() if value is not None}
+        if passed:
+            out[section] = passed
+    return out
 
 
 # ----------------------------------------------------------------------------------------- train-best

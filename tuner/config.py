@@ -160,6 +160,22 @@ def load(config_file: Path | None, overrides: dict[str, Any]) -> ProbeConfig:
     return _build(merged)
 
 
+def from_stored(stored: dict[str, Any]) -> ProbeConfig:
+    """The config a study stored (`ProbeConfig.to_dict()`), on top of today's defaults for keys it lacks."""
+    merged = copy.deepcopy(DEFAULTS)
+    _merge(merged, _known(stored, DEFAULTS), source="the study's stored config")
+    return _build(merged)
+
+
+def _known(values: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """The keys of `values` that `defaults` has, at every level (a stored config may hold derived keys)."""
+    out = {}
+    for key, value in values.items():
+        if key in defaults:
+            out[key] = _known(value, defaults[key]) if isinstance(defaults[key], dict) and isinstance(value, dict) else value
+    return out
+
+
 def read_file(path: Path, flag: str = "--config") -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"Config file {path} does not exist; pass {flag} with an existing YAML file.")

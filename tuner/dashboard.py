@@ -18,23 +18,22 @@ import optuna
 import optuna_dashboard
 from optuna.trial import TrialState
 
-from tuner import selection
+from tuner import findings, records
 from tuner.errors import ConfigError
-from tuner.report import Findings, describe_params, summarize
+from tuner.findings import Findings, describe_params
+from tuner.records import TrialRecord
 from tuner.storage import load_study, open_storage, resolve_study_name, storage_url
 
 
 def study_note(found: Findings) -> str:
     """What the study found and what to run next, for the study's Note page."""
-    name = found.study.study_name
-    attrs = found.study.user_attrs
-    grid = found.frontier
+    name, grid, record = found.study_name, found.grid, found.record
     if found.best is None:
         facts = ["**No stable config yet**: no trial finished within the stable limit."]
     else:
         facts = [f"**Best stable config**: {_describe_best(found)}."]
     if grid.budget_mb is not None and grid.stable_limit_mb is not None:
-        device = attrs.get("device_name", attrs.get("device", "?"))
+        device = record.device_name or record.device or "?"
         limit = grid.stable_limit_mb
         facts.append(f"Budget {grid.budget_mb:.0f} MB on {device}; stable means a peak within {limit:.0f} MB.")
     counts = ", ".join(f"{count} {outcome}" for outcome, count in found.counts.items() if count)
@@ -42,7 +41,7 @@ def study_note(found: Findings) -> str:
     if grid.imgsz:
         walls = "; ".join(f"imgsz {size}: {grid.largest_fitting_batch(size) or 'none'}" for size in grid.imgsz)
         facts.append(f"Largest batch within the stable limit: {walls}.")
-    spread = (attrs.get("noise") or {}).get("spread")
+    spread = record.noise.spread
     if spread is not None:
         facts.append(f"Seed noise: {found.metric_name} moves by about {spread:.4f} between repeats of one config.")
     top = _top_unstable(found)
@@ -51,22 +50,28 @@ def study_note(found: Findings) -> str:
             f"The dashboard's *Best Trial* ({top.number}, {top.value:.4f}) is not used: its peak memory is over "
             "the stable limit, so a full training with it could be killed for memory."
         )
+    return "\n".join(
+        [f"## What tuner found in `{name}`", "", *(f"- {fact}" for fact in facts), "", "## What to run next", "",
+         *(f"- {step}" for step in _next_steps(found))]
+    )  # fmt: skip
+
+
+def _next_steps(found: Findings) -> list[str]:
+    name = found.study_name
     if found.best is not None:
         steps = [f"Train the best stable config: `{found.command}`"]
     else:
         steps = ["Raise `--memory-budget`, or add smaller `--imgsz`/`--batch` choices, and run `tuner probe` again."]
-    not_tried = sum(1 for cell in grid.cells.values() if cell.status == "not tried")
+    not_tried = sum(1 for cell in found.grid.cells.values() if cell.status == "not tried")
     if not_tried:
-        total = attrs.get("config", {}).get("n_trials", len(found.trials)) + 10
+        config = found.record.config
+        total = (config.n_trials if config else len(found.trials)) + 10
         steps.append(
             f"{not_tried} imgsz x batch combination(s) not tried yet: "
             f"`tuner probe --study-name {name} --n-trials {total}` continues this study."
         )
     steps.append(f"Report with plots: `tuner report --study-name {name}` writes `results/{name}/report.md`.")
-    return "\n".join(
-        [f"## What tuner found in `{name}`", "", *(f"- {fact}" for fact in facts), "", "## What to run next", "",
-         *(f"- {step}" for step in steps)]
-    )  # fmt: skip
+    return steps
 
 
 def best_trial_note(found: Findings) -> str:
@@ -80,51 +85,54 @@ def best_trial_note(found: Findings) -> str:
 
 
 def unstable_trial_note(found: Findings, trial: optuna.trial.FrozenTrial) -> str:
-    peak = trial.user_attrs.get("peak_mem_mb")
+    peak = TrialRecord.of(trial).peak_mem_mb
     return (
         f"## Not chosen: over the stable limit\n\nThe highest {found.metric_name} of the study, but its peak memory "
         f"({'?' if peak is None else f'{peak:.0f}'} MB) is over the stable limit of "
-        f"{found.frontier.stable_limit_mb:.0f} MB: a full training with it could be killed for memory. "
-        f"tuner chose trial {found.best['trial'] if found.best else '(none yet)'} instead."
+        f"{found.grid.stable_limit_mb:.0f} MB: a full training with it could be killed for memory. "
+        f"tuner chose trial {found.best.trial if found.best else '(none yet)'} instead."
     )
 
 
 def _describe_best(found: Findings) -> str:
     best = found.best
-    params = describe_params(best["params"])
-    peak = best.get("peak_mem_mb")
-    value = best.get("value")
+    peak, value = best.peak_mem_mb, best.value
     return (
-        f"trial {best['trial']}: {params}; {found.metric_name} {'?' if value is None else f'{value:.4f}'}, "
-        f"peak memory {'?' if peak is None else f'{peak:.0f}'} MB"
+        f"trial {best.trial}: {describe_params(best.params)}; {found.metric_name} "
+        f"{'?' if value is None else f'{value:.4f}'}, peak memory {'?' if peak is None else f'{peak:.0f}'} MB"
     )
 
 
 def _top_unstable(found: Findings) -> optuna.trial.FrozenTrial | None:
     """The highest-scoring completed trial, when it is not stable (and so not tuner's choice)."""
     complete = [t for t in found.trials if t.state == TrialState.COMPLETE and t.value is not None]
-    limit = found.frontier.stable_limit_mb
+    limit = found.grid.stable_limit_mb
     if not complete or limit is None:
         return None
     top = max(complete, key=lambda trial: trial.value)
-    return None if selection.is_stable(top, limit) else top
+    return None if records.is_stable(top, limit) else top
 
 
-def save_notes(found: Findings) -> None:
-    """Notes on the study, on the best stable trial, and on a higher-scoring trial that is over the limit."""
-    study = found.study
+def save_notes(found: Findings, url: str) -> None:
+    """Notes on the study, on the best stable trial, and on a higher-scoring trial that is over the limit.
+
+    `url` is the study's storage URL; the notes are written there, through Optuna's public storage API.
+    """
+    storage = open_storage(url, create=False)
+    study = optuna.load_study(study_name=found.study_name, storage=storage)
     _save_if_changed(study, study_note(found))
-    by_number = {trial.number: trial for trial in found.trials}
-    if found.best is not None and found.best["trial"] in by_number:
-        _save_if_changed(_live_trial(study, by_number[found.best["trial"]]), best_trial_note(found))
+    notes = {}
+    numbers = {trial.number for trial in found.trials}
+    if found.best is not None and found.best.trial in numbers:
+        notes[found.best.trial] = best_trial_note(found)
     top = _top_unstable(found)
     if top is not None:
-        _save_if_changed(_live_trial(study, top), unstable_trial_note(found, top))
-
-
-def _live_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> optuna.Trial:
-    """save_note wants an optuna.Trial; one made for a finished trial only reads it."""
-    return optuna.Trial(study, trial._trial_id)
+        notes[top.number] = unstable_trial_note(found, top)
+    study_id = storage.get_study_id_from_name(found.study_name)
+    for number, body in notes.items():
+        # save_note wants an optuna.Trial; one made for a finished trial only reads it.
+        trial = optuna.Trial(study, storage.get_trial_id_from_study_id_trial_number(study_id, number))
+        _save_if_changed(trial, body)
 
 
 def _save_if_changed(study_or_trial: optuna.Study | optuna.Trial, body: str) -> None:
@@ -178,8 +186,7 @@ def run_dashboard(
     """`tuner dashboard`: write the notes, then serve optuna-dashboard until Ctrl-C."""
     name = resolve_study_name(study_name, storage, studies_dir)
     url = storage_url(storage, studies_dir, name)
-    study = load_study(name, url)
-    save_notes(summarize(study, results_dir, url))
+    save_notes(findings.read(load_study(name, url), results_dir, url), url)
     study_id = open_storage(url, create=False).get_study_id_from_name(name)
     httpd = listen(url, host, port)
     print(f"optuna-dashboard for study {name} ({url})")

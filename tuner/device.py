@@ -1,7 +1,9 @@
 """Devices behind one interface: which one to use, how much memory it has, how to cap and read it.
 
 The parent (tuner) calls `resolve()`; the trial process calls `apply_budget()`, `device_memory()`
-and `oom_reason()`. Ultralytics' own `select_device('mps')` silently falls back to CPU where MPS is
+and `oom_reason()`. `resolve()` looks for an accelerator in a short-lived child process
+(`python -m tuner.device auto`, which runs `detect()`): importing torch costs the importing process
+about 600 MB for as long as it lives, memory the trials would lack on a tight machine. Ultralytics' own `select_device('mps')` silently falls back to CPU where MPS is
 missing, which would make every memory figure wrong, so a device that is not there is an error here.
 
 What the budget bounds, per device (the quantity `measured()` returns):
@@ -16,8 +18,11 @@ What the budget bounds, per device (the quantity `measured()` returns):
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import platform
+import subprocess
+import sys
 
 import psutil
 
@@ -63,16 +68,47 @@ class Device:
         }
 
 
+DETECT_TIMEOUT_S = 120
+
+
 def resolve(requested: str | None) -> Device:
-    """`auto` (mps > cuda > cpu), `mps`, `cuda`, `cuda:N`, `N` or `cpu` -> a Device that is really there."""
-    text = (requested or "auto").strip().lower()
+    """`auto` (mps > cuda > cpu), `mps`, `cuda`, `cuda:N`, `N` or `cpu` -> a Device that is really there.
+
+    Anything but `cpu` is looked for by `detect()` in a child process, so torch stays out of this one.
+    """
+    text = _checked(requested)
     if text == "cpu":
         return _cpu()
-    if text not in {"auto", "mps", "cuda"} and not text.removeprefix("cuda:").isdigit():
+    command = [sys.executable, "-m", "tuner.device", text]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=DETECT_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise DeviceError(f"Looking for device {text!r} took over {DETECT_TIMEOUT_S} s; pass --device cpu.") from None
+    try:
+        answer = json.loads(done.stdout.strip().splitlines()[-1])
+    except (json.JSONDecodeError, IndexError):
+        last = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+        raise DeviceError(f"Looking for device {text!r} failed ({last}); pass --device cpu, or fix the torch install.") from None
+    if "error" in answer:
+        raise DeviceError(answer["error"])
+    return Device(**answer["device"])
+
+
+def _checked(requested: str | None) -> str:
+    text = (requested or "auto").strip().lower()
+    if text != "cpu" and text not in {"auto", "mps", "cuda"} and not text.removeprefix("cuda:").isdigit():
         raise DeviceError(
             f"Unknown device {requested!r}; use --device auto, mps, cuda, cuda:N, N (a CUDA index) or cpu."
         )
-    import torch  # only now: `--device cpu` should not pay for it
+    return text
+
+
+def detect(requested: str | None) -> Device:
+    """What `resolve()` answers, found in this process (which imports torch for it)."""
+    text = _checked(requested)
+    if text == "cpu":
+        return _cpu()
+    import torch
 
     if text in {"auto", "mps"}:
         if _mps_available(torch):
@@ -108,6 +144,17 @@ def _cpu() -> Device:
     cores = os.cpu_count() or 1
     name = platform.processor() or platform.machine() or "CPU"
     return Device(kind="cpu", index=None, name=f"{name} ({cores} cores)", total_memory=psutil.virtual_memory().total)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m tuner.device REQUESTED`: print the device `detect()` finds, or the error, as one JSON line."""
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        answer = {"device": dataclasses.asdict(detect(argv[0] if argv else "auto"))}
+    except DeviceError as exc:
+        answer = {"error": str(exc)}
+    print(json.dumps(answer), flush=True)
+    return 0
 
 
 # ------------------------------------------------------------------------- inside the trial process
@@ -159,3 +206,7 @@ def oom_reason(exc: BaseException) -> str | None:
         if "out of memory" in lowered:
             return "out of memory: " + text.splitlines()[0][:160]
     return None
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,31 +1,26 @@
 """What is known not to fit: memory grows with imgsz and with batch, so a config at least as large
 in both as one that ran out of memory will too, and is not worth a process start to find out.
 
-mosaic and mixup change pixels, not tensor sizes, so they do not enter the comparison.
+mosaic and mixup change pixels, not tensor sizes, so they do not enter the comparison. Only OOMs
+measured against the trial's own budget count (records.EVIDENCE): a SIGKILL from outside is an OOM
+for that trial, but other processes may have caused it, so it rules out no other config.
 """
 
 from __future__ import annotations
 
 from typing import Any, Iterable
 
-import optuna
+from optuna.trial import FrozenTrial
+
+from tuner.records import TrialRecord
 
 
-# OOMs measured against the trial's own budget. A SIGKILL from outside ("os-kill") is an OOM for
-# that trial, but other processes may have caused it, so it rules out no other config.
-EVIDENCE = ("watchdog", "exception", "batch-halving")
-
-
-def observed_ooms(trials: Iterable[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
+def observed_ooms(trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:
     """Trials that really ran and ran out of their budget (not ones inferred to)."""
-    return [
-        trial
-        for trial in trials
-        if trial.user_attrs.get("outcome") == "oom" and trial.user_attrs.get("oom_cause") in EVIDENCE
-    ]
+    return [trial for trial in trials if TrialRecord.of(trial).is_oom_evidence]
 
 
-def inferred_oom(params: dict[str, Any], trials: Iterable[optuna.trial.FrozenTrial]) -> optuna.trial.FrozenTrial | None:
+def inferred_oom(params: dict[str, Any], trials: Iterable[FrozenTrial]) -> FrozenTrial | None:
     """An observed OOM at no larger imgsz and batch than `params`, if there is one (the smallest)."""
     dominated = [
         trial

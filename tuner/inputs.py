@@ -10,7 +10,7 @@ import importlib.util
 import re
 from pathlib import Path
 
-from tuner import data
+from tuner import base_model, datasets, shapes
 from tuner.errors import ConfigError
 
 DEFAULT_MODEL = "yolov8n.yaml"
@@ -19,8 +19,8 @@ DEFAULT_MODEL = "yolov8n.yaml"
 def dataset(requested: str | None) -> Path:
     """The data YAML to train on: the embedded synthetic dataset, or the user's, checked."""
     if requested is None:
-        return data.embedded_dataset()
-    return data.check_dataset(requested)
+        return shapes.embedded_dataset()
+    return datasets.check_dataset(requested)
 
 
 def model(requested: str, *, embedded: bool) -> Path | str:
@@ -30,7 +30,7 @@ def model(requested: str, *, embedded: bool) -> Path | str:
     once on separate synthetic data): a short probe from random weights measures nothing.
     """
     if embedded and requested == DEFAULT_MODEL:
-        return data.base_checkpoint()
+        return base_model.base_checkpoint()
     path = Path(requested).expanduser()
     suffix = path.suffix.lower()
     if suffix == ".pt":

@@ -15,6 +15,8 @@ import os
 import shutil
 from pathlib import Path
 
+from tuner import files
+
 FONT_NAMES = ("Arial.ttf", "Arial.Unicode.ttf")
 
 
@@ -34,9 +36,8 @@ def ultralytics_config_dir() -> Path:
     for name in FONT_NAMES:
         target = fonts_dir / name
         if not target.exists():
-            tmp = target.with_suffix(".tmp")
-            shutil.copyfile(_bundled_font(), tmp)
-            os.replace(tmp, target)
+            with files.replacing(target) as tmp:
+                shutil.copyfile(_bundled_font(), tmp)
     return root
 
 

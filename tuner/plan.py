@@ -21,35 +21,18 @@ from pathlib import Path
 from statistics import mean
 from typing import Any
 
-from tuner import __version__, data, inputs
+from tuner import __version__, datasets, inputs, records
 from tuner import config as configs
 from tuner import device as devices
 from tuner.config import TrainSettings
 from tuner.errors import ConfigError, StudyError
+from tuner.records import StudyRecord, TrialRecord
+from tuner.space import Params
 
 IMGSZ_STEP = 32
 MIN_IMGSZ = 64  # below 2 strides YOLO's BatchNorm runs on single values
 BEST_KEYS = ("model", "data", "imgsz", "batch", "mosaic", "mixup")
 OPTIONAL_BEST_KEYS = ("device", "workers", "optimizer", "lr0")
-
-
-@dataclasses.dataclass(frozen=True)
-class Params:
-    imgsz: int
-    batch: int
-    mosaic: float
-    mixup: float
-
-    @classmethod
-    def of(cls, values: dict[str, Any]) -> Params:
-        mosaic, mixup = (round(float(values[key]), 4) for key in ("mosaic", "mixup"))
-        return cls(int(values["imgsz"]), int(values["batch"]), mosaic, mixup)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def __str__(self) -> str:
-        return f"imgsz {self.imgsz} batch {self.batch} mosaic {self.mosaic:.2f} mixup {self.mixup:.2f}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,19 +80,19 @@ def source_from_config(path: Path, name: str, storage: str | None, studies_dir: 
     """A best.yaml (as `tuner probe` writes it, or by hand); the study of that name, if any, gives step-downs."""
     values = _read_best_yaml(path)
     study = _try_load_study(name, storage, studies_dir)
-    stored = (study.user_attrs.get("config") or {}) if study is not None else {}
+    record = StudyRecord.of(study) if study is not None else StudyRecord()
     return Source(
         study=name,
         origin=f"config file {path}",
         model=_check_model(str(values["model"]), f"`model` in {path}"),
         data=_check_data(str(values["data"]), f"`data` in {path}"),
         device=str(values.get("device", "auto")),
-        memory_budget=_study_budget(study) if study is not None else configs.DEFAULTS["memory_budget"],
+        memory_budget=_study_budget(record),
         optimizer=values.get("optimizer", configs.DEFAULTS["probe"]["optimizer"]),
         lr0=float(values.get("lr0", configs.DEFAULTS["probe"]["lr0"])),
-        metric=stored.get("metric", configs.DEFAULTS["metric"]),
+        metric=record.config.metric if record.config is not None else configs.DEFAULTS["metric"],
         best=Params.of(values),
-        candidates=_candidates(study) if study is not None else (),
+        candidates=_candidates(study, record) if study is not None else (),
     )
 
 
@@ -118,27 +101,26 @@ def source_from_study(name: str, storage: str | None, studies_dir: Path) -> Sour
 
     url = storage_url(storage, studies_dir, name)
     study = load_study(name, url)
-    attrs = study.user_attrs
-    best = attrs.get("best")
-    if not best:
+    record = StudyRecord.of(study)
+    if record.best is None:
         raise StudyError(
             f"Study {name!r} has no stable config: no trial finished within its memory budget's stable limit. "
             "Re-run `tuner probe` with smaller --imgsz/--batch choices or a larger --memory-budget."
         )
-    probe = (attrs.get("config") or {}).get("probe") or {}
+    stored = record.config or configs.from_stored({})  # a study without a stored config: today's defaults
     where = f"study {name!r}"
     return Source(
         study=name,
         origin=f"study {name!r} in {url}",
-        model=_check_model(str(attrs.get("model_path")), f"the model of {where}"),
-        data=_check_data(str(attrs.get("data_path")), f"the dataset of {where}"),
-        device=str(attrs.get("device", "auto")),
-        memory_budget=_study_budget(study),
-        optimizer=probe.get("optimizer", configs.DEFAULTS["probe"]["optimizer"]),
-        lr0=float(probe.get("lr0", configs.DEFAULTS["probe"]["lr0"])),
-        metric=(attrs.get("config") or {}).get("metric", configs.DEFAULTS["metric"]),
-        best=Params.of(best["params"]),
-        candidates=_candidates(study),
+        model=_check_model(str(record.model_path), f"the model of {where}"),
+        data=_check_data(str(record.data_path), f"the dataset of {where}"),
+        device=str(record.device or "auto"),
+        memory_budget=_study_budget(record),
+        optimizer=stored.probe.optimizer,
+        lr0=float(stored.probe.lr0),
+        metric=stored.metric,
+        best=record.best.params,
+        candidates=_candidates(study, record),
     )
 
 
@@ -192,7 +174,7 @@ def _check_data(path: str, what: str) -> str:
     if not Path(path).expanduser().is_file():
         raise ConfigError(f"{what} is {path}, which does not exist; restore it, or pass --config with a best.yaml "
                           "whose `data` is a dataset YAML that exists.")
-    return str(data.check_dataset(path))
+    return str(datasets.check_dataset(path))
 
 
 def _try_load_study(name: str, storage: str | None, studies_dir: Path):
@@ -208,26 +190,24 @@ def _try_load_study(name: str, storage: str | None, studies_dir: Path):
         return None
 
 
-def _study_budget(study) -> str | float:
-    budget_mb = study.user_attrs.get("budget_mb")
-    return f"{budget_mb}MiB" if budget_mb else configs.DEFAULTS["memory_budget"]
+def _study_budget(record: StudyRecord) -> str | float:
+    return f"{record.budget_mb}MiB" if record.budget_mb else configs.DEFAULTS["memory_budget"]
 
 
-def _candidates(study) -> tuple[Candidate, ...]:
+def _candidates(study, record: StudyRecord) -> tuple[Candidate, ...]:
     """The study's stable configs, most accurate first (mean over repeats; the largest peak of the runs)."""
-    from tuner import selection
     from tuner.space import config_key
 
-    limit = study.user_attrs.get("stable_limit_mb", float("inf"))
+    limit = record.stable_limit_mb if record.stable_limit_mb is not None else float("inf")
     groups: dict[tuple, list] = {}
     for trial in study.get_trials(deepcopy=False):
-        if selection.is_stable(trial, limit):
+        if records.is_stable(trial, limit):
             groups.setdefault(config_key(trial.params), []).append(trial)
     found = [
         Candidate(
             params=Params.of(runs[0].params),
             value=round(mean(t.value for t in runs), 6),
-            peak_mb=max(t.user_attrs["peak_mem_mb"] for t in runs),
+            peak_mb=max(TrialRecord.of(t).peak_mem_mb for t in runs),
             trial=min(t.number for t in runs),
         )
         for runs in groups.values()

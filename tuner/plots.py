@@ -9,14 +9,11 @@ from __future__ import annotations
 import csv
 import dataclasses
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from tuner.report import Frontier
+from tuner import files
+from tuner.findings import MemoryGrid, Point
 
 CELL_COLOURS = {
     "ok": "#66bb6a",
@@ -39,16 +36,6 @@ MEMORY_COLUMNS = ("peak_mem_mb", "mem_mb", "memory_mb")
 
 
 @dataclasses.dataclass(frozen=True)
-class Point:
-    """One trial on a plot. `value` is None for trials with no metric (oom, error)."""
-
-    trial: int
-    kind: str  # a key of POINT_STYLES
-    value: float | None
-    peak_mem_mb: float | None
-
-
-@dataclasses.dataclass(frozen=True)
 class Plot:
     path: Path
     counts: dict[str, int]
@@ -64,15 +51,10 @@ def _pyplot():
 
 
 def _save(fig, path: Path) -> None:
-    """Save through a temporary file and os.replace, so no reader sees a half-written PNG."""
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
+    """Save through tuner.files, so no reader sees a half-written PNG."""
     try:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        with files.replacing(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     finally:
         _pyplot().close(fig)
 
@@ -83,7 +65,7 @@ def _count(ax, gid: str) -> int:
     return offsets + sum(1 for a in [*ax.patches, *ax.texts] if a.get_gid() == gid)
 
 
-def plot_frontier(grid: Frontier, path: Path) -> Plot:
+def plot_memory_grid(grid: MemoryGrid, path: Path) -> Plot:
     """imgsz rows x batch columns, each cell coloured by outcome and annotated with peak memory.
 
     The stable limit is drawn as a staircase: left of it, each imgsz's batches that fit within it.
@@ -281,7 +263,8 @@ def plot_train_epochs(
     lines = list(ax.get_lines())
     if memory:
         twin = ax.twinx()
-        twin.plot([e for e, _ in memory], [v for _, v in memory], marker="s", color="#6a1b9a", gid="memory", label="peak memory (MB)")
+        twin.plot([e for e, _ in memory], [v for _, v in memory], marker="s", color="#6a1b9a", gid="memory",
+                  label="peak memory (MB)")  # fmt: skip
         if budget_mb is not None:
             twin.axhline(budget_mb, color="#c62828", gid="budget", label=f"budget {budget_mb:.0f} MB")
         twin.set_ylim(bottom=0)

@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any, TextIO
+from typing import TextIO
 
+from tuner.contract import EpochRecord
 from tuner.memory import MB
-
-
-def describe(params: dict[str, Any]) -> str:
-    return f"imgsz {params['imgsz']} batch {params['batch']} mosaic {params['mosaic']:.2f} mixup {params['mixup']:.2f}"
+from tuner.space import Params
 
 
 class Progress:
@@ -34,17 +32,17 @@ class Progress:
         self._clear()
         print(text, file=self.stream, flush=True)
 
-    def trial_start(self, number: int, params: dict[str, Any], note: str = "") -> None:
-        self._prefix = f"trial {number} [{self.done + 1}/{self.total}] {describe(params)}{note}"
+    def trial_start(self, number: int, params: Params, note: str = "") -> None:
+        self._prefix = f"trial {number} [{self.done + 1}/{self.total}] {params}{note}"
         if self.live:
             self._live(f"{self._prefix} | starting")
         elif not self.quiet:
             self.say(f"{self._prefix} | started")
 
-    def epoch(self, record: dict[str, Any], epochs: int, rss_mb: float | None = None) -> None:
-        text = f"{self._prefix} | epoch {record['epoch']}/{epochs} {self.metric_name} {record['value']:.3f}"
-        if rss_mb is not None:
-            text += f" | peak {rss_mb:.0f}/{self.budget / MB:.0f} MB"
+    def epoch(self, record: EpochRecord, epochs: int) -> None:
+        text = f"{self._prefix} | epoch {record.epoch}/{epochs} {self.metric_name} {record.value:.3f}"
+        if record.peak_mb is not None:
+            text += f" | peak {record.peak_mb:.0f}/{self.budget / MB:.0f} MB"
         if self.live:
             self._live(text)
         elif not self.quiet:

@@ -1,4 +1,4 @@
-"""The study's noise, and the best *stable* config.
+"""The study's noise, the configs to probe again, and the best *stable* config.
 
 Stable: the trial completed and its peak memory stayed within the budget minus the safety margin.
 Noise: the same config probed again with another seed scores differently; the mean absolute
@@ -6,6 +6,7 @@ difference over such pairs is the study's spread. Among stable configs whose mea
 that spread of the best, the one with the lowest peak memory (the most headroom) is chosen; peaks
 within MEMORY_TIE of the budget of each other count as equal (the same config's peak scatters by
 several percent from run to run), and among those the higher mean metric wins.
+Repeats: the best stable configs not yet repeated, one repeat per config, most accurate first.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from statistics import mean
 from typing import Any, Iterable
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
+from tuner.records import Noise, TrialRecord, is_stable
 from tuner.space import config_key
 
 MEMORY_TIE = 0.05  # peaks closer than this fraction of the budget are the same headroom
@@ -38,28 +40,39 @@ class Choice:
         return dict(self.trial.params)
 
 
-def is_stable(trial: optuna.trial.FrozenTrial, limit_mb: float) -> bool:
-    peak = trial.user_attrs.get("peak_mem_mb")
-    return (
-        trial.state == TrialState.COMPLETE
-        and trial.value is not None
-        and trial.user_attrs.get("outcome") == "ok"
-        and peak is not None
-        and peak <= limit_mb
-    )
-
-
-def noise(trials: Iterable[optuna.trial.FrozenTrial]) -> dict[str, Any]:
+def noise(trials: Iterable[FrozenTrial]) -> Noise:
     """Pairs (original, repeat, |difference|) of completed repeats, and their mean difference."""
     by_number = {trial.number: trial for trial in trials}
     pairs = []
     for trial in by_number.values():
-        original = by_number.get(trial.user_attrs.get("repeat_of", -1))
+        repeat_of = TrialRecord.of(trial).repeat_of
+        original = by_number.get(repeat_of) if repeat_of is not None else None
         if original is None or trial.state != TrialState.COMPLETE or original.state != TrialState.COMPLETE:
             continue
-        pairs.append([original.number, trial.number, round(abs(trial.value - original.value), 6)])
+        pairs.append((original.number, trial.number, round(abs(trial.value - original.value), 6)))
     spread = round(mean(pair[2] for pair in pairs), 6) if pairs else None
-    return {"pairs": pairs, "spread": spread}
+    return Noise(tuple(pairs), spread)
+
+
+def to_repeat(trials: Iterable[FrozenTrial], wanted: int, limit_mb: float) -> list[FrozenTrial]:
+    """The trials whose configs to probe again with another seed, so that `wanted` configs have a repeat.
+
+    The most accurate stable originals first, one repeat per config (the sampler may have proposed
+    one config twice), none for a config that was repeated already.
+    """
+    trials = list(trials)
+    repeated = {TrialRecord.of(t).repeat_of for t in trials} - {None}
+    needed = wanted - len(repeated)
+    done = {config_key(t.params) for t in trials if t.number in repeated}
+    originals = [t for t in trials if is_stable(t, limit_mb) and TrialRecord.of(t).repeat_of is None]
+    chosen = []
+    for original in sorted(originals, key=lambda t: -t.value):
+        if len(chosen) >= needed:
+            break
+        if config_key(original.params) not in done:
+            done.add(config_key(original.params))
+            chosen.append(original)
+    return chosen
 
 
 def best_stable(
@@ -72,7 +85,7 @@ def best_stable(
     if not groups:
         return None
     summaries = [
-        (mean(t.value for t in runs), max(t.user_attrs["peak_mem_mb"] for t in runs), min(runs, key=lambda t: t.number), len(runs))
+        (mean(t.value for t in runs), max(TrialRecord.of(t).peak_mem_mb for t in runs), min(runs, key=lambda t: t.number), len(runs))
         for runs in groups.values()
     ]
     best_value = max(summary[0] for summary in summaries)

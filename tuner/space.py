@@ -1,7 +1,11 @@
-"""The search space as Optuna suggestions: imgsz and batch are choices, mosaic and mixup ranges."""
+"""The search space as Optuna suggestions: imgsz and batch are choices, mosaic and mixup ranges.
+
+`Params` is one point of it: the four settings a probe trains and train-best trains with.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import optuna
@@ -9,6 +13,30 @@ import optuna
 from tuner.config import Space
 
 STEP = 0.05  # mosaic/mixup in steps of 0.05 where the range allows: readable, and repeats match exactly
+
+
+@dataclasses.dataclass(frozen=True)
+class Params:
+    imgsz: int
+    batch: int
+    mosaic: float
+    mixup: float
+
+    @classmethod
+    def of(cls, values: dict[str, Any]) -> Params:
+        mosaic, mixup = (round(float(values[key]), 4) for key in ("mosaic", "mixup"))
+        return cls(int(values["imgsz"]), int(values["batch"]), mosaic, mixup)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def key(self) -> tuple:
+        """Equal keys train the same config (repeats differ only in their seed)."""
+        return (self.imgsz, self.batch, round(self.mosaic, 3), round(self.mixup, 3))
+
+    def __str__(self) -> str:
+        return f"imgsz {self.imgsz} batch {self.batch} mosaic {self.mosaic:.2f} mixup {self.mixup:.2f}"
 
 
 def suggest(trial: optuna.Trial, space: Space) -> dict[str, Any]:
@@ -49,4 +77,4 @@ def startup_design(space: Space, count: int) -> list[dict[str, int]]:
 
 def config_key(params: dict[str, Any]) -> tuple:
     """Trials with equal keys trained the same config (repeats differ only in their seed)."""
-    return (params["imgsz"], params["batch"], round(params["mosaic"], 3), round(params["mixup"], 3))
+    return Params.of(params).key

@@ -38,8 +38,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tuner import base_model, shapes
 from tuner import config as configs
-from tuner import data
 
 SEED_CONFIG = {"imgsz": 416, "batch": 2, "mosaic": 0.75, "mixup": 0.05}
 REPO = Path(__file__).resolve().parents[2]
@@ -173,33 +173,38 @@ def nbs_variants(batch: int, lr0: float) -> list[tuple[str, int, float]]:
 
 def nbs_experiment(epochs: int, imgsz: int, batch: int, optimizer: str, lr0: float) -> list[dict]:
     from tuner import device as devices
-    from tuner.trial import run_probe_process
+    from tuner.contract import EpochRecord, TrainSpec
+    from tuner.space import Params
+    from tuner.trial import run_child
 
     device = devices.resolve("cpu")
-    model, data_yaml = data.base_checkpoint(), data.embedded_dataset()
+    model, data_yaml = base_model.base_checkpoint(), shapes.embedded_dataset()
+    params = Params(imgsz, batch, SEED_CONFIG["mosaic"], SEED_CONFIG["mixup"])
     rows = []
     for label, nbs, lr in nbs_variants(batch, lr0):
         with tempfile.TemporaryDirectory(prefix="tuner-bench-nbs-") as folder:
-            spec = {
-                "model": str(model), "resume": None, "data": str(data_yaml), "device": "cpu", "device_kind": "cpu",
-                "budget": device.total_memory, "metric": "metrics/mAP50-95(B)",
-                "params": {"imgsz": imgsz, "batch": batch, "mosaic": SEED_CONFIG["mosaic"], "mixup": SEED_CONFIG["mixup"]},
-                "train": {"epochs": epochs, "optimizer": optimizer, "lr0": lr, "nbs": nbs, "warmup_epochs": 3.0,
+            spec = TrainSpec(
+                model=str(model), data=str(data_yaml), device="cpu", device_kind="cpu", budget=device.total_memory,
+                params=params, metric="metrics/mAP50-95(B)", save_dir=str(Path(folder) / "run"),
+                settings={"epochs": epochs, "optimizer": optimizer, "lr0": lr, "nbs": nbs, "warmup_epochs": 3.0,
                           "close_mosaic": min(10, epochs // 4), "seed": 0, "deterministic": True, "workers": 0,
                           "plots": False},
-                "save_dir": str(Path(folder) / "run"),
-            }  # fmt: skip
-            records: list[dict] = []
-            out = run_probe_process(spec, Path(folder) / "attempt", device, device.total_memory, math.inf,
-                                    records.append, module="tuner.train_child")  # fmt: skip
-            result = json.loads((Path(folder) / "attempt" / "result.json").read_text())
-        if out.outcome != "ok":
+            )  # fmt: skip
+            records: list[EpochRecord] = []
+
+            def on_epoch(record: EpochRecord) -> bool:
+                records.append(record)
+                return False  # never stop it
+
+            out = run_child("tuner.train_child", spec, Path(folder) / "attempt", device, device.total_memory, math.inf,
+                            on_epoch)  # fmt: skip
+        if out.outcome != "ok" or out.result is None:
             raise SystemExit(f"{label}: {out.outcome} {out.reason}")
         steps = math.ceil(len(list((Path(data_yaml).parent / "images" / "train").glob("*"))) / max(batch, nbs))
         rows.append({
             "variant": label, "nbs": nbs, "lr0": lr, "steps_per_epoch": steps,
-            "final": result["final_metrics"]["mAP50-95"], "last_epoch": records[-1]["value"],
-            "curve": [round(r["value"], 4) for r in records], "seconds": out.duration_s,
+            "final": out.result.final_metrics["mAP50-95"], "last_epoch": records[-1].value,
+            "curve": [round(r.value, 4) for r in records], "seconds": out.duration_s,
         })  # fmt: skip
         print(json.dumps(rows[-1]), flush=True)
     return rows

@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from tuner import config, data, offline
+from tuner import base_model, config, files, offline, shapes
 
 
 @dataclass(frozen=True)
@@ -62,8 +62,8 @@ def _grid(group: str) -> list[tuple[int, int, float, float, int]]:
 def _child(spec_path: Path, result_path: Path) -> None:
     """The probe trial, as tuner runs it (plus an optional torch thread count)."""
     spec = ProbeSpec(**json.loads(spec_path.read_text()))
-    data.EMBEDDED = dataclasses.replace(data.EMBEDDED, n_train=spec.n_train, n_val=spec.n_val)
-    base_pt, data_yaml = data.base_checkpoint(), data.embedded_dataset()
+    shapes.EMBEDDED = dataclasses.replace(shapes.EMBEDDED, n_train=spec.n_train, n_val=spec.n_val)
+    base_pt, data_yaml = base_model.base_checkpoint(), shapes.embedded_dataset()
     import torch
     from ultralytics import YOLO
 
@@ -86,9 +86,7 @@ def _child(spec_path: Path, result_path: Path) -> None:
             save=False, workers=0, device="cpu", amp=False, project=project, name="run", exist_ok=True,
             verbose=False,
         )  # fmt: skip
-    tmp = result_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"metric": epochs[-1], "epochs": epochs}))
-    os.replace(tmp, result_path)
+    files.write_json(result_path, {"metric": epochs[-1], "epochs": epochs})
 
 
 def _base_metrics(data_yaml: Path, sizes: list[int], threads: int) -> dict[int, float]:
@@ -96,10 +94,10 @@ def _base_metrics(data_yaml: Path, sizes: list[int], threads: int) -> dict[int, 
     code = (
         "import json, sys, torch\n"
         "from ultralytics import YOLO\n"
-        "from tuner import config, data, offline\n"
+        "from tuner import base_model, offline\n"
         "offline.settle()\n"
         f"torch.set_num_threads({threads or 1})\n"
-        "model = YOLO(str(data.base_checkpoint()))\n"
+        "model = YOLO(str(base_model.base_checkpoint()))\n"
         f"out = {{size: model.val(data={str(data_yaml)!r}, imgsz=size, batch=16, device='cpu', workers=0,"
         " plots=False, verbose=False).box.map for size in " + repr(sizes) + "}\n"
         "print('RESULT', json.dumps(out))\n"
@@ -146,8 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads in each probe (0: leave)")
     parser.add_argument("--only", default="all", choices=("all", "imgsz", "seed", "mosaic", "batch", "mixup"))
     parser.add_argument("--configs", help="rows IMGSZ,BATCH,MOSAIC,MIXUP,SEED separated by ';' (overrides --only)")
-    parser.add_argument("--n-train", type=int, default=data.EMBEDDED.n_train, help="embedded train images")
-    parser.add_argument("--n-val", type=int, default=data.EMBEDDED.n_val, help="embedded val images")
+    parser.add_argument("--n-train", type=int, default=shapes.EMBEDDED.n_train, help="embedded train images")
+    parser.add_argument("--n-val", type=int, default=shapes.EMBEDDED.n_val, help="embedded val images")
     parser.add_argument("--jobs", type=int, default=1, help="probes run at once (seconds then mean little)")
     parser.add_argument("--no-base", action="store_true", help="skip validating the base checkpoint per imgsz")
     parser.add_argument("--child", nargs=2, type=Path, help=argparse.SUPPRESS)
@@ -157,9 +155,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     started = time.monotonic()
-    data.EMBEDDED = dataclasses.replace(data.EMBEDDED, n_train=args.n_train, n_val=args.n_val)
-    data_yaml = data.embedded_dataset()
-    data.base_checkpoint()
+    shapes.EMBEDDED = dataclasses.replace(shapes.EMBEDDED, n_train=args.n_train, n_val=args.n_val)
+    data_yaml = shapes.embedded_dataset()
+    base_model.base_checkpoint()
     print(f"dataset and base checkpoint ready in {time.monotonic() - started:.0f} s", flush=True)
     rows = _grid(args.only)
     if args.configs:
@@ -167,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.configs.split(";")]  # fmt: skip
     print(
         f"epochs={args.epochs} fraction={args.fraction} optimizer={args.optimizer} lr0={args.lr0} lrf={args.lrf} "
-        f"threads={args.threads or 'ultralytics'} dataset={data.EMBEDDED.key}"
+        f"threads={args.threads or 'ultralytics'} dataset={shapes.EMBEDDED.key}"
     )
     print(f"{'config':<40} {'seed':>4} {'mAP50-95':>9} {'seconds':>8}  per-epoch")
     if not args.no_base:

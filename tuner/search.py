@@ -1,0 +1,218 @@
+"""The probe's trial loop: the main trials, then the noise repeats, until the study has what was asked.
+
+Each trial is one `python -m tuner.probe` process (tuner.trial.run_child) under the memory watchdog;
+its end becomes the trial's record (tuner.records) and Optuna state: ok -> COMPLETE, oom and pruned
+-> PRUNED, error -> FAIL. A config at least as large as one that ran out of its budget is recorded
+as an inferred OOM without a process (tuner.frontier). Inferred trials cost nothing and do not
+count towards `n_trials`, so the loop goes round until `n_trials` trials really ran.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from tuner import frontier, selection, space
+from tuner.config import ProbeConfig
+from tuner.contract import EpochRecord, ProbeSpec
+from tuner.device import Device
+from tuner.errors import TunerError
+from tuner.progress import Progress
+from tuner.records import INFERRED, Outcome, TrialRecord, counts_towards_total
+from tuner.space import Params
+from tuner.trial import Attempt, run_child
+
+SAME_ERROR_STOP = 2  # stop when the first trials of a run all fail with the same message
+MAX_INFERRED_IN_A_ROW = 30  # the sampler keeps proposing configs known not to fit: the space is used up
+
+
+class ProbeFailed(Exception):
+    """A trial ended in an error that is not memory: the trial FAILs and the study goes on."""
+
+
+class StudyFailed(TunerError):
+    """Every trial failed the same way, or the space is used up; going on would burn the whole budget."""
+
+    exit_code = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Inputs:
+    """What every trial of the study trains on, and under which budget."""
+
+    cfg: ProbeConfig
+    device: Device
+    budget: int  # bytes
+    data_yaml: Path
+    model: Path | str
+    trials_dir: Path
+
+    @property
+    def stable_limit_mb(self) -> float:
+        return self.budget * (1 - self.cfg.safety_margin) / 2**20
+
+    def spec(self, params: Params, seed: int) -> ProbeSpec:
+        """What one probe trial process is told to do (see tuner.probe)."""
+        return ProbeSpec(
+            model=str(self.model),
+            data=str(self.data_yaml),
+            device=self.device.ultralytics,
+            device_kind=self.device.kind,
+            budget=self.budget,
+            params=params,
+            metric=self.cfg.metric,
+            workers=0 if self.device.kind == "cpu" else 2,
+            probe=self.cfg.probe,
+            seed=seed,
+        )
+
+
+def startup_trials(cfg: ProbeConfig) -> int:
+    """Trials before TPE models the results: the startup design (see space.startup_design)."""
+    return max(2, min(len(cfg.space.imgsz), cfg.n_trials // 2))
+
+
+def main_trials_done(study: optuna.Study) -> int:
+    """Trials that count towards n_trials: finished, really run, and not a noise repeat."""
+    return sum(
+        1 for t in study.get_trials(deepcopy=False) if counts_towards_total(t) and TrialRecord.of(t).repeat_of is None
+    )
+
+
+class Search:
+    """Runs the main trials, then the noise repeats, until the study has what it was asked for."""
+
+    def __init__(self, study: optuna.Study, inputs: Inputs, progress: Progress) -> None:
+        self.study = study
+        self.inputs = inputs
+        self.cfg = inputs.cfg
+        self.progress = progress
+        self.first_number: int | None = None
+        self.failure: str | None = None
+        self.inferred_in_a_row = 0
+
+    def run(self) -> None:
+        deadline = time.monotonic() + self.cfg.timeout if self.cfg.timeout else None
+        if not self.study.get_trials(deepcopy=False):
+            for cell in space.startup_design(self.cfg.space, startup_trials(self.cfg)):
+                self.study.enqueue_trial(cell)
+        done = main_trials_done(self.study)
+        if done:
+            self.progress.say(f"Continuing: {done} of {self.cfg.n_trials} trials done.")
+        while not self.failure and (remaining := self.cfg.n_trials - main_trials_done(self.study)) > 0:
+            if deadline is not None and time.monotonic() >= deadline:
+                return
+            self._optimize(remaining, deadline)
+        if self.failure:
+            raise StudyFailed(self.failure)
+        if deadline is None or time.monotonic() < deadline:
+            trials = self.study.get_trials(deepcopy=False)
+            for original in selection.to_repeat(trials, self.cfg.probe.repeats, self.inputs.stable_limit_mb):
+                self.study.enqueue_trial(original.params, user_attrs=TrialRecord(repeat_of=original.number).attrs())
+            waiting = len(self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+            self._optimize(waiting, deadline)
+
+    def _optimize(self, n_trials: int, deadline: float | None) -> None:
+        if n_trials <= 0:
+            return
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        self.study.optimize(
+            self.objective,
+            n_trials=n_trials,
+            timeout=timeout,
+            catch=(ProbeFailed,),
+            callbacks=[self._stop_on_repeated_errors],
+            gc_after_trial=False,
+        )
+
+    def objective(self, trial: optuna.Trial) -> float:
+        if self.first_number is None:
+            self.first_number = trial.number
+        params = Params.of(space.suggest(trial, self.cfg.space))
+        repeat_of = TrialRecord.of(trial).repeat_of
+        seed = self.cfg.seed + trial.number
+        TrialRecord(seed=seed, device=self.inputs.device.torch).save(trial)
+        self.progress.trial_start(trial.number, params, f" (repeat of trial {repeat_of})" if repeat_of is not None else "")
+        source = frontier.inferred_oom(params.to_dict(), self.study.get_trials(deepcopy=False, states=(TrialState.PRUNED,)))
+        if source is not None:
+            self._infer_oom(trial, source)
+        self.inferred_in_a_row = 0
+
+        def on_epoch(record: EpochRecord) -> bool:
+            trial.report(record.value, record.epoch)
+            self.progress.epoch(record, self.cfg.probe.epochs)
+            return repeat_of is None and trial.should_prune()
+
+        folder = self.inputs.trials_dir / f"trial-{trial.number:04d}"
+        attempt = run_child(
+            "tuner.probe", self.inputs.spec(params, seed), folder, self.inputs.device, self.inputs.budget,
+            self.cfg.probe.trial_timeout, on_epoch,
+        )  # fmt: skip
+        self._record(trial, attempt)
+        return self._verdict(trial, attempt)
+
+    def _infer_oom(self, trial: optuna.Trial, source: FrozenTrial) -> None:
+        """Record `trial` as out of memory without running it, because `source` ran out with less."""
+        reason = (
+            f"inferred: imgsz {source.params['imgsz']} / batch {source.params['batch']} "
+            f"ran out of memory in trial {source.number}"
+        )
+        TrialRecord(
+            outcome=Outcome.OOM, oom_reason=reason, oom_cause=INFERRED, inferred_from=source.number, stable=False
+        ).save(trial)
+        self.progress.trial_end("oom", None, None, reason, counted=False)
+        self.inferred_in_a_row += 1
+        if self.inferred_in_a_row >= MAX_INFERRED_IN_A_ROW:
+            self.failure = (
+                f"The sampler proposed {self.inferred_in_a_row} configs in a row that are known not to fit "
+                "the memory budget. Lower the imgsz/batch choices or raise --memory-budget, then re-run."
+            )
+            self.study.stop()
+        raise optuna.TrialPruned(reason)
+
+    def _record(self, trial: optuna.Trial, attempt: Attempt) -> None:
+        outcome = attempt.outcome
+        TrialRecord(
+            outcome=outcome,
+            oom_reason=attempt.reason if outcome == Outcome.OOM else None,
+            oom_cause=attempt.cause if outcome == Outcome.OOM else None,
+            error=attempt.reason if outcome == Outcome.ERROR else None,
+            pruned_reason=attempt.reason if outcome == Outcome.PRUNED else None,
+            peak_mem_mb=attempt.peak_mb,
+            peak_rss_mb=attempt.peak_rss_mb,
+            peak_device_mb=attempt.peak_device_mb,
+            duration_s=attempt.duration_s,
+            epochs_done=attempt.epochs_done,
+            batch_used=attempt.batch_used,
+            imgsz_used=attempt.imgsz_used,
+            log=str(attempt.log),
+            stable=outcome == Outcome.OK and attempt.peak_mb <= self.inputs.stable_limit_mb,
+        ).save(trial)
+        self.progress.trial_end(outcome.value, attempt.value, attempt.peak_mb, attempt.reason)
+
+    def _verdict(self, trial: optuna.Trial, attempt: Attempt) -> float:
+        """The trial's value, or the exception that gives it its Optuna state."""
+        if attempt.outcome == Outcome.OK:
+            return attempt.value
+        if attempt.outcome in (Outcome.OOM, Outcome.PRUNED):
+            raise optuna.TrialPruned(attempt.reason)
+        tail = "\n".join(f"    {line}" for line in attempt.log_tail().splitlines())
+        self.progress.say(f"  trial {trial.number} failed: {attempt.reason}\n  log {attempt.log}:\n{tail}")
+        raise ProbeFailed(attempt.reason)
+
+    def _stop_on_repeated_errors(self, study: optuna.Study, frozen: FrozenTrial) -> None:
+        if self.first_number is None:
+            return
+        ours = [t for t in study.get_trials(deepcopy=False) if t.number >= self.first_number and t.state.is_finished()]
+        errors = {TrialRecord.of(t).error for t in ours}
+        if len(ours) >= SAME_ERROR_STOP and all(t.state == TrialState.FAIL for t in ours) and len(errors) == 1:
+            message = errors.pop() or "unknown error"
+            self.failure = (
+                f"The first {len(ours)} trials all failed with the same error: {message}. "
+                f"Stopped early instead of repeating it; see {TrialRecord.of(frozen).log} and fix the cause, then re-run."
+            )
+            study.stop()
