@@ -53,6 +53,12 @@ def test_probe_completes_trials_and_writes_the_best_stable_config(workdir, tiny_
     best_file = workdir / "results" / "data-yolov8n-cpu" / "best.yaml"
     best = yaml.safe_load(best_file.read_text())
     assert best["imgsz"] == 64 and best["batch"] in (2, 4)
+    # every argument train-best trains with, so that `yolo train cfg=best.yaml` trains what was measured
+    assert best["nbs"] == best["batch"] and best["epochs"] == 40 and best["close_mosaic"] == 10
+    assert (best["optimizer"], best["lr0"], best["warmup_epochs"]) == ("AdamW", 0.0003, 3.0)
+    from ultralytics.cfg import get_cfg
+
+    assert get_cfg(overrides=best).nbs == best["batch"]  # Ultralytics accepts every key and value
     assert best["data"] == study.user_attrs["data_path"] and Path(best["data"]).is_file()
     assert "Best stable config" in best_file.read_text().splitlines()[0]
     assert study.user_attrs["best"]["best_yaml"] == str(Path("results") / "data-yolov8n-cpu" / "best.yaml")

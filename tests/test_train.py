@@ -153,6 +153,19 @@ def candidate(imgsz, batch, value, trial) -> Candidate:
     return Candidate(Params(imgsz, batch, 0.5, 0.1), value, 900.0, trial)
 
 
+def test_best_yaml_arguments_are_what_a_single_stage_run_trains_with():
+    """best.yaml and train-best come from one function: if either drifts, `yolo train cfg=best.yaml` would not
+    train what train-best trains."""
+    from tuner import device as devices
+    from tuner.plan import best_yaml_arguments, new_plan
+
+    cpu, best = devices.resolve("cpu"), Params(416, 2, 0.75, 0.05)
+    run = new_plan(source(best, lr0=0.0003), settings(), "now")
+    trained = {**run["stages"][0]["params"], **train_settings(run["stages"][0], run, cpu, plots=True)}
+    assert best_yaml_arguments(best, "AdamW", 0.0003, cpu, settings()) == trained
+    assert trained["nbs"] == 2 and trained["warmup_epochs"] == 3.0 and trained["close_mosaic"] == 10
+
+
 def test_step_down_takes_the_most_accurate_stable_config_no_larger_in_imgsz_and_batch():
     ladder = (candidate(352, 8, 0.60, 1), candidate(352, 16, 0.58, 2), candidate(288, 8, 0.55, 3), candidate(224, 4, 0.50, 4))
     new, why = step_down(Params(352, 8, 0.5, 0.1), ladder)
@@ -548,6 +561,8 @@ def test_a_study_without_a_stable_trial_is_refused(workdir, tiny_data, run_cli):
         ("model: yolov8n.yaml\ndata: DATA\nimgsz: 70\nbatch: 2\nmosaic: 0.5\nmixup: 0\n", ["multiple of 32"]),
         ("model: yolov8n.yaml\ndata: DATA\nimgsz: 64\nbatch: 2\nmosaic: 0.5\nmixup: 0\nlr: 1\n", ["Unknown setting `lr`", "Did you mean `lr0`?"]),
         ("model: yolov8n.yaml\ndata: /nowhere/data.yaml\nimgsz: 64\nbatch: 2\nmosaic: 0.5\nmixup: 0\n", ["/nowhere/data.yaml", "does not exist"]),
+        ("model: yolov8n.yaml\ndata: DATA\nimgsz: 64\nbatch: 2\nmosaic: 0.5\nmixup: 0\nnbs: -2\n", ["`nbs`", "-2", "0 or more"]),
+        ("model: yolov8n.yaml\ndata: DATA\nimgsz: 64\nbatch: 2\nmosaic: 0.5\nmixup: 0\nplots: 1\n", ["`plots`", "true or false"]),
         ("model: /nowhere/w.pt\ndata: DATA\nimgsz: 64\nbatch: 2\nmosaic: 0.5\nmixup: 0\n", ["/nowhere/w.pt", "never downloads"]),
     ],
 )

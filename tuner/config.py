@@ -286,6 +286,15 @@ def load_train(settings_file: Path | None, overrides: dict[str, Any]) -> TrainSe
         _merge(merged, read_file(settings_file, "--settings"), source=str(settings_file))
     overrides = {key: value for key, value in overrides.items() if value is not None}
     _merge(merged, overrides, source="the command line")
+    return _train_settings(merged)
+
+
+def default_train_settings() -> TrainSettings:
+    """TRAIN_DEFAULTS alone, without configs/train.yaml."""
+    return _train_settings(copy.deepcopy(TRAIN_DEFAULTS))
+
+
+def _train_settings(merged: dict[str, Any]) -> TrainSettings:
     two_stage, progressive = merged["two_stage"], merged["progressive"]
     return TrainSettings(
         epochs=_positive_int(merged["epochs"], "epochs"),

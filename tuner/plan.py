@@ -33,6 +33,11 @@ IMGSZ_STEP = 32
 MIN_IMGSZ = 64  # below 2 strides YOLO's BatchNorm runs on single values
 BEST_KEYS = ("model", "data", "imgsz", "batch", "mosaic", "mixup")
 OPTIONAL_BEST_KEYS = ("device", "workers", "optimizer", "lr0")
+# Written by `tuner probe` so that `yolo train cfg=best.yaml` trains as train-best would; train-best itself
+# takes these from its settings (configs/train.yaml, flags), so here they are only checked.
+TRAINING_BEST_KEYS = {"epochs": int, "nbs": int, "warmup_epochs": float, "close_mosaic": int, "seed": int,
+                      "deterministic": bool, "plots": bool}  # fmt: skip
+SEED = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,7 +138,7 @@ def _read_best_yaml(path: Path) -> dict[str, Any]:
     missing = [key for key in BEST_KEYS if key not in values]
     if missing:
         raise ConfigError(f"{path} has no `{'`, `'.join(missing)}`; {fix}.")
-    known = BEST_KEYS + OPTIONAL_BEST_KEYS
+    known = BEST_KEYS + OPTIONAL_BEST_KEYS + tuple(TRAINING_BEST_KEYS)
     for key in values:
         if key not in known:
             close = difflib.get_close_matches(str(key), known, n=1)
@@ -155,6 +160,12 @@ def _read_best_yaml(path: Path) -> dict[str, Any]:
     lr0 = values.get("lr0", 1.0)
     if isinstance(lr0, bool) or not isinstance(lr0, (int, float)) or lr0 <= 0:
         raise ConfigError(f"The value of `lr0` in {path} is {lr0!r}, but must be a number greater than 0.")
+    for key, kind in TRAINING_BEST_KEYS.items():
+        value = values.get(key)
+        wrong_kind = isinstance(value, bool) != (kind is bool) or not isinstance(value, (int, float) if kind is float else kind)
+        if key in values and (wrong_kind or (kind is not bool and value < 0)):
+            what = {int: "an integer of 0 or more", float: "a number of 0 or more", bool: "true or false"}[kind]
+            raise ConfigError(f"The value of `{key}` in {path} is {value!r}, but must be {what}; {fix}.")
     return values
 
 
@@ -322,6 +333,14 @@ def train_settings(stage: dict[str, Any], plan: dict[str, Any], device: devices.
     }
 
 
+def best_yaml_arguments(
+    best: Params, optimizer: str, lr0: float, device: devices.Device, settings: TrainSettings
+) -> dict[str, Any]:
+    """The Ultralytics arguments train-best would train `best` with in a single stage (for best.yaml)."""
+    stage = _stage("best", settings.epochs, best, "model", lr0, settings.warmup_epochs, settings)
+    return {**best.to_dict(), **train_settings(stage, {"optimizer": optimizer, "seed": SEED}, device, settings.plots)}
+
+
 def new_plan(source: Source, settings: TrainSettings, created: str) -> dict[str, Any]:
     """The resolved config of a new run, as saved to config.yaml."""
     return {
@@ -336,7 +355,7 @@ def new_plan(source: Source, settings: TrainSettings, created: str) -> dict[str,
         "metric": source.metric,
         "optimizer": source.optimizer,
         "lr0": source.lr0,
-        "seed": 0,
+        "seed": SEED,
         "settings": dataclasses.asdict(settings),
         "best": source.best.to_dict(),
         "candidates": [candidate.to_dict() for candidate in source.candidates],

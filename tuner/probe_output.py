@@ -7,16 +7,23 @@ from pathlib import Path
 from typing import Any
 
 from tuner import __version__, files
+from tuner import config as configs
 from tuner.config import ProbeConfig
+from tuner import plan
 from tuner.device import Device
+from tuner.errors import TunerError
 from tuner.progress import Progress
 from tuner.records import StudyRecord, TrialRecord
 from tuner.selection import Choice
 from tuner.space import Params
 
 
-def write_best_yaml(path: Path, choice: Choice, cfg: ProbeConfig, device: Device, name: str, study: StudyRecord) -> None:
-    """The best stable config as Ultralytics training arguments, with what it scored in a comment header."""
+def write_best_yaml(
+    path: Path, choice: Choice, cfg: ProbeConfig, device: Device, name: str, study: StudyRecord,
+    settings: configs.TrainSettings,
+) -> None:
+    """The best stable config as the Ultralytics training arguments train-best would use, with what it
+    scored in a comment header: `yolo train cfg=best.yaml` trains what the probe measured."""
     params = Params.of(choice.params)
     spread = f", noise +/-{choice.spread:.3f}" if choice.spread is not None else ""
     header = [
@@ -26,18 +33,21 @@ def write_best_yaml(path: Path, choice: Choice, cfg: ProbeConfig, device: Device
         f"Peak memory {choice.peak_mb:.0f} MB of the {study.budget_mb:.0f} MB budget on {device.torch} "
         f"(stable limit {study.stable_limit_mb:.0f} MB).",
         f"Train it: tuner train-best --study-name {name}",
-        "These are Ultralytics training arguments: yolo train cfg=<this file> also works.",
+        "These are the Ultralytics training arguments train-best uses for a single-stage run of "
+        f"{settings.epochs} epochs: yolo train cfg=<this file> trains the same way.",
     ]
-    body = {
-        "model": study.model_path,
-        "data": study.data_path,
-        **params.to_dict(),
-        "device": device.ultralytics,
-        "workers": 0 if device.kind == "cpu" else 2,
-        "optimizer": cfg.probe.optimizer,
-        "lr0": cfg.probe.lr0,
-    }
+    arguments = plan.best_yaml_arguments(params, cfg.probe.optimizer, cfg.probe.lr0, device, settings)
+    body = {"model": study.model_path, "data": study.data_path, "device": device.ultralytics, **arguments}
     files.write_yaml(path, body, header)
+
+
+def train_settings_or_defaults(progress: Progress) -> configs.TrainSettings:
+    """What train-best would run with from this folder (configs/train.yaml, if here); the defaults if it is malformed."""
+    try:
+        return configs.load_train(None, {})
+    except TunerError as exc:
+        progress.say(f"Warning: {exc} best.yaml uses the default train settings instead.", important=True)
+        return configs.default_train_settings()
 
 
 def probe_summary(study_name: str, trials, record: StudyRecord, best_yaml: Path | None, hint: str | None) -> dict[str, Any]:

@@ -76,7 +76,8 @@ def _finish(study, cfg, device, record: StudyRecord, url: str, results_dir: Path
     best_yaml = results_dir / study.study_name / "best.yaml"
     best = None
     if choice is not None:
-        probe_output.write_best_yaml(best_yaml, choice, cfg, device, study.study_name, record)
+        settings = probe_output.train_settings_or_defaults(progress)
+        probe_output.write_best_yaml(best_yaml, choice, cfg, device, study.study_name, record, settings)
         best = Best(choice.trial.number, Params.of(choice.params), choice.value, choice.peak_mb, choice.runs, str(best_yaml))
     record = dataclasses.replace(record, noise=noise, best=best)
     record.save(study)
