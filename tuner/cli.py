@@ -41,6 +41,12 @@ def _add_study_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _study_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The arguments of _add_study_options, as every command's call takes them."""
+    return {"study_name": args.study_name, "storage": args.storage, "studies_dir": args.studies_dir,
+            "results_dir": args.results_dir}  # fmt: skip
+
+
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
     """What to train on and where; shared by probe and train-best."""
     group = parser.add_argument_group("what to train")
@@ -104,10 +110,7 @@ def _cmd_probe(args: argparse.Namespace) -> int:
 
     return run_probe(
         configs.load(args.config, _probe_overrides(args)),
-        study_name=args.study_name,
-        storage=args.storage,
-        studies_dir=args.studies_dir,
-        results_dir=args.results_dir,
+        **_study_options(args),
         quiet=args.quiet,
         as_json=args.json,
     )
@@ -214,10 +217,7 @@ def _cmd_train_best(args: argparse.Namespace) -> int:
     from tuner.train import train_best
 
     return train_best(
-        study_name=args.study_name,
-        storage=args.storage,
-        studies_dir=args.studies_dir,
-        results_dir=args.results_dir,
+        **_study_options(args),
         config=args.config,
         settings_file=args.settings,
         epochs=args.epochs,
@@ -252,10 +252,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from tuner.report import run_report
 
     return run_report(
-        study_name=args.study_name,
-        storage=args.storage,
-        studies_dir=args.studies_dir,
-        results_dir=args.results_dir,
+        **_study_options(args),
         quiet=args.quiet,
         as_json=args.json,
     )
@@ -283,10 +280,7 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
     from tuner.dashboard import run_dashboard
 
     return run_dashboard(
-        study_name=args.study_name,
-        storage=args.storage,
-        studies_dir=args.studies_dir,
-        results_dir=args.results_dir,
+        **_study_options(args),
         host=args.host,
         port=args.port,
     )
