@@ -76,10 +76,15 @@ class ChildSpec:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ProbeSpec(ChildSpec):
-    """A probe trial: a short fine-tune of `params` (see tuner.probe)."""
+    """A probe trial: a short fine-tune of `params` (see tuner.probe).
+
+    With `preflight_batches` N > 0 it is a pre-flight instead: N training batches and one validation
+    batch, then it stops, to measure the config's peak memory in seconds (its result has no value).
+    """
 
     probe: ProbeSettings
     seed: int
+    preflight_batches: int = 0
 
     @classmethod
     def from_json(cls, values: dict[str, Any]) -> ProbeSpec:
