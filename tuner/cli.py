@@ -100,6 +100,12 @@ def _add_probe(subparsers) -> None:
     search.add_argument("--trial-timeout", type=float, help=f"seconds before a probe is stopped as an error (default: {PROBE['trial_timeout']:g})")
     search.add_argument("--repeats", type=int, help=f"how many top configs are probed again with another seed to measure noise (default: {PROBE['repeats']})")
     search.add_argument("--safety-margin", type=float, help=f"headroom below the budget a stable config keeps (default: {DEFAULTS['safety_margin']})")
+    search.add_argument(
+        "--limits-only",
+        action="store_true",
+        help="only map the memory limit: pre-flight the imgsz x batch space (a few batches each) and print, for "
+        "each batch, the largest imgsz under the stable limit, with a fitted memory model; no accuracy probes",
+    )
     search.add_argument("--seed", type=int, help=f"seed of the sampler; trial N trains with seed + N (default: {DEFAULTS['seed']})")
     _add_output_options(parser)
     parser.set_defaults(func=_cmd_probe)
@@ -113,6 +119,7 @@ def _cmd_probe(args: argparse.Namespace) -> int:
         **_study_options(args),
         quiet=args.quiet,
         as_json=args.json,
+        limits_only=args.limits_only,
     )
 
 

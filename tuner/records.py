@@ -191,6 +191,7 @@ class StudyRecord:
     tuner_version: str | None = None
     noise: Noise = Noise()
     best: Best | None = None
+    limits: dict[str, Any] | None = None  # what the pre-flights found (tuner.limits.Limits.to_dict)
 
     @classmethod
     def of(cls, study: optuna.Study) -> StudyRecord:

@@ -92,6 +92,7 @@ def render_markdown(found: Findings, images: Sequence[str]) -> str:
         "## Best stable config\n\n" + best_section(found.best, metric_name, found.command) + grow_hint(found),
         "## Trials by outcome\n\n" + outcome_table(found.counts),
         "## Memory frontier\n\n" + grid_section(grid),
+        *([f"## Memory limits\n\n{limits_section(found.record.limits)}"] if found.record.limits else []),
         f"## Top configs by {metric_name}\n\n" + top_table(trials, grid.stable_limit_mb, metric_name),
         "## Pruned, out of memory, inferred, failed\n\n" + stopped_list(trials, metric_name),
         "## Noise\n\n" + noise_text(found.record.noise, trials, grid, metric_name),
@@ -179,6 +180,25 @@ def grid_section(grid: MemoryGrid) -> str:
         "Peak memory of each imgsz and batch tried (the highest when tried more than once). \"over limit\": "
         f"finished, but above {limit}; OOM: ran out of memory; inferred: skipped, because a config no larger "
         f"had run out of memory.\n\n{table}\n\nLargest batch within {limit}: {walls}."
+    )
+
+
+def limits_section(stored: dict[str, Any]) -> str:
+    """What the pre-flights of `tuner probe --limits-only` found: the frontier, and how well the model predicts."""
+    from tuner.limits import Limits
+
+    found = Limits.from_dict(stored)
+    rows = [[entry.batch, "none" if entry.imgsz is None else entry.imgsz,
+             "?" if entry.peak_mem_mb is None else f"{entry.peak_mem_mb:.0f} MiB",
+             "measured" if entry.measured else "inferred"] for entry in found.frontier.entries]  # fmt: skip
+    table = _table(["batch", "largest stable imgsz", "peak", "how"], rows)
+    model = f"Memory model: {found.model.describe()}." if found.model else "Too few pre-flights for a memory model."
+    return (
+        f"For each batch, the largest imgsz whose pre-flight (mosaic and mixup at the top of their ranges, "
+        f"a few training batches and one validation batch) peaked under the stable limit of "
+        f"{found.stable_limit_mb:.0f} MiB; \"inferred\" ones follow from the measured ones, since memory grows "
+        f"with imgsz and batch. {len(found.frontier.measurements)} pre-flight(s) in {found.seconds:.0f} s.\n\n"
+        f"{table}\n\n{model}"
     )
 
 

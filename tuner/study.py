@@ -14,14 +14,14 @@ from typing import Any
 
 import optuna
 
-from tuner import __version__, inputs, probe_output, selection
+from tuner import __version__, inputs, limits, probe_output, selection
 from tuner import config as configs
 from tuner import device as devices
 from tuner.errors import ConfigError
 from tuner.memory import MB, parse_budget
 from tuner.progress import Progress
 from tuner.records import Best, StudyRecord
-from tuner.search import Inputs, Search, startup_trials
+from tuner.search import Inputs, Search, StudyFailed, startup_trials
 from tuner.space import Params
 from tuner.storage import default_study_name, open_storage, storage_url
 
@@ -37,8 +37,12 @@ def run_probe(
     results_dir: Path = Path("results"),
     quiet: bool = False,
     as_json: bool = False,
+    limits_only: bool = False,
 ) -> int:
-    """The whole `tuner probe`; returns the exit code (1 when no config is stable)."""
+    """The whole `tuner probe`; returns the exit code (1 when no config is stable).
+
+    With `limits_only`, it maps where the memory limit lies (tuner.limits) and stops there.
+    """
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # tuner prints each trial's end itself
     device = devices.resolve(cfg.device)
     budget = parse_budget(cfg.memory_budget, device.total_memory)
@@ -64,8 +68,24 @@ def run_probe(
         f"Device {device.torch} ({device.name}); memory budget {budget / MB:.0f} MB, "
         f"stable below {record.stable_limit_mb:.0f} MB"
     )
-    Search(study, Inputs(cfg, device, budget, data_yaml, model, Path(studies_dir) / name), progress).run()
+    trials = Inputs(cfg, device, budget, data_yaml, model, Path(studies_dir) / name)
+    if limits_only:
+        return _limits_only(study, record, trials, progress, as_json)
+    Search(study, trials, progress).run()
     return _finish(study, cfg, device, record, url, Path(results_dir), progress, as_json)
+
+
+def _limits_only(study: optuna.Study, record: StudyRecord, trials: Inputs, progress: Progress, as_json: bool) -> int:
+    """`--limits-only`: pre-flight the space, store the frontier and the memory model in the study, say them."""
+    found = limits.map_limits(trials, progress)
+    dataclasses.replace(record, limits=found.to_dict()).save(study)
+    if all(entry.imgsz is None for entry in found.frontier.entries):
+        raise StudyFailed(limits.smallest_needs(found))
+    if as_json:
+        print(json.dumps({"study": study.study_name, "budget_mb": record.budget_mb, **found.summary()}, indent=2))
+    else:
+        progress.say(limits.describe(found), important=True)
+    return 0
 
 
 def _finish(study, cfg, device, record: StudyRecord, url: str, results_dir: Path, progress: Progress, as_json: bool) -> int:
