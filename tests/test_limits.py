@@ -15,7 +15,8 @@ from tuner.findings import read
 from tuner.progress import Progress
 from tuner.records import Outcome, StudyRecord
 from tuner.report import render_markdown
-from tuner.search import Inputs, StudyFailed
+from tuner.errors import StudyFailed
+from tuner.inputs import Inputs
 from tuner.trial import Attempt
 
 MIB = 2**20
@@ -103,3 +104,17 @@ def test_when_nothing_fits_the_message_says_what_the_smallest_config_needs(tmp_p
 def test_a_preflight_that_fails_for_another_reason_stops_with_its_message(tmp_path):
     with pytest.raises(StudyFailed, match="pre-flight of imgsz .* failed: ValueError: could not convert"):
         limits.map_limits(inputs(tmp_path, 2000), quiet(), runner=FakePreflight(2000, error=True))
+
+
+def test_configs_beyond_the_frontier_are_known_not_to_fit(tmp_path):
+    from tuner.space import Params
+
+    found = limits.map_limits(inputs(tmp_path, 2000), quiet(), runner=FakePreflight(2000))
+    largest = found.frontier.largest()  # e.g. batch 16: imgsz 320
+    for batch, imgsz in largest.items():
+        if imgsz is not None:
+            assert limits.beyond_frontier(found, Params(imgsz, batch, 0.5, 0.1)) is None
+        above = Params((imgsz or 0) + 32, batch, 0.5, 0.1)
+        reason = limits.beyond_frontier(found, above)
+        assert reason is not None and f"batch {batch}" in reason and reason.startswith("inferred:")
+    assert limits.beyond_frontier(found, Params(160, 64, 0.5, 0.1)) is None  # a batch the pre-flights never saw

@@ -13,7 +13,7 @@ from tuner import config, shapes
 from tuner import device as devices
 from tuner.base_model import base_checkpoint
 from tuner.memory import parse_budget
-from tuner.search import Inputs
+from tuner.inputs import Inputs
 from tuner.space import Params
 from tuner.trial import run_child
 

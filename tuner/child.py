@@ -8,7 +8,7 @@
 - Ultralytics' silent batch halving after an OOM stopped at the next epoch start (`BatchHalved`);
 - one `EpochRecord` per finished epoch appended to progress.jsonl;
 - the end classified into a `ChildResult` (ok / oom / error), and an "ok" that trained fewer
-  epochs than asked downgraded to an error.
+  epochs than asked downgraded to an error, unless a callback ended it on purpose (`EndedEarly`).
 `main_for` is the entry point: spec.json in, result.json out (atomically), and the process exits
 by itself if the tuner that started it dies.
 """
@@ -33,6 +33,10 @@ SpecT = TypeVar("SpecT", bound=ChildSpec)
 
 class BatchHalved(Exception):
     """Ultralytics hit an OOM in the first epoch and silently halved the batch (raised from a callback)."""
+
+
+class EndedEarly(Exception):
+    """A callback ends the training on purpose, with what it did as the message: the result is "ok"."""
 
 
 def exit_with_parent(interval: float = 0.5) -> None:
@@ -135,6 +139,8 @@ class Training:
             model.train(**arguments)
         except BatchHalved as exc:
             return self._result("oom", str(exc), halved=True)
+        except EndedEarly as exc:
+            return self._result("ok", str(exc))
         except BaseException as exc:  # classified here; the parent decides what it means for the study
             traceback.print_exc()
             reason = devices.oom_reason(exc)

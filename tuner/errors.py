@@ -21,3 +21,9 @@ class DeviceError(TunerError):
 
 class StudyError(TunerError):
     """The study storage cannot be opened or the study cannot be used as asked."""
+
+
+class StudyFailed(TunerError):
+    """Every trial failed the same way, nothing fits, or the space is used up: going on would burn the budget."""
+
+    exit_code = 1

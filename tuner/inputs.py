@@ -1,4 +1,5 @@
-"""The dataset and model a study trains on, checked before any trial starts.
+"""The dataset and model a study trains on, checked before any trial starts, and `Inputs`: all that every
+trial process of a study is given (tuner.contract.ProbeSpec).
 
 The parent process never imports Ultralytics (that would create or touch the user's own Ultralytics
 settings, and cost seconds); model names are checked against the files Ultralytics ships.
@@ -6,12 +7,17 @@ settings, and cost seconds); model names are checked against the files Ultralyti
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import re
 from pathlib import Path
 
 from tuner import base_model, datasets, shapes
+from tuner.config import ProbeConfig
+from tuner.contract import ProbeSpec
+from tuner.device import Device
 from tuner.errors import ConfigError
+from tuner.space import Params
 
 DEFAULT_MODEL = "yolov8n.yaml"
 
@@ -61,3 +67,34 @@ def _shipped_model_yaml(name: str) -> bool:
     unscaled = re.sub(r"(\d+)([nslmx])(.+)?$", r"\1\3", Path(name).stem)
     wanted = {Path(name).stem, unscaled}
     return any(found.stem in wanted for found in models.rglob("*.yaml"))
+
+
+@dataclasses.dataclass(frozen=True)
+class Inputs:
+    """What every trial of the study trains on, and under which budget."""
+
+    cfg: ProbeConfig
+    device: Device
+    budget: int  # bytes
+    data_yaml: Path
+    model: Path | str
+    trials_dir: Path
+
+    @property
+    def stable_limit_mb(self) -> float:
+        return self.budget * (1 - self.cfg.safety_margin) / 2**20
+
+    def spec(self, params: Params, seed: int) -> ProbeSpec:
+        """What one probe trial process is told to do (see tuner.probe)."""
+        return ProbeSpec(
+            model=str(self.model),
+            data=str(self.data_yaml),
+            device=self.device.ultralytics,
+            device_kind=self.device.kind,
+            budget=self.budget,
+            params=params,
+            metric=self.cfg.metric,
+            workers=0 if self.device.kind == "cpu" else 2,
+            probe=self.cfg.probe,
+            seed=seed,
+        )

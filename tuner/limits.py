@@ -20,7 +20,8 @@ from tuner.config import Space
 from tuner.memory_model import Frontier, FrontierEntry, Measurement, MemoryModel, bisect_frontier, fit
 from tuner.progress import Progress
 from tuner.records import Outcome
-from tuner.search import Inputs, StudyFailed
+from tuner.errors import StudyFailed
+from tuner.inputs import Inputs
 from tuner.space import Params
 from tuner.trial import Attempt, run_child
 
@@ -104,6 +105,18 @@ def map_limits(inputs: Inputs, progress: Progress, runner: Runner = run_child) -
                  f"stable below {limit:.0f} MiB")  # fmt: skip
     frontier = bisect_frontier(space.imgsz, space.batch, limit, Preflight(inputs, progress, runner))
     return Limits(limit, frontier, fit(frontier.measurements), round(time.monotonic() - started, 1))
+
+
+def beyond_frontier(limits: Limits, params: Params) -> str | None:
+    """Why `params` will not fit, where the frontier says so (its batch's largest stable imgsz is smaller)."""
+    entry = next((entry for entry in limits.frontier.entries if entry.batch == params.batch), None)
+    if entry is None or (entry.imgsz is not None and params.imgsz <= entry.imgsz):
+        return None
+    largest = "no imgsz" if entry.imgsz is None else f"imgsz {entry.imgsz}"
+    return (
+        f"inferred: the pre-flights put the stable limit ({limits.stable_limit_mb:.0f} MiB) of batch {params.batch} "
+        f"at {largest}"
+    )
 
 
 def smallest_needs(limits: Limits) -> str:

@@ -9,12 +9,16 @@ images for every config) with one optimizer step per batch (`nbs = batch`, no gr
 accumulation, no warmup), scored by the LAST epoch's validation metric. Ultralytics' `best.pt` and
 its final re-validation of it are skipped: they would score the best epoch, possibly the untouched
 starting weights, instead of the config's training.
+
+With `spec.preflight_batches` N > 0 the process is a pre-flight instead (`Preflight`): the same
+training for N batches, then one validation batch, then the end, to measure the config's peak memory
+in seconds. Its result is "ok" with no value, or the OOM that ended it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Callable
 
 from tuner import child
 from tuner.contract import ChildResult, ProbeSpec
@@ -29,7 +33,7 @@ def train_arguments(spec: ProbeSpec) -> dict[str, Any]:
         "batch": params.batch,
         "mosaic": params.mosaic,
         "mixup": params.mixup,
-        "epochs": settings.epochs,
+        "epochs": 1 if spec.preflight_batches > 0 else settings.epochs,
         "fraction": settings.fraction,
         "optimizer": settings.optimizer,
         "lr0": settings.lr0,
@@ -51,18 +55,129 @@ def train_arguments(spec: ProbeSpec) -> dict[str, Any]:
     }
 
 
+def skip_final_eval(trainer) -> None:
+    """`on_pretrain_routine_start`: no re-validation of best.pt at the end (see the module docstring)."""
+    trainer.final_eval = lambda: None
+
+
+class Preflight:
+    """The callbacks of a pre-flight: `batches` training batches, one validation batch, then the end.
+
+    Training stops through Ultralytics' own `trainer.stop`, which it checks after every batch, so the
+    epoch ends the way a probe's does: memory cleared as the trainer clears it before validating, then
+    validation by the trainer's validator (batch x 2 images, no gradients: the peak of some configs),
+    here over one batch only (`OneBatch`). The end of that validation raises `child.EndedEarly`,
+    before the metrics file, checkpoints and final evaluation a probe would write. An OOM on the way
+    (an exception, the watchdog's kill, Ultralytics' batch halving) ends it as it ends a probe. An
+    epoch shorter than `batches` is trained whole.
+    """
+
+    def __init__(self, batches: int) -> None:
+        self.batches = batches
+        self.trained = 0
+        self.per_epoch = 0  # training batches in an epoch
+        self.validated = 0
+        self.validation: OneBatch | None = None
+
+    def callbacks(self) -> dict[str, Callable]:
+        return {
+            "on_pretrain_routine_start": skip_final_eval,
+            "on_train_batch_end": self.on_train_batch_end,
+            "on_train_epoch_end": self.on_train_epoch_end,
+            "on_val_batch_end": self.on_val_batch_end,
+            "on_val_end": self.on_val_end,
+        }
+
+    def on_train_batch_end(self, trainer) -> None:
+        self.trained += 1
+        if self.trained >= self.batches:
+            trainer.stop = True
+
+    def on_train_epoch_end(self, trainer) -> None:
+        self.per_epoch = len(trainer.train_loader)
+        self.validation = OneBatch(trainer.test_loader)
+        trainer.validator.dataloader = self.validation
+
+    def on_val_batch_end(self, validator) -> None:
+        self.validated += 1
+
+    def on_val_end(self, validator) -> None:
+        done = self.describe()
+        print(done, flush=True)  # for the log, beside Ultralytics' own lines
+        raise child.EndedEarly(done)
+
+    def describe(self) -> str:
+        images, height, width = self.validation.shape if self.validation else (0, 0, 0)
+        return (
+            f"pre-flight: {self.trained} training batches of {self.per_epoch} in an epoch, "
+            f"{self.validated} validation batch of {images} images at {height}x{width}"
+        )
+
+
+class OneBatch:
+    """The validator's loader cut to one batch: the largest of the validation loader `loader`.
+
+    Validation batches are not all alike: Ultralytics sorts the images by aspect ratio and pads each
+    batch to its own shape (up to imgsz plus half a stride), so the first one is the flattest, not
+    the largest. This one is the batch with the most pixels, then the most labels per image (the loss's
+    target assignment grows with them). It is loaded with the loader's own workers, whose memory a
+    probe's validation also holds. `dataset` stays the whole set: the validator reads it.
+    """
+
+    def __init__(self, loader) -> None:
+        from torch.utils.data import DataLoader, Subset
+
+        self.dataset = loader.dataset
+        self.sampler = loader.sampler
+        self.batch_size = loader.batch_size
+        self.indices = largest_batch(self.dataset, loader.batch_size)
+        self.shape = (len(self.indices), *batch_shape(self.dataset, self.indices[0]))
+        self.loader = DataLoader(
+            Subset(self.dataset, self.indices),
+            batch_size=len(self.indices),
+            num_workers=loader.num_workers,
+            pin_memory=loader.pin_memory,
+            collate_fn=loader.collate_fn,
+        )
+
+    def __len__(self) -> int:
+        return 1
+
+    def __iter__(self):
+        return iter(self.loader)
+
+
+def largest_batch(dataset, batch_size: int) -> list[int]:
+    """The indices of the largest batch of a validation loader (it does not shuffle: batches are runs)."""
+    runs = [list(range(start, min(start + batch_size, len(dataset)))) for start in range(0, len(dataset), batch_size)]
+
+    def size(indices: list[int]) -> tuple[int, int]:
+        height, width = batch_shape(dataset, indices[0])
+        labels = max(len(dataset.labels[index]["cls"]) for index in indices)
+        return len(indices) * height * width, labels
+
+    return max(runs, key=size)
+
+
+def batch_shape(dataset, index: int) -> tuple[int, int]:
+    """Height and width of the batch holding image `index`: its rectangle, or imgsz square."""
+    if getattr(dataset, "rect", False):
+        height, width = dataset.batch_shapes[dataset.batch[index]]
+        return int(height), int(width)
+    return dataset.imgsz, dataset.imgsz
+
+
 def run(spec: ProbeSpec) -> ChildResult:
     training = child.Training(spec)
+    if spec.preflight_batches > 0:
+        return training.train(spec.model, train_arguments(spec), Preflight(spec.preflight_batches).callbacks(), 1)
     import torch
-
-    def on_pretrain_routine_start(trainer) -> None:
-        trainer.final_eval = lambda: None  # see the module docstring
 
     def on_fit_epoch_end(trainer) -> None:
         value = float(trainer.metrics.get(spec.metric, float("nan")))
         training.record(trainer, value, threads=torch.get_num_threads())
 
-    callbacks = {"on_pretrain_routine_start": on_pretrain_routine_start, "on_fit_epoch_end": on_fit_epoch_end}
+    callbacks = {"on_pretrain_routine_start": skip_final_eval, "on_fit_epoch_end": on_fit_epoch_end}
     result = training.train(spec.model, train_arguments(spec), callbacks, spec.probe.epochs)
     if result.status != "ok":
         return result

@@ -16,13 +16,13 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner import frontier, selection, space
+from tuner import frontier, limits, selection, space
 from tuner.config import ProbeConfig
-from tuner.contract import EpochRecord, ProbeSpec
-from tuner.device import Device
-from tuner.errors import TunerError
+from tuner.contract import EpochRecord
+from tuner.errors import StudyFailed
+from tuner.inputs import Inputs
 from tuner.progress import Progress
-from tuner.records import INFERRED, Outcome, TrialRecord, counts_towards_total
+from tuner.records import INFERRED, Outcome, StudyRecord, TrialRecord, counts_towards_total
 from tuner.space import Params
 from tuner.trial import Attempt, run_child
 
@@ -32,43 +32,6 @@ MAX_INFERRED_IN_A_ROW = 30  # the sampler keeps proposing configs known not to f
 
 class ProbeFailed(Exception):
     """A trial ended in an error that is not memory: the trial FAILs and the study goes on."""
-
-
-class StudyFailed(TunerError):
-    """Every trial failed the same way, or the space is used up; going on would burn the whole budget."""
-
-    exit_code = 1
-
-
-@dataclasses.dataclass(frozen=True)
-class Inputs:
-    """What every trial of the study trains on, and under which budget."""
-
-    cfg: ProbeConfig
-    device: Device
-    budget: int  # bytes
-    data_yaml: Path
-    model: Path | str
-    trials_dir: Path
-
-    @property
-    def stable_limit_mb(self) -> float:
-        return self.budget * (1 - self.cfg.safety_margin) / 2**20
-
-    def spec(self, params: Params, seed: int) -> ProbeSpec:
-        """What one probe trial process is told to do (see tuner.probe)."""
-        return ProbeSpec(
-            model=str(self.model),
-            data=str(self.data_yaml),
-            device=self.device.ultralytics,
-            device_kind=self.device.kind,
-            budget=self.budget,
-            params=params,
-            metric=self.cfg.metric,
-            workers=0 if self.device.kind == "cpu" else 2,
-            probe=self.cfg.probe,
-            seed=seed,
-        )
 
 
 def startup_trials(cfg: ProbeConfig) -> int:
@@ -94,6 +57,8 @@ class Search:
         self.first_number: int | None = None
         self.failure: str | None = None
         self.inferred_in_a_row = 0
+        stored = StudyRecord.of(study).limits  # what `--limits-only` found, if it ran on this study
+        self.limits = limits.Limits.from_dict(stored) if stored else None
 
     def run(self) -> None:
         deadline = time.monotonic() + self.cfg.timeout if self.cfg.timeout else None
@@ -137,9 +102,14 @@ class Search:
         seed = self.cfg.seed + trial.number
         TrialRecord(seed=seed, device=self.inputs.device.torch).save(trial)
         self.progress.trial_start(trial.number, params, f" (repeat of trial {repeat_of})" if repeat_of is not None else "")
+        beyond = limits.beyond_frontier(self.limits, params) if self.limits is not None else None
+        if beyond is not None:
+            self._infer_oom(trial, beyond)
         source = frontier.inferred_oom(params.to_dict(), self.study.get_trials(deepcopy=False, states=(TrialState.PRUNED,)))
         if source is not None:
-            self._infer_oom(trial, source)
+            reason = (f"inferred: imgsz {source.params['imgsz']} / batch {source.params['batch']} "
+                      f"ran out of memory in trial {source.number}")  # fmt: skip
+            self._infer_oom(trial, reason, source.number)
         self.inferred_in_a_row = 0
 
         def on_epoch(record: EpochRecord) -> bool:
@@ -155,14 +125,11 @@ class Search:
         self._record(trial, attempt)
         return self._verdict(trial, attempt)
 
-    def _infer_oom(self, trial: optuna.Trial, source: FrozenTrial) -> None:
-        """Record `trial` as out of memory without running it, because `source` ran out with less."""
-        reason = (
-            f"inferred: imgsz {source.params['imgsz']} / batch {source.params['batch']} "
-            f"ran out of memory in trial {source.number}"
-        )
+    def _infer_oom(self, trial: optuna.Trial, reason: str, source: int | None = None) -> None:
+        """Record `trial` as out of memory without running it: trial `source` ran out with less, or the
+        pre-flights put the limit below it."""
         TrialRecord(
-            outcome=Outcome.OOM, oom_reason=reason, oom_cause=INFERRED, inferred_from=source.number, stable=False
+            outcome=Outcome.OOM, oom_reason=reason, oom_cause=INFERRED, inferred_from=source, stable=False
         ).save(trial)
         self.progress.trial_end("oom", None, None, reason, counted=False)
         self.inferred_in_a_row += 1

@@ -21,7 +21,9 @@ from tuner.errors import ConfigError
 from tuner.memory import MB, parse_budget
 from tuner.progress import Progress
 from tuner.records import Best, StudyRecord
-from tuner.search import Inputs, Search, StudyFailed, startup_trials
+from tuner.errors import StudyFailed
+from tuner.inputs import Inputs
+from tuner.search import Search, startup_trials
 from tuner.space import Params
 from tuner.storage import default_study_name, open_storage, storage_url
 
