@@ -3,8 +3,10 @@
 The parent (tuner) calls `resolve()`; the trial process calls `apply_budget()`, `device_memory()`
 and `oom_reason()`. `resolve()` looks for an accelerator in a short-lived child process
 (`python -m tuner.device auto`, which runs `detect()`): importing torch costs the importing process
-about 600 MB for as long as it lives, memory the trials would lack on a tight machine. Ultralytics' own `select_device('mps')` silently falls back to CPU where MPS is
-missing, which would make every memory figure wrong, so a device that is not there is an error here.
+about 600 MB for as long as it lives, memory the trials would lack on a tight machine.
+
+Ultralytics' own `select_device('mps')` silently falls back to CPU where MPS is missing, which would
+make every memory figure wrong, so a device that is not there is an error here.
 
 What the budget bounds, per device (the quantity `measured()` returns):
 - cpu:  RAM of the trial's process tree (RSS, dataloader workers included).
