@@ -4,7 +4,7 @@ import sys
 import pytest
 
 from tuner.errors import ConfigError
-from tuner.memory import MB, Watchdog, parse_budget
+from tuner.memory import MIB, Watchdog, parse_budget
 
 GIB = 2**30
 
@@ -48,11 +48,11 @@ def _hog(megabytes: int, seconds: float) -> subprocess.Popen:
 
 def test_watchdog_kills_a_process_over_budget_and_records_its_peak():
     process = _hog(400, 30)
-    with Watchdog(process.pid, budget=200 * MB, measure=lambda rss, device: rss) as watchdog:
+    with Watchdog(process.pid, budget=200 * MIB, measure=lambda rss, device: rss) as watchdog:
         process.wait(timeout=20)
     assert process.returncode == -9
     assert watchdog.killed_reason.startswith("watchdog:")
-    assert watchdog.peak > 200 * MB
+    assert watchdog.peak > 200 * MIB
 
 
 def test_watchdog_counts_the_whole_process_tree():
@@ -63,26 +63,26 @@ def test_watchdog_counts_the_whole_process_tree():
         "time.sleep(30)"
     )
     process = subprocess.Popen([sys.executable, "-c", code])
-    with Watchdog(process.pid, budget=250 * MB, measure=lambda rss, device: rss) as watchdog:
+    with Watchdog(process.pid, budget=250 * MIB, measure=lambda rss, device: rss) as watchdog:
         process.wait(timeout=20)
     assert watchdog.killed_reason is not None  # the parent alone holds about 10 MB
-    assert watchdog.peak_rss > 250 * MB
+    assert watchdog.peak_rss > 250 * MIB
 
 
 def test_watchdog_leaves_a_process_within_budget_alone():
     process = _hog(50, 1)
-    with Watchdog(process.pid, budget=1000 * MB, measure=lambda rss, device: rss) as watchdog:
+    with Watchdog(process.pid, budget=1000 * MIB, measure=lambda rss, device: rss) as watchdog:
         process.wait(timeout=20)
     assert process.returncode == 0
     assert watchdog.killed_reason is None
-    assert 50 * MB < watchdog.peak < 1000 * MB
+    assert 50 * MIB < watchdog.peak < 1000 * MIB
 
 
 def test_watchdog_adds_reported_device_memory(tmp_path):
     device_file = tmp_path / "device_bytes"
-    device_file.write_text(str(900 * MB))
+    device_file.write_text(str(900 * MIB))
     process = _hog(10, 30)
-    with Watchdog(process.pid, 500 * MB, measure=lambda rss, device: rss + device, device_file=device_file) as dog:
+    with Watchdog(process.pid, 500 * MIB, measure=lambda rss, device: rss + device, device_file=device_file) as dog:
         process.wait(timeout=20)
     assert dog.killed_reason is not None
-    assert dog.peak_device == 900 * MB
+    assert dog.peak_device == 900 * MIB

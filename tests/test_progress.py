@@ -27,8 +27,8 @@ def test_plain_lines_when_not_on_a_terminal():
     text = run(io.StringIO())
     assert "\r" not in text
     lines = text.splitlines()
-    assert "trial 0 [1/2] imgsz 288 batch 8 mosaic 0.50 mixup 0.10 | epoch 1/3 mAP50-95 0.120 | peak 900/2000 MB" in lines
-    assert any("-> mAP50-95 0.150 | peak 950 MB | best 0.150 | ETA" in line for line in lines)
+    assert "trial 0 [1/2] imgsz 288 batch 8 mosaic 0.50 mixup 0.10 | epoch 1/3 mAP50-95 0.120 | peak 900/2000 MiB" in lines
+    assert any("-> mAP50-95 0.150 | peak 950 MiB | best 0.150 | ETA" in line for line in lines)
     assert any("trial 1 [2/2]" in line and "-> OOM" in line and "watchdog" in line for line in lines)
 
 

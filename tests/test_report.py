@@ -168,9 +168,9 @@ def test_memory_grid_cells_show_outcome_and_peak_memory(study):
     assert grid.imgsz == (160, 224, 288, 352) and grid.batch == (2, 4, 8)
     labels = {key: cell.label for key, cell in grid.cells.items()}
     assert labels == {
-        (160, 2): "ok 700 MB", (160, 4): "ok 900 MB", (160, 8): "pruned 1000 MB",
-        (224, 2): "not tried", (224, 4): "ok 1320 MB", (224, 8): "ok 1900 MB (over limit)",
-        (288, 2): "error", (288, 4): "running", (288, 8): "OOM at 2310 MB",
+        (160, 2): "ok 700 MiB", (160, 4): "ok 900 MiB", (160, 8): "pruned 1000 MiB",
+        (224, 2): "not tried", (224, 4): "ok 1320 MiB", (224, 8): "ok 1900 MiB (over limit)",
+        (288, 2): "error", (288, 4): "running", (288, 8): "OOM at 2310 MiB",
         (352, 2): "not tried", (352, 4): "not tried", (352, 8): "OOM (inferred)",
     }  # fmt: skip
     assert [grid.largest_fitting_batch(size) for size in grid.imgsz] == [8, 4, None, None]
@@ -188,15 +188,15 @@ def test_write_report_writes_every_file_atomically(study):
 
 def test_report_md_says_what_was_found_and_what_to_run(study):
     text = _write(study)["report.md"].read_text()
-    assert "| 2 | 224 | 4 | 0.2 | 0.1 | 0.4150 | 1320 MB |" in text  # best stable config
+    assert "| 2 | 224 | 4 | 0.2 | 0.1 | 0.4150 | 1320 MiB |" in text  # best stable config
     assert f"tuner train-best --study-name {NAME}\n" in text
-    budget = "Memory budget: 2000 MB (given as `2000MB`) of 2857 MB usable; stable limit 1800 MB (safety margin 10%)"
+    budget = "Memory budget: 2000 MiB (given as `2000MB`) of 2857 MiB usable; stable limit 1800 MiB (safety margin 10%)"
     assert budget in text
     assert "| ok | 5 |" in text and "| inferred | 1 |" in text and "| total | 10 |" in text
-    assert "| 224 | not tried | ok 1320 MB | ok 1900 MB (over limit) |" in text  # frontier row
+    assert "| 224 | not tried | ok 1320 MiB | ok 1900 MiB (over limit) |" in text  # frontier row
     assert "| 352 | not tried | not tried | OOM (inferred) |" in text
-    assert "Largest batch within the stable limit of 1800 MB: imgsz 160: 8, imgsz 224: 4, imgsz 288: none" in text
-    assert "| 1 | 3 | 224 | 8 | 0.3 | 0.1 | 0.4500 | 1900 MB | no |" in text  # top config, not stable
+    assert "Largest batch within the stable limit of 1800 MiB: imgsz 160: 8, imgsz 224: 4, imgsz 288: none" in text
+    assert "| 1 | 3 | 224 | 8 | 0.3 | 0.1 | 0.4500 | 1900 MiB | no |" in text  # top config, not stable
     assert "| 3 | 8 (repeat of 2) |" in text
     assert f"Trial 4 (imgsz 288, batch 8): out of memory: {WATCHDOG}. Log: `studies/x/trial-0004/log.txt`" in text
     assert "Trial 5 (imgsz 352, batch 8): out of memory (inferred, not run): inferred: imgsz 288" in text

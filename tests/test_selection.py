@@ -135,7 +135,7 @@ def test_repeats_already_run_count_towards_the_wanted_number():
 def test_room_to_grow_only_at_the_largest_imgsz_searched_and_well_under_the_limit():
     searched = (160, 224, 288, 352)
     hint = selection.room_to_grow(352, 1158.0, searched, 2575.0)  # the 3 GB benchmark: 416 fit and won
-    assert hint is not None and "--imgsz 224,288,352,416,480" in hint and "1158 MB" in hint
+    assert hint is not None and "--imgsz 224,288,352,416,480" in hint and "1158 MiB" in hint
     assert selection.room_to_grow(288, 1000.0, searched, 2575.0) is None  # not at the edge of the space
     assert selection.room_to_grow(352, 1400.0, searched, 2575.0) is None  # more than half the limit used
     assert selection.room_to_grow(352, None, searched, 2575.0) is None

@@ -35,7 +35,7 @@ def study_note(found: Findings) -> str:
     if grid.budget_mb is not None and grid.stable_limit_mb is not None:
         device = record.device_name or record.device or "?"
         limit = grid.stable_limit_mb
-        facts.append(f"Budget {grid.budget_mb:.0f} MB on {device}; stable means a peak within {limit:.0f} MB.")
+        facts.append(f"Budget {grid.budget_mb:.0f} MiB on {device}; stable means a peak within {limit:.0f} MiB.")
     counts = ", ".join(f"{count} {outcome}" for outcome, count in found.counts.items() if count)
     facts.append(f"Trials: {counts or 'none yet'}; trial user attrs `outcome`, `peak_mem_mb`, `oom_reason` say why.")
     if grid.imgsz:
@@ -88,8 +88,8 @@ def unstable_trial_note(found: Findings, trial: optuna.trial.FrozenTrial) -> str
     peak = TrialRecord.of(trial).peak_mem_mb
     return (
         f"## Not chosen: over the stable limit\n\nThe highest {found.metric_name} of the study, but its peak memory "
-        f"({'?' if peak is None else f'{peak:.0f}'} MB) is over the stable limit of "
-        f"{found.grid.stable_limit_mb:.0f} MB: a full training with it could be killed for memory. "
+        f"({'?' if peak is None else f'{peak:.0f}'} MiB) is over the stable limit of "
+        f"{found.grid.stable_limit_mb:.0f} MiB: a full training with it could be killed for memory. "
         f"tuner chose trial {found.best.trial if found.best else '(none yet)'} instead."
     )
 
@@ -99,7 +99,7 @@ def _describe_best(found: Findings) -> str:
     peak, value = best.peak_mem_mb, best.value
     return (
         f"trial {best.trial}: {describe_params(best.params)}; {found.metric_name} "
-        f"{'?' if value is None else f'{value:.4f}'}, peak memory {'?' if peak is None else f'{peak:.0f}'} MB"
+        f"{'?' if value is None else f'{value:.4f}'}, peak memory {'?' if peak is None else f'{peak:.0f}'} MiB"
     )
 
 

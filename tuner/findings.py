@@ -52,7 +52,7 @@ class Cell:
 
     @property
     def label(self) -> str:
-        peak = f" {self.peak_mem_mb:.0f} MB" if self.peak_mem_mb is not None else ""
+        peak = f" {self.peak_mem_mb:.0f} MiB" if self.peak_mem_mb is not None else ""
         if self.status == "ok":
             return f"ok{peak}" + (" (over limit)" if self.over_limit else "")
         if self.status == "pruned":

@@ -12,7 +12,7 @@ import psutil
 
 from tuner.errors import ConfigError
 
-MB = 1024 * 1024
+MIB = 1024 * 1024
 _UNITS = {
     "b": 1,
     "kb": 10**3,
@@ -51,6 +51,13 @@ def parse_budget(value: str | float | int, usable: int) -> int:
     if unit not in _UNITS:
         raise ConfigError(f"The memory budget {value!r} has an unknown unit {unit!r}; use MB, GB, MiB or GiB.")
     return int(number * _UNITS[unit])
+
+
+def describe_budget(given: str | float | int, budget: int, usable: int) -> str:
+    """The budget as the user gave it, and in MiB, the unit of every figure tuner prints and stores."""
+    if isinstance(given, str) and _SIZE.match(given) and _SIZE.match(given).group(2):
+        return f"{given.strip()} ({budget / MIB:.0f} MiB)"
+    return f"{budget / MIB:.0f} MiB ({float(given):g} of {usable / MIB:.0f} MiB usable)"
 
 
 def tree_rss(process: psutil.Process) -> int:
@@ -144,7 +151,7 @@ class Watchdog:
                 return
             if current > self.budget:
                 self.killed_reason = (
-                    f"watchdog: {current / MB:.0f} MB is over the {self.budget / MB:.0f} MB budget"
+                    f"watchdog: {current / MIB:.0f} MiB is over the {self.budget / MIB:.0f} MiB budget"
                 )
                 kill_tree(self.process)
                 return

@@ -92,9 +92,9 @@ def plot_memory_grid(grid: MemoryGrid, path: Path) -> Plot:
             wall = 0 if largest is None else grid.batch.index(largest) + 1
             xs += [wall, wall]
             ys += [row, row + 1]
-        budget = f"budget {grid.budget_mb:.0f} MB, " if grid.budget_mb is not None else ""
+        budget = f"budget {grid.budget_mb:.0f} MiB, " if grid.budget_mb is not None else ""
         ax.plot(xs, ys, color="black", linewidth=3, gid="budget",
-                label=f"fits within the stable limit ({budget}limit {grid.stable_limit_mb:.0f} MB)")  # fmt: skip
+                label=f"fits within the stable limit ({budget}limit {grid.stable_limit_mb:.0f} MiB)")  # fmt: skip
         budget_lines = 1
     ax.set_xlim(0, max(len(grid.batch), 1))
     ax.set_ylim(0, max(len(grid.imgsz), 1))
@@ -145,11 +145,11 @@ def plot_accuracy_vs_memory(
         ax.scatter([best[0].peak_mem_mb], [best[0].value], marker="*", s=300, facecolor="none",
                    edgecolor="black", gid="best", label=f"best stable (trial {best_trial})")  # fmt: skip
     if budget_mb is not None:
-        ax.axvline(budget_mb, color="#c62828", gid="budget", label=f"budget {budget_mb:.0f} MB")
+        ax.axvline(budget_mb, color="#c62828", gid="budget", label=f"budget {budget_mb:.0f} MiB")
     if stable_limit_mb is not None:
         ax.axvline(stable_limit_mb, color="#ef6c00", linestyle="--", gid="stable-limit",
-                   label=f"stable limit {stable_limit_mb:.0f} MB")  # fmt: skip
-    ax.set_xlabel("peak memory (MB)")
+                   label=f"stable limit {stable_limit_mb:.0f} MiB")  # fmt: skip
+    ax.set_xlabel("peak memory (MiB)")
     ax.set_ylabel(metric_name)
     ax.set_title(f"{metric_name} vs peak memory")
     if not points:
@@ -206,7 +206,7 @@ def plot_history(points: Sequence[Point], path: Path, *, metric_name: str) -> Pl
 def read_train_epochs(
     results_csv: Path, metric_column: str
 ) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
-    """(epoch, metric) and (epoch, peak memory MB) points from an Ultralytics results.csv.
+    """(epoch, metric) and (epoch, peak memory MiB) points from an Ultralytics results.csv.
 
     Epochs that were not validated (`--val-every`) have no metric point. Memory comes from a
     `peak_mem_mb` (or `mem_mb`, `memory_mb`) column of results.csv, else from `memory.csv` (epoch,
@@ -264,11 +264,11 @@ def plot_train_epochs(
     if memory:
         twin = ax.twinx()
         twin.plot([e for e, _ in memory], [v for _, v in memory], marker="s", color="#6a1b9a", gid="memory",
-                  label="peak memory (MB)")  # fmt: skip
+                  label="peak memory (MiB)")  # fmt: skip
         if budget_mb is not None:
-            twin.axhline(budget_mb, color="#c62828", gid="budget", label=f"budget {budget_mb:.0f} MB")
+            twin.axhline(budget_mb, color="#c62828", gid="budget", label=f"budget {budget_mb:.0f} MiB")
         twin.set_ylim(bottom=0)
-        twin.set_ylabel("peak memory (MB)")
+        twin.set_ylabel("peak memory (MiB)")
         lines += twin.get_lines()
     ax.legend(handles=lines, fontsize=8, loc="lower right")
     counts = {

@@ -30,8 +30,8 @@ def write_best_yaml(
         f"Best stable config of study {name!r} (tuner {__version__}).",
         f"{cfg.metric_name} {choice.value:.4f} (mean of {choice.runs} probe run(s){spread}; best of any config "
         f"{choice.best_value:.4f}), trial {choice.trial.number}.",
-        f"Peak memory {choice.peak_mb:.0f} MB of the {study.budget_mb:.0f} MB budget on {device.torch} "
-        f"(stable limit {study.stable_limit_mb:.0f} MB).",
+        f"Peak memory {choice.peak_mb:.0f} MiB of the {study.budget_mb:.0f} MiB budget on {device.torch} "
+        f"(stable limit {study.stable_limit_mb:.0f} MiB).",
         f"Train it: tuner train-best --study-name {name}",
         "These are the Ultralytics training arguments train-best uses for a single-stage run of "
         f"{settings.epochs} epochs: yolo train cfg=<this file> trains the same way.",
@@ -92,7 +92,7 @@ def print_probe_summary(summary: dict[str, Any], progress: Progress, as_json: bo
     else:
         lines.append(
             f"Best stable config: {Params.of(best['params'])} -> {best['value']:.4f}, "
-            f"peak {best['peak_mem_mb']:.0f} MB (trial {best['trial']})."
+            f"peak {best['peak_mem_mb']:.0f} MiB (trial {best['trial']})."
         )
         lines.append(f"Written to {best['best_yaml']}. Next: tuner train-best --study-name {summary['study']}")
         if summary.get("hint"):

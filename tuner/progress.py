@@ -9,7 +9,7 @@ import time
 from typing import TextIO
 
 from tuner.contract import EpochRecord
-from tuner.memory import MB
+from tuner.memory import MIB
 from tuner.space import Params
 
 
@@ -42,7 +42,7 @@ class Progress:
     def epoch(self, record: EpochRecord, epochs: int) -> None:
         text = f"{self._prefix} | epoch {record.epoch}/{epochs} {self.metric_name} {record.value:.3f}"
         if record.peak_mb is not None:
-            text += f" | peak {record.peak_mb:.0f}/{self.budget / MB:.0f} MB"
+            text += f" | peak {record.peak_mb:.0f}/{self.budget / MIB:.0f} MiB"
         if self.live:
             self._live(text)
         elif not self.quiet:
@@ -55,7 +55,7 @@ class Progress:
         if value is not None and (self.best is None or value > self.best):
             self.best = value
         result = f"{self.metric_name} {value:.3f}" if value is not None else outcome.upper()
-        peak = f" | peak {peak_mb:.0f} MB" if peak_mb else ""
+        peak = f" | peak {peak_mb:.0f} MiB" if peak_mb else ""
         why = f" | {reason}" if reason and outcome != "ok" else ""
         elapsed = time.monotonic() - self.started
         eta = ""

@@ -106,11 +106,11 @@ def setting_lines(record: StudyRecord) -> str:
     config = record.config
     lines = [f"- Device: {record.device_name or '?'} (`{record.device or (config.device if config else '?')}`)"]
     if record.budget_mb is not None:
-        line = f"- Memory budget: {record.budget_mb:.0f} MB"
+        line = f"- Memory budget: {record.budget_mb:.0f} MiB"
         line += f" (given as `{config.memory_budget}`)" if config is not None else ""
-        line += f" of {record.usable_memory_mb:.0f} MB usable" if record.usable_memory_mb is not None else ""
+        line += f" of {record.usable_memory_mb:.0f} MiB usable" if record.usable_memory_mb is not None else ""
         if config is not None and record.stable_limit_mb is not None:
-            line += f"; stable limit {record.stable_limit_mb:.0f} MB (safety margin {config.safety_margin:.0%})"
+            line += f"; stable limit {record.stable_limit_mb:.0f} MiB (safety margin {config.safety_margin:.0%})"
         lines.append(line)
     if config is not None:
         data = f"`{config.data}`" if config.data else "the embedded synthetic shapes dataset"
@@ -138,7 +138,7 @@ def best_section(best: BestConfig | None, metric_name: str, command: str) -> str
     peak = best.peak_mem_mb
     table = _table(
         ["trial", "imgsz", "batch", "mosaic", "mixup", metric_name, "peak memory"],
-        [[best.trial, *param_cells(best.params), _fmt(best.value, 4), "?" if peak is None else f"{peak:.0f} MB"]],
+        [[best.trial, *param_cells(best.params), _fmt(best.value, 4), "?" if peak is None else f"{peak:.0f} MiB"]],
     )  # fmt: skip
     if best.best_yaml:
         where = f"Recorded in `{best.best_yaml}`."
@@ -174,7 +174,7 @@ def grid_section(grid: MemoryGrid) -> str:
         return "No imgsz or batch tried yet."
     rows = [[size, *(grid.cells[(size, count)].label for count in grid.batch)] for size in grid.imgsz]
     table = _table(["imgsz \\ batch", *grid.batch], rows)
-    limit = "the stable limit" + ("" if grid.stable_limit_mb is None else f" of {grid.stable_limit_mb:.0f} MB")
+    limit = "the stable limit" + ("" if grid.stable_limit_mb is None else f" of {grid.stable_limit_mb:.0f} MiB")
     walls = ", ".join(f"imgsz {size}: {grid.largest_fitting_batch(size) or 'none'}" for size in grid.imgsz)
     return (
         "Peak memory of each imgsz and batch tried (the highest when tried more than once). \"over limit\": "
@@ -213,7 +213,7 @@ def top_table(trials: Sequence[FrozenTrial], limit_mb: float | None, metric_name
         stable = records.is_stable(trial, limit_mb) if limit_mb is not None else None
         rows.append([
             rank, trial.number if repeat is None else f"{trial.number} (repeat of {repeat})",
-            *param_cells(trial.params), _fmt(trial.value, 4), "?" if peak is None else f"{peak:.0f} MB",
+            *param_cells(trial.params), _fmt(trial.value, 4), "?" if peak is None else f"{peak:.0f} MiB",
             {True: "yes", False: "no", None: "?"}[stable],
         ])  # fmt: skip
     return _table(["rank", "trial", "imgsz", "batch", "mosaic", "mixup", metric_name, "peak memory", "stable"], rows)

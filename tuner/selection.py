@@ -110,7 +110,7 @@ def room_to_grow(imgsz: int, peak_mb: float | None, searched: Iterable[int], sta
         return None
     wider = ",".join(str(size) for size in [*sizes[-3:], sizes[-1] + 64, sizes[-1] + 128])
     return (
-        f"imgsz {imgsz} is the largest size this study searched, and its peak ({peak_mb:.0f} MB) is under half of "
-        f"the stable limit ({stable_limit_mb:.0f} MB): larger sizes may be more accurate and still fit. "
+        f"imgsz {imgsz} is the largest size this study searched, and its peak ({peak_mb:.0f} MiB) is under half of "
+        f"the stable limit ({stable_limit_mb:.0f} MiB): larger sizes may be more accurate and still fit. "
         f"Try `tuner probe --imgsz {wider} --study-name <new name>`."
     )

@@ -18,7 +18,7 @@ from tuner import __version__, inputs, limits, probe_output, selection
 from tuner import config as configs
 from tuner import device as devices
 from tuner.errors import ConfigError
-from tuner.memory import MB, parse_budget
+from tuner.memory import MIB, describe_budget, parse_budget
 from tuner.progress import Progress
 from tuner.records import Best, StudyRecord
 from tuner.errors import StudyFailed
@@ -56,9 +56,9 @@ def run_probe(
         config=cfg,
         device=device.torch,
         device_name=device.name,
-        usable_memory_mb=round(device.total_memory / MB, 1),
-        budget_mb=round(budget / MB, 1),
-        stable_limit_mb=round(budget * (1 - cfg.safety_margin) / MB, 1),
+        usable_memory_mb=round(device.total_memory / MIB, 1),
+        budget_mb=round(budget / MIB, 1),
+        stable_limit_mb=round(budget * (1 - cfg.safety_margin) / MIB, 1),
         model_path=str(model),
         data_path=str(data_yaml),
         tuner_version=__version__,
@@ -67,8 +67,8 @@ def run_probe(
     progress = Progress(cfg.n_trials + cfg.probe.repeats, budget, cfg.metric_name, quiet=quiet)
     progress.say(
         f"Study {name!r} in {url}\n"
-        f"Device {device.torch} ({device.name}); memory budget {budget / MB:.0f} MB, "
-        f"stable below {record.stable_limit_mb:.0f} MB"
+        f"Device {device.torch} ({device.name}); memory budget "
+        f"{describe_budget(cfg.memory_budget, budget, device.total_memory)}, stable below {record.stable_limit_mb:.0f} MiB"
     )
     trials = Inputs(cfg, device, budget, data_yaml, model, Path(studies_dir) / name)
     if limits_only:
@@ -163,7 +163,7 @@ def _check_same_study(name: str, stored: StudyRecord, new: StudyRecord) -> None:
                 f"Study {name!r} was created with {key} = {_show(old_id[key])}, but this run asks for "
                 f"{_show(new_id[key])}. Re-run with the study's settings, or pass --study-name for a new study."
             )
-    for what, old, now in (("a memory budget of {} MB", stored.budget_mb, new.budget_mb),
+    for what, old, now in (("a memory budget of {} MiB", stored.budget_mb, new.budget_mb),
                            ("device {}", stored.device, new.device)):  # fmt: skip
         if old is not None and old != now:
             raise ConfigError(

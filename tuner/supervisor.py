@@ -27,7 +27,7 @@ from tuner.checkpoints import CheckpointError, catch_up, checkpoint_to_resume, u
 from tuner.contract import EpochRecord, TrainSpec
 from tuner.device import Device
 from tuner.errors import TunerError
-from tuner.memory import MB
+from tuner.memory import MIB
 from tuner.plan import Candidate, step_down, train_settings
 from tuner.records import Outcome
 from tuner.run_folder import RunFiles, append_memory, now, save_state
@@ -271,7 +271,7 @@ class _EpochRecorder:
         left = (epochs - record.epoch) * per_epoch
         metric = configs.METRIC_NAMES.get(supervisor.plan["metric"], "metric")
         value = f"{metric} {record.value:.4f}" if record.value is not None else "not validated"
-        memory = f" | mem {record.peak_mb:.0f}/{supervisor.budget / MB:.0f} MB" if record.peak_mb else ""
+        memory = f" | mem {record.peak_mb:.0f}/{supervisor.budget / MIB:.0f} MiB" if record.peak_mb else ""
         return (
             f"{supervisor.label(self.index)} | epoch {record.epoch}/{epochs} | {value} | "
             f"imgsz {record.imgsz} batch {record.batch}{memory} | {per_epoch:.1f} s/epoch"

@@ -21,7 +21,7 @@ from tuner import device as devices
 from tuner import files
 from tuner.checkpoints import preflight
 from tuner.errors import ConfigError, TunerError
-from tuner.memory import MB, parse_budget
+from tuner.memory import MIB, describe_budget, parse_budget
 from tuner.plan import new_plan, source_from_config, source_from_study, study_name_for
 from tuner.run_folder import (
     RunFiles,
@@ -102,9 +102,10 @@ def train_best(
         plan = new_plan(source, settings, now())
         run = _Run(plan, new_state(plan), False, True, settings.max_restarts, settings.plots)
     target = devices.resolve(device or run.plan["device"])
-    budget = parse_budget(memory_budget if memory_budget is not None else run.plan["memory_budget"], target.total_memory)
+    given = memory_budget if memory_budget is not None else run.plan["memory_budget"]
+    budget = parse_budget(given, target.total_memory)
     with locked(run_files):
-        summary = _train(run_files, run, target, budget, screen, runner)
+        summary = _train(run_files, run, target, budget, describe_budget(given, budget, target.total_memory), screen, runner)
     print_summary(summary, screen, as_json)
     return 0
 
@@ -137,7 +138,9 @@ def _continued_run(run_files: RunFiles, settings: configs.TrainSettings, flags: 
     return _Run(plan, state, True, plan_changed, max_restarts, plots)
 
 
-def _train(run_files: RunFiles, run: _Run, target: devices.Device, budget: int, screen: Screen, runner: Runner) -> dict:
+def _train(
+    run_files: RunFiles, run: _Run, target: devices.Device, budget: int, budget_text: str, screen: Screen, runner: Runner
+) -> dict:
     """Under the run's lock: save the plan and state, train every stage, write the summary."""
     plan, state = run.plan, run.state
     if run.existing:  # re-read under the lock: another invocation may have moved it on
@@ -146,14 +149,14 @@ def _train(run_files: RunFiles, run: _Run, target: devices.Device, budget: int, 
             raise TunerError(f"The run in {run_files.root} was finished by another tuner meanwhile; nothing to do.")
         preflight(run_files, plan, state)
     state["invocations"] += 1
-    state["budget_mb"] = round(budget / MB, 1)
+    state["budget_mb"] = round(budget / MIB, 1)
     if run.plan_changed:  # config.yaml first: it marks a run that a re-run continues
         save_plan(run_files, plan)
     save_state(run_files, state)
     screen.say(
         (f"Continuing the run in {run_files.root} after {epochs_done(state)} of {plan['epochs']} epochs" if run.existing
          else f"Training {plan['study']!r} into {run_files.root}: {plan['epochs']} epochs, strategy {plan['strategy']}")
-        + f"\nFrom {plan['origin']}; device {target.torch} ({target.name}), memory budget {budget / MB:.0f} MB",
+        + f"\nFrom {plan['origin']}; device {target.torch} ({target.name}), memory budget {budget_text}",
     )  # fmt: skip
     supervisor = Supervisor(
         run_files, plan, state, target, budget, max_restarts=run.max_restarts, plots=run.plots, screen=screen, runner=runner
@@ -219,8 +222,8 @@ def print_summary(summary: dict[str, Any], screen: Screen, as_json: bool) -> Non
     if metrics:
         shown = ", ".join(f"{name} {value:.4f}" for name, value in metrics.items())
         lines.append(f"Final {shown} (best.pt: {summary['weights']['best']}).")
-    budget = f" of the {summary['budget_mb']:.0f} MB budget" if summary["budget_mb"] else ""
-    lines.append(f"Peak memory {summary['peak_mem_mb']:.0f} MB{budget}; wall time {duration(summary['wall_s'])}.")
+    budget = f" of the {summary['budget_mb']:.0f} MiB budget" if summary["budget_mb"] else ""
+    lines.append(f"Peak memory {summary['peak_mem_mb']:.0f} MiB{budget}; wall time {duration(summary['wall_s'])}.")
     for step in summary["step_downs"]:
         lines.append(
             f"  step-down in stage {step['stage']} after epoch {step['epochs_done']}: {Params.of(step['from'])} -> "

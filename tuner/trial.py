@@ -26,7 +26,7 @@ import psutil
 from tuner import files, offline
 from tuner.contract import ChildFiles, ChildResult, ChildSpec, EpochRecord
 from tuner.device import Device
-from tuner.memory import MB, Watchdog, kill_tree
+from tuner.memory import MIB, Watchdog, kill_tree
 from tuner.records import OS_KILL, Outcome
 
 SIGKILL_CODES = (-signal.SIGKILL, 128 + signal.SIGKILL)
@@ -169,9 +169,9 @@ def run_child(
         outcome=classified.outcome,
         reason=classified.reason,
         cause=classified.cause,
-        peak_mb=round(peak / MB, 1),
-        peak_rss_mb=round(watchdog.peak_rss / MB, 1),
-        peak_device_mb=round(device_peak / MB, 1),
+        peak_mb=round(peak / MIB, 1),
+        peak_rss_mb=round(watchdog.peak_rss / MIB, 1),
+        peak_device_mb=round(device_peak / MIB, 1),
         returncode=process.returncode,
         duration_s=round(time.monotonic() - started, 2),
         epochs_done=follower.seen,
@@ -194,7 +194,7 @@ class _Follower:
         stop = False
         for raw in files.read_jsonl(self.path, self.seen):
             self.seen += 1
-            record = dataclasses.replace(EpochRecord.from_json(raw), peak_mb=round(self.watchdog.peak / MB, 1))
+            record = dataclasses.replace(EpochRecord.from_json(raw), peak_mb=round(self.watchdog.peak / MIB, 1))
             if self.on_epoch is not None and self.on_epoch(record):
                 stop = True
         return stop
