@@ -18,7 +18,8 @@ in seconds. Its result is "ok" with no value, or the OOM that ended it.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+import shutil
+from typing import Any, Callable, NoReturn
 
 from tuner import child
 from tuner.contract import ChildResult, ProbeSpec
@@ -63,13 +64,14 @@ def skip_final_eval(trainer) -> None:
 class Preflight:
     """The callbacks of a pre-flight: `batches` training batches, one validation batch, then the end.
 
-    Training stops through Ultralytics' own `trainer.stop`, which it checks after every batch, so the
-    epoch ends the way a probe's does: memory cleared as the trainer clears it before validating, then
-    validation by the trainer's validator (batch x 2 images, no gradients: the peak of some configs),
-    here over one batch only (`OneBatch`). The end of that validation raises `child.EndedEarly`,
-    before the metrics file, checkpoints and final evaluation a probe would write. An OOM on the way
-    (an exception, the watchdog's kill, Ultralytics' batch halving) ends it as it ends a probe. An
-    epoch shorter than `batches` is trained whole.
+    Training stops through Ultralytics' own `trainer.stop`, which it checks after every batch (an
+    epoch shorter than `batches` is trained whole), so the epoch ends the way a probe's does: memory
+    cleared as the trainer clears it, validation by the trainer's validator (batch x 2 images without
+    gradients, the peak of some configs) but over one batch only (`OneBatch`), then the epoch's
+    checkpoint. That save is part of a probe's peak too (it imports polars and serializes the model
+    and optimizer: +70 MB RSS with yolov8n on CPU), so the pre-flight ends only at `on_train_end`,
+    raising `child.EndedEarly`; the checkpoint is deleted first, as nothing reads it. An OOM on the
+    way (an exception, the watchdog's kill, Ultralytics' batch halving) ends it as it ends a probe.
     """
 
     def __init__(self, batches: int) -> None:
@@ -85,7 +87,7 @@ class Preflight:
             "on_train_batch_end": self.on_train_batch_end,
             "on_train_epoch_end": self.on_train_epoch_end,
             "on_val_batch_end": self.on_val_batch_end,
-            "on_val_end": self.on_val_end,
+            "on_train_end": self.on_train_end,
         }
 
     def on_train_batch_end(self, trainer) -> None:
@@ -101,7 +103,11 @@ class Preflight:
     def on_val_batch_end(self, validator) -> None:
         self.validated += 1
 
-    def on_val_end(self, validator) -> None:
+    def on_train_end(self, trainer) -> None:
+        if not self.validated:
+            raise RuntimeError(f"the pre-flight ended without its validation batch ({self.describe()})")
+        if trainer.wdir.is_dir():
+            shutil.rmtree(trainer.wdir)
         done = self.describe()
         print(done, flush=True)  # for the log, beside Ultralytics' own lines
         raise child.EndedEarly(done)
@@ -120,8 +126,9 @@ class OneBatch:
     Validation batches are not all alike: Ultralytics sorts the images by aspect ratio and pads each
     batch to its own shape (up to imgsz plus half a stride), so the first one is the flattest, not
     the largest. This one is the batch with the most pixels, then the most labels per image (the loss's
-    target assignment grows with them). It is loaded with the loader's own workers, whose memory a
-    probe's validation also holds. `dataset` stays the whole set: the validator reads it.
+    target assignment grows with them). It is loaded with the loader's own workers, kept alive to the
+    end as Ultralytics keeps them: a probe's process holds their memory from its first validation
+    on. `dataset` stays the whole set: the validator reads it.
     """
 
     def __init__(self, loader) -> None:
@@ -138,6 +145,7 @@ class OneBatch:
             num_workers=loader.num_workers,
             pin_memory=loader.pin_memory,
             collate_fn=loader.collate_fn,
+            persistent_workers=loader.num_workers > 0,
         )
 
     def __len__(self) -> int:
@@ -184,8 +192,8 @@ def run(spec: ProbeSpec) -> ChildResult:
     return dataclasses.replace(result, value=training.last_value)
 
 
-def main(argv: list[str] | None = None) -> int:
-    return child.main_for(ProbeSpec, run, argv)
+def main(argv: list[str] | None = None) -> NoReturn:
+    child.main_for(ProbeSpec, run, argv)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 from tuner import child
 from tuner.checkpoints import AtomicPath, CheckpointUnusable, atomic_strip, checkpoint_facts, trim_results_csv
@@ -180,8 +180,8 @@ def run(spec: TrainSpec) -> ChildResult:
     return dataclasses.replace(result, final_metrics=final.metrics)
 
 
-def main(argv: list[str] | None = None) -> int:
-    return child.main_for(TrainSpec, run, argv)
+def main(argv: list[str] | None = None) -> NoReturn:
+    child.main_for(TrainSpec, run, argv)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ in `progress.jsonl` (tuner.contract). The end is classified from facts, in this 
 from __future__ import annotations
 
 import dataclasses
+import os
 import signal
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from typing import Callable, NamedTuple
 import psutil
 
 from tuner import files, offline
+from tuner.child import PARENT_ENV
 from tuner.contract import ChildFiles, ChildResult, ChildSpec, EpochRecord
 from tuner.device import Device
 from tuner.memory import MIB, Watchdog, kill_tree
@@ -141,7 +143,7 @@ def run_child(
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env=offline.child_env(device.child_env(budget)),
+            env=offline.child_env({**device.child_env(budget), PARENT_ENV: str(os.getpid())}),
             cwd=child_files.folder,
             start_new_session=True,  # Ctrl-C reaches tuner, which then stops the trial itself
         )
