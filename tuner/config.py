@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from tuner import checks
 from tuner.errors import ConfigError
 
 DEFAULT_CONFIG_FILE = Path("configs") / "probe.yaml"
@@ -227,34 +228,34 @@ def _build(raw: dict[str, Any]) -> ProbeConfig:
     if raw["metric"] not in METRIC_NAMES:
         raise ConfigError(f"The value of `metric` is {raw['metric']!r}, but must be one of: {', '.join(METRIC_NAMES)}.")
     return ProbeConfig(
-        model=_text(raw["model"], "model"),
-        data=None if raw["data"] is None else _text(raw["data"], "data"),
+        model=checks.text(raw["model"], "model"),
+        data=None if raw["data"] is None else checks.text(raw["data"], "data"),
         device=str(raw["device"]),
         memory_budget=raw["memory_budget"],
-        safety_margin=_fraction(raw["safety_margin"], "safety_margin", low=0.0, high=0.9, high_open=True),
-        n_trials=_positive_int(raw["n_trials"], "n_trials"),
-        timeout=None if raw["timeout"] is None else _positive_float(raw["timeout"], "timeout"),
+        safety_margin=checks.fraction(raw["safety_margin"], "safety_margin", low=0.0, high=0.9, high_open=True),
+        n_trials=checks.positive_int(raw["n_trials"], "n_trials"),
+        timeout=None if raw["timeout"] is None else checks.positive_float(raw["timeout"], "timeout"),
         metric=raw["metric"],
-        sampler=_choice(raw["sampler"], "sampler", SAMPLERS),
-        pruner=_choice(raw["pruner"], "pruner", PRUNERS),
-        seed=_int(raw["seed"], "seed"),
+        sampler=checks.choice(raw["sampler"], "sampler", SAMPLERS),
+        pruner=checks.choice(raw["pruner"], "pruner", PRUNERS),
+        seed=checks.integer(raw["seed"], "seed"),
         space=Space(
-            imgsz=_imgsz_choices(space["imgsz"]),
-            batch=tuple(_positive_int(value, "batch") for value in _as_list(space["batch"], "batch")),
-            mosaic=_range(space["mosaic"], "mosaic"),
-            mixup=_range(space["mixup"], "mixup"),
+            imgsz=checks.imgsz_choices(space["imgsz"]),
+            batch=tuple(checks.positive_int(value, "batch") for value in checks.as_list(space["batch"], "batch")),
+            mosaic=checks.range(space["mosaic"], "mosaic"),
+            mixup=checks.range(space["mixup"], "mixup"),
         ),
         probe=ProbeSettings(
-            epochs=_positive_int(probe["epochs"], "probe.epochs"),
-            fraction=_fraction(probe["fraction"], "probe.fraction", low=0.0, high=1.0, low_open=True),
-            optimizer=_choice(probe["optimizer"], "probe.optimizer", OPTIMIZERS),
-            lr0=_positive_float(probe["lr0"], "probe.lr0"),
-            warmup_epochs=_fraction(probe["warmup_epochs"], "probe.warmup_epochs", low=0.0, high=1e9),
-            trial_timeout=_positive_float(probe["trial_timeout"], "probe.trial_timeout"),
-            repeats=_non_negative_int(probe["repeats"], "probe.repeats"),
+            epochs=checks.positive_int(probe["epochs"], "probe.epochs"),
+            fraction=checks.fraction(probe["fraction"], "probe.fraction", low=0.0, high=1.0, low_open=True),
+            optimizer=checks.choice(probe["optimizer"], "probe.optimizer", OPTIMIZERS),
+            lr0=checks.positive_float(probe["lr0"], "probe.lr0"),
+            warmup_epochs=checks.fraction(probe["warmup_epochs"], "probe.warmup_epochs", low=0.0, high=1e9),
+            trial_timeout=checks.positive_float(probe["trial_timeout"], "probe.trial_timeout"),
+            repeats=checks.non_negative_int(probe["repeats"], "probe.repeats"),
         ),
-        heartbeat_interval=_positive_int(raw["heartbeat_interval"], "heartbeat_interval"),
-        grace_period=_positive_int(raw["grace_period"], "grace_period"),
+        heartbeat_interval=checks.positive_int(raw["heartbeat_interval"], "heartbeat_interval"),
+        grace_period=checks.positive_int(raw["grace_period"], "grace_period"),
     )
 
 
@@ -297,113 +298,18 @@ def default_train_settings() -> TrainSettings:
 def _train_settings(merged: dict[str, Any]) -> TrainSettings:
     two_stage, progressive = merged["two_stage"], merged["progressive"]
     return TrainSettings(
-        epochs=_positive_int(merged["epochs"], "epochs"),
-        strategy=_choice(merged["strategy"], "strategy", STRATEGIES),
-        max_restarts=_non_negative_int(merged["max_restarts"], "max_restarts"),
-        val_every=_positive_int(merged["val_every"], "val_every"),
-        plots=_bool(merged["plots"], "plots"),
-        warmup_epochs=_fraction(merged["warmup_epochs"], "warmup_epochs", low=0.0, high=1e9),
-        close_mosaic=_non_negative_int(merged["close_mosaic"], "close_mosaic"),
-        fine_tune_share=_fraction(two_stage["fine_tune_share"], "two_stage.fine_tune_share", low=0.0, high=1.0,
+        epochs=checks.positive_int(merged["epochs"], "epochs"),
+        strategy=checks.choice(merged["strategy"], "strategy", STRATEGIES),
+        max_restarts=checks.non_negative_int(merged["max_restarts"], "max_restarts"),
+        val_every=checks.positive_int(merged["val_every"], "val_every"),
+        plots=checks.boolean(merged["plots"], "plots"),
+        warmup_epochs=checks.fraction(merged["warmup_epochs"], "warmup_epochs", low=0.0, high=1e9),
+        close_mosaic=checks.non_negative_int(merged["close_mosaic"], "close_mosaic"),
+        fine_tune_share=checks.fraction(two_stage["fine_tune_share"], "two_stage.fine_tune_share", low=0.0, high=1.0,
                                   low_open=True, high_open=True),  # fmt: skip
-        fine_tune_lr_factor=_positive_float(two_stage["lr_factor"], "two_stage.lr_factor"),
-        progressive_blocks=_positive_int(progressive["blocks"], "progressive.blocks"),
+        fine_tune_lr_factor=checks.positive_float(two_stage["lr_factor"], "two_stage.lr_factor"),
+        progressive_blocks=checks.positive_int(progressive["blocks"], "progressive.blocks"),
     )
-
-
-def _bool(value: Any, name: str) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(f"The value of `{name}` is {value!r}, but must be true or false.")
-    return value
-
-
-def _text(value: Any, name: str) -> str:
-    if not isinstance(value, (str, Path)) or not str(value).strip():
-        raise ConfigError(f"The value of `{name}` is {value!r}, but must be a path or name.")
-    return str(value)
-
-
-def _int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"The value of `{name}` is {value!r}, but must be an integer.")
-    return value
-
-
-def _positive_int(value: Any, name: str) -> int:
-    if _int(value, name) <= 0:
-        raise ConfigError(f"The value of `{name}` is {value}, but must be a positive integer.")
-    return value
-
-
-def _non_negative_int(value: Any, name: str) -> int:
-    if _int(value, name) < 0:
-        raise ConfigError(f"The value of `{name}` is {value}, but must be 0 or more.")
-    return value
-
-
-def _number(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"The value of `{name}` is {value!r}, but must be a number.")
-    return float(value)
-
-
-def _positive_float(value: Any, name: str) -> float:
-    if _number(value, name) <= 0:
-        raise ConfigError(f"The value of `{name}` is {value}, but must be greater than 0.")
-    return float(value)
-
-
-def _fraction(
-    value: Any, name: str, *, low: float, high: float, low_open: bool = False, high_open: bool = False
-) -> float:
-    number = _number(value, name)
-    too_low = number <= low if low_open else number < low
-    too_high = number >= high if high_open else number > high
-    if too_low or too_high:
-        left, right = "(" if low_open else "[", ")" if high_open else "]"
-        raise ConfigError(f"The value of `{name}` is {value}, but must be in {left}{low:g}, {high:g}{right}.")
-    return number
-
-
-def _choice(value: Any, name: str, choices: tuple[str, ...]) -> str:
-    if value not in choices:
-        same_but_case = [choice for choice in choices if choice.lower() == str(value).lower()]
-        close = same_but_case or difflib.get_close_matches(str(value), choices, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ConfigError(f"The value of `{name}` is {value!r}, but must be one of: {', '.join(choices)}.{hint}")
-    return value
-
-
-def _as_list(value: Any, name: str) -> list[Any]:
-    values = value if isinstance(value, (list, tuple)) else [value]
-    if not values:
-        raise ConfigError(f"`{name}` needs at least one value.")
-    return list(values)
-
-
-def _imgsz_choices(value: Any) -> tuple[int, ...]:
-    sizes = []
-    for size in _as_list(value, "imgsz"):
-        _positive_int(size, "imgsz")
-        if size % 32:
-            raise ConfigError(
-                f"The value of `imgsz` is {size}, but must be a multiple of 32 (YOLO's largest stride); "
-                f"try {max(32, round(size / 32) * 32)}."
-            )
-        sizes.append(size)
-    return tuple(sorted(set(sizes)))
-
-
-def _range(value: Any, name: str) -> tuple[float, float]:
-    values = _as_list(value, name)
-    if len(values) == 1:
-        values = values * 2
-    if len(values) != 2:
-        raise ConfigError(f"`{name}` must be a range [low, high] or one fixed value, not {value!r}.")
-    low, high = (_fraction(number, name, low=0.0, high=1.0) for number in values)
-    if low > high:
-        raise ConfigError(f"`{name}` range is [{low:g}, {high:g}], but low must not exceed high.")
-    return (low, high)
 
 
 def parse_list(text: str, flag: str, kind: type) -> list[Any]:

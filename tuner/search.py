@@ -9,9 +9,7 @@ count towards `n_trials`, so the loop goes round until `n_trials` trials really 
 
 from __future__ import annotations
 
-import dataclasses
 import time
-from pathlib import Path
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState

@@ -1,0 +1,105 @@
+"""Checks of one setting's value: each returns the value, typed, or raises ConfigError with one line
+naming the setting, the value and what it must be (Optuna's shape: "The value of `x` is 3, but must be ...")."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any
+
+from tuner.errors import ConfigError
+
+
+def boolean(value: Any, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"The value of `{name}` is {value!r}, but must be true or false.")
+    return value
+
+
+def text(value: Any, name: str) -> str:
+    if not isinstance(value, (str, Path)) or not str(value).strip():
+        raise ConfigError(f"The value of `{name}` is {value!r}, but must be a path or name.")
+    return str(value)
+
+
+def integer(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"The value of `{name}` is {value!r}, but must be an integer.")
+    return value
+
+
+def positive_int(value: Any, name: str) -> int:
+    if integer(value, name) <= 0:
+        raise ConfigError(f"The value of `{name}` is {value}, but must be a positive integer.")
+    return value
+
+
+def non_negative_int(value: Any, name: str) -> int:
+    if integer(value, name) < 0:
+        raise ConfigError(f"The value of `{name}` is {value}, but must be 0 or more.")
+    return value
+
+
+def numeric(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"The value of `{name}` is {value!r}, but must be a number.")
+    return float(value)
+
+
+def positive_float(value: Any, name: str) -> float:
+    if numeric(value, name) <= 0:
+        raise ConfigError(f"The value of `{name}` is {value}, but must be greater than 0.")
+    return float(value)
+
+
+def fraction(
+    value: Any, name: str, *, low: float, high: float, low_open: bool = False, high_open: bool = False
+) -> float:
+    number = numeric(value, name)
+    too_low = number <= low if low_open else number < low
+    too_high = number >= high if high_open else number > high
+    if too_low or too_high:
+        left, right = "(" if low_open else "[", ")" if high_open else "]"
+        raise ConfigError(f"The value of `{name}` is {value}, but must be in {left}{low:g}, {high:g}{right}.")
+    return number
+
+
+def choice(value: Any, name: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        same_but_case = [choice for choice in choices if choice.lower() == str(value).lower()]
+        close = same_but_case or difflib.get_close_matches(str(value), choices, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"The value of `{name}` is {value!r}, but must be one of: {', '.join(choices)}.{hint}")
+    return value
+
+
+def as_list(value: Any, name: str) -> list[Any]:
+    values = value if isinstance(value, (list, tuple)) else [value]
+    if not values:
+        raise ConfigError(f"`{name}` needs at least one value.")
+    return list(values)
+
+
+def imgsz_choices(value: Any) -> tuple[int, ...]:
+    sizes = []
+    for size in as_list(value, "imgsz"):
+        positive_int(size, "imgsz")
+        if size % 32:
+            raise ConfigError(
+                f"The value of `imgsz` is {size}, but must be a multiple of 32 (YOLO's largest stride); "
+                f"try {max(32, round(size / 32) * 32)}."
+            )
+        sizes.append(size)
+    return tuple(sorted(set(sizes)))
+
+
+def range(value: Any, name: str) -> tuple[float, float]:
+    values = as_list(value, name)
+    if len(values) == 1:
+        values = values * 2
+    if len(values) != 2:
+        raise ConfigError(f"`{name}` must be a range [low, high] or one fixed value, not {value!r}.")
+    low, high = (fraction(number, name, low=0.0, high=1.0) for number in values)
+    if low > high:
+        raise ConfigError(f"`{name}` range is [{low:g}, {high:g}], but low must not exceed high.")
+    return (low, high)
