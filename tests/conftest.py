@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -41,12 +42,15 @@ def run_cli(capsys):
     return run
 
 
-def trial_processes() -> list[psutil.Process]:
-    """The probe/train processes started by this test process."""
+def trial_processes(preflights: bool = False) -> list[psutil.Process]:
+    """The probe/train processes started by this test process; pre-flights (tuner.limits) only if asked."""
     found = []
     for process in psutil.Process().children(recursive=True):
         try:
-            if any(part in ("tuner.probe", "tuner.train", "tuner.train_child") for part in process.cmdline()):
+            command = process.cmdline()
+            if not preflights and any(f"{os.sep}preflight{os.sep}" in part for part in command):
+                continue
+            if any(part in ("tuner.probe", "tuner.train", "tuner.train_child") for part in command):
                 found.append(process)
         except psutil.Error:
             continue

@@ -93,6 +93,10 @@ def imgsz_choices(value: Any) -> tuple[int, ...]:
     return tuple(sorted(set(sizes)))
 
 
+def batch_choices(value: Any) -> tuple[int, ...]:
+    return tuple(sorted({positive_int(batch, "batch") for batch in as_list(value, "batch")}))
+
+
 def range(value: Any, name: str) -> tuple[float, float]:
     values = as_list(value, name)
     if len(values) == 1:

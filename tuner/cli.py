@@ -91,8 +91,15 @@ def _add_probe(subparsers) -> None:
     search = parser.add_argument_group("search (flags override the config file)")
     search.add_argument("--n-trials", type=int, help=f"trials the study should have in total (default: {DEFAULTS['n_trials']})")
     search.add_argument("--timeout", type=float, help="stop starting new trials after this many seconds")
-    search.add_argument("--imgsz", help=f"imgsz choices, multiples of 32, comma-separated (default: {_csv(SPACE['imgsz'])})")
-    search.add_argument("--batch", help=f"batch choices, comma-separated (default: {_csv(SPACE['batch'])})")
+    search.add_argument(
+        "--imgsz",
+        help="imgsz choices, multiples of 32, comma-separated, or auto (default: auto, from the data: 160 up to the "
+        "larger of 640 and the usual image size, in steps of 32)",
+    )
+    search.add_argument(
+        "--batch",
+        help="batch choices, comma-separated, or auto (default: auto: 1, 2, 4, ... up to 64 or the train split's size)",
+    )
     search.add_argument("--mosaic", help=f"mosaic range LOW,HIGH within [0, 1] (default: {_csv(SPACE['mosaic'])})")
     search.add_argument("--mixup", help=f"mixup range LOW,HIGH within [0, 1] (default: {_csv(SPACE['mixup'])})")
     search.add_argument("--probe-epochs", type=int, help=f"epochs each probe trains (default: {PROBE['epochs']})")
@@ -123,6 +130,10 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     )
 
 
+def _choices(text: str, flag: str) -> list[int] | str:
+    return configs.AUTO if text.strip() == configs.AUTO else configs.parse_list(text, flag, int)
+
+
 def _probe_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """Only the flags the user passed, nested like the config file."""
     top = {
@@ -137,8 +148,8 @@ def _probe_overrides(args: argparse.Namespace) -> dict[str, Any]:
     }
     sections = {
         "space": {
-            "imgsz": args.imgsz and configs.parse_list(args.imgsz, "--imgsz", int),
-            "batch": args.batch and configs.parse_list(args.batch, "--batch", int),
+            "imgsz": args.imgsz and _choices(args.imgsz, "--imgsz"),
+            "batch": args.batch and _choices(args.batch, "--batch"),
             "mosaic": args.mosaic and configs.parse_list(args.mosaic, "--mosaic", float),
             "mixup": args.mixup and configs.parse_list(args.mixup, "--mixup", float),
         },

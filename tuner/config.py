@@ -35,8 +35,8 @@ DEFAULTS: dict[str, Any] = {
     "pruner": "median",
     "seed": 0,
     "space": {
-        "imgsz": [160, 224, 288, 352],
-        "batch": [2, 4, 8, 16],
+        "imgsz": "auto",  # tuner.derive: 160 up to max(640, the data's image size) in steps of 32
+        "batch": "auto",  # tuner.derive: powers of 2 up to 64 or the train split's size
         "mosaic": [0.0, 1.0],
         "mixup": [0.0, 0.3],
     },
@@ -70,10 +70,11 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     },
 }
 
+AUTO = "auto"  # a space choice derived from the data
 STRATEGIES = ("single", "two-stage", "progressive")
 OPTIMIZERS = ("SGD", "Adam", "Adamax", "AdamW", "NAdam", "RAdam", "RMSProp")
 SAMPLERS = ("tpe", "random")
-PRUNERS = ("median", "none")
+PRUNERS = ("median", "halving", "none")
 METRIC_NAMES = {
     "metrics/mAP50-95(B)": "mAP50-95",
     "metrics/mAP50(B)": "mAP50",
@@ -84,10 +85,11 @@ METRIC_NAMES = {
 
 @dataclasses.dataclass(frozen=True)
 class Space:
-    """The search space: imgsz and batch are choices, mosaic and mixup are [low, high] ranges."""
+    """The search space: imgsz and batch are choices (None: derived from the data, see tuner.derive),
+    mosaic and mixup are [low, high] ranges."""
 
-    imgsz: tuple[int, ...]
-    batch: tuple[int, ...]
+    imgsz: tuple[int, ...] | None
+    batch: tuple[int, ...] | None
     mosaic: tuple[float, float]
     mixup: tuple[float, float]
 
@@ -130,7 +132,7 @@ class ProbeConfig:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready, as stored in the study's user attrs."""
         out = dataclasses.asdict(self)
-        out["space"] = {key: list(value) for key, value in out["space"].items()}
+        out["space"] = {key: AUTO if value is None else list(value) for key, value in out["space"].items()}
         out["metric_name"] = self.metric_name
         return out
 
@@ -240,8 +242,8 @@ def _build(raw: dict[str, Any]) -> ProbeConfig:
         pruner=checks.choice(raw["pruner"], "pruner", PRUNERS),
         seed=checks.integer(raw["seed"], "seed"),
         space=Space(
-            imgsz=checks.imgsz_choices(space["imgsz"]),
-            batch=tuple(checks.positive_int(value, "batch") for value in checks.as_list(space["batch"], "batch")),
+            imgsz=None if _auto(space["imgsz"]) else checks.imgsz_choices(space["imgsz"]),
+            batch=None if _auto(space["batch"]) else checks.batch_choices(space["batch"]),
             mosaic=checks.range(space["mosaic"], "mosaic"),
             mixup=checks.range(space["mixup"], "mixup"),
         ),
@@ -257,6 +259,10 @@ def _build(raw: dict[str, Any]) -> ProbeConfig:
         heartbeat_interval=checks.positive_int(raw["heartbeat_interval"], "heartbeat_interval"),
         grace_period=checks.positive_int(raw["grace_period"], "grace_period"),
     )
+
+
+def _auto(value: Any) -> bool:
+    return value is None or value == AUTO
 
 
 @dataclasses.dataclass(frozen=True)

@@ -136,6 +136,14 @@ def _split_images(entries: list[Path], split: str, yaml_path: Path) -> list[str]
     return images
 
 
+def train_images(data_yaml: Path) -> list[str]:
+    """The train images of a checked (resolved) dataset YAML, found the way Ultralytics finds them."""
+    data = yaml.safe_load(Path(data_yaml).read_text(encoding="utf-8"))
+    root = Path(data.get("path") or Path(data_yaml).parent)
+    entries = _split_entries(data["train"], "train", Path(data_yaml), root)
+    return sorted(_split_images(entries, "train", Path(data_yaml)))
+
+
 def _label_paths(images: list[str]) -> list[str]:
     """Ultralytics' img2label_paths: the last /images/ becomes /labels/, the suffix .txt."""
     images_dir, labels_dir = f"{os.sep}images{os.sep}", f"{os.sep}labels{os.sep}"

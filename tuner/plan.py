@@ -207,13 +207,8 @@ def _study_budget(record: StudyRecord) -> str | float:
 
 def _candidates(study, record: StudyRecord) -> tuple[Candidate, ...]:
     """The study's stable configs, most accurate first (mean over repeats; the largest peak of the runs)."""
-    from tuner.space import config_key
-
     limit = record.stable_limit_mb if record.stable_limit_mb is not None else float("inf")
-    groups: dict[tuple, list] = {}
-    for trial in study.get_trials(deepcopy=False):
-        if records.is_stable(trial, limit):
-            groups.setdefault(config_key(trial.params), []).append(trial)
+    groups = records.stable_configs(study.get_trials(deepcopy=False), limit)
     found = [
         Candidate(
             params=Params.of(runs[0].params),

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from typing import Any
+from typing import Any, Iterable
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -116,6 +116,30 @@ def is_stable(trial: FrozenTrial, limit_mb: float) -> bool:
     )
 
 
+def ran_over_limit(trial: FrozenTrial, limit_mb: float) -> bool:
+    """Really ran (not inferred), and ran out of memory or peaked over the stable limit."""
+    record = TrialRecord.of(trial)
+    if record.inferred:
+        return False
+    return record.outcome == Outcome.OOM or (record.peak_mem_mb is not None and record.peak_mem_mb > limit_mb)
+
+
+def stable_configs(trials: Iterable[FrozenTrial], limit_mb: float) -> dict[tuple, list[FrozenTrial]]:
+    """The stable trials of each config (by Params.key) none of whose runs went over the limit.
+
+    The same config peaks several percent apart from run to run, so one run under the limit is not enough:
+    a config is judged on the largest peak seen, and one run over the limit (or out of memory) rules it out.
+    """
+    trials = list(trials)
+    over = {Params.of(t.params).key for t in trials if t.params and ran_over_limit(t, limit_mb)}
+    groups: dict[tuple, list[FrozenTrial]] = {}
+    for trial in trials:
+        key = Params.of(trial.params).key if trial.params else None
+        if key not in over and is_stable(trial, limit_mb):
+            groups.setdefault(key, []).append(trial)
+    return groups
+
+
 def counts_towards_total(trial: FrozenTrial) -> bool:
     """Whether a finished trial counts towards `n_trials`.
 
@@ -189,6 +213,7 @@ class StudyRecord:
     model_path: str | None = None
     data_path: str | None = None
     tuner_version: str | None = None
+    space_from_data: bool | None = None  # imgsz or batch choices derived from the data (tuner.derive)
     noise: Noise = Noise()
     best: Best | None = None
     limits: dict[str, Any] | None = None  # what the pre-flights found (tuner.limits.Limits.to_dict)

@@ -157,7 +157,7 @@ def grow_hint(found: Findings) -> str:
 
 def room_to_grow(found: Findings) -> str | None:
     best, grid, config = found.best, found.grid, found.record.config
-    if best is None:
+    if best is None or found.record.space_from_data:  # a derived space reaches the limit by itself
         return None
     searched = (config.space.imgsz if config else ()) or grid.imgsz
     return selection.room_to_grow(best.params.imgsz, best.peak_mem_mb, searched, grid.stable_limit_mb)

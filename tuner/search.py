@@ -2,13 +2,19 @@
 
 Each trial is one `python -m tuner.probe` process (tuner.trial.run_child) under the memory watchdog;
 its end becomes the trial's record (tuner.records) and Optuna state: ok -> COMPLETE, oom and pruned
--> PRUNED, error -> FAIL. A config at least as large as one that ran out of its budget is recorded
-as an inferred OOM without a process (tuner.frontier). Inferred trials cost nothing and do not
-count towards `n_trials`, so the loop goes round until `n_trials` trials really ran.
+-> PRUNED, error -> FAIL. The search stays inside the memory limit the pre-flights mapped
+(tuner.limits): a config beyond the frontier, or at least as large as one that ran out of its budget
+(tuner.frontier), is recorded as an inferred OOM without a process. Inferred trials cost nothing and
+do not count towards `n_trials`, so the loop goes round until `n_trials` trials really ran.
+
+Every finished trial carries Optuna's `memory_mb` constraint (its peak minus the stable limit; > 0 is
+infeasible), so TPE models a probe that completed over the limit, or never ran, as infeasible rather
+than as a good score; the pruner compares only with stable trials (tuner.pruners).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import optuna
@@ -20,12 +26,13 @@ from tuner.contract import EpochRecord
 from tuner.errors import StudyFailed
 from tuner.inputs import Inputs
 from tuner.progress import Progress
-from tuner.records import INFERRED, Outcome, StudyRecord, TrialRecord, counts_towards_total
+from tuner.records import INFERRED, Outcome, TrialRecord, counts_towards_total
 from tuner.space import Params
 from tuner.trial import Attempt, run_child
 
 SAME_ERROR_STOP = 2  # stop when the first trials of a run all fail with the same message
 MAX_INFERRED_IN_A_ROW = 30  # the sampler keeps proposing configs known not to fit: the space is used up
+CONSTRAINT = "memory_mb"  # Optuna constraint: the trial's peak (or predicted peak) minus the stable limit, MiB
 
 
 class ProbeFailed(Exception):
@@ -47,7 +54,9 @@ def main_trials_done(study: optuna.Study) -> int:
 class Search:
     """Runs the main trials, then the noise repeats, until the study has what it was asked for."""
 
-    def __init__(self, study: optuna.Study, inputs: Inputs, progress: Progress) -> None:
+    def __init__(
+        self, study: optuna.Study, inputs: Inputs, progress: Progress, found: limits.Limits, runner: limits.Runner = run_child
+    ) -> None:
         self.study = study
         self.inputs = inputs
         self.cfg = inputs.cfg
@@ -55,13 +64,14 @@ class Search:
         self.first_number: int | None = None
         self.failure: str | None = None
         self.inferred_in_a_row = 0
-        stored = StudyRecord.of(study).limits  # what `--limits-only` found, if it ran on this study
-        self.limits = limits.Limits.from_dict(stored) if stored else None
+        self.limits = found
+        self.runner = runner
 
     def run(self) -> None:
         deadline = time.monotonic() + self.cfg.timeout if self.cfg.timeout else None
         if not self.study.get_trials(deepcopy=False):
-            for cell in space.startup_design(self.cfg.space, startup_trials(self.cfg)):
+            largest = self.limits.frontier.largest()
+            for cell in space.startup_design(self.cfg.space, startup_trials(self.cfg), largest):
                 self.study.enqueue_trial(cell)
         done = main_trials_done(self.study)
         if done:
@@ -100,7 +110,7 @@ class Search:
         seed = self.cfg.seed + trial.number
         TrialRecord(seed=seed, device=self.inputs.device.torch).save(trial)
         self.progress.trial_start(trial.number, params, f" (repeat of trial {repeat_of})" if repeat_of is not None else "")
-        beyond = limits.beyond_frontier(self.limits, params) if self.limits is not None else None
+        beyond = limits.beyond_frontier(self.limits, params)
         if beyond is not None:
             self._infer_oom(trial, beyond)
         source = frontier.inferred_oom(params.to_dict(), self.study.get_trials(deepcopy=False, states=(TrialState.PRUNED,)))
@@ -116,7 +126,7 @@ class Search:
             return repeat_of is None and trial.should_prune()
 
         folder = self.inputs.trials_dir / f"trial-{trial.number:04d}"
-        attempt = run_child(
+        attempt = self.runner(
             "tuner.probe", self.inputs.spec(params, seed), folder, self.inputs.device, self.inputs.budget,
             self.cfg.probe.trial_timeout, on_epoch,
         )  # fmt: skip
@@ -129,6 +139,8 @@ class Search:
         TrialRecord(
             outcome=Outcome.OOM, oom_reason=reason, oom_cause=INFERRED, inferred_from=source, stable=False
         ).save(trial)
+        predicted = self.limits.model.predict(**dataclasses.asdict(Params.of(trial.params))) if self.limits.model else None
+        trial.set_constraint(CONSTRAINT, max(1.0, (predicted or 0.0) - self.inputs.stable_limit_mb))
         self.progress.trial_end("oom", None, None, reason, counted=False)
         self.inferred_in_a_row += 1
         if self.inferred_in_a_row >= MAX_INFERRED_IN_A_ROW:
@@ -157,6 +169,8 @@ class Search:
             log=str(attempt.log),
             stable=outcome == Outcome.OK and attempt.peak_mb <= self.inputs.stable_limit_mb,
         ).save(trial)
+        over = attempt.peak_mb - self.inputs.stable_limit_mb
+        trial.set_constraint(CONSTRAINT, max(over, 1.0) if outcome == Outcome.OOM else over)
         self.progress.trial_end(outcome.value, attempt.value, attempt.peak_mb, attempt.reason)
 
     def _verdict(self, trial: optuna.Trial, attempt: Attempt) -> float:

@@ -1,6 +1,7 @@
 """The study's noise, the configs to probe again, and the best *stable* config.
 
-Stable: the trial completed and its peak memory stayed within the budget minus the safety margin.
+Stable: the trial completed and its peak memory stayed within the budget minus the safety margin, and no
+other run of the same config went over it (records.stable_configs: the largest peak seen decides).
 Noise: the same config probed again with another seed scores differently; the mean absolute
 difference over such pairs is the study's spread. Among stable configs whose mean metric is within
 that spread of the best, the one with the lowest peak memory (the most headroom) is chosen; peaks
@@ -12,14 +13,13 @@ Repeats: the best stable configs not yet repeated, one repeat per config, most a
 from __future__ import annotations
 
 import dataclasses
-from collections import defaultdict
 from statistics import mean
 from typing import Any, Iterable
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.records import Noise, TrialRecord, is_stable
+from tuner.records import Noise, TrialRecord, stable_configs
 from tuner.space import config_key
 
 MEMORY_TIE = 0.05  # peaks closer than this fraction of the budget are the same headroom
@@ -64,7 +64,8 @@ def to_repeat(trials: Iterable[FrozenTrial], wanted: int, limit_mb: float) -> li
     repeated = {TrialRecord.of(t).repeat_of for t in trials} - {None}
     needed = wanted - len(repeated)
     done = {config_key(t.params) for t in trials if t.number in repeated}
-    originals = [t for t in trials if is_stable(t, limit_mb) and TrialRecord.of(t).repeat_of is None]
+    stable = {id(t) for runs in stable_configs(trials, limit_mb).values() for t in runs}
+    originals = [t for t in trials if id(t) in stable and TrialRecord.of(t).repeat_of is None]
     chosen = []
     for original in sorted(originals, key=lambda t: -t.value):
         if len(chosen) >= needed:
@@ -78,10 +79,7 @@ def to_repeat(trials: Iterable[FrozenTrial], wanted: int, limit_mb: float) -> li
 def best_stable(
     trials: Iterable[optuna.trial.FrozenTrial], limit_mb: float, spread: float | None, budget_mb: float | None = None
 ) -> Choice | None:
-    groups: dict[tuple, list[optuna.trial.FrozenTrial]] = defaultdict(list)
-    for trial in trials:
-        if is_stable(trial, limit_mb):
-            groups[config_key(trial.params)].append(trial)
+    groups = stable_configs(trials, limit_mb)
     if not groups:
         return None
     summaries = [

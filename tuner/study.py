@@ -14,7 +14,7 @@ from typing import Any
 
 import optuna
 
-from tuner import __version__, inputs, limits, probe_output, selection
+from tuner import __version__, derive, inputs, limits, probe_output, pruners, selection
 from tuner import config as configs
 from tuner import device as devices
 from tuner.errors import ConfigError
@@ -43,12 +43,15 @@ def run_probe(
 ) -> int:
     """The whole `tuner probe`; returns the exit code (1 when no config is stable).
 
-    With `limits_only`, it maps where the memory limit lies (tuner.limits) and stops there.
+    First it maps where the memory limit lies (tuner.limits), once per study; with `limits_only` it stops there.
+    Choices of the space the user left out are derived from the data first (tuner.derive).
     """
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # tuner prints each trial's end itself
     device = devices.resolve(cfg.device)
     budget = parse_budget(cfg.memory_budget, device.total_memory)
     data_yaml = inputs.dataset(cfg.data)
+    space, space_notes = derive.resolve(cfg.space, data_yaml)
+    cfg = dataclasses.replace(cfg, space=space)
     model = inputs.model(cfg.model, embedded=cfg.data is None)
     name = study_name or default_study_name(cfg.data, cfg.model, device.kind)
     url = storage_url(storage, studies_dir, name)
@@ -62,6 +65,7 @@ def run_probe(
         model_path=str(model),
         data_path=str(data_yaml),
         tuner_version=__version__,
+        space_from_data=bool(space_notes),
     )
     study = open_study(name, url, cfg, record)
     progress = Progress(cfg.n_trials + cfg.probe.repeats, budget, cfg.metric_name, quiet=quiet)
@@ -70,24 +74,34 @@ def run_probe(
         f"Device {device.torch} ({device.name}); memory budget "
         f"{describe_budget(cfg.memory_budget, budget, device.total_memory)}, stable below {record.stable_limit_mb:.0f} MiB"
     )
+    for note in space_notes:
+        progress.say(note)
     trials = Inputs(cfg, device, budget, data_yaml, model, Path(studies_dir) / name)
+    found = _mapped_limits(study, trials, progress)
     if limits_only:
-        return _limits_only(study, record, trials, progress, as_json)
-    Search(study, trials, progress).run()
+        if as_json:
+            print(json.dumps({"study": study.study_name, "budget_mb": record.budget_mb, **found.summary()}, indent=2))
+        else:
+            progress.say(limits.describe(found), important=True)
+        return 0
+    progress.say(limits.describe(found))
+    Search(study, trials, progress, found).run()
     return _finish(study, cfg, device, record, url, Path(results_dir), progress, as_json)
 
 
-def _limits_only(study: optuna.Study, record: StudyRecord, trials: Inputs, progress: Progress, as_json: bool) -> int:
-    """`--limits-only`: pre-flight the space, store the frontier and the memory model in the study, say them."""
-    found = limits.map_limits(trials, progress)
-    dataclasses.replace(record, limits=found.to_dict()).save(study)
+def _mapped_limits(study: optuna.Study, trials: Inputs, progress: Progress) -> limits.Limits:
+    """The study's frontier and memory model: mapped by pre-flights on its first run, stored, then reused.
+    Raises StudyFailed (exit 1) when not even the smallest config fits."""
+    stored = StudyRecord.of(study).limits
+    if stored:
+        found = limits.Limits.from_dict(stored)
+        progress.say(f"Memory limits mapped before: {len(found.frontier.measurements)} pre-flight(s), stored in the study.")
+    else:
+        found = limits.map_limits(trials, progress)
+        dataclasses.replace(StudyRecord.of(study), limits=found.to_dict()).save(study)
     if all(entry.imgsz is None for entry in found.frontier.entries):
         raise StudyFailed(limits.smallest_needs(found))
-    if as_json:
-        print(json.dumps({"study": study.study_name, "budget_mb": record.budget_mb, **found.summary()}, indent=2))
-    else:
-        progress.say(limits.describe(found), important=True)
-    return 0
+    return found
 
 
 def _finish(study, cfg, device, record: StudyRecord, url: str, results_dir: Path, progress: Progress, as_json: bool) -> int:
@@ -105,7 +119,7 @@ def _finish(study, cfg, device, record: StudyRecord, url: str, results_dir: Path
     record.save(study)
     _write_report(study, results_dir, url, progress)
     hint = None
-    if best is not None:
+    if best is not None and not record.space_from_data:  # a derived space reaches the limit by itself
         hint = selection.room_to_grow(best.params.imgsz, best.peak_mem_mb, cfg.space.imgsz, record.stable_limit_mb)
     summary = probe_output.probe_summary(study.study_name, trials, record, best_yaml if best else None, hint)
     probe_output.print_probe_summary(summary, progress, as_json)
@@ -133,7 +147,7 @@ def open_study(name: str, url: str, cfg: configs.ProbeConfig, record: StudyRecor
         storage=storage,
         direction="maximize",
         sampler=_sampler(cfg),
-        pruner=_pruner(cfg),
+        pruner=pruners.make(cfg, record.stable_limit_mb),
         load_if_exists=True,
     )
     study.set_metric_names([cfg.metric_name])
@@ -145,12 +159,6 @@ def _sampler(cfg: configs.ProbeConfig) -> optuna.samplers.BaseSampler:
     if cfg.sampler == "random":
         return optuna.samplers.RandomSampler(seed=cfg.seed)
     return optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=startup_trials(cfg), multivariate=True)
-
-
-def _pruner(cfg: configs.ProbeConfig) -> optuna.pruners.BasePruner:
-    if cfg.pruner == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
-    return optuna.pruners.NopPruner()
 
 
 def _check_same_study(name: str, stored: StudyRecord, new: StudyRecord) -> None:

@@ -1,0 +1,132 @@
+"""The accuracy search inside the memory limit: the frontier, Optuna constraints, pruners that compare only
+with stable trials, stability judged on a config's largest peak. Fake runners stand in for the processes
+(the real ones are tested in test_probe_integration.py and test_limits_integration.py); the study is real SQLite."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.distributions import CategoricalDistribution, FloatDistribution
+from optuna.trial import TrialState, create_trial
+
+from tests.test_limits import FakePreflight, inputs, law, quiet
+from tuner import limits, pruners, records, selection
+from tuner.config import Space
+from tuner.contract import ChildResult, EpochRecord
+from tuner.records import Outcome, StudyRecord
+from tuner.search import CONSTRAINT, Search
+from tuner.space import startup_design
+from tuner.study import open_study
+from tuner.trial import Attempt
+
+
+class FakeProbe:
+    """A probe process: larger configs score higher, every epoch a little more; it peaks `excess` above the
+    pre-flight's law (a probe's peak scatters around its pre-flight's), and over the budget it runs out of memory."""
+
+    def __init__(self, budget_mb: float, excess: float = 1.08) -> None:
+        self.budget_mb, self.excess = budget_mb, excess
+        self.ran: list = []
+
+    def __call__(self, module, spec, folder, device, budget, timeout, on_epoch=None) -> Attempt:
+        params = spec.params
+        self.ran.append(params)
+        peak = law(params.imgsz, params.batch) * self.excess
+        log = Path(folder) / "log.txt"
+        if peak > self.budget_mb:
+            return Attempt(Outcome.OOM, "watchdog: over the budget", "watchdog", peak, peak, 0.0, -9, 3.0, 0, None, log)
+        value = 0.0
+        for epoch in range(1, spec.probe.epochs + 1):
+            value = params.imgsz / 1000 + params.batch / 100 + 0.01 * epoch
+            if on_epoch(EpochRecord(epoch, value, params.imgsz, params.batch, 1.0)):
+                return Attempt(Outcome.PRUNED, "pruned", None, peak, peak, 0.0, None, 2.0, epoch, None, log)
+        result = ChildResult("ok", value=value, epochs_done=spec.probe.epochs, batch_used=params.batch,
+                             imgsz_used=params.imgsz)  # fmt: skip
+        return Attempt(Outcome.OK, None, None, peak, peak, 0.0, 0, 5.0, spec.probe.epochs, result, log)
+
+
+def searched(tmp_path: Path, n_trials: int, budget_mb: float = 2000, **probe) -> tuple[optuna.Study, limits.Limits, FakeProbe]:
+    trials = inputs(tmp_path, budget_mb)
+    trials = dataclasses.replace(trials, cfg=dataclasses.replace(trials.cfg, n_trials=n_trials))
+    found = limits.map_limits(trials, quiet(), runner=FakePreflight(budget_mb))
+    record = StudyRecord(config=trials.cfg, device="cpu", budget_mb=budget_mb, stable_limit_mb=trials.stable_limit_mb,
+                         limits=found.to_dict())  # fmt: skip
+    study = open_study("s", f"sqlite:///{tmp_path / 's.db'}", trials.cfg, record)
+    fake = FakeProbe(budget_mb, **probe)
+    Search(study, trials, quiet(), found, runner=fake).run()
+    return study, found, fake
+
+
+def test_the_search_trains_only_inside_the_frontier_and_tells_the_sampler_what_went_over(tmp_path):
+    study, found, fake = searched(tmp_path, n_trials=14, budget_mb=1000, excess=1.2)
+    frontier, limit = found.frontier.largest(), found.stable_limit_mb
+    assert fake.ran and all(frontier[p.batch] is not None and p.imgsz <= frontier[p.batch] for p in fake.ran)
+    trials = study.get_trials()
+    inferred = [t for t in trials if records.TrialRecord.of(t).inferred]
+    over = [t for t in trials if t.state == TrialState.COMPLETE and t.user_attrs["peak_mem_mb"] > limit]
+    assert over, "with probes peaking 20% above their pre-flight, some configs on the frontier go over the limit"
+    for trial in trials:
+        if trial.state == TrialState.COMPLETE:  # Optuna's feasibility: <= 0
+            assert trial.constraints[CONSTRAINT] == pytest.approx(trial.user_attrs["peak_mem_mb"] - limit)
+    assert all(t.constraints[CONSTRAINT] > 0 for t in [*inferred, *over])
+    choice = selection.best_stable(trials, limit, None)
+    assert choice is not None and choice.peak_mb <= limit
+    assert choice.value >= max(t.value for t in trials if records.is_stable(t, limit)) - 1e-9
+
+
+def test_the_startup_design_stays_inside_the_frontier_and_reaches_it():
+    space = Space(imgsz=(160, 224, 288, 352, 416), batch=(2, 4, 8, 16), mosaic=(0, 1), mixup=(0, 0.3))
+    largest = {2: 416, 4: 352, 8: 224, 16: None}
+    design = startup_design(space, 4, largest)
+    assert all(largest[cell["batch"]] is not None and cell["imgsz"] <= largest[cell["batch"]] for cell in design)
+    assert design[0] == {"imgsz": 160, "batch": 8} and design[-1] == {"imgsz": 416, "batch": 2}
+    assert startup_design(space, 4) == [{"imgsz": 160, "batch": 16}, {"imgsz": 224, "batch": 8},
+                                        {"imgsz": 352, "batch": 4}, {"imgsz": 416, "batch": 2}]  # fmt: skip
+
+
+DISTRIBUTIONS = {"imgsz": CategoricalDistribution([160, 352]), "batch": CategoricalDistribution([2, 16]),
+                 "mosaic": FloatDistribution(0, 1), "mixup": FloatDistribution(0, 0.3)}  # fmt: skip
+
+
+def finished(imgsz: int, batch: int, value: float, peak: float, outcome: str = "ok", state=TrialState.COMPLETE):
+    return create_trial(
+        state=state, value=value if state == TrialState.COMPLETE else None,
+        params={"imgsz": imgsz, "batch": batch, "mosaic": 0.5, "mixup": 0.1}, distributions=DISTRIBUTIONS,
+        user_attrs={"outcome": outcome, "peak_mem_mb": peak}, intermediate_values={1: value},
+        system_attrs={"completed_rung_0": value},  # what SuccessiveHalvingPruner records at epoch 1
+    )  # fmt: skip
+
+
+def would_prune(pruner: optuna.pruners.BasePruner) -> bool:
+    """Whether `pruner` stops a probe at 0.5 after epoch 1 in a study of accurate probes over the stable limit
+    (1000 MiB) and less accurate ones under it."""
+    study = optuna.create_study(direction="maximize", pruner=pruner)
+    for value in (0.9, 0.9, 0.9, 0.9):  # accurate, but over the limit: no config anyone can train
+        study.add_trial(finished(352, 16, value, peak=1500))
+    for value in (0.3, 0.35, 0.4):
+        study.add_trial(finished(160, 2, value, peak=800))
+    running = study.ask({"imgsz": DISTRIBUTIONS["imgsz"], "batch": DISTRIBUTIONS["batch"]})
+    running.report(0.5, 1)  # better than every stable trial, worse than the unstable ones
+    return running.should_prune()
+
+
+@pytest.mark.parametrize("name", ["median", "halving"])
+def test_the_pruner_compares_a_probe_only_with_stable_trials(tmp_path, name):
+    cfg = dataclasses.replace(inputs(tmp_path, 2000).cfg, pruner=name)
+    assert not would_prune(pruners.make(cfg, 1000))
+    plain = pruners.make(cfg, 1000).inner  # Optuna's own, comparing with every trial
+    assert would_prune(plain), "the test needs a case that Optuna's pruner alone would prune"
+
+
+def test_a_config_with_one_run_over_the_limit_is_not_stable():
+    trials = [finished(352, 2, 0.5, peak=990), finished(352, 2, 0.52, peak=1010), finished(160, 2, 0.3, peak=700)]
+    for number, trial in enumerate(trials):
+        trial.number = number
+    assert list(records.stable_configs(trials, 1000)) == [(160, 2, 0.5, 0.1)]
+    assert selection.best_stable(trials, 1000, None).params["imgsz"] == 160
+    assert selection.to_repeat(trials, 2, 1000) == [trials[2]]
+    oom = finished(352, 2, 0.0, peak=900, outcome="oom", state=TrialState.PRUNED)
+    assert list(records.stable_configs([trials[0], oom], 1000)) == []  # an OOM of the same config rules it out
