@@ -33,7 +33,8 @@ from tuner.checkpoints import (
 from tuner.config import DEFAULTS
 from tuner.contract import ChildResult, EpochRecord, TrainSpec
 from tuner.errors import TunerError
-from tuner.plan import Candidate, Source, plan_stages, step_down, train_settings
+from tuner.frontier import StableSizes
+from tuner.plan import Candidate, Source, new_plan, plan_stages, step_down, train_settings
 from tuner.space import Params
 from tuner.train import train_best
 from tuner.trial import Attempt, classify
@@ -157,7 +158,7 @@ def test_best_yaml_arguments_are_what_a_single_stage_run_trains_with():
     """best.yaml and train-best come from one function: if either drifts, `yolo train cfg=best.yaml` would not
     train what train-best trains."""
     from tuner import device as devices
-    from tuner.plan import best_yaml_arguments, new_plan
+    from tuner.plan import best_yaml_arguments
 
     cpu, best = devices.resolve("cpu"), Params(416, 2, 0.75, 0.05)
     run = new_plan(source(best, lr0=0.0003), settings(), "now")
@@ -181,6 +182,32 @@ def test_step_down_without_a_study_lowers_imgsz_then_halves_the_batch():
     new, why = step_down(Params(64, 4, 0.75, 0.05), ())
     assert (new.imgsz, new.batch) == (64, 2) and "batch" in why
     assert step_down(Params(64, 1, 0.75, 0.05), ()) is None
+
+
+FRONTIER = StableSizes({1: 640, 2: 576, 4: 448, 8: 320, 16: None}, tuple(range(160, 641, 32)))
+
+
+def test_step_down_with_a_memory_frontier_goes_to_its_largest_smaller_imgsz_then_a_smaller_batch():
+    new, why = step_down(Params(640, 4, 0.75, 0.05), (), FRONTIER)
+    assert (new.imgsz, new.batch) == (448, 4) and "frontier" in why  # not 608: the pre-flights put 448 at the limit
+    new, _ = step_down(Params(448, 4, 0.75, 0.05), (), FRONTIER)
+    assert (new.imgsz, new.batch) == (416, 4)  # at the frontier and still out of memory: the next size down
+    new, why = step_down(Params(160, 4, 0.75, 0.05), (), FRONTIER)
+    assert (new.imgsz, new.batch) == (160, 2) and "batch" in why
+    new, _ = step_down(Params(352, 16, 0.75, 0.05), (), FRONTIER)  # nothing fits at 16: the largest batch that does
+    assert (new.imgsz, new.batch) == (320, 8)
+    assert step_down(Params(160, 1, 0.75, 0.05), (), FRONTIER) is None
+    measured = (candidate(352, 4, 0.5, 7),)  # a config the study measured stable still comes first
+    assert step_down(Params(640, 4, 0.75, 0.05), measured, FRONTIER)[0].imgsz == 352
+
+
+def test_progressive_plan_grows_to_the_largest_imgsz_the_frontier_allows_at_the_planned_batch():
+    base = source(Params(352, 4, 0.5, 0.1), (candidate(352, 4, 0.6, 1), candidate(288, 8, 0.5, 2)))
+    stages = plan_stages(dataclasses.replace(base, frontier=FRONTIER), settings("progressive", 8))
+    assert [s["params"]["imgsz"] for s in stages] == [352, 384, 416, 448]  # to 448, which no probe tried
+    assert {s["params"]["batch"] for s in stages} == {4}
+    run = new_plan(dataclasses.replace(base, frontier=FRONTIER), settings("progressive", 8), "now")
+    assert StableSizes.from_dict(run["frontier"]) == FRONTIER  # the supervisor's step-downs read it from the plan
 
 
 def test_two_stage_plan_fine_tunes_the_best_config_from_stage_one_at_a_tenth_of_lr0():

@@ -1,5 +1,6 @@
 """What is known not to fit: memory grows with imgsz and with batch, so a config at least as large
-in both as one that ran out of memory will too, and is not worth a process start to find out.
+in both as one that ran out of memory will too, and is not worth a process start to find out. And
+what the pre-flights put under the stable limit (`StableSizes`), for train-best's step-downs.
 
 mosaic and mixup change pixels, not tensor sizes, so they do not enter the comparison. Only OOMs
 measured against the trial's own budget count (records.EVIDENCE): a SIGKILL from outside is an OOM
@@ -8,11 +9,13 @@ for that trial, but other processes may have caused it, so it rules out no other
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Iterable
 
 from optuna.trial import FrozenTrial
 
-from tuner.records import TrialRecord
+from tuner.records import StudyRecord, TrialRecord
+from tuner.space import Params
 
 
 def observed_ooms(trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:
@@ -30,3 +33,41 @@ def inferred_oom(params: dict[str, Any], trials: Iterable[FrozenTrial]) -> Froze
     if not dominated:
         return None
     return min(dominated, key=lambda trial: (trial.params["imgsz"] * trial.params["batch"], trial.number))
+
+
+@dataclasses.dataclass(frozen=True)
+class StableSizes:
+    """For each batch of the study's space, the largest imgsz its pre-flights put under the stable limit
+    (None: none), and the imgsz choices of the space: what step-downs and progressive growth may use."""
+
+    largest: dict[int, int | None]
+    sizes: tuple[int, ...]
+
+    @classmethod
+    def of(cls, record: StudyRecord) -> StableSizes | None:
+        if not record.limits or record.config is None or record.config.space.imgsz is None:
+            return None
+        largest = {int(entry["batch"]): entry["imgsz"] for entry in record.limits["frontier"]}
+        return cls(largest, tuple(record.config.space.imgsz))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"largest": {str(batch): imgsz for batch, imgsz in self.largest.items()}, "sizes": list(self.sizes)}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any] | None) -> StableSizes | None:
+        if not values:
+            return None
+        return cls({int(batch): imgsz for batch, imgsz in values["largest"].items()}, tuple(values["sizes"]))
+
+    def step_down(self, current: Params) -> tuple[Params, str] | None:
+        """The largest imgsz below `current`'s that the frontier allows at the same batch; else the next
+        smaller batch of the space at the largest imgsz it allows, no larger than `current`'s."""
+        allowed = self.largest.get(current.batch)
+        smaller = [size for size in self.sizes if size < current.imgsz and (allowed is None or size <= allowed)]
+        if allowed is not None and smaller:
+            return dataclasses.replace(current, imgsz=max(smaller)), "the largest smaller imgsz the memory frontier allows"
+        for batch in sorted((b for b in self.largest if b < current.batch), reverse=True):
+            if self.largest[batch] is not None:
+                imgsz = min(current.imgsz, self.largest[batch])
+                return dataclasses.replace(current, batch=batch, imgsz=imgsz), "a smaller batch the memory frontier allows"
+        return None

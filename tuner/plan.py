@@ -26,6 +26,7 @@ from tuner import config as configs
 from tuner import device as devices
 from tuner.config import TrainSettings
 from tuner.errors import ConfigError, StudyError
+from tuner.frontier import StableSizes
 from tuner.records import StudyRecord, TrialRecord
 from tuner.space import Params
 
@@ -68,6 +69,7 @@ class Source:
     metric: str
     best: Params
     candidates: tuple[Candidate, ...]
+    frontier: StableSizes | None = None  # the study's memory limit (tuner.limits), where it mapped one
 
 
 def study_name_for(study_name: str | None, storage: str | None, studies_dir: Path, config: Path | None) -> str:
@@ -98,6 +100,7 @@ def source_from_config(path: Path, name: str, storage: str | None, studies_dir: 
         metric=record.config.metric if record.config is not None else configs.DEFAULTS["metric"],
         best=Params.of(values),
         candidates=_candidates(study, record) if study is not None else (),
+        frontier=StableSizes.of(record),
     )
 
 
@@ -126,6 +129,7 @@ def source_from_study(name: str, storage: str | None, studies_dir: Path) -> Sour
         metric=stored.metric,
         best=record.best.params,
         candidates=_candidates(study, record),
+        frontier=StableSizes.of(record),
     )
 
 
@@ -288,7 +292,11 @@ def close_mosaic(setting: int, epochs: int) -> int:
 
 
 def _largest_stable(source: Source) -> Params:
-    """Progressive ends at the largest stable imgsz of the study, with its most accurate config there."""
+    """Progressive ends at the largest imgsz the study's memory frontier allows at the best config's batch;
+    without a frontier, at the largest stable imgsz of the study, with its most accurate config there."""
+    allowed = source.frontier.largest.get(source.best.batch) if source.frontier else None
+    if allowed is not None:
+        return dataclasses.replace(source.best, imgsz=max(allowed, source.best.imgsz))
     if not source.candidates:
         return source.best
     largest = max(candidate.params.imgsz for candidate in source.candidates)
@@ -297,13 +305,19 @@ def _largest_stable(source: Source) -> Params:
     return next(c.params for c in source.candidates if c.params.imgsz == largest)
 
 
-def step_down(current: Params, candidates: tuple[Candidate, ...]) -> tuple[Params, str] | None:
-    """The config to continue with after `current` ran out of memory twice at the same point."""
+def step_down(
+    current: Params, candidates: tuple[Candidate, ...], frontier: StableSizes | None = None
+) -> tuple[Params, str] | None:
+    """The config to continue with after `current` ran out of memory twice at the same point: the most
+    accurate smaller config the study measured stable; else the memory frontier's next step (a smaller
+    imgsz at the same batch, then a smaller batch); else, without a frontier, imgsz - 32, then half the batch."""
     for candidate in candidates:  # most accurate first
         smaller = candidate.params.imgsz <= current.imgsz and candidate.params.batch <= current.batch
         if smaller and (candidate.params.imgsz, candidate.params.batch) != (current.imgsz, current.batch):
             value = f", {candidate.value:.4f}" if candidate.value is not None else ""
             return candidate.params, f"the next most accurate stable config of the study (trial {candidate.trial}{value})"
+    if frontier is not None:
+        return frontier.step_down(current)
     floor = max(MIN_IMGSZ, min(c.params.imgsz for c in candidates)) if candidates else MIN_IMGSZ
     if current.imgsz - IMGSZ_STEP >= floor:
         return dataclasses.replace(current, imgsz=current.imgsz - IMGSZ_STEP), "the next smaller imgsz"
@@ -354,6 +368,7 @@ def new_plan(source: Source, settings: TrainSettings, created: str) -> dict[str,
         "settings": dataclasses.asdict(settings),
         "best": source.best.to_dict(),
         "candidates": [candidate.to_dict() for candidate in source.candidates],
+        "frontier": source.frontier.to_dict() if source.frontier else None,
         "stages": plan_stages(source, settings),
         "tuner_version": __version__,
         "created": created,

@@ -28,6 +28,7 @@ from tuner.contract import EpochRecord, TrainSpec
 from tuner.device import Device
 from tuner.errors import TunerError
 from tuner.memory import MIB
+from tuner.frontier import StableSizes
 from tuner.plan import Candidate, step_down, train_settings
 from tuner.records import Outcome
 from tuner.run_folder import RunFiles, append_memory, now, save_state
@@ -95,6 +96,7 @@ class Supervisor:
         self.candidates = tuple(
             Candidate(Params.of(c), c.get("value"), c.get("peak_mem_mb"), c.get("trial")) for c in plan["candidates"]
         )
+        self.frontier = StableSizes.from_dict(plan.get("frontier"))  # absent in plans made before tuner mapped limits
         self.started = time.monotonic()
         self.wall_before = state["wall_s"]
 
@@ -211,7 +213,7 @@ class Supervisor:
 
     def _step_down(self, index: int, params: Params, reason: str | None, where: str) -> None:
         progress = self.state["stages"][index]
-        lower = step_down(params, self.candidates)
+        lower = step_down(params, self.candidates, self.frontier)
         if lower is None:
             self.save()
             raise TrainFailed(
