@@ -5,6 +5,7 @@ with stable trials, stability judged on a config's largest peak. Fake runners st
 from __future__ import annotations
 
 import dataclasses
+import io
 from pathlib import Path
 
 import optuna
@@ -13,7 +14,8 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 from tests.test_limits import FakePreflight, inputs, law, quiet
-from tuner import limits, pruners, records, selection
+from tuner import frontier, limits, pruners, records, selection
+from tuner.progress import Progress
 from tuner.config import Space
 from tuner.contract import ChildResult, EpochRecord
 from tuner.records import Outcome, StudyRecord
@@ -27,8 +29,8 @@ class FakeProbe:
     """A probe process: larger configs score higher, every epoch a little more; it peaks `excess` above the
     pre-flight's law (a probe's peak scatters around its pre-flight's), and over the budget it runs out of memory."""
 
-    def __init__(self, budget_mb: float, excess: float = 1.08) -> None:
-        self.budget_mb, self.excess = budget_mb, excess
+    def __init__(self, budget_mb: float, excess: float = 1.08, killed_at: float | None = None) -> None:
+        self.budget_mb, self.excess, self.killed_at = budget_mb, excess, killed_at
         self.ran: list = []
 
     def __call__(self, module, spec, folder, device, budget, timeout, on_epoch=None) -> Attempt:
@@ -36,6 +38,9 @@ class FakeProbe:
         self.ran.append(params)
         peak = law(params.imgsz, params.batch) * self.excess
         log = Path(folder) / "log.txt"
+        if self.killed_at is not None and peak > self.killed_at:  # the OS, at a limit below the budget
+            seen = self.killed_at * (1 - 0.01 * (len(self.ran) % 3))  # the watchdog's last sample before the kill
+            return Attempt(Outcome.OOM, "killed by SIGKILL from outside", "os-kill", seen, seen, 0.0, -9, 3.0, 0, None, log)
         if peak > self.budget_mb:
             return Attempt(Outcome.OOM, "watchdog: over the budget", "watchdog", peak, peak, 0.0, -9, 3.0, 0, None, log)
         value = 0.0
@@ -48,15 +53,16 @@ class FakeProbe:
         return Attempt(Outcome.OK, None, None, peak, peak, 0.0, 0, 5.0, spec.probe.epochs, result, log)
 
 
-def searched(tmp_path: Path, n_trials: int, budget_mb: float = 2000, **probe) -> tuple[optuna.Study, limits.Limits, FakeProbe]:
-    trials = inputs(tmp_path, budget_mb)
+def searched(tmp_path: Path, n_trials: int, budget_mb: float = 2000, progress=None, space=None,
+             **probe) -> tuple[optuna.Study, limits.Limits, FakeProbe]:  # fmt: skip
+    trials = inputs(tmp_path, budget_mb, **(space or {}))
     trials = dataclasses.replace(trials, cfg=dataclasses.replace(trials.cfg, n_trials=n_trials))
     found = limits.map_limits(trials, quiet(), runner=FakePreflight(budget_mb))
     record = StudyRecord(config=trials.cfg, device="cpu", budget_mb=budget_mb, stable_limit_mb=trials.stable_limit_mb,
                          limits=found.to_dict())  # fmt: skip
     study = open_study("s", f"sqlite:///{tmp_path / 's.db'}", trials.cfg, record)
     fake = FakeProbe(budget_mb, **probe)
-    Search(study, trials, quiet(), found, runner=fake).run()
+    Search(study, trials, progress or quiet(), found, runner=fake).run()
     return study, found, fake
 
 
@@ -75,6 +81,45 @@ def test_the_search_trains_only_inside_the_frontier_and_tells_the_sampler_what_w
     choice = selection.best_stable(trials, limit, None)
     assert choice is not None and choice.peak_mb <= limit
     assert choice.value >= max(t.value for t in trials if records.is_stable(t, limit)) - 1e-9
+
+
+def test_kills_from_outside_at_a_consistent_peak_become_the_limit_for_the_rest_of_the_study(tmp_path):
+    stream = io.StringIO()
+    study, found, fake = searched(tmp_path, n_trials=12, killed_at=1000, excess=1.0, space={"batch": (16,)},
+                                  progress=Progress(1, 1, "mAP50-95", stream=stream))  # fmt: skip
+    trials = study.get_trials()
+    kills = [t for t in trials if t.user_attrs.get("oom_cause") == "os-kill"]
+    assert len(kills) >= 2, "the test needs the sampler to reach configs over the real limit twice"
+    level = min(t.user_attrs["peak_mem_mb"] for t in kills)
+    record = StudyRecord.of(study)
+    assert record.outside_kill_mb == pytest.approx(level, abs=0.1)
+    assert record.stable_limit_mb == pytest.approx(level * 0.9, abs=0.1)  # the safety margin below the real limit
+    assert stream.getvalue().count("killed from outside at about") == 1  # said once
+    after = [t for t in trials if t.number > kills[1].number]
+    skipped = [t for t in after if "kills from outside came at about" in (t.user_attrs.get("oom_reason") or "")]
+    assert skipped and all("log" not in t.user_attrs for t in skipped)  # inferred, no process
+    ran_after = [t for t in after if "log" in t.user_attrs]
+    assert all(found.model.upper(t.params["imgsz"], t.params["batch"], 1.0, 0.2) <= record.stable_limit_mb
+               for t in ran_after)  # fmt: skip
+    choice = selection.best_stable(trials, record.stable_limit_mb, None)
+    assert choice is not None and choice.peak_mb <= record.stable_limit_mb
+
+
+def test_one_kill_from_outside_or_kills_at_scattered_peaks_set_no_limit():
+    def killed(peak):
+        return finished(352, 16, 0.0, peak=peak, outcome="oom", state=TrialState.PRUNED)
+
+    assert frontier.outside_kill_level([]) is None
+    one, other = killed(1300), killed(1320)
+    one.user_attrs["oom_cause"] = other.user_attrs["oom_cause"] = "os-kill"
+    assert frontier.outside_kill_level([one]) is None
+    assert frontier.outside_kill_level([one, other]) == 1300
+    far = killed(2000)
+    far.user_attrs["oom_cause"] = "os-kill"
+    assert frontier.outside_kill_level([one, far]) is None  # 54% apart: not one limit
+    watchdog = killed(1310)
+    watchdog.user_attrs["oom_cause"] = "watchdog"
+    assert frontier.outside_kill_level([one, watchdog]) is None  # the budget's own kills are no outside limit
 
 
 def test_the_startup_design_stays_inside_the_frontier_and_reaches_it():

@@ -14,13 +14,34 @@ from typing import Any, Iterable
 
 from optuna.trial import FrozenTrial
 
-from tuner.records import StudyRecord, TrialRecord
+from tuner.records import OS_KILL, StudyRecord, TrialRecord
 from tuner.space import Params
 
 
 def observed_ooms(trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:
     """Trials that really ran and ran out of their budget (not ones inferred to)."""
     return [trial for trial in trials if TrialRecord.of(trial).is_oom_evidence]
+
+
+CONSISTENT_KILLS = 2  # kills from outside, at peaks within KILL_SPREAD of each other, make a limit
+KILL_SPREAD = 0.15
+
+
+def outside_kill_level(trials: Iterable[FrozenTrial]) -> float | None:
+    """The peak (MiB) at which SIGKILLs from outside the trial consistently came, or None.
+
+    One such kill says nothing about other configs (another process may have caused it), but several at
+    about the same peak say the real limit is there (other apps, a container limit, macOS under memory
+    pressure), whatever the budget: the lowest of those peaks.
+    """
+    peaks = sorted(
+        record.peak_mem_mb
+        for record in (TrialRecord.of(trial) for trial in trials)
+        if record.oom_cause == OS_KILL and record.peak_mem_mb
+    )
+    if len(peaks) < CONSISTENT_KILLS or peaks[-1] > peaks[0] * (1 + KILL_SPREAD):
+        return None
+    return peaks[0]
 
 
 def inferred_oom(params: dict[str, Any], trials: Iterable[FrozenTrial]) -> FrozenTrial | None:

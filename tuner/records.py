@@ -209,7 +209,8 @@ class StudyRecord:
     device_name: str | None = None
     usable_memory_mb: float | None = None
     budget_mb: float | None = None
-    stable_limit_mb: float | None = None
+    stable_limit_mb: float | None = None  # lowered below the budget's when kills from outside set a limit
+    outside_kill_mb: float | None = None  # the peak at which kills from outside consistently came (tuner.frontier)
     model_path: str | None = None
     data_path: str | None = None
     tuner_version: str | None = None

@@ -20,13 +20,13 @@ import time
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner import frontier, limits, selection, space
+from tuner import frontier, limits, pruners, selection, space
 from tuner.config import ProbeConfig
 from tuner.contract import EpochRecord
 from tuner.errors import StudyFailed
 from tuner.inputs import Inputs
 from tuner.progress import Progress
-from tuner.records import INFERRED, Outcome, TrialRecord, counts_towards_total
+from tuner.records import INFERRED, OS_KILL, Outcome, StudyRecord, TrialRecord, counts_towards_total
 from tuner.space import Params
 from tuner.trial import Attempt, run_child
 
@@ -66,6 +66,9 @@ class Search:
         self.inferred_in_a_row = 0
         self.limits = found
         self.runner = runner
+        record = StudyRecord.of(study)
+        self.limit_mb = record.stable_limit_mb or inputs.stable_limit_mb  # lowered by kills from outside
+        self.kill_level = record.outside_kill_mb
 
     def run(self) -> None:
         deadline = time.monotonic() + self.cfg.timeout if self.cfg.timeout else None
@@ -84,7 +87,7 @@ class Search:
             raise StudyFailed(self.failure)
         if deadline is None or time.monotonic() < deadline:
             trials = self.study.get_trials(deepcopy=False)
-            for original in selection.to_repeat(trials, self.cfg.probe.repeats, self.inputs.stable_limit_mb):
+            for original in selection.to_repeat(trials, self.cfg.probe.repeats, self.limit_mb):
                 self.study.enqueue_trial(original.params, user_attrs=TrialRecord(repeat_of=original.number).attrs())
             waiting = len(self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
             self._optimize(waiting, deadline)
@@ -110,7 +113,7 @@ class Search:
         seed = self.cfg.seed + trial.number
         TrialRecord(seed=seed, device=self.inputs.device.torch).save(trial)
         self.progress.trial_start(trial.number, params, f" (repeat of trial {repeat_of})" if repeat_of is not None else "")
-        beyond = limits.beyond_frontier(self.limits, params)
+        beyond = limits.beyond_frontier(self.limits, params) or self._over_kill_level(params)
         if beyond is not None:
             self._infer_oom(trial, beyond)
         source = frontier.inferred_oom(params.to_dict(), self.study.get_trials(deepcopy=False, states=(TrialState.PRUNED,)))
@@ -140,7 +143,7 @@ class Search:
             outcome=Outcome.OOM, oom_reason=reason, oom_cause=INFERRED, inferred_from=source, stable=False
         ).save(trial)
         predicted = self.limits.model.predict(**dataclasses.asdict(Params.of(trial.params))) if self.limits.model else None
-        trial.set_constraint(CONSTRAINT, max(1.0, (predicted or 0.0) - self.inputs.stable_limit_mb))
+        trial.set_constraint(CONSTRAINT, max(1.0, (predicted or 0.0) - self.limit_mb))
         self.progress.trial_end("oom", None, None, reason, counted=False)
         self.inferred_in_a_row += 1
         if self.inferred_in_a_row >= MAX_INFERRED_IN_A_ROW:
@@ -150,6 +153,36 @@ class Search:
             )
             self.study.stop()
         raise optuna.TrialPruned(reason)
+
+    def _over_kill_level(self, params: Params) -> str | None:
+        """Why `params` will not fit under the limit that kills from outside set, where the memory model says so."""
+        model = self.limits.model
+        if self.kill_level is None or model is None:
+            return None
+        upper = model.upper(params.imgsz, params.batch, self.cfg.space.mosaic[1], self.cfg.space.mixup[1])
+        if upper <= self.limit_mb:
+            return None
+        return (f"inferred: kills from outside came at about {self.kill_level:.0f} MiB, so the stable limit is now "
+                f"{self.limit_mb:.0f} MiB; the memory model puts this config at up to {upper:.0f} MiB")  # fmt: skip
+
+    def _heed_outside_kills(self) -> None:
+        """When SIGKILLs from outside come at a consistent peak, that is the real limit for the rest of the study:
+        stored (stable_limit_mb lowered by the safety margin below it), said once, and applied from here on."""
+        level = frontier.outside_kill_level(self.study.get_trials(deepcopy=False))
+        if level is None or (self.kill_level is not None and level >= self.kill_level):
+            return
+        limit = min(self.limit_mb, level * (1 - self.cfg.safety_margin))
+        self.kill_level, self.limit_mb = level, limit
+        record = StudyRecord.of(self.study)
+        dataclasses.replace(record, outside_kill_mb=round(level, 1), stable_limit_mb=round(limit, 1)).save(self.study)
+        if isinstance(self.study.pruner, pruners.StableOnly):
+            self.study.pruner.limit_mb = limit
+        self.progress.say(
+            f"Trials were killed from outside at about {level:.0f} MiB, below the budget: the machine's real limit is "
+            f"lower (other apps, a container limit, memory pressure). The stable limit is now {limit:.0f} MiB for the "
+            "rest of the study.",
+            important=True,
+        )
 
     def _record(self, trial: optuna.Trial, attempt: Attempt) -> None:
         outcome = attempt.outcome
@@ -167,11 +200,13 @@ class Search:
             batch_used=attempt.batch_used,
             imgsz_used=attempt.imgsz_used,
             log=str(attempt.log),
-            stable=outcome == Outcome.OK and attempt.peak_mb <= self.inputs.stable_limit_mb,
+            stable=outcome == Outcome.OK and attempt.peak_mb <= self.limit_mb,
         ).save(trial)
-        over = attempt.peak_mb - self.inputs.stable_limit_mb
+        over = attempt.peak_mb - self.limit_mb
         trial.set_constraint(CONSTRAINT, max(over, 1.0) if outcome == Outcome.OOM else over)
         self.progress.trial_end(outcome.value, attempt.value, attempt.peak_mb, attempt.reason)
+        if attempt.cause == OS_KILL:
+            self._heed_outside_kills()
 
     def _verdict(self, trial: optuna.Trial, attempt: Attempt) -> float:
         """The trial's value, or the exception that gives it its Optuna state."""

@@ -106,6 +106,7 @@ def _mapped_limits(study: optuna.Study, trials: Inputs, progress: Progress) -> l
 
 def _finish(study, cfg, device, record: StudyRecord, url: str, results_dir: Path, progress: Progress, as_json: bool) -> int:
     """Choose the best stable config, record it on the study, and write best.yaml, the report and notes."""
+    record = StudyRecord.of(study)  # as the search left it: kills from outside may have lowered the stable limit
     trials = study.get_trials(deepcopy=False)
     noise = selection.noise(trials)
     choice = selection.best_stable(trials, record.stable_limit_mb, noise.spread, record.budget_mb)
@@ -141,7 +142,11 @@ def open_study(name: str, url: str, cfg: configs.ProbeConfig, record: StudyRecor
         url, create=True, heartbeat_interval=cfg.heartbeat_interval, grace_period=cfg.grace_period, max_retry=MAX_RETRY
     )
     if name in optuna.get_all_study_names(storage):
-        _check_same_study(name, StudyRecord.of(optuna.load_study(study_name=name, storage=storage)), record)
+        stored = StudyRecord.of(optuna.load_study(study_name=name, storage=storage))
+        _check_same_study(name, stored, record)
+        if stored.outside_kill_mb is not None:  # a limit that kills from outside set holds for the rest of the study
+            record = dataclasses.replace(record, outside_kill_mb=stored.outside_kill_mb,
+                                         stable_limit_mb=min(record.stable_limit_mb, stored.stable_limit_mb))  # fmt: skip
     study = optuna.create_study(
         study_name=name,
         storage=storage,
