@@ -29,8 +29,8 @@ class FakeProbe:
     """A probe process: larger configs score higher, every epoch a little more; it peaks `excess` above the
     pre-flight's law (a probe's peak scatters around its pre-flight's), and over the budget it runs out of memory."""
 
-    def __init__(self, budget_mb: float, excess: float = 1.08, killed_at: float | None = None) -> None:
-        self.budget_mb, self.excess, self.killed_at = budget_mb, excess, killed_at
+    def __init__(self, budget_mb: float, excess: float = 1.08, killed_at: float | None = None, noise: float = 0.0) -> None:
+        self.budget_mb, self.excess, self.killed_at, self.noise = budget_mb, excess, killed_at, noise
         self.ran: list = []
 
     def __call__(self, module, spec, folder, device, budget, timeout, on_epoch=None) -> Attempt:
@@ -45,7 +45,7 @@ class FakeProbe:
             return Attempt(Outcome.OOM, "watchdog: over the budget", "watchdog", peak, peak, 0.0, -9, 3.0, 0, None, log)
         value = 0.0
         for epoch in range(1, spec.probe.epochs + 1):
-            value = params.imgsz / 1000 + params.batch / 100 + 0.01 * epoch
+            value = params.imgsz / 1000 + params.batch / 100 + params.mosaic / 100 + 0.01 * epoch + self.noise * ((spec.seed * 7919) % 11 / 10 - 0.5)
             if on_epoch(EpochRecord(epoch, value, params.imgsz, params.batch, 1.0)):
                 return Attempt(Outcome.PRUNED, "pruned", None, peak, peak, 0.0, None, 2.0, epoch, None, log)
         result = ChildResult("ok", value=value, epochs_done=spec.probe.epochs, batch_used=params.batch,
@@ -53,10 +53,11 @@ class FakeProbe:
         return Attempt(Outcome.OK, None, None, peak, peak, 0.0, 0, 5.0, spec.probe.epochs, result, log)
 
 
-def searched(tmp_path: Path, n_trials: int, budget_mb: float = 2000, progress=None, space=None,
+def searched(tmp_path: Path, n_trials: int, budget_mb: float = 2000, progress=None, space=None, race: int = 0,
              **probe) -> tuple[optuna.Study, limits.Limits, FakeProbe]:  # fmt: skip
     trials = inputs(tmp_path, budget_mb, **(space or {}))
-    trials = dataclasses.replace(trials, cfg=dataclasses.replace(trials.cfg, n_trials=n_trials))
+    settings = dataclasses.replace(trials.cfg.probe, race=race)
+    trials = dataclasses.replace(trials, cfg=dataclasses.replace(trials.cfg, n_trials=n_trials, probe=settings))
     found = limits.map_limits(trials, quiet(), runner=FakePreflight(budget_mb))
     record = StudyRecord(config=trials.cfg, device="cpu", budget_mb=budget_mb, stable_limit_mb=trials.stable_limit_mb,
                          limits=found.to_dict())  # fmt: skip
@@ -120,6 +121,27 @@ def test_one_kill_from_outside_or_kills_at_scattered_peaks_set_no_limit():
     watchdog = killed(1310)
     watchdog.user_attrs["oom_cause"] = "watchdog"
     assert frontier.outside_kill_level([one, watchdog]) is None  # the budget's own kills are no outside limit
+
+
+def test_top_configs_that_tie_within_the_noise_are_raced_with_more_seeds_until_the_budget_is_spent(tmp_path):
+    stream = io.StringIO()
+    study, _, fake = searched(tmp_path, n_trials=6, race=3, noise=0.2, space={"imgsz": (352, 384), "batch": (2,)},
+                              progress=Progress(1, 1, "mAP50-95", stream=stream))  # fmt: skip
+    trials = study.get_trials()
+    repeats = [t for t in trials if t.user_attrs.get("repeat_of") is not None]
+    assert len(repeats) == 2 + 3  # the noise repeats, then every race run the budget allows
+    race = StudyRecord.of(study).race
+    assert race.runs == 3 and race.verdict == "still tied" and len(race.tied) >= 2
+    top = {t.number for t in trials if t.user_attrs.get("repeat_of") is None}
+    assert {t.user_attrs["repeat_of"] for t in repeats} <= top
+    assert "still tie after 3 more run(s)" in stream.getvalue()
+    assert selection.best_stable(trials, 1800, selection.noise(trials).spread).trial.number in race.tied
+
+
+def test_no_race_when_the_repeats_show_no_noise(tmp_path):
+    study, _, _ = searched(tmp_path, n_trials=6, race=3, noise=0.0, space={"imgsz": (160, 384), "batch": (2,)})
+    assert StudyRecord.of(study).race is None
+    assert len([t for t in study.get_trials() if t.user_attrs.get("repeat_of") is not None]) == 2
 
 
 def test_the_startup_design_stays_inside_the_frontier_and_reaches_it():

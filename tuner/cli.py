@@ -106,6 +106,7 @@ def _add_probe(subparsers) -> None:
     search.add_argument("--probe-fraction", type=float, help=f"fraction of the train split each probe uses (default: {PROBE['fraction']})")
     search.add_argument("--trial-timeout", type=float, help=f"seconds before a probe is stopped as an error (default: {PROBE['trial_timeout']:g})")
     search.add_argument("--repeats", type=int, help=f"how many top configs are probed again with another seed to measure noise (default: {PROBE['repeats']})")
+    search.add_argument("--race", type=int, help=f"while the top configs tie within the noise, up to this many more probes of them with new seeds (default: {PROBE['race']})")
     search.add_argument("--safety-margin", type=float, help=f"headroom below the budget a stable config keeps (default: {DEFAULTS['safety_margin']})")
     search.add_argument(
         "--limits-only",
@@ -158,6 +159,7 @@ def _probe_overrides(args: argparse.Namespace) -> dict[str, Any]:
             "fraction": args.probe_fraction,
             "trial_timeout": args.trial_timeout,
             "repeats": args.repeats,
+            "race": args.race,
         },
     }
     out: dict[str, Any] = {key: value for key, value in top.items() if value is not None}

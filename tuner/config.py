@@ -48,6 +48,7 @@ DEFAULTS: dict[str, Any] = {
         "warmup_epochs": 0.0,
         "trial_timeout": 600.0,
         "repeats": 2,
+        "race": 2,
     },
     "heartbeat_interval": 10,
     "grace_period": 30,
@@ -105,6 +106,7 @@ class ProbeSettings:
     warmup_epochs: float
     trial_timeout: float
     repeats: int
+    race: int  # more seeds for the top configs while they tie within the noise, at most this many runs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -255,6 +257,7 @@ def _build(raw: dict[str, Any]) -> ProbeConfig:
             warmup_epochs=checks.fraction(probe["warmup_epochs"], "probe.warmup_epochs", low=0.0, high=1e9),
             trial_timeout=checks.positive_float(probe["trial_timeout"], "probe.trial_timeout"),
             repeats=checks.non_negative_int(probe["repeats"], "probe.repeats"),
+            race=checks.non_negative_int(probe["race"], "probe.race"),
         ),
         heartbeat_interval=checks.positive_int(raw["heartbeat_interval"], "heartbeat_interval"),
         grace_period=checks.positive_int(raw["grace_period"], "grace_period"),

@@ -173,6 +173,32 @@ class Noise:
 
 
 @dataclasses.dataclass(frozen=True)
+class Race:
+    """How the race among tied top configs ended: the configs still tied (first trial numbers), the extra runs
+    spent over the whole study, and "separated" or "still tied" (the race's budget is spent)."""
+
+    tied: tuple[int, ...] = ()
+    runs: int = 0
+    verdict: str | None = None
+
+    @classmethod
+    def of(cls, value: dict[str, Any] | None) -> Race | None:
+        if not value:
+            return None
+        return cls(tuple(value.get("tied") or ()), int(value.get("runs") or 0), value.get("verdict"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"tied": list(self.tied), "runs": self.runs, "verdict": self.verdict}
+
+    def describe(self) -> str:
+        if self.verdict == "separated":
+            return f"the top configs separated after {self.runs} more run(s); trial {self.tied[0]} leads."
+        names = ", ".join(f"trial {number}" for number in self.tied)
+        return (f"{names} still tie after {self.runs} more run(s) (the race's budget, --race, is spent); "
+                "tuner picks the one with the most memory headroom among them.")  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True)
 class Best:
     """The best stable config `tuner probe` chose, as recorded on the study."""
 
@@ -217,6 +243,7 @@ class StudyRecord:
     space_from_data: bool | None = None  # imgsz or batch choices derived from the data (tuner.derive)
     noise: Noise = Noise()
     best: Best | None = None
+    race: Race | None = None  # how the race among tied top configs ended (tuner.search)
     limits: dict[str, Any] | None = None  # what the pre-flights found (tuner.limits.Limits.to_dict)
 
     @classmethod
@@ -226,6 +253,7 @@ class StudyRecord:
         attrs["config"] = configs.from_stored(stored) if stored else None
         attrs["noise"] = Noise.of(attrs.get("noise"))
         attrs["best"] = Best.of(attrs.get("best"))
+        attrs["race"] = Race.of(attrs.get("race"))
         record = _from_attrs(cls, attrs)
         if record.stable_limit_mb is None and record.budget_mb is not None and record.config is not None:
             record = dataclasses.replace(record, stable_limit_mb=record.budget_mb * (1 - record.config.safety_margin))
@@ -236,6 +264,7 @@ class StudyRecord:
         out["config"] = None if self.config is None else self.config.to_dict()
         out["noise"] = None if self.noise == Noise() else self.noise.to_dict()
         out["best"] = None if self.best is None else self.best.to_dict()
+        out["race"] = None if self.race is None else self.race.to_dict()
         return {key: value for key, value in out.items() if value is not None}
 
     def save(self, study: optuna.Study) -> None:

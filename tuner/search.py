@@ -26,7 +26,7 @@ from tuner.contract import EpochRecord
 from tuner.errors import StudyFailed
 from tuner.inputs import Inputs
 from tuner.progress import Progress
-from tuner.records import INFERRED, OS_KILL, Outcome, StudyRecord, TrialRecord, counts_towards_total
+from tuner.records import INFERRED, OS_KILL, Outcome, Race, StudyRecord, TrialRecord, counts_towards_total
 from tuner.space import Params
 from tuner.trial import Attempt, run_child
 
@@ -42,6 +42,12 @@ class ProbeFailed(Exception):
 def startup_trials(cfg: ProbeConfig) -> int:
     """Trials before TPE models the results: the startup design (see space.startup_design)."""
     return max(2, min(len(cfg.space.imgsz), cfg.n_trials // 2))
+
+
+def race_runs(trials: list[FrozenTrial]) -> int:
+    """Runs spent racing: repeats beyond the first of each config."""
+    repeats = [TrialRecord.of(t).repeat_of for t in trials if TrialRecord.of(t).repeat_of is not None]
+    return len(repeats) - len(set(repeats))
 
 
 def main_trials_done(study: optuna.Study) -> int:
@@ -91,6 +97,36 @@ class Search:
                 self.study.enqueue_trial(original.params, user_attrs=TrialRecord(repeat_of=original.number).attrs())
             waiting = len(self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
             self._optimize(waiting, deadline)
+            self._race(deadline)
+
+    def _race(self, deadline: float | None) -> None:
+        """While the top configs tie within the noise, probe them again with new seeds, the one with the fewest
+        runs first, until they separate or `probe.race` such runs (over the whole study) are spent; say which."""
+        spent = race_runs(self.study.get_trials(deepcopy=False))
+        tied = self._tied()
+        if len(tied) < 2 or spent >= self.cfg.probe.race:
+            return
+        names = ", ".join(f"trial {min(t.number for t in runs)}" for runs in tied)
+        self.progress.say(f"Race: {names} tie within the noise; probing them with more seeds.")
+        while len(tied) >= 2 and spent < self.cfg.probe.race:
+            if deadline is not None and time.monotonic() >= deadline:
+                return
+            runs = min(tied, key=len)
+            original = min(runs, key=lambda t: t.number)
+            self.study.enqueue_trial(original.params, user_attrs=TrialRecord(repeat_of=original.number).attrs())
+            self.progress.total += 1
+            self._optimize(1, deadline)
+            spent, tied = spent + 1, self._tied()
+        verdict = "separated" if len(tied) < 2 else "still tied"
+        race = Race(tuple(min(t.number for t in runs) for runs in tied), spent, verdict)
+        dataclasses.replace(StudyRecord.of(self.study), race=race).save(self.study)
+        self.progress.say(f"Race: {race.describe()}", important=True)
+
+    def _tied(self) -> list[list[FrozenTrial]]:
+        """The top configs that tie within the noise; none while no noise was measured (more seeds then tell nothing)."""
+        trials = self.study.get_trials(deepcopy=False)
+        spread = selection.noise(trials).spread
+        return selection.contenders(trials, self.limit_mb, spread) if spread else []
 
     def _optimize(self, n_trials: int, deadline: float | None) -> None:
         if n_trials <= 0:

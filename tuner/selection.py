@@ -4,15 +4,18 @@ Stable: the trial completed and its peak memory stayed within the budget minus t
 other run of the same config went over it (records.stable_configs: the largest peak seen decides).
 Noise: the same config probed again with another seed scores differently; the mean absolute
 difference over such pairs is the study's spread. Among stable configs whose mean metric is within
-that spread of the best, the one with the lowest peak memory (the most headroom) is chosen; peaks
-within MEMORY_TIE of the budget of each other count as equal (the same config's peak scatters by
-several percent from run to run), and among those the higher mean metric wins.
+that spread of the best (less as more runs stand behind the means: `tolerance`), the one with the
+lowest peak memory (the most headroom) is chosen; peaks within MEMORY_TIE of the budget of each other
+count as equal (the same config's peak scatters by several percent from run to run), and among those
+the higher mean metric wins.
 Repeats: the best stable configs not yet repeated, one repeat per config, most accurate first.
+Race: while the top configs tie (`contenders`), more seeds for them only (tuner.search).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from statistics import mean
 from typing import Any, Iterable
 
@@ -76,6 +79,22 @@ def to_repeat(trials: Iterable[FrozenTrial], wanted: int, limit_mb: float) -> li
     return chosen
 
 
+def tolerance(spread: float | None, runs: int, best_runs: int) -> float:
+    """How far below the best config's mean metric another config's mean may be and still tie: the seed
+    spread for one run each, shrinking as more runs stand behind the means (a mean of n runs scatters
+    1/sqrt(n) as much as one run)."""
+    return (spread or 0.0) * math.sqrt((1 / runs + 1 / best_runs) / 2)
+
+
+def contenders(trials: Iterable[FrozenTrial], limit_mb: float, spread: float | None) -> list[list[FrozenTrial]]:
+    """The runs of each stable config whose mean metric ties with the most accurate config's, most accurate first."""
+    groups = sorted(stable_configs(trials, limit_mb).values(), key=lambda runs: -mean(t.value for t in runs))
+    if not groups:
+        return []
+    best_value, best_runs = mean(t.value for t in groups[0]), len(groups[0])
+    return [runs for runs in groups if mean(t.value for t in runs) >= best_value - tolerance(spread, len(runs), best_runs)]
+
+
 def best_stable(
     trials: Iterable[optuna.trial.FrozenTrial], limit_mb: float, spread: float | None, budget_mb: float | None = None
 ) -> Choice | None:
@@ -86,9 +105,8 @@ def best_stable(
         (mean(t.value for t in runs), max(TrialRecord.of(t).peak_mem_mb for t in runs), min(runs, key=lambda t: t.number), len(runs))
         for runs in groups.values()
     ]
-    best_value = max(summary[0] for summary in summaries)
-    tolerance = spread or 0.0
-    close = [summary for summary in summaries if summary[0] >= best_value - tolerance]
+    best_value, best_runs = max((summary[0], summary[3]) for summary in summaries)
+    close = [summary for summary in summaries if summary[0] >= best_value - tolerance(spread, summary[3], best_runs)]
     lowest_peak = min(summary[1] for summary in close)
     same_headroom = [summary for summary in close if summary[1] <= lowest_peak + MEMORY_TIE * (budget_mb or limit_mb)]
     value, peak, first, runs = max(same_headroom, key=lambda summary: (summary[0], -summary[1]))
