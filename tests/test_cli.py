@@ -52,6 +52,9 @@ def assert_one_line_error(code: int, err: str, *needles: str) -> None:
         (["--batch", "0,4"], ["`batch` is 0"]),
         (["--mosaic", "0,1.5"], ["`mosaic` is 1.5"]),
         (["--mixup", "0.2,0.1"], ["low must not exceed high"]),
+        (["--mixup", "-0.1,0.2"], ["`mixup` is -0.1"]),  # a value starting with '-': not argparse's usage text
+        (["--batch", "-4"], ["`batch` is -4"]),
+        (["--race", "-1"], ["probe.race"]),
         (["--memory-budget", "lots"], ["memory budget 'lots'", "800MB"]),
         (["--memory-budget=-2GB"], ["memory budget"]),
         (["--memory-budget", "0"], ["greater than 0"]),

@@ -326,11 +326,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+VALUE_FLAGS = ("--imgsz", "--batch", "--mosaic", "--mixup", "--memory-budget")
+
+
+def _join_values(argv: list[str]) -> list[str]:
+    """`--mixup -0.1,0.2` as `--mixup=-0.1,0.2`: argparse takes a value that starts with '-' and is not a plain
+    number for an option, and answers with its whole usage text; joined, the value reaches the range check."""
+    joined: list[str] = []
+    for arg in argv:
+        negative = len(arg) > 1 and arg[0] == "-" and (arg[1].isdigit() or arg[1] == ".")
+        if joined and joined[-1] in VALUE_FLAGS and negative:
+            joined[-1] = f"{joined[-1]}={arg}"
+        else:
+            joined.append(arg)
+    return joined
+
+
 def main(argv: list[str] | None = None) -> int:
     # Heartbeats and metric names are "experimental" in Optuna; tuner relies on them on purpose.
     warnings.filterwarnings("ignore", message=r".*experimental.*")
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_join_values(sys.argv[1:] if argv is None else list(argv)))
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
