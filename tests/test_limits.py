@@ -71,6 +71,17 @@ def test_the_frontier_is_where_the_worst_case_stays_under_the_stable_limit(tmp_p
     assert found.model is not None and found.model.median_error < 0.05
 
 
+def test_a_roomy_budget_is_decided_by_the_largest_config_and_small_ones_feed_the_model(tmp_path):
+    trials = inputs(tmp_path, budget_mb=100000)
+    fake = FakePreflight(100000)
+    found = limits.map_limits(trials, quiet(), runner=fake)
+    asked = [(spec.params.imgsz, spec.params.batch) for spec in fake.specs]
+    assert asked[0] == (384, 16)  # the largest config first: it fits, so everything does
+    assert len(asked) == limits.MODEL_POINTS and all(imgsz == 160 or batch == 2 for imgsz, batch in asked[1:])
+    assert found.frontier.largest() == {2: 384, 4: 384, 8: 384, 16: 384}
+    assert found.model is not None and found.model.median_error < 0.05  # held out and checked
+
+
 def test_limits_round_trip_through_the_study(tmp_path):
     found = limits.map_limits(inputs(tmp_path, 2000), quiet(), runner=FakePreflight(2000))
     study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}", study_name="s")

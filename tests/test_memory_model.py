@@ -312,3 +312,16 @@ def test_frontier_serializes_to_the_probe_json_list():
     assert all(set(row) == {"batch", "imgsz", "peak_mem_mb", "measured"} for row in rows)
     assert rows[-1] == {"batch": 64, "imgsz": None, "peak_mem_mb": None, "measured": False}
     assert isinstance(frontier, Frontier)
+
+
+def test_when_the_largest_config_fits_it_alone_decides_the_frontier():
+    device = FakeDevice(20000)  # everything fits
+    frontier = bisect_frontier(GRID_SIZES, GRID_BATCHES, 20000, device)
+    assert [(answer.imgsz, answer.batch) for answer in device.answers] == [(GRID_SIZES[-1], GRID_BATCHES[-1])]
+    assert frontier.largest() == {batch: GRID_SIZES[-1] for batch in GRID_BATCHES}
+
+
+def test_a_model_that_puts_the_largest_config_over_the_limit_skips_it():
+    device = FakeDevice(850)
+    bisect_frontier(GRID_SIZES, GRID_BATCHES, 850, device, model=fit(measured()))
+    assert (GRID_SIZES[-1], GRID_BATCHES[-1]) not in {(answer.imgsz, answer.batch) for answer in device.answers}

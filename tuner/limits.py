@@ -28,6 +28,7 @@ from tuner.trial import Attempt, run_child
 Runner = Callable[..., Attempt]  # tuner.trial.run_child's signature
 
 PREFLIGHT_BATCHES = 3  # the peak is reached by the second iteration in 30 of 32 configs measured here
+MODEL_POINTS = 4  # peaks the memory model is fitted to at least, where the space has that many configs that fit
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,7 +95,7 @@ class Preflight:
         oom = attempt.outcome == Outcome.OOM
         verdict = f"out of memory ({attempt.reason})" if oom else f"peak {attempt.peak_mb:.0f} MiB"
         self.progress.say(f"pre-flight imgsz {imgsz} batch {batch}: {verdict} in {attempt.duration_s:.0f} s")
-        return Measurement(imgsz, batch, params.mosaic, params.mixup, attempt.peak_mb, oom)
+        return Measurement(imgsz, batch, params.mosaic, params.mixup, attempt.peak_mb, oom, round(attempt.duration_s, 1))
 
 
 def map_limits(inputs: Inputs, progress: Progress, runner: Runner = run_child) -> Limits:
@@ -103,8 +104,29 @@ def map_limits(inputs: Inputs, progress: Progress, runner: Runner = run_child) -
     started = time.monotonic()
     progress.say(f"Mapping the memory limit: imgsz {list(space.imgsz)} x batch {list(space.batch)}, "
                  f"stable below {limit:.0f} MiB")  # fmt: skip
-    frontier = bisect_frontier(space.imgsz, space.batch, limit, Preflight(inputs, progress, runner))
+    preflight = Preflight(inputs, progress, runner)
+    frontier = bisect_frontier(space.imgsz, space.batch, limit, preflight)
+    frontier = dataclasses.replace(frontier, measurements=frontier.measurements + _model_points(frontier, space, preflight))
     return Limits(limit, frontier, fit(frontier.measurements), round(time.monotonic() - started, 1))
+
+
+def _model_points(frontier: Frontier, space: Space, preflight: Preflight) -> tuple[Measurement, ...]:
+    """Pre-flights of small configs the bisection did not need, until MODEL_POINTS peaks were measured: when
+    the largest config fits, it alone decides the frontier, but a memory model needs a few peaks to fit to
+    (and one held out to be checked). Small configs take a few seconds each."""
+    measured = {(taken.imgsz, taken.batch) for taken in frontier.measurements}
+    fitted = [taken for taken in frontier.measurements if not taken.oom]
+    largest = frontier.largest()
+    extra: list[Measurement] = []
+    for imgsz, batch in ((space.imgsz[0], space.batch[0]), (space.imgsz[-1], space.batch[0]),
+                         (space.imgsz[0], space.batch[-1]), (space.imgsz[len(space.imgsz) // 2], space.batch[0])):  # fmt: skip
+        if len(fitted) + len(extra) >= MODEL_POINTS:
+            break
+        if (imgsz, batch) in measured or largest.get(batch) is None or imgsz > largest[batch]:
+            continue
+        measured.add((imgsz, batch))
+        extra.append(preflight(imgsz, batch))
+    return tuple(extra)
 
 
 def beyond_frontier(limits: Limits, params: Params) -> str | None:

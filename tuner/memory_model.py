@@ -37,6 +37,7 @@ class Measurement:
     mixup: float = 0.0
     peak_mb: float | None = None
     oom: bool = False
+    seconds: float | None = None  # how long the pre-flight took (not used by the model)
 
     def __post_init__(self) -> None:
         if not self.oom and self.peak_mb is None:
@@ -338,10 +339,15 @@ def bisect_frontier(sizes: Iterable[int], batches: Iterable[int], limit_mb: floa
                     measure: Callable[[int, int], Measurement], model: MemoryModel | None = None) -> Frontier:
     """For each batch, the largest imgsz whose peak is under `limit_mb`, decided by measuring (`measure(imgsz,
     batch)` runs one pre-flight) only configs that monotonicity leaves undecided, first where the model (or,
-    without one, a fit of the peaks measured so far) predicts the frontier. Batches go smallest first, so an
-    OOM rules out that imgsz and above for every larger batch."""
+    without one, a fit of the peaks measured so far) predicts the frontier. The largest config comes first
+    unless the model puts it over the limit: when the whole space fits (a roomy machine) that one measurement
+    decides everything, and when it does not, its OOM comes within seconds. Then batches go smallest first,
+    so an OOM rules out that imgsz and above for every larger batch."""
     sizes, batches = sorted(set(sizes)), sorted(set(batches))
     evidence = _Evidence(limit_mb, measure)
+    corner = _guess(_guide(model, evidence), sizes, batches[-1], limit_mb)
+    if corner is None or corner == len(sizes) - 1:  # the largest config may fit: if it does, everything does
+        evidence.measure(sizes[-1], batches[-1])
     for batch in batches:
         _search_batch(evidence, sizes, batch, _guess(_guide(model, evidence), sizes, batch, limit_mb))
     guide = _guide(model, evidence)
