@@ -15,7 +15,9 @@ from optuna.trial import TrialState, create_trial
 
 from tests.test_limits import FakePreflight, inputs, law, quiet
 from tuner import frontier, limits, pruners, records, selection
+from tuner.findings import read
 from tuner.progress import Progress
+from tuner.report import render_markdown
 from tuner.config import Space
 from tuner.contract import ChildResult, EpochRecord
 from tuner.records import Outcome, StudyRecord
@@ -96,6 +98,7 @@ def test_kills_from_outside_at_a_consistent_peak_become_the_limit_for_the_rest_o
     assert record.outside_kill_mb == pytest.approx(level, abs=0.1)
     assert record.stable_limit_mb == pytest.approx(level * 0.9, abs=0.1)  # the safety margin below the real limit
     assert stream.getvalue().count("killed from outside at about") == 1  # said once
+    assert "killed from outside at about" in render_markdown(read(study, tmp_path), [])  # and in report.md
     after = [t for t in trials if t.number > kills[1].number]
     skipped = [t for t in after if "kills from outside came at about" in (t.user_attrs.get("oom_reason") or "")]
     assert skipped and all("log" not in t.user_attrs for t in skipped)  # inferred, no process
@@ -135,6 +138,7 @@ def test_top_configs_that_tie_within_the_noise_are_raced_with_more_seeds_until_t
     top = {t.number for t in trials if t.user_attrs.get("repeat_of") is None}
     assert {t.user_attrs["repeat_of"] for t in repeats} <= top
     assert "still tie after 3 more run(s)" in stream.getvalue()
+    assert "Race: " in render_markdown(read(study, tmp_path), [])
     assert selection.best_stable(trials, 1800, selection.noise(trials).spread).trial.number in race.tied
 
 

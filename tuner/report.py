@@ -95,7 +95,8 @@ def render_markdown(found: Findings, images: Sequence[str]) -> str:
         *([f"## Memory limits\n\n{limits_section(found.record.limits)}"] if found.record.limits else []),
         f"## Top configs by {metric_name}\n\n" + top_table(trials, grid.stable_limit_mb, metric_name),
         "## Pruned, out of memory, inferred, failed\n\n" + stopped_list(trials, metric_name),
-        "## Noise\n\n" + noise_text(found.record.noise, trials, grid, metric_name),
+        "## Noise\n\n" + noise_text(found.record.noise, trials, grid, metric_name)
+        + (f"\n\nRace: {found.record.race.describe()}" if found.record.race else ""),
         "## Plots\n\n" + "\n".join(f"![{Path(name).stem}]({name})" for name in images)
         + "\n\nEvery trial, one row each: [trials.csv](trials.csv).",
     ]  # fmt: skip
@@ -111,6 +112,9 @@ def setting_lines(record: StudyRecord) -> str:
         line += f" of {record.usable_memory_mb:.0f} MiB usable" if record.usable_memory_mb is not None else ""
         if config is not None and record.stable_limit_mb is not None:
             line += f"; stable limit {record.stable_limit_mb:.0f} MiB (safety margin {config.safety_margin:.0%})"
+        if record.outside_kill_mb is not None:
+            line += (f". Trials were killed from outside at about {record.outside_kill_mb:.0f} MiB, below the budget: "
+                     "the stable limit was lowered to the safety margin below that for the rest of the study")  # fmt: skip
         lines.append(line)
     if config is not None:
         data = f"`{config.data}`" if config.data else "the embedded synthetic shapes dataset"
