@@ -65,10 +65,12 @@ def _count(ax, gid: str) -> int:
     return offsets + sum(1 for a in [*ax.patches, *ax.texts] if a.get_gid() == gid)
 
 
-def plot_memory_grid(grid: MemoryGrid, path: Path) -> Plot:
+def plot_memory_grid(grid: MemoryGrid, path: Path, preflights: dict[int, int | None] | None = None) -> Plot:
     """imgsz rows x batch columns, each cell coloured by outcome and annotated with peak memory.
 
-    The stable limit is drawn as a staircase: left of it, each imgsz's batches that fit within it.
+    The stable limit is drawn as a staircase: left of it, each imgsz's batches that fit within it. Where the
+    study mapped its limits, `preflights` (each batch's largest imgsz the pre-flights put under the stable
+    limit) is drawn as a dashed staircase: below it, the configs the search may train.
     """
     from matplotlib.patches import Patch, Rectangle
 
@@ -96,6 +98,17 @@ def plot_memory_grid(grid: MemoryGrid, path: Path) -> Plot:
         ax.plot(xs, ys, color="black", linewidth=3, gid="budget",
                 label=f"fits within the stable limit ({budget}limit {grid.stable_limit_mb:.0f} MiB)")  # fmt: skip
         budget_lines = 1
+    preflight_lines = 0
+    if preflights:
+        xs, ys = [], []
+        for column, count in enumerate(grid.batch):
+            largest = preflights.get(count)
+            top = 0 if largest is None else sum(1 for size in grid.imgsz if size <= largest)
+            xs += [column, column + 1]
+            ys += [top, top]
+        ax.plot(xs, ys, color="#1565c0", linewidth=2.5, linestyle="--", gid="preflight-frontier",
+                label="largest stable imgsz per batch, by pre-flight")  # fmt: skip
+        preflight_lines = 1
     ax.set_xlim(0, max(len(grid.batch), 1))
     ax.set_ylim(0, max(len(grid.imgsz), 1))
     ax.set_xticks([column + 0.5 for column in range(len(grid.batch))], [str(b) for b in grid.batch])
@@ -105,9 +118,10 @@ def plot_memory_grid(grid: MemoryGrid, path: Path) -> Plot:
     ax.set_title("Memory frontier: outcome and peak memory per config")
     legend = [Patch(facecolor=colour, edgecolor="grey", label=status) for status, colour in CELL_COLOURS.items()]
     legend.append(Patch(facecolor=OVER_LIMIT_COLOUR, edgecolor="grey", label="ok, over the stable limit"))
-    handles = legend + [line for line in ax.get_lines() if line.get_gid() == "budget"]
+    handles = legend + [line for line in ax.get_lines() if line.get_gid() in ("budget", "preflight-frontier")]
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
-    counts = {"cells": _count(ax, "cell"), "labels": _count(ax, "cell-label"), "budget_lines": budget_lines}
+    counts = {"cells": _count(ax, "cell"), "labels": _count(ax, "cell-label"), "budget_lines": budget_lines,
+              "preflight_lines": preflight_lines}  # fmt: skip
     _save(fig, path)
     return Plot(path, counts)
 
