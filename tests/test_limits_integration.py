@@ -41,6 +41,11 @@ def test_limits_only_prints_a_frontier_whose_configs_really_fit_and_the_search_s
     study = load(workdir)
     assert study.trials == [] and study.user_attrs["limits"]["frontier"] == found["frontier"]
 
+    # --limits-only again on the same study: what is stored, measured nothing again, lost nothing.
+    code, again, err = run_cli(*space_args(tiny_data, "--limits-only", "--json"))
+    assert code == 0 and json.loads(again)["frontier"] == found["frontier"], err
+    assert "mapped before" in err and "pre-flight imgsz" not in err
+
     # The same study, now searched for accuracy: configs beyond the frontier are never trained, the one on it fits.
     largest = frontier[8]["imgsz"]
     code, out, err = run_cli(*space_args(tiny_data, "--n-trials", "3", "--json"))
@@ -70,3 +75,13 @@ def test_a_budget_below_the_smallest_config_is_one_line_exit_1_and_no_best_yaml(
     last = err.strip().splitlines()[-1]
     assert last.startswith("tuner: error: The smallest config, imgsz 64 batch 2,") and "--memory-budget" in last
     assert not (workdir / "results").exists() or not list((workdir / "results").rglob("best.yaml"))
+
+
+def test_an_explicit_space_wholly_over_the_limit_is_one_line_exit_1_and_nothing_trained(workdir, tiny_data, run_cli):
+    args = tiny_probe_args(tiny_data, *TIGHT, "--n-trials", "2")
+    args[args.index("--imgsz") + 1], args[args.index("--batch") + 1] = "320", "8"
+    code, _, err = run_cli(*args)
+    assert code == 1
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("tuner: error: The smallest config, imgsz 320 batch 8, ran out of memory in its pre-flight")
+    assert load(workdir).trials == [] and not (workdir / "results" / "data-yolov8n-cpu" / "best.yaml").exists()

@@ -100,6 +100,8 @@ def test_a_preflight_finds_the_config_that_does_not_fit_and_no_probe_trains_it(w
     chosen = study.trials[study.user_attrs["best"]["trial"]]
     assert chosen.user_attrs["peak_mem_mb"] <= study.user_attrs["stable_limit_mb"]
     assert (best["imgsz"], best["batch"]) == (64, 8)
+    frontier = {entry["batch"]: entry["imgsz"] for entry in study.user_attrs["limits"]["frontier"]}
+    assert frontier == {8: 64}  # the best config is the largest that fits: on the frontier
 
 
 def test_a_budget_no_config_fits_is_one_line_exit_1_no_trial_and_no_best_yaml(workdir, tiny_data, run_cli):

@@ -31,8 +31,10 @@ class FakeProbe:
     """A probe process: larger configs score higher, every epoch a little more; it peaks `excess` above the
     pre-flight's law (a probe's peak scatters around its pre-flight's), and over the budget it runs out of memory."""
 
-    def __init__(self, budget_mb: float, excess: float = 1.08, killed_at: float | None = None, noise: float = 0.0) -> None:
+    def __init__(self, budget_mb: float, excess: float = 1.08, killed_at: float | None = None, noise: float = 0.0,
+                 curves: dict[int, tuple[float, ...]] | None = None) -> None:  # fmt: skip
         self.budget_mb, self.excess, self.killed_at, self.noise = budget_mb, excess, killed_at, noise
+        self.curves = curves or {}  # imgsz: the metric after each epoch, where a test needs a given course
         self.ran: list = []
 
     def __call__(self, module, spec, folder, device, budget, timeout, on_epoch=None) -> Attempt:
@@ -48,6 +50,7 @@ class FakeProbe:
         value = 0.0
         for epoch in range(1, spec.probe.epochs + 1):
             value = params.imgsz / 1000 + params.batch / 100 + params.mosaic / 100 + 0.01 * epoch + self.noise * ((spec.seed * 7919) % 11 / 10 - 0.5)
+            value = self.curves[params.imgsz][epoch - 1] if params.imgsz in self.curves else value
             if on_epoch(EpochRecord(epoch, value, params.imgsz, params.batch, 1.0)):
                 return Attempt(Outcome.PRUNED, "pruned", None, peak, peak, 0.0, None, 2.0, epoch, None, log)
         result = ChildResult("ok", value=value, epochs_done=spec.probe.epochs, batch_used=params.batch,
@@ -56,10 +59,11 @@ class FakeProbe:
 
 
 def searched(tmp_path: Path, n_trials: int, budget_mb: float = 2000, progress=None, space=None, race: int = 0,
-             **probe) -> tuple[optuna.Study, limits.Limits, FakeProbe]:  # fmt: skip
+             pruner: str = "halving", **probe) -> tuple[optuna.Study, limits.Limits, FakeProbe]:  # fmt: skip
     trials = inputs(tmp_path, budget_mb, **(space or {}))
     settings = dataclasses.replace(trials.cfg.probe, race=race)
-    trials = dataclasses.replace(trials, cfg=dataclasses.replace(trials.cfg, n_trials=n_trials, probe=settings))
+    cfg = dataclasses.replace(trials.cfg, n_trials=n_trials, probe=settings, pruner=pruner)
+    trials = dataclasses.replace(trials, cfg=cfg)
     found = limits.map_limits(trials, quiet(), runner=FakePreflight(budget_mb))
     record = StudyRecord(config=trials.cfg, device="cpu", budget_mb=budget_mb, stable_limit_mb=trials.stable_limit_mb,
                          limits=found.to_dict())  # fmt: skip
@@ -84,6 +88,9 @@ def test_the_search_trains_only_inside_the_frontier_and_tells_the_sampler_what_w
     choice = selection.best_stable(trials, limit, None)
     assert choice is not None and choice.peak_mb <= limit
     assert choice.value >= max(t.value for t in trials if records.is_stable(t, limit)) - 1e-9
+    stopped = [t for t in trials if t.user_attrs.get("outcome") == "pruned"]
+    assert stopped and all(t.user_attrs["epochs_done"] < 3 for t in stopped)  # weak ones cost a short rung, and
+    # a probe that trained every epoch is measured: the pruner never throws that away
 
 
 def test_kills_from_outside_at_a_consistent_peak_become_the_limit_for_the_rest_of_the_study(tmp_path):
@@ -128,7 +135,7 @@ def test_one_kill_from_outside_or_kills_at_scattered_peaks_set_no_limit():
 
 def test_top_configs_that_tie_within_the_noise_are_raced_with_more_seeds_until_the_budget_is_spent(tmp_path):
     stream = io.StringIO()
-    study, _, fake = searched(tmp_path, n_trials=6, race=3, noise=0.2, space={"imgsz": (352, 384), "batch": (2,)},
+    study, _, fake = searched(tmp_path, n_trials=6, race=3, noise=0.2, space={"imgsz": (352, 384), "batch": (2,)}, pruner="none",
                               progress=Progress(1, 1, "mAP50-95", stream=stream))  # fmt: skip
     trials = study.get_trials()
     repeats = [t for t in trials if t.user_attrs.get("repeat_of") is not None]
@@ -146,6 +153,16 @@ def test_no_race_when_the_repeats_show_no_noise(tmp_path):
     study, _, _ = searched(tmp_path, n_trials=6, race=3, noise=0.0, space={"imgsz": (160, 384), "batch": (2,)})
     assert StudyRecord.of(study).race is None
     assert len([t for t in study.get_trials() if t.user_attrs.get("repeat_of") is not None]) == 2
+
+
+def test_a_probe_is_never_stopped_at_its_last_epoch(tmp_path):
+    # The startup design runs 224, then 256. At epoch 1, 256 leads (successive halving promotes it); at epoch 3,
+    # the last, it trails 224's 0.9, which would stop it at rung 1 with all of its epochs already trained.
+    curves = {224: (0.1, 0.5, 0.9), 256: (0.5, 0.45, 0.4)}
+    study, _, _ = searched(tmp_path, n_trials=2, space={"imgsz": (224, 256), "batch": (2,)}, curves=curves)
+    first, second = study.get_trials()[:2]
+    assert (first.params["imgsz"], second.params["imgsz"]) == (224, 256)
+    assert second.state == TrialState.COMPLETE and second.value == pytest.approx(0.4)
 
 
 def test_the_startup_design_stays_inside_the_frontier_and_reaches_it():

@@ -32,7 +32,7 @@ DEFAULTS: dict[str, Any] = {
     "timeout": None,
     "metric": "metrics/mAP50-95(B)",
     "sampler": "tpe",
-    "pruner": "median",
+    "pruner": "halving",
     "seed": 0,
     "space": {
         "imgsz": "auto",  # tuner.derive: 160 up to max(640, the data's image size) in steps of 32

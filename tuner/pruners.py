@@ -6,8 +6,10 @@ anyone can train; measured against such probes, every config that does fit looks
 So the pruner sees the study through `StableView`, which leaves out the trials that ran out of memory
 or peaked over the limit. Running trials stay in (their peak is not known yet).
 
-`median` is Optuna's MedianPruner; `halving` is its SuccessiveHalvingPruner over probe epochs (rungs at
-1, 3, 9, ... epochs): a weak config costs one short rung, and only the best third of each rung trains on.
+`halving` (the default) is Optuna's SuccessiveHalvingPruner over probe epochs (rungs at 1, 3, 9, ...
+epochs): a weak config costs one short rung, and only the best third of each rung trains on to full
+length; `median` is its MedianPruner. tuner.search never stops a probe at its last epoch (it is measured
+by then) nor a noise repeat.
 """
 
 from __future__ import annotations

@@ -162,7 +162,8 @@ class Search:
         def on_epoch(record: EpochRecord) -> bool:
             trial.report(record.value, record.epoch)
             self.progress.epoch(record, self.cfg.probe.epochs)
-            return repeat_of is None and trial.should_prune()
+            last = record.epoch >= self.cfg.probe.epochs  # a finished probe is measured: stopping it only loses that
+            return repeat_of is None and not last and trial.should_prune()
 
         folder = self.inputs.trials_dir / f"trial-{trial.number:04d}"
         attempt = self.runner(
