@@ -14,7 +14,10 @@ from tests.conftest import tiny_probe_args
 pytestmark = pytest.mark.integration
 
 # Measured on 2 cores (see test_probe_integration): imgsz 64 / batch 8 peaks near 950-1050 MiB, 320 / 8 near 1250.
-TIGHT = ("--memory-budget", "1200MB", "--safety-margin", "0.05")  # 1144 MiB budget, 1087 MiB stable limit
+# 1144 MiB budget, 1030 MiB stable limit: the frontier's configs keep 10% to the budget, more than two runs of one
+# config differ by (up to 7% measured here; with 5%, a frontier config that pre-flighted under the limit once was
+# killed over the budget in its next pre-flight).
+TIGHT = ("--memory-budget", "1200MB", "--safety-margin", "0.1")
 
 
 def space_args(data: Path, *extra: str) -> list[str]:
@@ -32,7 +35,7 @@ def test_limits_only_prints_a_frontier_whose_configs_really_fit_and_the_search_s
     code, out, err = run_cli(*space_args(tiny_data, "--limits-only", "--json"))
     assert code == 0, err
     found = json.loads(out)
-    assert found["stable_limit_mb"] == pytest.approx(1200e6 / 2**20 * 0.95, abs=0.2)
+    assert found["stable_limit_mb"] == pytest.approx(1200e6 / 2**20 * 0.9, abs=0.2)
     frontier = {entry["batch"]: entry for entry in found["frontier"]}
     assert set(frontier) == {2, 8} and set(frontier[8]) == {"batch", "imgsz", "peak_mem_mb", "measured"}
     assert frontier[8]["imgsz"] is not None and frontier[8]["imgsz"] < 320  # the budget cuts the space

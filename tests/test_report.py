@@ -239,8 +239,9 @@ def test_memory_grid_plot_draws_one_cell_per_config_and_the_budget(study, tmp_pa
     plot = plots.plot_memory_grid(grid, tmp_path / "frontier.png")
     assert plot.path.exists()
     assert plot.counts == {"cells": 12, "labels": 12, "budget_lines": 1, "preflight_lines": 0}
-    mapped = plots.plot_memory_grid(grid, tmp_path / "mapped.png", preflights={batch: grid.imgsz[0] for batch in grid.batch})
-    assert mapped.counts["preflight_lines"] == 1
+    frontier = {batch: grid.imgsz[0] for batch in grid.batch}
+    mapped = plots.plot_memory_grid(grid, tmp_path / "mapped.png", frontier, {(grid.imgsz[0], grid.batch[0]): 700.0})
+    assert mapped.counts == {"cells": 12, "labels": 12, "budget_lines": 0, "preflight_lines": 1}
 
 
 def test_accuracy_memory_plot_has_a_point_per_trial_with_memory(study, tmp_path):

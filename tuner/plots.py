@@ -25,6 +25,7 @@ CELL_COLOURS = {
     "not tried": "#f5f5f5",
 }
 OVER_LIMIT_COLOUR = "#ffb74d"
+BEYOND_COLOUR = "#e0e0e0"  # not tried, and beyond the frontier the pre-flights mapped
 POINT_STYLES = {  # kind: (colour, marker)
     "stable": ("#2e7d32", "o"),
     "over limit": ("#ef6c00", "o"),
@@ -65,29 +66,53 @@ def _count(ax, gid: str) -> int:
     return offsets + sum(1 for a in [*ax.patches, *ax.texts] if a.get_gid() == gid)
 
 
-def plot_memory_grid(grid: MemoryGrid, path: Path, preflights: dict[int, int | None] | None = None) -> Plot:
+def plot_memory_grid(
+    grid: MemoryGrid,
+    path: Path,
+    frontier: dict[int, int | None] | None = None,
+    preflights: dict[tuple[int, int], float | None] | None = None,
+) -> Plot:
     """imgsz rows x batch columns, each cell coloured by outcome and annotated with peak memory.
 
-    The stable limit is drawn as a staircase: left of it, each imgsz's batches that fit within it. Where the
-    study mapped its limits, `preflights` (each batch's largest imgsz the pre-flights put under the stable
-    limit) is drawn as a dashed staircase: below it, the configs the search may train.
+    Where the study mapped its limits, `frontier` (each batch's largest imgsz the pre-flights put under the
+    stable limit) is drawn as a dashed staircase, cells beyond it are marked, and untried cells show their
+    pre-flight's peak (`preflights`: (imgsz, batch) -> MiB, None for an OOM). Without it, the stable limit is
+    drawn from the trials as a staircase: left of it, each imgsz's batches that fit within it.
     """
     from matplotlib.patches import Patch, Rectangle
 
     plt = _pyplot()
+    preflights = preflights or {}
+    colours = {**CELL_COLOURS, "beyond the frontier": BEYOND_COLOUR}
     fig, ax = plt.subplots(figsize=(1.5 * max(len(grid.batch), 1) + 2.5, 0.8 * max(len(grid.imgsz), 1) + 1.8))
     for row, size in enumerate(grid.imgsz):
         for column, count in enumerate(grid.batch):
             cell = grid.cells[(size, count)]
-            colour = OVER_LIMIT_COLOUR if cell.over_limit else CELL_COLOURS.get(cell.status, "white")
+            beyond = frontier is not None and (frontier.get(count) is None or size > frontier[count])
+            status = "beyond the frontier" if beyond and cell.status == "not tried" else cell.status
+            colour = OVER_LIMIT_COLOUR if cell.over_limit else colours.get(status, "white")
             ax.add_patch(
                 Rectangle((column, row), 1, 1, facecolor=colour, edgecolor="white", linewidth=2,
-                          hatch="//" if cell.status == "inferred" else None, gid="cell")
+                          hatch="//" if status in ("inferred", "beyond the frontier") else None, gid="cell")
             )  # fmt: skip
-            ax.text(column + 0.5, row + 0.5, cell.label.replace(" (", "\n("), ha="center", va="center",
+            label = cell.label
+            if cell.status == "not tried" and (size, count) in preflights:
+                peak = preflights[(size, count)]
+                label = "pre-flight: OOM" if peak is None else f"pre-flight {peak:.0f} MiB"
+            ax.text(column + 0.5, row + 0.5, label.replace(" (", "\n("), ha="center", va="center",
                     fontsize=8, gid="cell-label")  # fmt: skip
-    budget_lines = 0
-    if grid.stable_limit_mb is not None and grid.imgsz:
+    budget_lines = preflight_lines = 0
+    if frontier is not None:
+        xs, ys = [], []
+        for column, count in enumerate(grid.batch):
+            largest = frontier.get(count)
+            top = 0 if largest is None else sum(1 for size in grid.imgsz if size <= largest)
+            xs += [column, column + 1]
+            ys += [top, top]
+        ax.plot(xs, ys, color="black", linewidth=3, linestyle="--", gid="preflight-frontier",
+                label=f"largest imgsz per batch under the stable limit ({grid.stable_limit_mb:.0f} MiB), by pre-flight")  # fmt: skip
+        preflight_lines = 1
+    elif grid.stable_limit_mb is not None and grid.imgsz:
         xs, ys = [], []
         for row, size in enumerate(grid.imgsz):
             largest = grid.largest_fitting_batch(size)
@@ -98,17 +123,6 @@ def plot_memory_grid(grid: MemoryGrid, path: Path, preflights: dict[int, int | N
         ax.plot(xs, ys, color="black", linewidth=3, gid="budget",
                 label=f"fits within the stable limit ({budget}limit {grid.stable_limit_mb:.0f} MiB)")  # fmt: skip
         budget_lines = 1
-    preflight_lines = 0
-    if preflights:
-        xs, ys = [], []
-        for column, count in enumerate(grid.batch):
-            largest = preflights.get(count)
-            top = 0 if largest is None else sum(1 for size in grid.imgsz if size <= largest)
-            xs += [column, column + 1]
-            ys += [top, top]
-        ax.plot(xs, ys, color="#1565c0", linewidth=2.5, linestyle="--", gid="preflight-frontier",
-                label="largest stable imgsz per batch, by pre-flight")  # fmt: skip
-        preflight_lines = 1
     ax.set_xlim(0, max(len(grid.batch), 1))
     ax.set_ylim(0, max(len(grid.imgsz), 1))
     ax.set_xticks([column + 0.5 for column in range(len(grid.batch))], [str(b) for b in grid.batch])
@@ -116,7 +130,8 @@ def plot_memory_grid(grid: MemoryGrid, path: Path, preflights: dict[int, int | N
     ax.set_xlabel("batch")
     ax.set_ylabel("imgsz")
     ax.set_title("Memory frontier: outcome and peak memory per config")
-    legend = [Patch(facecolor=colour, edgecolor="grey", label=status) for status, colour in CELL_COLOURS.items()]
+    shown = {**CELL_COLOURS, **({"beyond the frontier": BEYOND_COLOUR} if frontier is not None else {})}
+    legend = [Patch(facecolor=colour, edgecolor="grey", label=status) for status, colour in shown.items()]
     legend.append(Patch(facecolor=OVER_LIMIT_COLOUR, edgecolor="grey", label="ok, over the stable limit"))
     handles = legend + [line for line in ax.get_lines() if line.get_gid() in ("budget", "preflight-frontier")]
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)

@@ -41,18 +41,21 @@ def write_report(found: Findings, results_dir: Path) -> dict[str, Path]:
     return written
 
 
-def _preflight_frontier(found: Findings) -> dict[int, int | None] | None:
+def _preflights(found: Findings) -> tuple[dict[int, int | None] | None, dict[tuple[int, int], float | None]]:
+    """The frontier the pre-flights mapped and each pre-flight's peak (None: out of memory), for frontier.png."""
     from tuner.limits import Limits
 
-    stored = found.record.limits
-    return Limits.from_dict(stored).frontier.largest() if stored else None
+    if not found.record.limits:
+        return None, {}
+    mapped = Limits.from_dict(found.record.limits).frontier
+    return mapped.largest(), {(taken.imgsz, taken.batch): None if taken.oom else taken.peak_mb for taken in mapped.measurements}
 
 
 def write_plots(found: Findings, out_dir: Path) -> dict[str, Path]:
     grid = found.grid
     points = findings.trial_points(found.trials, grid.stable_limit_mb)
     written = {
-        "frontier.png": plots.plot_memory_grid(grid, out_dir / "frontier.png", _preflight_frontier(found)).path,
+        "frontier.png": plots.plot_memory_grid(grid, out_dir / "frontier.png", *_preflights(found)).path,
         "accuracy_vs_memory.png": plots.plot_accuracy_vs_memory(
             points, out_dir / "accuracy_vs_memory.png", metric_name=found.metric_name, budget_mb=grid.budget_mb,
             stable_limit_mb=grid.stable_limit_mb, best_trial=found.best.trial if found.best else None,
