@@ -93,7 +93,7 @@ def classify(
     if watchdog_reason:
         return Classified(Outcome.OOM, watchdog_reason, "watchdog")
     if stopped == "pruned":
-        return Classified(Outcome.PRUNED, "stopped by the pruner: its metric was below the median of earlier trials")
+        return Classified(Outcome.PRUNED, "stopped by the pruner: its metric trailed the stable trials' at the same epoch")
     if stopped:
         return Classified(Outcome.ERROR, stopped)
     if result is not None:
