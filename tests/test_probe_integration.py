@@ -81,7 +81,7 @@ def test_a_preflight_finds_the_config_that_does_not_fit_and_no_probe_trains_it(w
     # Measured on 2 cores: imgsz 64 / batch 8 peaks near 950 MB, imgsz 320 / batch 8 near 1250 MB.
     # The pre-flights put 320 over the budget; the startup design then runs 64 only, and later proposals of 320
     # are inferred OOMs that start no process.
-    args = tiny_probe_args(tiny_data, "--n-trials", "3", "--memory-budget", "1150MB", "--safety-margin", "0.05")
+    args = tiny_probe_args(tiny_data, "--n-trials", "3", "--memory-budget", "1150MB", "--safety-margin", "0")
     args[args.index("--imgsz") + 1] = "64,320"
     args[args.index("--batch") + 1] = "8"
     code, _, err = run_cli(*args)

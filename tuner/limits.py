@@ -7,7 +7,9 @@ mixup at the top of their ranges, which build the densest batches. `memory_model
 decides which configs to pre-flight (monotonicity in imgsz and batch decides the rest), and a
 memory model is fitted to the peaks it measured. `tuner probe --limits-only` stops here: the
 frontier (for each batch, the largest imgsz under the stable limit) and the model are stored in the
-study (tuner.records), printed, and reported.
+study (tuner.records), printed, and reported. A config is on the inside when its pre-flight peak stays
+under the stable limit by the re-run spread (memory_model.RERUN_SPREAD): re-runs of one config peak up
+to that much apart, and a config measured just under the limit once went over it in its probe.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import time
 from typing import Any, Callable
 
 from tuner.config import Space
-from tuner.memory_model import Frontier, FrontierEntry, Measurement, MemoryModel, bisect_frontier, fit
+from tuner.memory_model import RERUN_SPREAD, Frontier, FrontierEntry, Measurement, MemoryModel, bisect_frontier, fit
 from tuner.progress import Progress
 from tuner.records import Outcome
 from tuner.errors import StudyFailed
@@ -105,7 +107,7 @@ def map_limits(inputs: Inputs, progress: Progress, runner: Runner = run_child) -
     progress.say(f"Mapping the memory limit: imgsz {list(space.imgsz)} x batch {list(space.batch)}, "
                  f"stable below {limit:.0f} MiB")  # fmt: skip
     preflight = Preflight(inputs, progress, runner)
-    frontier = bisect_frontier(space.imgsz, space.batch, limit, preflight)
+    frontier = bisect_frontier(space.imgsz, space.batch, limit / (1 + RERUN_SPREAD), preflight)
     frontier = dataclasses.replace(frontier, measurements=frontier.measurements + _model_points(frontier, space, preflight))
     return Limits(limit, frontier, fit(frontier.measurements), round(time.monotonic() - started, 1))
 
@@ -144,17 +146,21 @@ def beyond_frontier(limits: Limits, params: Params) -> str | None:
 def smallest_needs(limits: Limits) -> str:
     """Why nothing fits, in one line: what the smallest config measured against the limit."""
     smallest = min(limits.frontier.measurements, key=lambda taken: (taken.batch, taken.imgsz))
-    peak = "ran out of memory" if smallest.oom else f"peaked at {smallest.peak_mb:.0f} MiB"
+    if smallest.oom:
+        verdict = f"ran out of memory in its pre-flight, over the stable limit of {limits.stable_limit_mb:.0f} MiB"
+    else:
+        verdict = (f"peaked at {smallest.peak_mb:.0f} MiB in its pre-flight, without the {RERUN_SPREAD:.1%} a config "
+                   f"needs to spare under the stable limit of {limits.stable_limit_mb:.0f} MiB")  # fmt: skip
     return (
-        f"The smallest config, imgsz {smallest.imgsz} batch {smallest.batch}, {peak} in its pre-flight, over the "
-        f"stable limit of {limits.stable_limit_mb:.0f} MiB. Raise --memory-budget (or lower --safety-margin), "
-        "or add smaller --imgsz/--batch choices."
+        f"The smallest config, imgsz {smallest.imgsz} batch {smallest.batch}, {verdict}. Raise --memory-budget "
+        "(or lower --safety-margin), or add smaller --imgsz/--batch choices."
     )
 
 
 def describe(limits: Limits) -> str:
     """The frontier and the model, for the console."""
-    lines = [f"Largest stable imgsz per batch (stable limit {limits.stable_limit_mb:.0f} MiB):"]
+    lines = [f"Largest stable imgsz per batch (stable limit {limits.stable_limit_mb:.0f} MiB, "
+             f"with {RERUN_SPREAD:.1%} to spare for run-to-run variation):"]
     for entry in limits.frontier.entries:
         if entry.imgsz is None:
             lines.append(f"  batch {entry.batch}: none fits")
