@@ -101,28 +101,8 @@ def plot_memory_grid(
                 label = "pre-flight: OOM" if peak is None else f"pre-flight {peak:.0f} MiB"
             ax.text(column + 0.5, row + 0.5, label.replace(" (", "\n("), ha="center", va="center",
                     fontsize=8, gid="cell-label")  # fmt: skip
-    budget_lines = preflight_lines = 0
-    if frontier is not None:
-        xs, ys = [], []
-        for column, count in enumerate(grid.batch):
-            largest = frontier.get(count)
-            top = 0 if largest is None else sum(1 for size in grid.imgsz if size <= largest)
-            xs += [column, column + 1]
-            ys += [top, top]
-        ax.plot(xs, ys, color="black", linewidth=3, linestyle="--", gid="preflight-frontier",
-                label=f"largest imgsz per batch under the stable limit ({grid.stable_limit_mb:.0f} MiB), by pre-flight")  # fmt: skip
-        preflight_lines = 1
-    elif grid.stable_limit_mb is not None and grid.imgsz:
-        xs, ys = [], []
-        for row, size in enumerate(grid.imgsz):
-            largest = grid.largest_fitting_batch(size)
-            wall = 0 if largest is None else grid.batch.index(largest) + 1
-            xs += [wall, wall]
-            ys += [row, row + 1]
-        budget = f"budget {grid.budget_mb:.0f} MiB, " if grid.budget_mb is not None else ""
-        ax.plot(xs, ys, color="black", linewidth=3, gid="budget",
-                label=f"fits within the stable limit ({budget}limit {grid.stable_limit_mb:.0f} MiB)")  # fmt: skip
-        budget_lines = 1
+    preflight_lines = _draw_preflight_frontier(ax, grid, frontier) if frontier is not None else 0
+    budget_lines = _draw_trial_staircase(ax, grid) if frontier is None else 0
     ax.set_xlim(0, max(len(grid.batch), 1))
     ax.set_ylim(0, max(len(grid.imgsz), 1))
     ax.set_xticks([column + 0.5 for column in range(len(grid.batch))], [str(b) for b in grid.batch])
@@ -139,6 +119,35 @@ def plot_memory_grid(
               "preflight_lines": preflight_lines}  # fmt: skip
     _save(fig, path)
     return Plot(path, counts)
+
+
+def _draw_preflight_frontier(ax, grid: MemoryGrid, frontier: dict[int, int | None]) -> int:
+    """Each batch column's largest imgsz under the stable limit, by pre-flight, as a dashed staircase."""
+    xs, ys = [], []
+    for column, count in enumerate(grid.batch):
+        largest = frontier.get(count)
+        top = 0 if largest is None else sum(1 for size in grid.imgsz if size <= largest)
+        xs += [column, column + 1]
+        ys += [top, top]
+    ax.plot(xs, ys, color="black", linewidth=3, linestyle="--", gid="preflight-frontier",
+            label=f"largest imgsz per batch under the stable limit ({grid.stable_limit_mb:.0f} MiB), by pre-flight")  # fmt: skip
+    return 1
+
+
+def _draw_trial_staircase(ax, grid: MemoryGrid) -> int:
+    """Without pre-flights: each imgsz row's largest batch whose trial fitted the stable limit."""
+    if grid.stable_limit_mb is None or not grid.imgsz:
+        return 0
+    xs, ys = [], []
+    for row, size in enumerate(grid.imgsz):
+        largest = grid.largest_fitting_batch(size)
+        wall = 0 if largest is None else grid.batch.index(largest) + 1
+        xs += [wall, wall]
+        ys += [row, row + 1]
+    budget = f"budget {grid.budget_mb:.0f} MiB, " if grid.budget_mb is not None else ""
+    ax.plot(xs, ys, color="black", linewidth=3, gid="budget",
+            label=f"fits within the stable limit ({budget}limit {grid.stable_limit_mb:.0f} MiB)")  # fmt: skip
+    return 1
 
 
 def plot_accuracy_vs_memory(
