@@ -20,7 +20,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.config import ProbeConfig
-from tuner.records import Outcome, TrialRecord
+from tuner.records import Outcome, StudyRecord, TrialRecord
 
 
 def comparable(trial: FrozenTrial, limit_mb: float) -> bool:
@@ -47,14 +47,16 @@ class StableView:
 
 
 class StableOnly(optuna.pruners.BasePruner):
-    """Prunes as `inner` does, against the study's comparable trials only."""
+    """Prunes as `inner` does, against the study's comparable trials only. The limit is the study's own
+    (`StudyRecord.stable_limit_mb`, which kills from outside may lower mid-study); `limit_mb` where it has none."""
 
     def __init__(self, inner: optuna.pruners.BasePruner, limit_mb: float) -> None:
         self.inner = inner
         self.limit_mb = limit_mb
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
-        return self.inner.prune(StableView(study, self.limit_mb), trial)  # type: ignore[arg-type]
+        limit = StudyRecord.of(study).stable_limit_mb or self.limit_mb
+        return self.inner.prune(StableView(study, limit), trial)  # type: ignore[arg-type]
 
 
 def make(cfg: ProbeConfig, limit_mb: float) -> optuna.pruners.BasePruner:

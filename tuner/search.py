@@ -20,7 +20,7 @@ import time
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner import frontier, limits, pruners, selection, space
+from tuner import frontier, limits, selection, space
 from tuner.config import ProbeConfig
 from tuner.contract import EpochRecord
 from tuner.errors import StudyFailed
@@ -212,8 +212,6 @@ class Search:
         self.kill_level, self.limit_mb = level, limit
         record = StudyRecord.of(self.study)
         dataclasses.replace(record, outside_kill_mb=round(level, 1), stable_limit_mb=round(limit, 1)).save(self.study)
-        if isinstance(self.study.pruner, pruners.StableOnly):
-            self.study.pruner.limit_mb = limit
         self.progress.say(
             f"Trials were killed from outside at about {level:.0f} MiB, below the budget: the machine's real limit is "
             f"lower (other apps, a container limit, memory pressure). The stable limit is now {limit:.0f} MiB for the "
