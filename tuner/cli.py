@@ -9,7 +9,7 @@ from pathlib import Path
 
 from typing import Any
 
-from tuner import __version__
+from tuner import __version__, checks
 from tuner import config as configs
 from tuner.config import DEFAULTS, STRATEGIES, TRAIN_DEFAULTS
 from tuner.errors import TunerError
@@ -115,6 +115,14 @@ def _add_probe(subparsers) -> None:
         "each batch, the largest imgsz under the stable limit, with a fitted memory model; no accuracy probes",
     )
     search.add_argument("--seed", type=int, help=f"seed of the sampler; trial N trains with seed + N (default: {DEFAULTS['seed']})")
+    search.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="trial workers on this machine, one study: one per CUDA card where there are that many, else they share "
+        "the device and its budget (default: 1; more machines join with --storage and --study-name)",
+    )
+    search.add_argument("--worker", choices=("shared", "pinned"), help=argparse.SUPPRESS)  # a worker --workers started
     _add_output_options(parser)
     parser.set_defaults(func=_cmd_probe)
 
@@ -122,12 +130,17 @@ def _add_probe(subparsers) -> None:
 def _cmd_probe(args: argparse.Namespace) -> int:
     from tuner.study import run_probe
 
+    checks.positive_int(args.workers, "--workers")
+
     return run_probe(
         configs.load(args.config, _probe_overrides(args)),
         **_study_options(args),
         quiet=args.quiet,
         as_json=args.json,
         limits_only=args.limits_only,
+        workers=args.workers,
+        worker=args.worker,
+        argv=args.argv,
     )
 
 
@@ -346,7 +359,9 @@ def main(argv: list[str] | None = None) -> int:
     # Heartbeats and metric names are "experimental" in Optuna; tuner relies on them on purpose.
     warnings.filterwarnings("ignore", message=r".*experimental.*")
     parser = build_parser()
-    args = parser.parse_args(_join_values(sys.argv[1:] if argv is None else list(argv)))
+    raw = sys.argv[1:] if argv is None else list(argv)
+    args = parser.parse_args(_join_values(raw))
+    args.argv = raw
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -42,6 +42,7 @@ class Device:
     name: str
     total_memory: int  # bytes a training may use at most: RAM for cpu and mps, the card for cuda
     mps_recommended: int | None = None  # torch.mps.recommended_max_memory(), for the watermark ratio
+    count: int = 1  # devices of this kind here (CUDA cards): `tuner probe --workers N` pins one worker to each
 
     @property
     def torch(self) -> str:
@@ -134,7 +135,7 @@ def detect(requested: str | None) -> Device:
         found = f"{count} CUDA device(s)" if count else "no CUDA device"
         raise DeviceError(f"--device {requested} was asked for, but there is {found} here; use --device auto or cpu.")
     props = torch.cuda.get_device_properties(index)
-    return Device(kind="cuda", index=index, name=props.name, total_memory=int(props.total_memory))
+    return Device(kind="cuda", index=index, name=props.name, total_memory=int(props.total_memory), count=count)
 
 
 def _mps_available(torch) -> bool:

@@ -13,6 +13,10 @@ A trial's `outcome` and, for OOMs, its `oom_cause`:
                          inferred                             never run: a config no larger ran out of memory
     pruned   PRUNED    the pruner stopped it
     error    FAIL      anything else
+
+A trial with no outcome and state FAIL never produced a result: an orphan its heartbeat failed (a copy
+of it is queued again), or a `surplus` trial another worker had already taken the place of (see
+tuner.workers); neither counts towards `n_trials`.
 """
 
 from __future__ import annotations
@@ -75,6 +79,9 @@ class TrialRecord:
     batch_used: int | None = None
     imgsz_used: int | None = None
     log: str | None = None
+    worker: str | None = None  # host:pid of the tuner process that ran it (tuner.workers)
+    slot: str | None = None  # the place in the study's plan an enqueued trial fills: startup:K, repeat:N, race:K
+    surplus: str | None = None  # never run: why another trial already filled its place
 
     def __post_init__(self) -> None:
         if self.outcome is not None and not isinstance(self.outcome, Outcome):  # unknown text: no outcome
@@ -131,26 +138,43 @@ def stable_configs(trials: Iterable[FrozenTrial], limit_mb: float) -> dict[tuple
     a config is judged on the largest peak seen, and one run over the limit (or out of memory) rules it out.
     """
     trials = list(trials)
-    over = {Params.of(t.params).key for t in trials if t.params and ran_over_limit(t, limit_mb)}
+    trials = [t for t in trials if Params.FIELDS <= t.params.keys()]  # not one another worker is still sampling
+    over = {Params.of(t.params).key for t in trials if ran_over_limit(t, limit_mb)}
     groups: dict[tuple, list[FrozenTrial]] = {}
     for trial in trials:
-        key = Params.of(trial.params).key if trial.params else None
+        key = Params.of(trial.params).key
         if key not in over and is_stable(trial, limit_mb):
             groups.setdefault(key, []).append(trial)
     return groups
 
 
-def counts_towards_total(trial: FrozenTrial) -> bool:
+def retried(trials: Iterable[FrozenTrial]) -> set[int]:
+    """Numbers of the trials a heartbeat failed and Optuna queued again (RetryHeartbeatStaleTrialCallback)."""
+    return {number for t in trials for number in t.system_attrs.get("retry_history", ())}
+
+
+def counts_towards_total(trial: FrozenTrial, retried_numbers: set[int] | frozenset[int] = frozenset()) -> bool:
     """Whether a finished trial counts towards `n_trials`.
 
-    An inferred OOM does not (it never ran), nor an orphan failed by its heartbeat (it is retried).
+    An inferred OOM does not (it never ran), nor a surplus trial, nor an orphan failed by its heartbeat
+    (a copy of it runs again; `retried_numbers` names orphans killed after their result was written).
     """
     record = TrialRecord.of(trial)
-    if record.inferred:
+    if record.inferred or record.surplus:
+        return False
+    if trial.number in retried_numbers:
         return False
     if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
         return True
-    return trial.state == TrialState.FAIL and record.outcome is not None
+    return trial.state == TrialState.FAIL and record.outcome == Outcome.ERROR
+
+
+def holds_place(trial: FrozenTrial, retried_numbers: set[int] | frozenset[int] = frozenset()) -> bool:
+    """Whether a trial fills its place in the study: waiting, running, or finished with a result (an
+    inferred OOM included); not an orphan or a surplus trial."""
+    if trial.state in (TrialState.WAITING, TrialState.RUNNING):
+        return not TrialRecord.of(trial).surplus
+    return counts_towards_total(trial, retried_numbers) or TrialRecord.of(trial).inferred
 
 
 # ------------------------------------------------------------------------------------------- the study

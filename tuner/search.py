@@ -20,13 +20,13 @@ import time
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner import frontier, limits, selection, space
+from tuner import frontier, limits, selection, space, workers
 from tuner.config import ProbeConfig
 from tuner.contract import EpochRecord
 from tuner.errors import StudyFailed
 from tuner.inputs import Inputs
 from tuner.progress import Progress
-from tuner.records import INFERRED, OS_KILL, Outcome, Race, StudyRecord, TrialRecord, counts_towards_total
+from tuner.records import INFERRED, OS_KILL, Outcome, Race, StudyRecord, TrialRecord, holds_place, retried
 from tuner.space import Params
 from tuner.trial import Attempt, run_child
 
@@ -39,65 +39,112 @@ class ProbeFailed(Exception):
     """A trial ended in an error that is not memory: the trial FAILs and the study goes on."""
 
 
+class Surplus(Exception):
+    """Another worker already fills this trial's place: it FAILs unrun and counts for nothing (tuner.workers)."""
+
+
+def _past(deadline: float | None) -> bool:
+    return deadline is not None and time.monotonic() >= deadline
+
+
 def startup_trials(cfg: ProbeConfig) -> int:
     """Trials before TPE models the results: the startup design (see space.startup_design)."""
     return max(2, min(len(cfg.space.imgsz), cfg.n_trials // 2))
 
 
 def race_runs(trials: list[FrozenTrial]) -> int:
-    """Runs spent racing: repeats beyond the first of each config."""
-    repeats = [TrialRecord.of(t).repeat_of for t in trials if TrialRecord.of(t).repeat_of is not None]
-    return len(repeats) - len(set(repeats))
+    """Runs spent racing over the whole study: trials of a `race:K` slot that ran or run (not surplus, not orphans)."""
+    again = retried(trials)
+    return len({TrialRecord.of(t).slot for t in trials if (TrialRecord.of(t).slot or "").startswith("race:")
+                and holds_place(t, again)})  # fmt: skip
 
 
 def main_trials_done(study: optuna.Study) -> int:
     """Trials that count towards n_trials: finished, really run, and not a noise repeat."""
-    return sum(
-        1 for t in study.get_trials(deepcopy=False) if counts_towards_total(t) and TrialRecord.of(t).repeat_of is None
-    )
+    return workers.main_trials_done(study.get_trials(deepcopy=False))
+
+
+def enqueue_startup(study: optuna.Study, cfg: ProbeConfig, found: limits.Limits) -> None:
+    """Queue the startup design inside the frontier, once per study (each cell its own slot)."""
+    for index, cell in enumerate(space.startup_design(cfg.space, startup_trials(cfg), found.frontier.largest())):
+        workers.enqueue(study, cell, f"startup:{index}")
 
 
 class Search:
-    """Runs the main trials, then the noise repeats, until the study has what it was asked for."""
+    """Runs the main trials, then the noise repeats, until the study has what it was asked for.
+
+    Other workers may run the same study at the same time (tuner.workers): the loop then takes only the
+    places still free, and waits while trials of other workers are open, to finish their orphans if they die.
+    """
 
     def __init__(
-        self, study: optuna.Study, inputs: Inputs, progress: Progress, found: limits.Limits, runner: limits.Runner = run_child
+        self, study: optuna.Study, inputs: Inputs, progress: Progress, found: limits.Limits, runner: limits.Runner = run_child,
+        worker: str | None = None,
     ) -> None:
         self.study = study
         self.inputs = inputs
         self.cfg = inputs.cfg
         self.progress = progress
-        self.first_number: int | None = None
+        self.ours: list[int] = []  # numbers of the trials this worker ran or recorded
         self.failure: str | None = None
         self.inferred_in_a_row = 0
         self.limits = found
         self.runner = runner
+        self.worker = worker or workers.worker_id()
+        self.waiting_said = False
         record = StudyRecord.of(study)
         self.limit_mb = record.stable_limit_mb or inputs.stable_limit_mb  # lowered by kills from outside
         self.kill_level = record.outside_kill_mb
 
     def run(self) -> None:
         deadline = time.monotonic() + self.cfg.timeout if self.cfg.timeout else None
-        if not self.study.get_trials(deepcopy=False):
-            largest = self.limits.frontier.largest()
-            for cell in space.startup_design(self.cfg.space, startup_trials(self.cfg), largest):
-                self.study.enqueue_trial(cell)
+        if not self.study.get_trials(deepcopy=False):  # limits mapped by --limits-only: the design is not queued yet
+            enqueue_startup(self.study, self.cfg, self.limits)
         done = main_trials_done(self.study)
         if done:
             self.progress.say(f"Continuing: {done} of {self.cfg.n_trials} trials done.")
-        while not self.failure and (remaining := self.cfg.n_trials - main_trials_done(self.study)) > 0:
-            if deadline is not None and time.monotonic() >= deadline:
+        while not self.failure and main_trials_done(self.study) < self.cfg.n_trials:
+            if _past(deadline):
                 return
-            self._optimize(remaining, deadline)
+            free = self.cfg.n_trials - workers.places_taken(self._trials())
+            if free > 0:
+                self._optimize(free, deadline)
+            else:
+                self._wait_for_others(deadline)
         if self.failure:
             raise StudyFailed(self.failure)
-        if deadline is None or time.monotonic() < deadline:
-            trials = self.study.get_trials(deepcopy=False)
-            for original in selection.to_repeat(trials, self.cfg.probe.repeats, self.limit_mb):
-                self.study.enqueue_trial(original.params, user_attrs=TrialRecord(repeat_of=original.number).attrs())
-            waiting = len(self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
-            self._optimize(waiting, deadline)
-            self._race(deadline)
+        if _past(deadline):
+            return
+        trials = self._trials()
+        for original in selection.to_repeat(trials, self.cfg.probe.repeats, self.limit_mb):
+            workers.enqueue(self.study, original.params, f"repeat:{original.number}", TrialRecord(repeat_of=original.number))
+        self._drain(deadline)
+        self._race(deadline)
+        self._drain(deadline)
+
+    def _trials(self) -> list[FrozenTrial]:
+        return self.study.get_trials(deepcopy=False)
+
+    def _drain(self, deadline: float | None) -> None:
+        """Run the queued trials, and wait for those other workers run, until none is open."""
+        while not _past(deadline):
+            running, waiting = workers.open_work(self._trials())
+            if waiting:
+                self._optimize(waiting, deadline)
+            elif running:
+                self._wait_for_others(deadline)
+            else:
+                return
+
+    def _wait_for_others(self, deadline: float | None) -> None:
+        """Other workers hold the open places: wait, failing their trials whose heartbeat went stale
+        (Optuna then queues them again, and this worker runs them)."""
+        if not self.waiting_said:
+            running, _ = workers.open_work(self._trials())
+            self.progress.say(f"Waiting for {running} trial(s) other workers are running.")
+            self.waiting_said = True
+        time.sleep(workers.WAIT_POLL_S if deadline is None else max(0.0, min(workers.WAIT_POLL_S, deadline - time.monotonic())))
+        optuna.storages.fail_stale_trials(self.study)
 
     def _race(self, deadline: float | None) -> None:
         """While the top configs tie within the noise, probe them again with new seeds, the one with the fewest
@@ -113,10 +160,11 @@ class Search:
                 return
             runs = min(tied, key=len)
             original = min(runs, key=lambda t: t.number)
-            self.study.enqueue_trial(original.params, user_attrs=TrialRecord(repeat_of=original.number).attrs())
-            self.progress.total += 1
-            self._optimize(1, deadline)
-            spent, tied = spent + 1, self._tied()
+            record = TrialRecord(repeat_of=original.number)
+            if workers.enqueue(self.study, original.params, f"race:{spent + 1}", record):
+                self.progress.total += 1
+            self._drain(deadline)
+            spent, tied = race_runs(self._trials()), self._tied()
         verdict = "separated" if len(tied) < 2 else "still tied"
         race = Race(tuple(min(t.number for t in runs) for runs in tied), spent, verdict)
         dataclasses.replace(StudyRecord.of(self.study), race=race).save(self.study)
@@ -136,14 +184,19 @@ class Search:
             self.objective,
             n_trials=n_trials,
             timeout=timeout,
-            catch=(ProbeFailed,),
-            callbacks=[self._stop_on_repeated_errors],
+            catch=(ProbeFailed, Surplus),
+            callbacks=[self._stop_on_repeated_errors, self._stop_when_places_taken],
             gc_after_trial=False,
         )
 
     def objective(self, trial: optuna.Trial) -> float:
-        if self.first_number is None:
-            self.first_number = trial.number
+        self.ours.append(trial.number)
+        TrialRecord(worker=self.worker).save(trial)
+        surplus = workers.surplus_reason(trial, self._trials(), self.cfg.n_trials)
+        if surplus is not None:
+            TrialRecord(surplus=surplus).save(trial)
+            raise Surplus(surplus)
+        self.progress.done = main_trials_done(self.study)
         params = Params.of(space.suggest(trial, self.cfg.space))
         repeat_of = TrialRecord.of(trial).repeat_of
         seed = self.cfg.seed + trial.number
@@ -253,10 +306,18 @@ class Search:
         self.progress.say(f"  trial {trial.number} failed: {attempt.reason}\n  log {attempt.log}:\n{tail}")
         raise ProbeFailed(attempt.reason)
 
+    def _stop_when_places_taken(self, study: optuna.Study, frozen: FrozenTrial) -> None:
+        """Ask for no new main trial once other workers hold every place left (Optuna's MaxTrialsCallback,
+        counting running trials too)."""
+        if workers.is_main(frozen) and workers.places_taken(self._trials()) >= self.cfg.n_trials:
+            study.stop()
+
     def _stop_on_repeated_errors(self, study: optuna.Study, frozen: FrozenTrial) -> None:
-        if self.first_number is None:
+        mine = set(self.ours)
+        ours = [t for t in study.get_trials(deepcopy=False)
+                if t.number in mine and t.state.is_finished() and not TrialRecord.of(t).surplus]  # fmt: skip
+        if not ours:
             return
-        ours = [t for t in study.get_trials(deepcopy=False) if t.number >= self.first_number and t.state.is_finished()]
         errors = {TrialRecord.of(t).error for t in ours}
         if len(ours) >= SAME_ERROR_STOP and all(t.state == TrialState.FAIL for t in ours) and len(errors) == 1:
             message = errors.pop() or "unknown error"

@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, ClassVar
 
 import optuna
 
@@ -21,6 +21,8 @@ class Params:
     batch: int
     mosaic: float
     mixup: float
+
+    FIELDS: ClassVar[frozenset[str]] = frozenset({"imgsz", "batch", "mosaic", "mixup"})
 
     @classmethod
     def of(cls, values: dict[str, Any]) -> Params:

@@ -14,6 +14,7 @@ from tuner.errors import StudyError
 
 HEARTBEAT_INTERVAL = 10
 GRACE_PERIOD = 30
+SQLITE_BUSY_TIMEOUT_S = 60  # a worker waits this long for another's write to the same SQLite study
 
 
 def default_study_name(data: str | None, model: str, device_type: str) -> str:
@@ -68,8 +69,13 @@ def open_storage(
             "grace_period": grace_period or GRACE_PERIOD,
             "heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry),
         }
+    if path is not None:
+        kwargs["engine_kwargs"] = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}}
     try:
-        return optuna.storages.RDBStorage(url, **kwargs)
+        storage = optuna.storages.RDBStorage(url, **kwargs)
+        if path is not None:
+            _serialize_sqlite(storage)
+        return storage
     except Exception as exc:  # SQLAlchemy raises many types here; all mean the same to the user
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise StudyError(
@@ -104,3 +110,25 @@ def resolve_study_name(study_name: str | None, storage: str | None, studies_dir:
         raise StudyError(f"No study in {where}. Run `tuner probe` first, or pass --storage/--studies-dir "
                          "where the study is.")
     raise StudyError(f"{len(names)} studies in {where}: {', '.join(names)}. Pass --study-name with one of them.")
+
+
+def _serialize_sqlite(storage: optuna.storages.RDBStorage) -> None:
+    """Make every SQLite transaction take the write lock when it begins (BEGIN IMMEDIATE).
+
+    Python's sqlite3 runs a SELECT outside any transaction, so two processes popping the study's queue
+    both read a WAITING trial and both run it (Optuna's SELECT ... FOR UPDATE means nothing to SQLite).
+    With the lock taken up front, several workers on one machine share a SQLite study safely; each
+    transaction is a few milliseconds, and a worker waits up to SQLITE_BUSY_TIMEOUT_S for another's.
+    (SQLAlchemy's documented recipe for SQLite transactions.)
+    """
+    import sqlalchemy
+
+    @sqlalchemy.event.listens_for(storage.engine, "connect")
+    def _no_implicit_transactions(dbapi_connection, _record) -> None:
+        dbapi_connection.isolation_level = None
+
+    @sqlalchemy.event.listens_for(storage.engine, "begin")
+    def _begin_immediate(connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    storage.engine.dispose()  # connections opened before the listeners: closed, reopened with them

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import optuna
 
 from tuner import __version__, derive, inputs, limits, probe_output, pruners, selection
 from tuner import config as configs
+from tuner import workers as tuner_workers
 from tuner import device as devices
 from tuner.errors import ConfigError
 from tuner.memory import MIB, describe_budget, parse_budget
@@ -23,7 +25,7 @@ from tuner.progress import Progress
 from tuner.records import Best, StudyRecord
 from tuner.errors import StudyFailed
 from tuner.inputs import Inputs
-from tuner.search import Search, startup_trials
+from tuner.search import Search, enqueue_startup, startup_trials
 from tuner.space import Params
 from tuner.storage import default_study_name, open_storage, storage_url
 
@@ -40,15 +42,27 @@ def run_probe(
     quiet: bool = False,
     as_json: bool = False,
     limits_only: bool = False,
+    workers: int = 1,
+    worker: str | None = None,
+    argv: list[str] | None = None,
 ) -> int:
     """The whole `tuner probe`; returns the exit code (1 when no config is stable).
 
     First it maps where the memory limit lies (tuner.limits), once per study; with `limits_only` it stops there.
     Choices of the space the user left out are derived from the data first (tuner.derive).
+    With `workers` > 1 it then starts that many workers in all on this machine (`argv` is their command line,
+    tuner.workers): one per CUDA device where there are enough ("pinned"), else sharing this device's budget
+    ("shared"). A `worker` (started so, with its kind) only runs trials: its starter writes best.yaml and the report.
     """
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # tuner prints each trial's end itself
     device = devices.resolve(cfg.device)
+    per_device = worker == "pinned" or (
+        worker is None and device.kind == "cuda" and device.count >= workers > 1 and cfg.device in (None, "auto", "cuda")
+    )
     budget = parse_budget(cfg.memory_budget, device.total_memory)
+    shared = workers > 1 and not per_device
+    if shared:  # one device for all the workers: each trial gets its share of the budget
+        budget //= workers
     data_yaml = inputs.dataset(cfg.data)
     space, space_notes = derive.resolve(cfg.space, data_yaml)
     cfg = dataclasses.replace(cfg, space=space)
@@ -69,15 +83,20 @@ def run_probe(
     )
     study = open_study(name, url, cfg, record)
     progress = Progress(cfg.n_trials + cfg.probe.repeats, budget, cfg.metric_name, quiet=quiet)
+    described = describe_budget(cfg.memory_budget, budget * (workers if shared else 1), device.total_memory)
+    if shared:
+        described += f", shared by {workers} workers: {budget / MIB:.0f} MiB each"
     progress.say(
         f"Study {name!r} in {url}\n"
-        f"Device {device.torch} ({device.name}); memory budget "
-        f"{describe_budget(cfg.memory_budget, budget, device.total_memory)}, stable below {record.stable_limit_mb:.0f} MiB"
+        f"Device {device.torch} ({device.name}); memory budget {described}, stable below {record.stable_limit_mb:.0f} MiB"
     )
     for note in space_notes:
         progress.say(note)
     trials = Inputs(cfg, device, budget, data_yaml, model, Path(studies_dir) / name)
-    found = _mapped_limits(study, trials, progress)
+    found = _mapped_limits(study, trials, progress, queue_design=not limits_only)
+    if worker:
+        Search(study, trials, progress, found).run()
+        return 0
     if limits_only:
         if as_json:
             print(json.dumps({"study": study.study_name, "budget_mb": record.budget_mb, **found.summary()}, indent=2))
@@ -85,20 +104,43 @@ def run_probe(
             progress.say(limits.describe(found), important=True)
         return 0
     progress.say(limits.describe(found))
-    Search(study, trials, progress, found).run()
+    others = []
+    if workers > 1:
+        pin = (lambda index: {"CUDA_VISIBLE_DEVICES": str(index)}) if per_device else (lambda index: {})
+        kind = "pinned" if per_device else "shared"
+        others = tuner_workers.spawn(argv or [], workers - 1, Path(studies_dir) / name / "workers", kind, pin)
+        progress.say(f"Started {workers - 1} more worker(s) on this machine; their logs: "
+                     f"{Path(studies_dir) / name / 'workers'}")  # fmt: skip
+    try:
+        Search(study, trials, progress, found).run()
+    finally:
+        for process, log in others:
+            if process.wait() != 0:
+                progress.say(f"A worker ended with exit code {process.returncode}; see {log}", important=True)
     return _finish(study, cfg, device, record, url, Path(results_dir), progress, as_json)
 
 
-def _mapped_limits(study: optuna.Study, trials: Inputs, progress: Progress) -> limits.Limits:
+def _mapped_limits(study: optuna.Study, trials: Inputs, progress: Progress, queue_design: bool = True) -> limits.Limits:
     """The study's frontier and memory model: mapped by pre-flights on its first run, stored, then reused.
+    One worker maps them while others wait (tuner.workers.Lease); it also queues the startup design.
     Raises StudyFailed (exit 1) when not even the smallest config fits."""
-    stored = StudyRecord.of(study).limits
-    if stored:
+    lease = tuner_workers.Lease(study)
+    said = False
+    while not (stored := StudyRecord.of(study).limits):
+        if lease.acquire():
+            with lease.held():
+                found = limits.map_limits(trials, progress)
+                if queue_design and any(entry.imgsz is not None for entry in found.frontier.entries):
+                    enqueue_startup(study, trials.cfg, found)
+                dataclasses.replace(StudyRecord.of(study), limits=found.to_dict()).save(study)
+            break
+        if not said:
+            progress.say(f"Worker {lease.holder()} is mapping the memory limits; waiting for its result.")
+            said = True
+        time.sleep(tuner_workers.WAIT_POLL_S)
+    else:
         found = limits.Limits.from_dict(stored)
         progress.say(f"Memory limits mapped before: {len(found.frontier.measurements)} pre-flight(s), stored in the study.")
-    else:
-        found = limits.map_limits(trials, progress)
-        dataclasses.replace(StudyRecord.of(study), limits=found.to_dict()).save(study)
     if all(entry.imgsz is None for entry in found.frontier.entries):
         raise StudyFailed(limits.smallest_needs(found))
     return found
@@ -163,7 +205,10 @@ def open_study(name: str, url: str, cfg: configs.ProbeConfig, record: StudyRecor
 def _sampler(cfg: configs.ProbeConfig) -> optuna.samplers.BaseSampler:
     if cfg.sampler == "random":
         return optuna.samplers.RandomSampler(seed=cfg.seed)
-    return optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=startup_trials(cfg), multivariate=True)
+    # constant_liar: while other workers' trials run, TPE counts them as poor, so workers do not sample the same config
+    return optuna.samplers.TPESampler(
+        seed=cfg.seed, n_startup_trials=startup_trials(cfg), multivariate=True, constant_liar=True
+    )
 
 
 def _check_same_study(name: str, stored: StudyRecord, new: StudyRecord) -> None:
@@ -177,12 +222,19 @@ def _check_same_study(name: str, stored: StudyRecord, new: StudyRecord) -> None:
                 f"{_show(new_id[key])}. Re-run with the study's settings, or pass --study-name for a new study."
             )
     for what, old, now in (("a memory budget of {} MiB", stored.budget_mb, new.budget_mb),
-                           ("device {}", stored.device, new.device)):  # fmt: skip
+                           ("device {}", _card(stored), _card(new))):  # fmt: skip
         if old is not None and old != now:
             raise ConfigError(
                 f"Study {name!r} was created with {what.format(old)}, but this run has {what.format(now)}. "
                 "Re-run with the same --memory-budget/--device, or pass --study-name for a new study."
             )
+
+
+def _card(record: StudyRecord) -> str | None:
+    """The device a study measures on: `cuda:1` measures as `cuda:0` does when it is the same card model."""
+    if record.device and record.device.startswith("cuda:"):
+        return f"cuda ({record.device_name})"
+    return record.device
 
 
 def _show(value: Any) -> str:

@@ -1,0 +1,150 @@
+"""Benchmark: does the probe rank configs the way full training does? (probe fidelity)
+
+For each of several configs spread over the default space (small to large imgsz, batch 1 to 8, mosaic and
+mixup varied), on the embedded dataset:
+- the probe's metric: the exact probe a `tuner probe` trial runs (`python -m tuner.probe` under the
+  watchdog, default probe settings), with two seeds, so that the probe's own noise is measured too;
+- the full-training metric: `tuner train-best --config <config>.yaml --epochs 40` (train-best's recipe:
+  nbs, warmup, close_mosaic, the per-epoch checkpoints), mAP50-95 of best.pt as Ultralytics validates it.
+
+Prints both side by side and Spearman's rank correlation ρ between the probe's mean metric and the
+full-training metric (goal ρ >= 0.7), with the probe's noise (mean |seed 1 - seed 2|). Finished
+trainings in `--workdir` are reused, so an interrupted run continues where it stopped.
+
+    python tests/benchmarks/bench_fidelity.py --workdir /tmp/bench-fidelity                  # ~1-1.5 h on 2 CPU cores
+    python tests/benchmarks/bench_fidelity.py --workdir /tmp/bench-fidelity --epochs 10     # a quicker look
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from tuner import config as configs
+from tuner import device as devices
+from tuner import inputs as tuner_inputs
+from tuner.inputs import Inputs
+from tuner.memory import parse_budget
+from tuner.space import Params
+from tuner.trial import run_child
+
+# (imgsz, batch, mosaic, mixup): spread over the default derived space, as a probe study would meet them
+CONFIGS = [
+    (160, 8, 1.0, 0.0),
+    (256, 4, 0.5, 0.1),
+    (320, 2, 1.0, 0.2),
+    (416, 2, 0.75, 0.05),
+    (512, 1, 0.25, 0.0),
+    (640, 1, 1.0, 0.1),
+]
+SEEDS = (0, 1)
+
+
+def spearman(xs: list[float], ys: list[float]) -> float:
+    """Spearman's ρ: Pearson's correlation of the ranks (ties get their mean rank)."""
+
+    def ranks(values: list[float]) -> list[float]:
+        order = sorted(range(len(values)), key=lambda i: values[i])
+        out = [0.0] * len(values)
+        i = 0
+        while i < len(order):
+            j = i
+            while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+                j += 1
+            for k in range(i, j + 1):
+                out[order[k]] = (i + j) / 2
+            i = j + 1
+        return out
+
+    rx, ry = ranks(xs), ranks(ys)
+    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
+    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
+    var = (sum((a - mx) ** 2 for a in rx) * sum((b - my) ** 2 for b in ry)) ** 0.5
+    return cov / var if var else 0.0
+
+
+def probe_metrics(config: tuple, workdir: Path, budget_text: str) -> list[float | None]:
+    """The probe's metric of `config` for each seed (None where the probe did not finish)."""
+    cached = workdir / "probes" / ("%d-%d-%g-%g.json" % config)
+    if cached.exists():
+        return json.loads(cached.read_text())
+    cfg = configs.load(None, {"memory_budget": budget_text})
+    device = devices.resolve("cpu")
+    budget = parse_budget(cfg.memory_budget, device.total_memory)
+    data, model = tuner_inputs.dataset(None), tuner_inputs.model(cfg.model, embedded=True)
+    trials = Inputs(cfg, device, budget, data, model, workdir / "probes")
+    params = Params(*config)
+    values = []
+    for seed in SEEDS:
+        folder = workdir / "probes" / ("%d-%d-%g-%g-seed%d" % (*config, seed))
+        attempt = run_child("tuner.probe", trials.spec(params, seed), folder, device, budget, cfg.probe.trial_timeout)
+        values.append(attempt.value if attempt.outcome.value == "ok" else None)
+    cached.write_text(json.dumps(values))
+    return values
+
+
+def full_metric(config: tuple, workdir: Path, epochs: int, budget_text: str) -> tuple[float | None, float]:
+    """mAP50-95 of `config` after `epochs` of train-best, and the wall seconds it took (reused when done)."""
+    name = "full-%d-%d-%g-%g" % config
+    summary_file = workdir / "results" / name / "train" / "summary.json"
+    if not summary_file.exists():
+        imgsz, batch, mosaic, mixup = config
+        cfg = configs.load(None, {})
+        model = tuner_inputs.model(cfg.model, embedded=True)
+        recipe = {"model": str(model), "data": str(tuner_inputs.dataset(None)), "optimizer": cfg.probe.optimizer,
+                  "lr0": cfg.probe.lr0, "imgsz": imgsz, "batch": batch, "mosaic": mosaic, "mixup": mixup}  # fmt: skip
+        config_yaml = workdir / f"{name}.yaml"
+        config_yaml.write_text(yaml.safe_dump(recipe))
+        command = [sys.executable, "-m", "tuner", "train-best", "--config", str(config_yaml), "--study-name", name,
+                   "--epochs", str(epochs), "--device", "cpu", "--memory-budget", budget_text, "--quiet"]  # fmt: skip
+        started = time.monotonic()
+        with open(workdir / f"{name}.log", "w") as log:
+            done = subprocess.run(command, cwd=workdir, stdout=log, stderr=subprocess.STDOUT)
+        if done.returncode != 0:
+            print(f"{name}: train-best failed ({done.returncode}), see {workdir / f'{name}.log'}", file=sys.stderr)
+            return None, time.monotonic() - started
+    summary = json.loads(summary_file.read_text())
+    if summary.get("epochs") != epochs:
+        raise SystemExit(f"{summary_file} holds {summary.get('epochs')} epochs, not {epochs}; pass another --workdir.")
+    return (summary.get("metrics") or {}).get("mAP50-95"), summary.get("wall_s") or 0.0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", type=Path, required=True)
+    parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--memory-budget", default="16GB", help="room enough for every config: this measures accuracy")
+    args = parser.parse_args(argv)
+    (args.workdir / "probes").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for config in CONFIGS:
+        probes = probe_metrics(config, args.workdir, args.memory_budget)
+        full, seconds = full_metric(config, args.workdir, args.epochs, args.memory_budget)
+        rows.append({"config": config, "probes": probes, "full": full, "full_s": seconds})
+        print(f"{config}: probe {probes}, {args.epochs} epochs {full} ({seconds:.0f} s)", flush=True)
+    (args.workdir / "bench_fidelity.json").write_text(json.dumps(rows, indent=2))
+    usable = [r for r in rows if r["full"] is not None and all(v is not None for v in r["probes"])]
+    noise = [abs(r["probes"][0] - r["probes"][1]) for r in usable]
+    means = [sum(r["probes"]) / len(r["probes"]) for r in usable]
+    rho = spearman(means, [r["full"] for r in usable])
+    print(f"\nEmbedded dataset, 2 CPU cores; probe: default settings, seeds {SEEDS}; full: train-best, {args.epochs} epochs\n")
+    print("| imgsz / batch / mosaic / mixup | probe mAP50-95 (seeds) | probe mean | full mAP50-95 | full wall |")
+    print("|---|---|---|---|---|")
+    for row in rows:
+        probes = " / ".join("-" if v is None else f"{v:.3f}" for v in row["probes"])
+        mean = "-" if any(v is None for v in row["probes"]) else f"{sum(row['probes']) / len(row['probes']):.3f}"
+        full = "-" if row["full"] is None else f"{row['full']:.3f}"
+        print(f"| {' / '.join(f'{v:g}' for v in row['config'])} | {probes} | {mean} | {full} | {row['full_s'] / 60:.0f} min |")
+    print(f"\nSpearman ρ (probe mean vs full) over {len(usable)} configs: {rho:.2f} (goal >= 0.7); "
+          f"probe noise, mean |seed {SEEDS[0]} - seed {SEEDS[1]}|: {sum(noise) / max(1, len(noise)):.3f}")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,163 @@
+"""Many workers on one study (tuner.workers): each place of the plan filled exactly once, orphans of a dead
+worker finished by another, the memory limits mapped by one worker while the others wait.
+
+Workers here are threads with their own storage connection to one real SQLite study, and fake probe runners
+(tests/test_search.py); real processes on a real PostgreSQL server are in test_postgres.py."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from tests.test_limits import FakePreflight, inputs, quiet
+from tests.test_search import FakeProbe
+from tuner import limits, workers
+from tuner.records import StudyRecord, TrialRecord, counts_towards_total
+from tuner.space import suggest
+from tuner.search import Search, enqueue_startup, main_trials_done
+from tuner.study import open_study
+
+
+class SlowProbe(FakeProbe):
+    """FakeProbe that takes `seconds`, so that workers' trials overlap."""
+
+    def __init__(self, budget_mb: float, seconds: float, **kwargs) -> None:
+        super().__init__(budget_mb, **kwargs)
+        self.seconds = seconds
+
+    def __call__(self, *args, **kwargs):
+        time.sleep(self.seconds)
+        return super().__call__(*args, **kwargs)
+
+
+def _setup(tmp_path: Path, n_trials: int, repeats: int, race: int = 0, budget_mb: float = 2000, **cfg_changes):
+    trials = inputs(tmp_path, budget_mb)
+    probe = dataclasses.replace(trials.cfg.probe, repeats=repeats, race=race)
+    cfg = dataclasses.replace(trials.cfg, n_trials=n_trials, probe=probe, **cfg_changes)
+    trials = dataclasses.replace(trials, cfg=cfg)
+    found = limits.map_limits(trials, quiet(), runner=FakePreflight(budget_mb))
+    record = StudyRecord(config=cfg, device="cpu", budget_mb=budget_mb, stable_limit_mb=trials.stable_limit_mb,
+                         limits=found.to_dict())  # fmt: skip
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    study = open_study("s", url, cfg, record)
+    enqueue_startup(study, cfg, found)
+    return trials, found, record, url, study
+
+
+def _run_workers(count: int, trials, found, record, url, runner_of) -> list[BaseException]:
+    errors: list[BaseException] = []
+
+    def work(index: int) -> None:
+        try:
+            study = open_study("s", url, trials.cfg, record)  # each worker its own connection, as a process has
+            Search(study, trials, quiet(), found, runner=runner_of(index), worker=f"test:{index}").run()
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(index,)) for index in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not any(thread.is_alive() for thread in threads), "a worker never finished"
+    return errors
+
+
+def _placed(study: optuna.Study) -> list:
+    """Trials that ran (or were inferred) in a place of the plan: not surplus, not orphans."""
+    return [t for t in study.get_trials() if not TrialRecord.of(t).surplus and t.state != TrialState.FAIL]
+
+
+def test_three_workers_finish_exactly_n_trials_and_each_repeat_once(tmp_path, monkeypatch):
+    monkeypatch.setattr(workers, "WAIT_POLL_S", 0.05)
+    trials, found, record, url, study = _setup(tmp_path, n_trials=7, repeats=2)
+    runners = [SlowProbe(2000, 0.05 * (index + 1)) for index in range(3)]
+    assert _run_workers(3, trials, found, record, url, lambda index: runners[index]) == []
+    every = study.get_trials()
+    assert main_trials_done(study) == 7
+    assert not [t for t in every if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    repeats = [t for t in every if TrialRecord.of(t).repeat_of is not None and counts_towards_total(t)]
+    assert len(repeats) == 2 and len({TrialRecord.of(t).repeat_of for t in repeats}) == 2
+    slots = Counter(TrialRecord.of(t).slot for t in _placed(study) if TrialRecord.of(t).slot)
+    assert slots and all(count == 1 for count in slots.values()), slots  # the startup design and repeats ran once
+    ran = sum(len(runner.ran) for runner in runners)
+    assert ran == len([t for t in every if "log" in t.user_attrs]) == 7 + 2  # no process beyond the plan
+    assert len({TrialRecord.of(t).worker for t in every if "log" in t.user_attrs}) >= 2  # the work was shared
+
+
+def test_a_surplus_trial_records_why_and_counts_for_nothing(tmp_path):
+    trials, found, record, url, study = _setup(tmp_path, n_trials=2, repeats=0)
+    enqueue_startup(study, trials.cfg, found)  # a second worker queueing the same design: nothing is added
+    assert len(study.get_trials()) == 2
+    study.enqueue_trial({"imgsz": 160, "batch": 2, "mosaic": 1.0, "mixup": 0.0}, user_attrs={"slot": "startup:0"})
+    Search(study, trials, quiet(), found, runner=FakeProbe(2000)).run()  # the duplicate of startup:0 is popped
+    every = study.get_trials()
+    surplus = [t for t in every if TrialRecord.of(t).surplus]
+    assert [t.number for t in surplus] == [2] and surplus[0].state == TrialState.FAIL
+    assert "trial 0 already fills startup:0" in TrialRecord.of(surplus[0]).surplus
+    assert "log" not in surplus[0].user_attrs and main_trials_done(study) == 2
+
+
+def test_a_dead_workers_trial_is_failed_by_its_heartbeat_and_run_again_by_another(tmp_path, monkeypatch):
+    monkeypatch.setattr(workers, "WAIT_POLL_S", 0.2)
+    trials, found, record, url, study = _setup(tmp_path, n_trials=3, repeats=0, heartbeat_interval=1, grace_period=2)
+    dead = open_study("s", url, trials.cfg, record)
+    orphan = dead.ask()  # a worker pops startup:0, records its heartbeat once, and dies mid-trial
+    suggest(orphan, trials.cfg.space)
+    dead._storage.record_heartbeat(orphan._trial_id)
+    assert TrialRecord.of(orphan).slot == "startup:0"
+    started = time.monotonic()
+    Search(study, trials, quiet(), found, runner=FakeProbe(2000)).run()
+    every = study.get_trials()
+    assert every[0].state == TrialState.FAIL and not counts_towards_total(every[0])
+    again = [t for t in every if t.system_attrs.get("failed_trial") == 0]
+    assert len(again) == 1 and again[0].params == every[0].params and counts_towards_total(again[0])
+    assert main_trials_done(study) == 3 and not [t for t in every if t.state == TrialState.RUNNING]
+    assert time.monotonic() - started >= 2  # it waited for the heartbeat to go stale, not less
+
+
+def test_one_worker_maps_the_limits_while_the_others_wait_for_its_result(tmp_path, monkeypatch):
+    monkeypatch.setattr(workers, "LEASE_SETTLE_S", 0.05)
+    monkeypatch.setattr(workers, "WAIT_POLL_S", 0.05)
+    from tuner import study as studies
+
+    trials = inputs(tmp_path, 2000)
+    record = StudyRecord(config=trials.cfg, device="cpu", budget_mb=2000, stable_limit_mb=trials.stable_limit_mb)
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    open_study("s", url, trials.cfg, record)
+    preflights = FakePreflight(2000)
+    real_map = limits.map_limits
+    monkeypatch.setattr(limits, "map_limits", lambda inputs, progress: (time.sleep(0.3), real_map(inputs, progress, runner=preflights))[1])
+    found: list = []
+
+    def work() -> None:
+        found.append(studies._mapped_limits(open_study("s", url, trials.cfg, record), trials, quiet()))
+
+    threads = [threading.Thread(target=work) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert len(found) == 3 and found[0].to_dict() == found[1].to_dict() == found[2].to_dict()
+    assert len(preflights.specs) == len(real_map(trials, quiet(), runner=FakePreflight(2000)).frontier.measurements)
+    study = optuna.load_study(study_name="s", storage=url)
+    assert len(study.get_trials()) == len({TrialRecord.of(t).slot for t in study.get_trials()})  # the design, once
+    assert study.user_attrs.get(workers.LEASE_ATTR) is None  # released
+
+
+def test_a_lease_whose_holder_stopped_renewing_it_is_taken_over(tmp_path, monkeypatch):
+    monkeypatch.setattr(workers, "LEASE_SETTLE_S", 0.01)
+    monkeypatch.setattr(workers, "LEASE_STALE_S", 0.3)
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'l.db'}", study_name="l")
+    first, second = workers.Lease(study, "a:1"), workers.Lease(study, "b:2")
+    assert first.acquire() and not second.acquire()
+    assert second.holder() == "a:1"
+    time.sleep(0.4)  # a:1 died: its beat did not change for longer than LEASE_STALE_S
+    assert second.holder() is None and second.acquire() and not first.acquire()
