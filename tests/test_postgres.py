@@ -1,0 +1,166 @@
+"""Many workers on a real PostgreSQL server: two `tuner probe` processes (two "machines": each its own
+folder) share one study; a worker SIGKILLed mid-trial leaves an orphan the other finishes; report and
+dashboard read the study while the workers run; the server going away mid-study is retried or said.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import psutil
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from tests import postgres
+from tests.conftest import has_loaded_torch, tiny_probe_args
+from tests.test_dashboard import _free_port, _get, _start
+from tuner import selection
+from tuner.records import StudyRecord, TrialRecord, counts_towards_total
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(postgres.skip_reason() is not None, reason=postgres.skip_reason() or ""),
+    pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning"),
+]
+NAME = "shared"
+
+
+@pytest.fixture(scope="module")
+def server():
+    running = postgres.Server()
+    running.start()
+    try:
+        yield running
+    finally:
+        running.close()
+
+
+@pytest.fixture
+def database(server, request) -> str:
+    return server.create_database(request.node.name.lower()[:60])
+
+
+def _fast_heartbeat(folder: Path) -> Path:
+    """A config file with a 1 s heartbeat and a 4 s grace period, so that an orphan is noticed quickly."""
+    path = folder / "probe.yaml"
+    path.write_text(yaml.safe_dump({"heartbeat_interval": 1, "grace_period": 4}))
+    return path
+
+
+def _worker(tiny_data: Path, url: str, folder: Path, *extra: str) -> subprocess.Popen:
+    """One machine's `tuner probe` on the shared study, in its own folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    argv = tiny_probe_args(tiny_data, "--storage", url, "--study-name", NAME, "--config", str(_fast_heartbeat(folder)),
+                           *extra)  # fmt: skip
+    log = open(folder / "tuner.log", "w")
+    return subprocess.Popen([sys.executable, "-m", "tuner", *argv], cwd=folder, stdout=log, stderr=subprocess.STDOUT)
+
+
+def _finish(process: subprocess.Popen, folder: Path, timeout: float = 300) -> str:
+    code = process.wait(timeout=timeout)
+    text = (folder / "tuner.log").read_text()
+    assert code == 0, text[-3000:]
+    return text
+
+
+def _check_plan(study: optuna.Study, n_trials: int, repeats: int) -> None:
+    """Exactly n_trials counted main trials and `repeats` repeats, none open, the startup design run once."""
+    trials = study.get_trials()
+    counted = [t for t in trials if counts_towards_total(t)]
+    assert len([t for t in counted if TrialRecord.of(t).repeat_of is None]) == n_trials
+    assert len([t for t in counted if TrialRecord.of(t).repeat_of is not None]) == repeats
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    startup = [t for t in counted if (TrialRecord.of(t).slot or "").startswith("startup:")]
+    assert startup and len({TrialRecord.of(t).slot for t in startup}) == len(startup)
+    configs = [tuple(sorted(t.params.items())) for t in startup]
+    assert len(set(configs)) == len(configs)  # no config of the startup design ran twice
+
+
+def test_two_workers_on_postgresql_finish_the_plan_exactly_and_agree_on_the_best(tiny_data, database, tmp_path, run_cli):
+    first = _worker(tiny_data, database, tmp_path / "a", "--n-trials", "4", "--repeats", "1")
+    second = _worker(tiny_data, database, tmp_path / "b", "--n-trials", "4", "--repeats", "1")
+    study = None
+    while first.poll() is None or second.poll() is None:  # report and dashboard while the workers run
+        try:
+            study = optuna.load_study(study_name=NAME, storage=database)
+        except KeyError:
+            time.sleep(0.5)
+            continue
+        if any(t.state == TrialState.COMPLETE for t in study.get_trials()):
+            code, out, err = run_cli("report", "--storage", database, "--study-name", NAME,
+                                     "--results-dir", tmp_path / "review")  # fmt: skip
+            assert code == 0, err
+            port = _free_port()
+            served = _start([sys.executable, "-m", "tuner", "dashboard", "--storage", database, "--study-name", NAME,
+                             "--port", str(port)], port)  # fmt: skip
+            try:
+                (summary,) = _get(f"http://127.0.0.1:{port}/api/studies")["study_summaries"]
+                assert summary["study_name"] == NAME
+            finally:
+                served.kill()
+                served.communicate(timeout=10)
+            break
+        time.sleep(0.5)
+    assert study is not None, "no worker created the study"
+    logs = [_finish(first, tmp_path / "a"), _finish(second, tmp_path / "b")]
+    assert (tmp_path / "review" / NAME / "report.md").is_file()
+    assert sum("Mapping the memory limit" in log for log in logs) == 1  # one worker mapped; the other waited
+    _check_plan(study, n_trials=4, repeats=1)
+    workers = {TrialRecord.of(t).worker for t in study.get_trials() if "log" in t.user_attrs}
+    assert len(workers) == 2  # both ran trials
+    trials = study.get_trials()
+    record = StudyRecord.of(study)
+    best = selection.best_stable(trials, record.stable_limit_mb, selection.noise(trials).spread, record.budget_mb)
+    for folder in ("a", "b"):  # each machine's best.yaml is the study's real best
+        written = yaml.safe_load((tmp_path / folder / "results" / NAME / "best.yaml").read_text())
+        assert {key: written[key] for key in best.params} == pytest.approx(best.params)
+
+
+def test_a_worker_killed_mid_trial_leaves_an_orphan_the_other_finishes(tiny_data, database, tmp_path):
+    first = _worker(tiny_data, database, tmp_path / "a", "--n-trials", "3")
+    deadline = time.monotonic() + 120
+    victim = None
+    while victim is None and time.monotonic() < deadline:  # once a's first trial has torch loaded, b joins
+        children = [p for p in psutil.Process(first.pid).children(recursive=True) if "tuner.probe" in p.cmdline()]
+        loaded = [p for p in children if "preflight" not in " ".join(p.cmdline()) and has_loaded_torch(p)]
+        if loaded:
+            victim = first
+        time.sleep(0.2)
+    assert victim is not None, "worker a never started a trial"
+    second = _worker(tiny_data, database, tmp_path / "b", "--n-trials", "3")
+    first.kill()  # SIGKILL, mid-trial: its probe process notices its parent is gone and stops
+    first.wait(timeout=10)
+    _finish(second, tmp_path / "b")
+    study = optuna.load_study(study_name=NAME, storage=database)
+    trials = study.get_trials()
+    orphans = [t for t in trials if t.state == TrialState.FAIL and TrialRecord.of(t).outcome is None
+               and not TrialRecord.of(t).surplus]  # fmt: skip
+    assert len(orphans) == 1
+    (again,) = [t for t in trials if t.system_attrs.get("failed_trial") == orphans[0].number]
+    assert again.params == orphans[0].params and counts_towards_total(again)
+    assert TrialRecord.of(again).worker != TrialRecord.of(orphans[0]).worker
+    _check_plan(study, n_trials=3, repeats=0)
+
+
+def test_a_server_that_goes_away_is_said_in_one_line_and_the_study_is_there_when_it_is_back(
+    tiny_data, database, server, tmp_path, run_cli
+):
+    code, _, err = run_cli(*tiny_probe_args(tiny_data, "--storage", database, "--study-name", NAME, "--n-trials", "1"))
+    assert code == 0, err
+    server.stop()
+    try:
+        code, _, err = run_cli(*tiny_probe_args(tiny_data, "--storage", database, "--study-name", NAME, "--n-trials", "2"))
+        assert code == 2 and "Traceback" not in err
+        assert len(err.strip().splitlines()) == 1 and "Cannot open the study storage" in err
+    finally:
+        server.start()
+    study = optuna.load_study(study_name=NAME, storage=database)
+    assert len([t for t in study.get_trials() if counts_towards_total(t)]) == 1  # nothing lost, nothing new
+    code, _, err = run_cli(*tiny_probe_args(tiny_data, "--storage", database, "--study-name", NAME, "--n-trials", "2"))
+    assert code == 0, err
+    assert len([t for t in optuna.load_study(study_name=NAME, storage=database).get_trials() if counts_towards_total(t)]) == 2
