@@ -16,6 +16,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from tests.conftest import tiny_probe_args
 from tests.test_limits import FakePreflight, inputs, quiet
 from tests.test_search import FakeProbe
 from tuner import limits, workers
@@ -161,3 +162,28 @@ def test_a_lease_whose_holder_stopped_renewing_it_is_taken_over(tmp_path, monkey
     assert second.holder() == "a:1"
     time.sleep(0.4)  # a:1 died: its beat did not change for longer than LEASE_STALE_S
     assert second.holder() is None and second.acquire() and not first.acquire()
+
+
+@pytest.mark.integration
+def test_probe_with_two_workers_on_this_machine_shares_the_budget_and_the_plan(workdir, tiny_data, run_cli):
+    code, out, err = run_cli(*tiny_probe_args(tiny_data, "--n-trials", "3", "--repeats", "1", "--workers", "2",
+                                              "--memory-budget", "6GB"))  # fmt: skip
+    assert code == 0, err
+    assert "memory budget 6GB (5722 MiB), shared by 2 workers: 2861 MiB each" in err
+    study = optuna.load_study(study_name="data-yolov8n-cpu", storage=f"sqlite:///{workdir / 'studies' / 'data-yolov8n-cpu.db'}")
+    every = study.get_trials()
+    assert StudyRecord.of(study).budget_mb == pytest.approx(2861, abs=1)  # each trial's budget
+    assert main_trials_done(study) == 3
+    assert len([t for t in every if TrialRecord.of(t).repeat_of is not None and counts_towards_total(t)]) == 1
+    assert not [t for t in every if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    assert len({TrialRecord.of(t).worker for t in every if "log" in t.user_attrs}) == 2
+    log = workdir / "studies" / "data-yolov8n-cpu" / "workers" / "worker-1.log"
+    assert "Memory limits mapped before" in log.read_text()  # the worker joined the study its starter mapped
+    assert (workdir / "results" / "data-yolov8n-cpu" / "best.yaml").is_file()
+    assert not (workdir / "studies" / "data-yolov8n-cpu" / "workers" / "results").exists()
+
+
+def test_workers_below_one_is_one_line_and_exit_2(workdir, tiny_data, run_cli):
+    code, _, err = run_cli(*tiny_probe_args(tiny_data, "--workers", "0"))
+    assert code == 2 and "--workers" in err and len(err.strip().splitlines()) == 1
+    assert not (workdir / "studies").exists()
