@@ -132,3 +132,53 @@ def tiny_probe_args(data_yaml: Path, *extra: str) -> list[str]:
         *extra,
     ]
 
+
+
+class Ledger:
+    """What the reliability tests did to real processes and files, and what they found intact; printed at the
+    end of the run (README's reliability section quotes it). A test records only after its checks passed."""
+
+    def __init__(self) -> None:
+        self.kills: dict[str, int] = {}
+        self.inputs: list[str] = []
+        self.intact = 0
+        self.outside: list[str] = []  # disk and storage failures survived
+
+    def kill(self, what: str, count: int = 1) -> None:
+        self.kills[what] = self.kills.get(what, 0) + count
+
+    def refused(self, what: str) -> None:
+        self.inputs.append(what)
+
+    def checked(self, items: int) -> None:
+        self.intact += items
+
+    def survived(self, what: str) -> None:
+        self.outside.append(what)
+
+    def lines(self) -> list[str]:
+        if not (self.kills or self.inputs or self.outside):
+            return []
+        kills = ", ".join(f"{what} x{count}" for what, count in sorted(self.kills.items()))
+        return [
+            f"kills survived: {sum(self.kills.values())} ({kills})",
+            f"disk and storage failures survived: {len(self.outside)} ({', '.join(self.outside)})",
+            f"malformed inputs refused with one line and exit 2, nothing changed: {len(self.inputs)}",
+            f"items checked intact after them (trials, files, checkpoints, counts): {self.intact}; items lost: 0",
+        ]
+
+
+LEDGER = Ledger()
+
+
+@pytest.fixture
+def ledger() -> Ledger:
+    return LEDGER
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    lines = LEDGER.lines()
+    if lines:
+        terminalreporter.section("reliability")
+        for line in lines:
+            terminalreporter.write_line(line)

@@ -12,7 +12,7 @@ from typing import Any
 from tuner import __version__, checks
 from tuner import config as configs
 from tuner.config import DEFAULTS, STRATEGIES, TRAIN_DEFAULTS
-from tuner.errors import TunerError
+from tuner.errors import TunerError, outside_cause
 
 SPACE, PROBE = DEFAULTS["space"], DEFAULTS["probe"]
 
@@ -372,6 +372,12 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"tuner: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except Exception as exc:  # a full disk, a storage that went away: one line, not a traceback
+        cause = outside_cause(exc)
+        if cause is None or args.debug:
+            raise
+        print(f"tuner: error: {cause}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("tuner: interrupted; re-run the same command to continue.", file=sys.stderr)
         return 130

@@ -2,12 +2,14 @@
 
 A checked YAML is written back as a resolved copy, every key kept, with `path` and the splits made absolute,
 so Ultralytics has nothing left to resolve (nor any reason to download). Images and labels are found the way
-Ultralytics finds them; their contents are not read.
+Ultralytics finds them. Every label file is read: Ultralytics drops an image whose labels are malformed
+with a warning and trains on the rest, so a probe would silently measure a smaller dataset.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from pathlib import Path
 
@@ -67,7 +69,55 @@ def check_dataset(path: str | Path, out_dir: Path | None = None) -> Path:
                     f"(looked for e.g. {_label_paths(images[:1])[0]}); YOLO labels go in a `labels` folder beside "
                     "`images`, one .txt per image."
                 )
+            _check_labels(images, split, len(data["names"]))
     return _write_resolved(resolved, yaml_path, out_dir)
+
+
+SHOWN_PROBLEMS = 3  # label files named in the error; the count says how many there are
+
+
+def _check_labels(images: list[str], split: str, classes: int) -> None:
+    """Every label line: a class index within `names`, then x y w h (or a polygon's x y pairs), all in [0, 1]."""
+    problems = []
+    for label in _label_paths(images):
+        try:
+            text = Path(label).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            continue  # an image without labels: a background image, as Ultralytics takes it
+        except (OSError, UnicodeDecodeError) as exc:
+            problems.append(f"{label}: unreadable ({exc.__class__.__name__})")
+            continue
+        problem = _label_problem(text, classes)
+        if problem:
+            problems.append(f"{label}:{problem}")
+    if problems:
+        shown = "; ".join(problems[:SHOWN_PROBLEMS]) + ("; ..." if len(problems) > SHOWN_PROBLEMS else "")
+        raise DataError(
+            f"{len(problems)} of the {len(images)} `{split}` label files are malformed, and Ultralytics would train "
+            f"without their images: {shown}. Fix those files (a line is `class x y w h`, class 0-{classes - 1}, "
+            "coordinates in [0, 1]), then re-run."
+        )
+
+
+def _label_problem(text: str, classes: int) -> str | None:
+    """`LINE: what is wrong` for the first bad line of one label file, or None."""
+    for number, line in enumerate(text.splitlines(), 1):
+        fields = line.split()
+        if not fields:
+            continue
+        try:
+            values = [float(field) for field in fields]
+        except ValueError:
+            values = []
+        if not values or not all(math.isfinite(value) for value in values):
+            return f"{number}: {line.strip()[:40]!r} is not numbers"
+        if len(values) != 5 and (len(values) < 7 or len(values) % 2 == 0):
+            return f"{number}: {len(values)} columns, not 5 (class x y w h)"
+        if values[0] != int(values[0]) or not 0 <= values[0] < classes:
+            return f"{number}: class {fields[0]} is not one of the {classes} `names` (0-{classes - 1})"
+        if not all(0.0 <= value <= 1.0 for value in values[1:]):
+            return f"{number}: a coordinate is outside [0, 1] (labels are normalized by the image size)"
+    return None
 
 
 def _dataset_root(value: object, yaml_path: Path, train: object) -> Path:

@@ -27,3 +27,22 @@ class StudyFailed(TunerError):
     """Every trial failed the same way, nothing fits, or the space is used up: going on would burn the budget."""
 
     exit_code = 1
+
+
+DISK_ERRNOS = {28: "no space left on the device", 30: "the file system is read-only", 13: "permission denied",
+               122: "the disk quota is exceeded"}  # fmt: skip
+
+
+def outside_cause(exc: BaseException) -> str | None:
+    """One line for an error the machine caused rather than tuner (a full or read-only disk, a study storage that
+    went away mid-run), or None. Everything finished stays: trials are in the study, files are written whole."""
+    if isinstance(exc, OSError) and exc.errno in DISK_ERRNOS:
+        where = f" writing {exc.filename}" if exc.filename else ""
+        return (f"Stopped: {DISK_ERRNOS[exc.errno]}{where}. Free space or fix the permissions (or pass --results-dir/"
+                "--studies-dir on another disk), then re-run the same command: finished trials are kept in the study, "
+                "and no file was left half-written.")  # fmt: skip
+    if type(exc).__module__.startswith("sqlalchemy") and type(exc).__name__ in ("OperationalError", "InterfaceError"):
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0][:160]
+        return (f"Lost the study storage mid-run ({reason}). When it is back, re-run the same command: finished trials "
+                "are kept, and the trial that was running is failed by its heartbeat and run again.")
+    return None

@@ -86,3 +86,20 @@ def read_jsonl(path: Path, skip: int = 0) -> list[dict[str, Any]]:
         return []
     lines = [line for line in text.split("\n")[:-1] if line.strip()]
     return [json.loads(line) for line in lines[skip:]]
+
+
+def check_writable(folder: Path, flag: str) -> None:
+    """Create `folder` if needed and write a file in it; one ConfigError line when the disk says no. Run before
+    any work, so that a read-only or full disk stops a run at its start rather than at its end."""
+    from tuner.errors import ConfigError
+
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".tuner-write-check.{os.getpid()}"
+        probe.write_bytes(b"\0" * 4096)
+        probe.unlink()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ConfigError(f"Cannot write to {folder} ({reason}); free space or fix its permissions, or pass {flag} "
+                          "with a writable folder.") from None  # fmt: skip

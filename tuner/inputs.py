@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import re
+import zipfile
 from pathlib import Path
 
 from tuner import base_model, datasets, shapes
@@ -45,6 +46,7 @@ def model(requested: str, *, embedded: bool) -> Path | str:
                 f"Model weights {requested} not found; tuner never downloads weights. Pass a local .pt file "
                 "or a model YAML such as yolov8n.yaml."
             )
+        _check_weights(path)
         return path.resolve()
     if suffix not in (".yaml", ".yml"):
         raise ConfigError(f"--model {requested!r} must be a model YAML (e.g. yolov8n.yaml) or a local .pt file.")
@@ -55,6 +57,22 @@ def model(requested: str, *, embedded: bool) -> Path | str:
     raise ConfigError(
         f"Model YAML {requested!r} is neither a file nor a model Ultralytics ships; check the name "
         "(e.g. yolov8n.yaml, yolo11s.yaml) or pass a path."
+    )
+
+
+def _check_weights(path: Path) -> None:
+    """A PyTorch checkpoint is a zip archive (torch.save since 1.6) or, from older torch, a pickle: a file that
+    is neither is not one, and is said so before any process starts (its loader would fail in every trial)."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(2)
+    except OSError as exc:
+        raise ConfigError(f"Model weights {path} cannot be read ({exc.strerror}); check the file's permissions.") from None
+    if zipfile.is_zipfile(path) or head[:1] == b"\x80":  # pickle protocol 2+ starts with PROTO (0x80)
+        return
+    raise ConfigError(
+        f"Model weights {path} is not a PyTorch checkpoint (neither a zip archive nor a pickle); pass the .pt that "
+        "Ultralytics saved (e.g. runs/detect/train/weights/best.pt) or a model YAML such as yolov8n.yaml."
     )
 
 

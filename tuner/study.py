@@ -15,7 +15,7 @@ from typing import Any
 
 import optuna
 
-from tuner import __version__, derive, inputs, limits, probe_output, pruners, selection
+from tuner import __version__, derive, files, inputs, limits, probe_output, pruners, selection
 from tuner import config as configs
 from tuner import workers as tuner_workers
 from tuner import device as devices
@@ -68,6 +68,9 @@ def run_probe(
     cfg = dataclasses.replace(cfg, space=space)
     model = inputs.model(cfg.model, embedded=cfg.data is None)
     name = study_name or default_study_name(cfg.data, cfg.model, device.kind)
+    files.check_writable(Path(studies_dir), "--studies-dir")  # the trials' logs go there, whatever the storage
+    if not limits_only:
+        files.check_writable(Path(results_dir), "--results-dir")
     url = storage_url(storage, studies_dir, name)
     record = StudyRecord(
         config=cfg,

@@ -93,8 +93,10 @@ def train_best(
                        important=True)  # fmt: skip
             print_summary(run_summary(run_files, run.plan, run.state), screen, as_json)
             return 0
+        files.check_writable(run_files.root, "--results-dir")
     else:
         check_no_foreign_run(run_files)
+        files.check_writable(Path(results_dir), "--results-dir")
         if config is not None:
             source = source_from_config(Path(config), name, storage, Path(studies_dir))
         else:
