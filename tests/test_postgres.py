@@ -61,6 +61,22 @@ def _worker(tiny_data: Path, url: str, folder: Path, *extra: str) -> subprocess.
     return subprocess.Popen([sys.executable, "-m", "tuner", *argv], cwd=folder, stdout=log, stderr=subprocess.STDOUT)
 
 
+def _training(pid: int) -> bool:
+    """Whether the worker `pid` has a probe trial (not a pre-flight) past its imports."""
+    try:
+        children = psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return False
+    for child in children:
+        try:
+            command = " ".join(child.cmdline())
+            if "tuner.probe" in command and "preflight" not in command and has_loaded_torch(child):
+                return True
+        except psutil.Error:
+            continue
+    return False
+
+
 def _finish(process: subprocess.Popen, folder: Path, timeout: float = 300) -> str:
     code = process.wait(timeout=timeout)
     text = (folder / "tuner.log").read_text()
@@ -121,14 +137,12 @@ def test_two_workers_on_postgresql_finish_the_plan_exactly_and_agree_on_the_best
         assert {key: written[key] for key in best.params} == pytest.approx(best.params)
 
 
-def test_a_worker_killed_mid_trial_leaves_an_orphan_the_other_finishes(tiny_data, database, tmp_path):
+def test_a_worker_killed_mid_trial_leaves_an_orphan_the_other_finishes(tiny_data, database, tmp_path, ledger):
     first = _worker(tiny_data, database, tmp_path / "a", "--n-trials", "3")
     deadline = time.monotonic() + 120
     victim = None
     while victim is None and time.monotonic() < deadline:  # once a's first trial has torch loaded, b joins
-        children = [p for p in psutil.Process(first.pid).children(recursive=True) if "tuner.probe" in p.cmdline()]
-        loaded = [p for p in children if "preflight" not in " ".join(p.cmdline()) and has_loaded_torch(p)]
-        if loaded:
+        if _training(first.pid):
             victim = first
         time.sleep(0.2)
     assert victim is not None, "worker a never started a trial"
@@ -145,6 +159,8 @@ def test_a_worker_killed_mid_trial_leaves_an_orphan_the_other_finishes(tiny_data
     assert again.params == orphans[0].params and counts_towards_total(again)
     assert TrialRecord.of(again).worker != TrialRecord.of(orphans[0]).worker
     _check_plan(study, n_trials=3, repeats=0)
+    ledger.kill("one of two workers mid-trial")
+    ledger.checked(len(trials))
 
 
 def test_a_server_that_goes_away_is_said_in_one_line_and_the_study_is_there_when_it_is_back(
@@ -164,3 +180,27 @@ def test_a_server_that_goes_away_is_said_in_one_line_and_the_study_is_there_when
     code, _, err = run_cli(*tiny_probe_args(tiny_data, "--storage", database, "--study-name", NAME, "--n-trials", "2"))
     assert code == 0, err
     assert len([t for t in optuna.load_study(study_name=NAME, storage=database).get_trials() if counts_towards_total(t)]) == 2
+
+
+def test_a_server_that_goes_away_mid_study_is_one_line_and_the_rerun_finishes_the_plan(
+    tiny_data, database, server, tmp_path, ledger
+):
+    folder = tmp_path / "a"
+    worker = _worker(tiny_data, database, folder, "--n-trials", "3")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and worker.poll() is None and not _training(worker.pid):
+        time.sleep(0.2)  # until the first probe trial is training
+    server.stop()
+    try:
+        code = worker.wait(timeout=120)
+    finally:
+        server.start()
+    text = (folder / "tuner.log").read_text()
+    errors = [line for line in text.splitlines() if line.startswith("tuner: error:")]
+    assert code == 2 and "Traceback" not in text and errors == text.strip().splitlines()[-1:], text[-3000:]
+    assert "Lost the study storage" in errors[0]
+    _finish(_worker(tiny_data, database, folder, "--n-trials", "3"), folder)  # the same command, server back
+    study = optuna.load_study(study_name=NAME, storage=database)
+    _check_plan(study, n_trials=3, repeats=0)
+    ledger.survived("PostgreSQL going away mid-study")
+    ledger.checked(len(study.get_trials()))

@@ -65,7 +65,7 @@ def test_probe_completes_trials_and_writes_the_best_stable_config(workdir, tiny_
     assert '"best"' in out  # --json summary on stdout
 
 
-def test_trial_killed_from_outside_is_pruned_as_oom_and_the_study_goes_on(workdir, tiny_data, run_cli, trial_hook):
+def test_trial_killed_from_outside_is_pruned_as_oom_and_the_study_goes_on(workdir, tiny_data, run_cli, trial_hook, ledger):
     with trial_hook(lambda process, index: process.send_signal(signal.SIGKILL), until=has_loaded_torch):
         code, _, err = run_cli(*tiny_probe_args(tiny_data, "--n-trials", "2"))
     assert code == 0, err
@@ -75,6 +75,8 @@ def test_trial_killed_from_outside_is_pruned_as_oom_and_the_study_goes_on(workdi
     assert "SIGKILL" in first.user_attrs["oom_reason"]
     assert first.user_attrs["peak_mem_mb"] > 0
     assert second.state == TrialState.COMPLETE
+    ledger.kill("probe trial once torch is loaded")
+    ledger.checked(2)
 
 
 def test_a_preflight_finds_the_config_that_does_not_fit_and_no_probe_trains_it(workdir, tiny_data, run_cli):
@@ -135,7 +137,7 @@ def _memory_cgroup() -> Path:
 
 
 @pytest.mark.cgroup
-def test_kernel_oom_kill_under_a_cgroup_memory_limit_is_pruned_as_oom(workdir, tiny_data, run_cli, trial_hook):
+def test_kernel_oom_kill_under_a_cgroup_memory_limit_is_pruned_as_oom(workdir, tiny_data, run_cli, trial_hook, ledger):
     group = _memory_cgroup()
 
     def confine(process, index):
@@ -154,11 +156,13 @@ def test_kernel_oom_kill_under_a_cgroup_memory_limit_is_pruned_as_oom(workdir, t
     assert first.user_attrs["outcome"] == "oom"
     assert "SIGKILL" in first.user_attrs["oom_reason"]
     assert second.state == TrialState.COMPLETE
+    ledger.kill("kernel OOM kill under a cgroup memory limit")
+    ledger.checked(2)
 
 
-def test_a_model_that_is_not_a_checkpoint_stops_at_the_first_preflight_with_its_message(workdir, tiny_data, run_cli):
+def test_a_model_that_looks_like_a_checkpoint_but_is_not_stops_at_the_first_preflight(workdir, tiny_data, run_cli):
     broken = workdir / "broken.pt"
-    broken.write_bytes(b"this is not a checkpoint")
+    broken.write_bytes(b"\x80" + b"this is not a checkpoint")  # passes the quick look (a pickle's first byte)
     args = tiny_probe_args(tiny_data, "--n-trials", "5")
     args[args.index("--model") + 1] = str(broken)
     code, _, err = run_cli(*args)
@@ -168,7 +172,7 @@ def test_a_model_that_is_not_a_checkpoint_stops_at_the_first_preflight_with_its_
     assert load(workdir, "data-broken-cpu").trials == []  # stopped before any trial, not after 5 failures
 
 
-def test_tuner_killed_mid_study_then_rerun_keeps_trials_and_retries_the_orphan(workdir, tiny_data):
+def test_tuner_killed_mid_study_then_rerun_keeps_trials_and_retries_the_orphan(workdir, tiny_data, ledger):
     (workdir / "fast-heartbeat.yaml").write_text("heartbeat_interval: 1\ngrace_period: 2\n")
     args = [*tiny_probe_args(tiny_data, "--n-trials", "3"), "--config", "fast-heartbeat.yaml"]
     command = [sys.executable, "-m", "tuner", *args]
@@ -198,6 +202,8 @@ def test_tuner_killed_mid_study_then_rerun_keeps_trials_and_retries_the_orphan(w
     assert len(retried) == 1 and retried[0].params == orphan_params and retried[0].state == TrialState.COMPLETE
     assert states.count(TrialState.COMPLETE) == 3  # n_trials counts the finished ones, not the orphan
     assert "Continuing: 1 of 3 trials done." in rerun.stderr
+    ledger.kill("tuner mid-study")
+    ledger.checked(len(study.trials))
 
 
 def _running(process: psutil.Process) -> bool:

@@ -200,14 +200,14 @@ def _kill_at_fraction(fractions: dict[int, float], durations: list[float]):
 @pytest.mark.parametrize("seed", [0, 1])
 def test_probe_trials_killed_at_random_moments_lose_nothing(seed, workdir, tiny_data, run_cli, trial_hook, ledger):
     rng = random.Random(seed)
-    fractions = {index: rng.uniform(0.05, 1.05) for index in (1, 2, 3)}
+    fractions = {index: rng.uniform(0.05, 1.05) for index in (1, 2)}
     durations: list[float] = []
-    with trial_hook(_kill_at_fraction(fractions, durations), limit=4):
-        code, _, err = run_cli(*tiny_probe_args(tiny_data, "--n-trials", "4", "--batch", "2"))
+    with trial_hook(_kill_at_fraction(fractions, durations), limit=3):
+        code, _, err = run_cli(*tiny_probe_args(tiny_data, "--n-trials", "3", "--batch", "2"))
     assert code == 0, err
     study = load(workdir)
     trials = study.get_trials()
-    assert len([t for t in trials if counts_towards_total(t)]) == 4  # each kill is a trial that counts: no re-run
+    assert len([t for t in trials if counts_towards_total(t)]) == 3  # each kill is a trial that counts: no re-run
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
     for trial in trials:
         record = TrialRecord.of(trial)
@@ -303,7 +303,7 @@ def test_a_read_only_folder_stops_the_run_at_its_start_in_one_line(which, workdi
 
 
 def test_a_disk_that_fills_up_mid_run_is_one_line_and_leaves_no_half_written_file(
-    workdir, tiny_data, run_cli, mounts, ledger
+    workdir, tiny_data, run_cli, trial_hook, mounts, ledger
 ):
     results = workdir / "results"
     _tmpfs(results, "256k")
@@ -313,16 +313,21 @@ def test_a_disk_that_fills_up_mid_run_is_one_line_and_leaves_no_half_written_fil
     best = results / NAME / "best.yaml"
     before = best.read_bytes()
     filler = results / "filler"
-    with open(filler, "wb") as handle:  # the disk fills up while the next run trains
+
+    def fill_the_disk(process: psutil.Process, index: int) -> None:  # while the next run's trial trains
         try:
-            while True:
-                handle.write(b"\0" * 4096)
-                handle.flush()
+            with open(filler, "wb") as handle:
+                while True:
+                    handle.write(b"\0" * 4096)
+                    handle.flush()
         except OSError:
             pass
-    code, _, err = run_cli(*tiny_probe_args(tiny_data, "--n-trials", "2"))
-    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err[-2000:]
-    assert "no space left on the device" in err
+
+    with trial_hook(fill_the_disk):
+        code, _, err = run_cli(*tiny_probe_args(tiny_data, "--n-trials", "2"))
+    errors = [line for line in err.splitlines() if line.startswith("tuner: error:")]
+    assert code == 2 and errors == err.strip().splitlines()[-1:] and "Traceback" not in err, err[-2000:]
+    assert "no space left on the device" in errors[0]
     assert best.read_bytes() == before  # the previous best.yaml, whole
     assert not [p for p in results.rglob(".*.tmp")]  # no temporary file left behind
     assert len([t for t in load(workdir).get_trials() if counts_towards_total(t)]) == 2  # the new trial is kept
@@ -360,7 +365,8 @@ def _hold_lock(db: Path, seconds: float, ready: threading.Event) -> None:
 def test_a_locked_study_database_is_waited_for_then_one_line_if_it_stays_locked(
     workdir, tiny_data, run_cli, monkeypatch, ledger
 ):
-    code, _, err = run_cli(*tiny_probe_args(tiny_data, "--n-trials", "1"))
+    mapped = tiny_probe_args(tiny_data, "--limits-only", "--json")
+    code, first, err = run_cli(*mapped)  # the study, its limits mapped and stored
     assert code == 0, err
     db = workdir / "studies" / f"{NAME}.db"
     ready = threading.Event()
@@ -368,11 +374,10 @@ def test_a_locked_study_database_is_waited_for_then_one_line_if_it_stays_locked(
     holder.start()
     ready.wait()
     started = time.monotonic()
-    code, _, err = run_cli(*tiny_probe_args(tiny_data, "--n-trials", "2"))  # another process holds it for 4 s
+    code, again, err = run_cli(*mapped)  # another process holds the database for 4 s: tuner waits for it
     holder.join()
     assert code == 0, err
-    assert len([t for t in load(workdir).get_trials() if counts_towards_total(t)]) == 2
-    assert time.monotonic() - started >= 3.5
+    assert time.monotonic() - started >= 3.5 and json.loads(again)["frontier"] == json.loads(first)["frontier"]
 
     monkeypatch.setattr(storages, "SQLITE_BUSY_TIMEOUT_S", 1)
     ready.clear()
@@ -380,11 +385,11 @@ def test_a_locked_study_database_is_waited_for_then_one_line_if_it_stays_locked(
     holder.start()
     ready.wait()
     before = hashlib.sha256(db.read_bytes()).hexdigest()
-    code, _, err = run_cli(*tiny_probe_args(tiny_data, "--n-trials", "3"))  # held for longer than tuner waits
+    code, _, err = run_cli(*mapped)  # held for longer than tuner waits
     holder.join()
     assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err[-2000:]
     assert "locked" in err
     assert hashlib.sha256(db.read_bytes()).hexdigest() == before
-    assert len([t for t in load(workdir).get_trials() if counts_towards_total(t)]) == 2
+    assert StudyRecord.of(load(workdir)).limits is not None
     ledger.survived("a locked study database")
     ledger.checked(2)

@@ -652,7 +652,7 @@ def test_probe_then_train_best_trains_writes_its_files_and_a_finished_run_does_n
 
 @pytest.mark.integration
 def test_training_process_killed_after_epoch_2_of_4_resumes_and_ends_with_exactly_4_epochs(
-    workdir, tiny_data, run_cli, trial_hook
+    workdir, tiny_data, run_cli, trial_hook, ledger
 ):
     best = write_best_yaml(workdir / "results" / "kill" / "best.yaml", tiny_data)
     folder = train_dir(workdir, "kill")
@@ -666,6 +666,8 @@ def test_training_process_killed_after_epoch_2_of_4_resumes_and_ends_with_exactl
     first, second = progress_records(folder)
     assert [r["epoch"] for r in first] == [1, 2] and [r["epoch"] for r in second] == [3, 4]
     assert "Resuming training" in (folder / "attempts" / "002" / "log.txt").read_text()
+    ledger.kill("train-best's training process after an epoch")
+    ledger.checked(3)
 
 
 @pytest.mark.integration
@@ -689,7 +691,7 @@ def test_val_every_validates_every_nth_and_the_last_epoch_and_best_pt_only_from_
 
 
 @pytest.mark.integration
-def test_killing_tuner_itself_then_running_it_again_continues_the_run(workdir, tiny_data, run_cli):
+def test_killing_tuner_itself_then_running_it_again_continues_the_run(workdir, tiny_data, run_cli, ledger):
     best = write_best_yaml(workdir / "results" / "again" / "best.yaml", tiny_data)
     folder = train_dir(workdir, "again")
     command = [sys.executable, "-m", "tuner", "train-best", "--config", str(best), "--epochs", "3", *FAST]
@@ -715,6 +717,8 @@ def test_killing_tuner_itself_then_running_it_again_continues_the_run(workdir, t
     assert state["finished"] and state["invocations"] == 2 and state["restarts"] == 0
     assert csv_epochs(folder / "results.csv") == [1, 2, 3]
     assert progress_records(folder)[-1][0]["epoch"] == done + 1
+    ledger.kill("train-best (tuner itself)")
+    ledger.checked(3)
 
 
 @pytest.mark.integration

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import threading
 import warnings
 from pathlib import Path
 
@@ -355,10 +356,23 @@ def _join_values(argv: list[str]) -> list[str]:
     return joined
 
 
+def _quiet_storage_errors_in_threads() -> None:
+    """Optuna's heartbeat thread dies with a traceback when the storage goes away; the main thread meets the same
+    error at its next call and says it in one line, so the thread's traceback is left out."""
+    default = threading.excepthook
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if outside_cause(args.exc_value) is None:
+            default(args)
+
+    threading.excepthook = hook
+
+
 def main(argv: list[str] | None = None) -> int:
     # Heartbeats and metric names are "experimental" in Optuna; tuner relies on them on purpose.
     warnings.filterwarnings("ignore", message=r".*experimental.*")
     parser = build_parser()
+    _quiet_storage_errors_in_threads()
     raw = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(_join_values(raw))
     args.argv = raw

@@ -41,8 +41,20 @@ def outside_cause(exc: BaseException) -> str | None:
         return (f"Stopped: {DISK_ERRNOS[exc.errno]}{where}. Free space or fix the permissions (or pass --results-dir/"
                 "--studies-dir on another disk), then re-run the same command: finished trials are kept in the study, "
                 "and no file was left half-written.")  # fmt: skip
-    if type(exc).__module__.startswith("sqlalchemy") and type(exc).__name__ in ("OperationalError", "InterfaceError"):
-        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0][:160]
+    lost = _storage_connection_error(exc)
+    if lost is not None:
+        reason = str(getattr(lost, "orig", None) or lost).strip().splitlines()[0][:160]
         return (f"Lost the study storage mid-run ({reason}). When it is back, re-run the same command: finished trials "
                 "are kept, and the trial that was running is failed by its heartbeat and run again.")
+    return None
+
+
+def _storage_connection_error(exc: BaseException | None) -> BaseException | None:
+    """The SQLAlchemy connection error behind `exc` (Optuna wraps it in StorageInternalError), if there is one."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if type(exc).__module__.startswith("sqlalchemy") and type(exc).__name__ in ("OperationalError", "InterfaceError"):
+            return exc
+        exc = exc.__cause__ or exc.__context__
     return None

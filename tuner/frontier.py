@@ -14,7 +14,7 @@ from typing import Any, Iterable
 
 from optuna.trial import FrozenTrial
 
-from tuner.records import OS_KILL, StudyRecord, TrialRecord
+from tuner.records import OS_KILL, Outcome, StudyRecord, TrialRecord
 from tuner.space import Params
 
 
@@ -32,13 +32,13 @@ def outside_kill_level(trials: Iterable[FrozenTrial]) -> float | None:
 
     One such kill says nothing about other configs (another process may have caused it), but several at
     about the same peak say the real limit is there (other apps, a container limit, macOS under memory
-    pressure), whatever the budget: the lowest of those peaks.
+    pressure), whatever the budget: the lowest of those peaks. A kill below the peak a finished trial held
+    is no sign of a limit (the machine held more than that), so it is left out: killing a trial by hand
+    early in its run is not taken for the memory limit.
     """
-    peaks = sorted(
-        record.peak_mem_mb
-        for record in (TrialRecord.of(trial) for trial in trials)
-        if record.oom_cause == OS_KILL and record.peak_mem_mb
-    )
+    records = [TrialRecord.of(trial) for trial in trials]
+    held = max((r.peak_mem_mb for r in records if r.outcome == Outcome.OK and r.peak_mem_mb), default=0.0)
+    peaks = sorted(r.peak_mem_mb for r in records if r.oom_cause == OS_KILL and r.peak_mem_mb and r.peak_mem_mb > held)
     if len(peaks) < CONSISTENT_KILLS or peaks[-1] > peaks[0] * (1 + KILL_SPREAD):
         return None
     return peaks[0]

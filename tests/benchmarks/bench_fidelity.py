@@ -74,7 +74,7 @@ def probe_metrics(config: tuple, workdir: Path, budget_text: str) -> list[float 
     cached = workdir / "probes" / ("%d-%d-%g-%g.json" % config)
     if cached.exists():
         return json.loads(cached.read_text())
-    cfg = configs.load(None, {"memory_budget": budget_text})
+    cfg = configs.load(None, {"memory_budget": budget_text, "probe": {"trial_timeout": 7200}})  # accuracy, not time
     device = devices.resolve("cpu")
     budget = parse_budget(cfg.memory_budget, device.total_memory)
     data, model = tuner_inputs.dataset(None), tuner_inputs.model(cfg.model, embedded=True)
@@ -84,7 +84,9 @@ def probe_metrics(config: tuple, workdir: Path, budget_text: str) -> list[float 
     for seed in SEEDS:
         folder = workdir / "probes" / ("%d-%d-%g-%g-seed%d" % (*config, seed))
         attempt = run_child("tuner.probe", trials.spec(params, seed), folder, device, budget, cfg.probe.trial_timeout)
-        values.append(attempt.value if attempt.outcome.value == "ok" else None)
+        if attempt.outcome.value != "ok":
+            raise SystemExit(f"the probe of {config} seed {seed} ended {attempt.outcome.value}: {attempt.reason}; see {folder}")
+        values.append(attempt.value)
     cached.write_text(json.dumps(values))
     return values
 
