@@ -17,6 +17,7 @@ import yaml
 from optuna.trial import TrialState
 
 from tests.conftest import has_loaded_torch, tiny_probe_args, trial_processes
+from tuner.records import StudyRecord
 
 pytestmark = pytest.mark.integration
 
@@ -162,13 +163,16 @@ def test_kernel_oom_kill_under_a_cgroup_memory_limit_is_pruned_as_oom(workdir, t
 
 def test_a_model_that_looks_like_a_checkpoint_but_is_not_stops_at_the_first_preflight(workdir, tiny_data, run_cli):
     broken = workdir / "broken.pt"
-    broken.write_bytes(b"\x80" + b"this is not a checkpoint")  # passes the quick look (a pickle's first byte)
+    import zipfile
+
+    with zipfile.ZipFile(broken, "w") as archive:  # passes the quick look: a zip archive, as torch saves
+        archive.writestr("notes.txt", "this is not a checkpoint")
     args = tiny_probe_args(tiny_data, "--n-trials", "5")
     args[args.index("--model") + 1] = str(broken)
     code, _, err = run_cli(*args)
     assert code == 1
     last = err.strip().splitlines()[-1]
-    assert last.startswith("tuner: error: The pre-flight of imgsz 64 batch") and "not a loadable checkpoint" in last
+    assert last.startswith("tuner: error: The pre-flight of imgsz 64 batch") and "failed: RuntimeError" in last
     assert load(workdir, "data-broken-cpu").trials == []  # stopped before any trial, not after 5 failures
 
 
@@ -253,3 +257,42 @@ def test_no_network_access_is_attempted(workdir, tiny_data, run_cli, monkeypatch
     assert len(loaded) >= 2  # the sanity process and the trial process both ran under the guard
     assert not log.exists(), log.read_text()
     assert load(workdir).trials[0].state == TrialState.COMPLETE
+
+
+KILL_LEVEL_LIMIT_MB = 900  # between imgsz 64 / batch 8 and 320 / 8 on the tiny dataset, as the cgroup counts them (shared library pages cached before stay charged to the parent)
+
+
+@pytest.mark.cgroup
+def test_kernel_kills_at_a_consistent_level_lower_the_limit_and_larger_configs_are_then_inferred(
+    workdir, tiny_data, run_cli, trial_hook, ledger
+):
+    """The budget (16 GB by default) is far above a container limit the kernel enforces at 1150 MB: the first
+    two kills of imgsz 320 set the study's limit, and imgsz 320 is then inferred, never trained again."""
+    group = _memory_cgroup()
+    (group / "memory.limit_in_bytes").write_text(str(KILL_LEVEL_LIMIT_MB * 2**20))
+    (workdir / "random.yaml").write_text("sampler: random\nseed: 3\n")
+    args = [*tiny_probe_args(tiny_data, "--n-trials", "6", "--imgsz", "64,320", "--batch", "8"), "--config", "random.yaml"]
+
+    def confine(process, index):
+        (group / "cgroup.procs").write_text(str(process.pid))
+
+    try:
+        with trial_hook(confine, limit=30):
+            code, _, err = run_cli(*args)
+    finally:
+        group.rmdir()
+    assert code == 0, err
+    study = load(workdir)
+    record = StudyRecord.of(study)
+    kills = [t for t in study.trials if t.user_attrs.get("oom_cause") == "os-kill"]
+    assert len(kills) >= 2 and all(t.params["imgsz"] == 320 for t in kills), [t.params for t in study.trials]
+    small = [t.user_attrs["peak_mem_mb"] for t in study.trials if t.user_attrs.get("outcome") == "ok" and t.params["imgsz"] == 64]
+    assert record.outside_kill_mb == min(t.user_attrs["peak_mem_mb"] for t in kills[:2])  # RSS, like every peak
+    assert max(small) < record.stable_limit_mb < record.outside_kill_mb  # imgsz 64 still fits under the new limit
+    assert err.count("killed from outside at about") == 1
+    after = [t for t in study.trials if t.number > kills[1].number and t.params.get("imgsz") == 320]
+    assert all(t.user_attrs.get("oom_cause") == "inferred" and "log" not in t.user_attrs for t in after)  # no process
+    best = yaml.safe_load((workdir / "results" / "data-yolov8n-cpu" / "best.yaml").read_text())
+    assert best["imgsz"] == 64
+    ledger.kill("kernel OOM kills at a container limit below the budget", len(kills))
+    ledger.checked(len(study.trials))

@@ -125,7 +125,7 @@ def test_a_dead_workers_trial_is_failed_by_its_heartbeat_and_run_again_by_anothe
 
 
 def test_one_worker_maps_the_limits_while_the_others_wait_for_its_result(tmp_path, monkeypatch):
-    monkeypatch.setattr(workers, "LEASE_SETTLE_S", 0.05)
+    monkeypatch.setattr(workers, "LEASE_SETTLE_S", 0.5)  # longer than a write can wait for another's under load
     monkeypatch.setattr(workers, "WAIT_POLL_S", 0.05)
     from tuner import study as studies
 
@@ -187,3 +187,19 @@ def test_workers_below_one_is_one_line_and_exit_2(workdir, tiny_data, run_cli):
     code, _, err = run_cli(*tiny_probe_args(tiny_data, "--workers", "0"))
     assert code == 2 and "--workers" in err and len(err.strip().splitlines()) == 1
     assert not (workdir / "studies").exists()
+
+
+def test_workers_are_pinned_one_per_cuda_card_where_there_are_enough_else_they_share_the_device():
+    from tuner.device import Device
+
+    cards = Device(kind="cuda", index=0, name="RTX 3060", total_memory=12 * 2**30, count=2)
+    cpu = Device(kind="cpu", index=None, name="x86", total_memory=24 * 2**30)
+    assert workers.layout(cards, 1, "auto") == "alone"
+    assert workers.layout(cards, 2, "auto") == workers.layout(cards, 2, "cuda") == "pinned"
+    assert workers.layout(cards, 3, "auto") == "shared"  # more workers than cards: they share card 0
+    assert workers.layout(cards, 2, "cuda:1") == "shared"  # a card named: all on it
+    assert workers.layout(cpu, 2, "cpu") == "shared"
+    assert workers.layout(cpu, 2, "cpu", worker="pinned") == "pinned"  # a started worker keeps its starter's layout
+    assert workers.pinned_env("pinned", 1) == {"CUDA_VISIBLE_DEVICES": "1"} and workers.pinned_env("shared", 1) == {}
+    command = workers.worker_command(["probe", "--workers", "2", "--json", "--limits-only", "--n-trials", "4"], "shared")
+    assert command[3:] == ["probe", "--workers", "2", "--n-trials", "4", "--worker", "shared"]

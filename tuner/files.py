@@ -89,16 +89,21 @@ def read_jsonl(path: Path, skip: int = 0) -> list[dict[str, Any]]:
 
 
 def check_writable(folder: Path, flag: str) -> None:
-    """Create `folder` if needed and write a file in it; one ConfigError line when the disk says no. Run before
-    any work, so that a read-only or full disk stops a run at its start rather than at its end."""
+    """Write (and remove) a small file in `folder`, or in its nearest existing parent when it does not exist yet
+    (creating nothing); one ConfigError line when the disk says no. Run before any work, so that a read-only or
+    full disk stops a run at its start rather than at its end."""
     from tuner.errors import ConfigError
 
     folder = Path(folder)
+    there = folder.absolute()
+    while not there.exists() and there != there.parent:
+        there = there.parent
+    probe = there / f".tuner-write-check.{os.getpid()}"
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".tuner-write-check.{os.getpid()}"
-        probe.write_bytes(b"\0" * 4096)
-        probe.unlink()
+        try:
+            probe.write_bytes(b"\0" * 4096)
+        finally:
+            probe.unlink(missing_ok=True)
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
         raise ConfigError(f"Cannot write to {folder} ({reason}); free space or fix its permissions, or pass {flag} "

@@ -14,6 +14,7 @@ from typing import Any, Iterable
 
 from optuna.trial import FrozenTrial
 
+from tuner.memory_model import RERUN_SPREAD
 from tuner.records import OS_KILL, Outcome, StudyRecord, TrialRecord
 from tuner.space import Params
 
@@ -32,13 +33,16 @@ def outside_kill_level(trials: Iterable[FrozenTrial]) -> float | None:
 
     One such kill says nothing about other configs (another process may have caused it), but several at
     about the same peak say the real limit is there (other apps, a container limit, macOS under memory
-    pressure), whatever the budget: the lowest of those peaks. A kill below the peak a finished trial held
-    is no sign of a limit (the machine held more than that), so it is left out: killing a trial by hand
-    early in its run is not taken for the memory limit.
+    pressure), whatever the budget: the lowest of those peaks. A kill clearly below the peak a finished
+    trial held (by more than the re-run spread) is no sign of a limit, since the machine held more than
+    that, so it is left out: killing a trial by hand early in its run is not taken for the memory limit.
+    (The kernel's limit counts memory otherwise than RSS, so kills under it scatter around the largest
+    peaks that survived it: those kills count.)
     """
     records = [TrialRecord.of(trial) for trial in trials]
     held = max((r.peak_mem_mb for r in records if r.outcome == Outcome.OK and r.peak_mem_mb), default=0.0)
-    peaks = sorted(r.peak_mem_mb for r in records if r.oom_cause == OS_KILL and r.peak_mem_mb and r.peak_mem_mb > held)
+    floor = held * (1 - RERUN_SPREAD)
+    peaks = sorted(r.peak_mem_mb for r in records if r.oom_cause == OS_KILL and r.peak_mem_mb and r.peak_mem_mb >= floor)
     if len(peaks) < CONSISTENT_KILLS or peaks[-1] > peaks[0] * (1 + KILL_SPREAD):
         return None
     return peaks[0]

@@ -249,11 +249,28 @@ class Search:
         model = self.limits.model
         if self.kill_level is None or model is None:
             return None
+        held = self._held_peak(params)
+        if held is not None:  # measured beats predicted: this imgsz and batch ran, and peaked at `held`
+            if held <= self.limit_mb:
+                return None
+            return (f"inferred: kills from outside came at about {self.kill_level:.0f} MiB, so the stable limit is now "
+                    f"{self.limit_mb:.0f} MiB; imgsz {params.imgsz} / batch {params.batch} peaked at {held:.0f} MiB")  # fmt: skip
         upper = model.upper(params.imgsz, params.batch, self.cfg.space.mosaic[1], self.cfg.space.mixup[1])
         if upper <= self.limit_mb:
             return None
         return (f"inferred: kills from outside came at about {self.kill_level:.0f} MiB, so the stable limit is now "
                 f"{self.limit_mb:.0f} MiB; the memory model puts this config at up to {upper:.0f} MiB")  # fmt: skip
+
+    def _held_peak(self, params: Params) -> float | None:
+        """The largest peak measured at this imgsz and batch by a finished probe or a pre-flight, if any ran."""
+        peaks = [m.peak_mb for m in self.limits.frontier.measurements
+                 if (m.imgsz, m.batch) == (params.imgsz, params.batch) and not m.oom and m.peak_mb]  # fmt: skip
+        for trial in self._trials():
+            record = TrialRecord.of(trial)
+            if (trial.params.get("imgsz"), trial.params.get("batch")) == (params.imgsz, params.batch) and \
+                    record.outcome == Outcome.OK and record.peak_mem_mb:  # fmt: skip
+                peaks.append(record.peak_mem_mb)
+        return max(peaks, default=None)
 
     def _heed_outside_kills(self) -> None:
         """When SIGKILLs from outside come at a consistent peak, that is the real limit for the rest of the study:

@@ -56,11 +56,9 @@ def run_probe(
     """
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # tuner prints each trial's end itself
     device = devices.resolve(cfg.device)
-    per_device = worker == "pinned" or (
-        worker is None and device.kind == "cuda" and device.count >= workers > 1 and cfg.device in (None, "auto", "cuda")
-    )
+    layout = tuner_workers.layout(device, workers, cfg.device, worker)
+    shared = layout == "shared"
     budget = parse_budget(cfg.memory_budget, device.total_memory)
-    shared = workers > 1 and not per_device
     if shared:  # one device for all the workers: each trial gets its share of the budget
         budget //= workers
     data_yaml = inputs.dataset(cfg.data)
@@ -109,9 +107,7 @@ def run_probe(
     progress.say(limits.describe(found))
     others = []
     if workers > 1:
-        pin = (lambda index: {"CUDA_VISIBLE_DEVICES": str(index)}) if per_device else (lambda index: {})
-        kind = "pinned" if per_device else "shared"
-        others = tuner_workers.spawn(argv or [], workers - 1, Path(studies_dir) / name / "workers", kind, pin)
+        others = tuner_workers.spawn(argv or [], workers - 1, Path(studies_dir) / name / "workers", layout)
         progress.say(f"Started {workers - 1} more worker(s) on this machine; their logs: "
                      f"{Path(studies_dir) / name / 'workers'}")  # fmt: skip
     try:

@@ -170,6 +170,23 @@ class Lease:
 # ------------------------------------------------------------------------------- workers on this machine
 
 
+def layout(device, workers: int, requested: str | None, worker: str | None = None) -> str:
+    """How `workers` workers on this machine use its devices: "alone" (one worker), "pinned" (each its own CUDA
+    card, where there are that many and no card was named) or "shared" (one device, the budget split). A worker
+    that --workers started is told its starter's layout (`worker`)."""
+    if worker is not None:
+        return worker
+    if workers <= 1:
+        return "alone"
+    if device.kind == "cuda" and device.count >= workers and (requested or "auto") in ("auto", "cuda"):
+        return "pinned"
+    return "shared"
+
+
+def pinned_env(kind: str, index: int) -> dict[str, str]:
+    return {"CUDA_VISIBLE_DEVICES": str(index)} if kind == "pinned" else {}
+
+
 def worker_command(argv: list[str], kind: str) -> list[str]:
     """The command of one more worker: this `tuner probe` command (`--workers N` kept, so that a shared
     budget is split alike), joining the study it created; `kind` is "shared" or "pinned" (to one CUDA card)."""
@@ -177,18 +194,16 @@ def worker_command(argv: list[str], kind: str) -> list[str]:
     return [sys.executable, "-m", "tuner", *keep, "--worker", kind]
 
 
-def spawn(
-    argv: list[str], count: int, logs: Path, kind: str, env_of=lambda index: {}
-) -> list[tuple[subprocess.Popen, Path]]:
-    """Start `count` more workers of the command `argv`, each logging to `logs/worker-K.log`; worker K
-    gets the environment `env_of(K)` on top of this one's."""
+def spawn(argv: list[str], count: int, logs: Path, kind: str) -> list[tuple[subprocess.Popen, Path]]:
+    """Start `count` more workers of the command `argv`, each logging to `logs/worker-K.log`; a "pinned" worker K
+    sees only CUDA card K (the starter keeps card 0)."""
     logs.mkdir(parents=True, exist_ok=True)
     started = []
     for index in range(1, count + 1):
         log = logs / f"worker-{index}.log"
         handle = open(log, "a")
         process = subprocess.Popen(
-            worker_command(argv, kind), stdout=handle, stderr=subprocess.STDOUT, env={**os.environ, **env_of(index)}
+            worker_command(argv, kind), stdout=handle, stderr=subprocess.STDOUT, env={**os.environ, **pinned_env(kind, index)}
         )
         handle.close()
         started.append((process, log))
