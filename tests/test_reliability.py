@@ -199,15 +199,16 @@ def _kill_at_fraction(fractions: dict[int, float], durations: list[float]):
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_probe_trials_killed_at_random_moments_lose_nothing(seed, workdir, tiny_data, run_cli, trial_hook, ledger):
-    rng = random.Random(seed)
-    fractions = {index: rng.uniform(0.05, 1.05) for index in (1, 2)}
+    """One kill per study: two kills of one config at its usual peak would be, rightly, taken for the machine's
+    limit (tuner.frontier.outside_kill_level), which is not what this test is about."""
+    fractions = {1: random.Random(seed).uniform(0.05, 1.05)}
     durations: list[float] = []
-    with trial_hook(_kill_at_fraction(fractions, durations), limit=3):
-        code, _, err = run_cli(*tiny_probe_args(tiny_data, "--n-trials", "3", "--batch", "2"))
+    with trial_hook(_kill_at_fraction(fractions, durations), limit=2):
+        code, _, err = run_cli(*tiny_probe_args(tiny_data, "--n-trials", "2", "--batch", "2"))
     assert code == 0, err
     study = load(workdir)
     trials = study.get_trials()
-    assert len([t for t in trials if counts_towards_total(t)]) == 3  # each kill is a trial that counts: no re-run
+    assert len([t for t in trials if counts_towards_total(t)]) == 2  # a killed trial counts: no re-run
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
     for trial in trials:
         record = TrialRecord.of(trial)
