@@ -125,6 +125,8 @@ MALFORMED = {
     "safety margin above 1": (lambda t, f: _probe(t, "--safety-margin", "1.2"), "safety_margin"),
     "workers 0": (lambda t, f: _probe(t, "--workers", "0"), "--workers"),
     "storage URL of no database": (lambda t, f: _probe(t, "--storage", "nosuch://x/y"), "storage"),
+    "storage driver not installed": (lambda t, f: _probe(t, "--storage", "postgresql+pg8000://u@127.0.0.1:9/db"),
+                                     "driver is not installed"),  # fmt: skip
     "model file missing": (lambda t, f: _probe(t, "--model", str(f / "missing.pt")), "not found"),
     "model file of random bytes": (lambda t, f: _probe(t, "--model", str(_write(f, "random.pt", random.Random(0).randbytes(50_000)))),
                                    "not a PyTorch checkpoint"),  # fmt: skip

@@ -78,6 +78,11 @@ def open_storage(
         return storage
     except Exception as exc:  # SQLAlchemy raises many types here; all mean the same to the user
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if isinstance(exc, ImportError) or "Failed to import DB access module" in reason:
+            raise StudyError(
+                f"Cannot open the study storage {url!r}: its database driver is not installed ({reason}). For "
+                'PostgreSQL: pip install -e ".[postgres]" (or pip install "psycopg[binary]").'
+            ) from exc
         raise StudyError(
             f"Cannot open the study storage {url!r}: {reason}. "
             "Pass --storage with a valid Optuna URL such as sqlite:///studies/mine.db."

@@ -93,6 +93,10 @@ def run_probe(
     )
     for note in space_notes:
         progress.say(note)
+    if shared and device.kind == "cpu" and worker is None:
+        progress.say(f"Note: {workers} workers share this CPU, and one training already uses every core: each trial "
+                     "runs several times slower (two on 2 cores: over 7x, README). --workers pays on a GPU, or one "
+                     "worker per CUDA card.", important=True)  # fmt: skip
     trials = Inputs(cfg, device, budget, data_yaml, model, Path(studies_dir) / name)
     found = _mapped_limits(study, trials, progress, queue_design=not limits_only)
     if worker:
