@@ -84,19 +84,7 @@ def run_probe(
     )
     study = open_study(name, url, cfg, record)
     progress = Progress(cfg.n_trials + cfg.probe.repeats, budget, cfg.metric_name, quiet=quiet)
-    described = describe_budget(cfg.memory_budget, budget * (workers if shared else 1), device.total_memory)
-    if shared:
-        described += f", shared by {workers} workers: {budget / MIB:.0f} MiB each"
-    progress.say(
-        f"Study {name!r} in {url}\n"
-        f"Device {device.torch} ({device.name}); memory budget {described}, stable below {record.stable_limit_mb:.0f} MiB"
-    )
-    for note in space_notes:
-        progress.say(note)
-    if shared and device.kind == "cpu" and worker is None:
-        progress.say(f"Note: {workers} workers share this CPU, and one training already uses every core: each trial "
-                     "runs several times slower (two on 2 cores: over 7x, README). --workers pays on a GPU, or one "
-                     "worker per CUDA card.", important=True)  # fmt: skip
+    _say_start(progress, name, url, cfg, device, budget, record, space_notes, workers if shared else 1, worker)
     trials = Inputs(cfg, device, budget, data_yaml, model, Path(studies_dir) / name)
     found = _mapped_limits(study, trials, progress, queue_design=not limits_only)
     if worker:
@@ -109,18 +97,39 @@ def run_probe(
             progress.say(limits.describe(found), important=True)
         return 0
     progress.say(limits.describe(found))
+    _search_with_workers(Search(study, trials, progress, found), workers, argv, Path(studies_dir) / name, layout)
+    return _finish(study, cfg, device, record, url, Path(results_dir), progress, as_json)
+
+
+def _say_start(progress, name, url, cfg, device, budget, record, space_notes, sharing: int, worker) -> None:
+    """What the run works on: the study, the device and budget (split between `sharing` workers), notes on the space."""
+    described = describe_budget(cfg.memory_budget, budget * sharing, device.total_memory)
+    if sharing > 1:
+        described += f", shared by {sharing} workers: {budget / MIB:.0f} MiB each"
+    progress.say(
+        f"Study {name!r} in {url}\n"
+        f"Device {device.torch} ({device.name}); memory budget {described}, stable below {record.stable_limit_mb:.0f} MiB"
+    )
+    for note in space_notes:
+        progress.say(note)
+    if sharing > 1 and device.kind == "cpu" and worker is None:
+        progress.say(f"Note: {sharing} workers share this CPU, and one training already uses every core: each trial "
+                     "runs several times slower (two on 2 cores: over 7x, README). --workers pays on a GPU, or one "
+                     "worker per CUDA card.", important=True)  # fmt: skip
+
+
+def _search_with_workers(search: Search, workers: int, argv: list[str] | None, folder: Path, layout: str) -> None:
+    """Run the search here, with `workers` - 1 more workers of this command started beside it; wait for them all."""
     others = []
     if workers > 1:
-        others = tuner_workers.spawn(argv or [], workers - 1, Path(studies_dir) / name / "workers", layout)
-        progress.say(f"Started {workers - 1} more worker(s) on this machine; their logs: "
-                     f"{Path(studies_dir) / name / 'workers'}")  # fmt: skip
+        others = tuner_workers.spawn(argv or [], workers - 1, folder / "workers", layout)
+        search.progress.say(f"Started {workers - 1} more worker(s) on this machine; their logs: {folder / 'workers'}")
     try:
-        Search(study, trials, progress, found).run()
+        search.run()
     finally:
         for process, log in others:
             if process.wait() != 0:
-                progress.say(f"A worker ended with exit code {process.returncode}; see {log}", important=True)
-    return _finish(study, cfg, device, record, url, Path(results_dir), progress, as_json)
+                search.progress.say(f"A worker ended with exit code {process.returncode}; see {log}", important=True)
 
 
 def _mapped_limits(study: optuna.Study, trials: Inputs, progress: Progress, queue_design: bool = True) -> limits.Limits:
