@@ -33,7 +33,43 @@ def by_outcome(study: optuna.Study) -> dict[str, list[optuna.trial.FrozenTrial]]
     return groups
 
 
-def test_probe_completes_trials_and_writes_the_best_stable_config(workdir, tiny_data, run_cli):
+SOCKET_GUARD = """
+import os, socket
+_log = os.environ["TUNER_NET_LOG"]
+def _record(what, *args):
+    with open(_log, "a") as handle:
+        handle.write(f"{os.getpid()} {what} {args!r}\\n")
+    raise OSError("network access blocked by the tuner test")
+socket.socket.connect = lambda self, *a: _record("connect", *a)
+socket.socket.connect_ex = lambda self, *a: _record("connect_ex", *a)
+socket.getaddrinfo = lambda *a, **k: _record("getaddrinfo", *a)
+socket.create_connection = lambda *a, **k: _record("create_connection", *a)
+with open(_log + ".loaded", "a") as handle:
+    handle.write(f"{os.getpid()}\\n")
+"""
+
+
+@pytest.fixture
+def network_guard(workdir, monkeypatch) -> Path:
+    """Every Python process started from here on records and refuses any network access (its log, returned,
+    must stay absent); each records that it ran under the guard in `<log>.loaded`."""
+    guard = workdir / "guard"
+    guard.mkdir()
+    (guard / "sitecustomize.py").write_text(SOCKET_GUARD)
+    log = workdir / "net.log"
+    monkeypatch.setenv("PYTHONPATH", str(guard))
+    monkeypatch.setenv("TUNER_NET_LOG", str(log))
+    # the guard works: a plain connection attempt is recorded
+    probe = subprocess.run([sys.executable, "-c", "import socket; socket.create_connection(('192.0.2.1', 80))"])
+    assert probe.returncode != 0 and "create_connection" in log.read_text()
+    log.unlink()
+    (workdir / "net.log.loaded").unlink()
+    return log
+
+
+def test_probe_completes_trials_writes_the_best_stable_config_and_never_touches_the_network(
+    workdir, tiny_data, run_cli, network_guard
+):
     code, out, err = run_cli(*tiny_probe_args(tiny_data, "--n-trials", "2", "--repeats", "1", "--json"))
     assert code == 0, err
     study = load(workdir)
@@ -64,6 +100,9 @@ def test_probe_completes_trials_and_writes_the_best_stable_config(workdir, tiny_
     assert "Best stable config" in best_file.read_text().splitlines()[0]
     assert study.user_attrs["best"]["best_yaml"] == str(Path("results") / "data-yolov8n-cpu" / "best.yaml")
     assert '"best"' in out  # --json summary on stdout
+    loaded = (workdir / "net.log.loaded").read_text().split()
+    assert len(loaded) >= 5  # the pre-flights and the trial processes all ran under the guard
+    assert not network_guard.exists(), network_guard.read_text()
 
 
 def test_trial_killed_from_outside_is_pruned_as_oom_and_the_study_goes_on(workdir, tiny_data, run_cli, trial_hook, ledger):
@@ -221,42 +260,6 @@ def _running(process: psutil.Process) -> bool:
 def _probe_children(pid: int) -> list[psutil.Process]:
     """The probe processes a tuner process has started (none until its trial process is spawned)."""
     return [p for p in trial_processes() if p.ppid() == pid]
-
-
-SOCKET_GUARD = """
-import os, socket
-_log = os.environ["TUNER_NET_LOG"]
-def _record(what, *args):
-    with open(_log, "a") as handle:
-        handle.write(f"{os.getpid()} {what} {args!r}\\n")
-    raise OSError("network access blocked by the tuner test")
-socket.socket.connect = lambda self, *a: _record("connect", *a)
-socket.socket.connect_ex = lambda self, *a: _record("connect_ex", *a)
-socket.getaddrinfo = lambda *a, **k: _record("getaddrinfo", *a)
-socket.create_connection = lambda *a, **k: _record("create_connection", *a)
-with open(_log + ".loaded", "a") as handle:
-    handle.write(f"{os.getpid()}\\n")
-"""
-
-
-def test_no_network_access_is_attempted(workdir, tiny_data, run_cli, monkeypatch):
-    guard = workdir / "guard"
-    guard.mkdir()
-    (guard / "sitecustomize.py").write_text(SOCKET_GUARD)
-    log = workdir / "net.log"
-    monkeypatch.setenv("PYTHONPATH", str(guard))
-    monkeypatch.setenv("TUNER_NET_LOG", str(log))
-    # the guard works: a plain connection attempt is recorded
-    probe = subprocess.run([sys.executable, "-c", "import socket; socket.create_connection(('192.0.2.1', 80))"])
-    assert probe.returncode != 0 and "create_connection" in log.read_text()
-    log.unlink()
-
-    code, _, err = run_cli(*tiny_probe_args(tiny_data, "--n-trials", "1"))
-    assert code == 0, err
-    loaded = (workdir / "net.log.loaded").read_text().split()
-    assert len(loaded) >= 2  # the sanity process and the trial process both ran under the guard
-    assert not log.exists(), log.read_text()
-    assert load(workdir).trials[0].state == TrialState.COMPLETE
 
 
 KILL_LEVEL_LIMIT_MB = 900  # between imgsz 64 / batch 8 and 320 / 8 on the tiny dataset, as the cgroup counts them (shared library pages cached before stay charged to the parent)

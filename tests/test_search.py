@@ -67,7 +67,7 @@ def searched(tmp_path: Path, n_trials: int, budget_mb: float = 2000, progress=No
     found = limits.map_limits(trials, quiet(), runner=FakePreflight(budget_mb))
     record = StudyRecord(config=trials.cfg, device="cpu", budget_mb=budget_mb, stable_limit_mb=trials.stable_limit_mb,
                          limits=found.to_dict())  # fmt: skip
-    study = open_study("s", f"sqlite:///{tmp_path / 's.db'}", trials.cfg, record)
+    study, _ = open_study("s", f"sqlite:///{tmp_path / 's.db'}", trials.cfg, record)
     fake = FakeProbe(budget_mb, **probe)
     Search(study, trials, progress or quiet(), found, runner=fake).run()
     return study, found, fake

@@ -47,7 +47,7 @@ def _setup(tmp_path: Path, n_trials: int, repeats: int, race: int = 0, budget_mb
     record = StudyRecord(config=cfg, device="cpu", budget_mb=budget_mb, stable_limit_mb=trials.stable_limit_mb,
                          limits=found.to_dict())  # fmt: skip
     url = f"sqlite:///{tmp_path / 's.db'}"
-    study = open_study("s", url, cfg, record)
+    study, _ = open_study("s", url, cfg, record)
     enqueue_startup(study, cfg, found)
     return trials, found, record, url, study
 
@@ -57,7 +57,7 @@ def _run_workers(count: int, trials, found, record, url, runner_of) -> list[Base
 
     def work(index: int) -> None:
         try:
-            study = open_study("s", url, trials.cfg, record)  # each worker its own connection, as a process has
+            study, _ = open_study("s", url, trials.cfg, record)  # each worker its own connection, as a process has
             Search(study, trials, quiet(), found, runner=runner_of(index), worker=f"test:{index}").run()
         except BaseException as exc:  # noqa: BLE001 - reported by the test
             errors.append(exc)
@@ -109,7 +109,7 @@ def test_a_surplus_trial_records_why_and_counts_for_nothing(tmp_path):
 def test_a_dead_workers_trial_is_failed_by_its_heartbeat_and_run_again_by_another(tmp_path, monkeypatch):
     monkeypatch.setattr(workers, "WAIT_POLL_S", 0.2)
     trials, found, record, url, study = _setup(tmp_path, n_trials=3, repeats=0, heartbeat_interval=1, grace_period=2)
-    dead = open_study("s", url, trials.cfg, record)
+    dead, _ = open_study("s", url, trials.cfg, record)
     orphan = dead.ask()  # a worker pops startup:0, records its heartbeat once, and dies mid-trial
     suggest(orphan, trials.cfg.space)
     dead._storage.record_heartbeat(orphan._trial_id)
@@ -124,7 +124,8 @@ def test_a_dead_workers_trial_is_failed_by_its_heartbeat_and_run_again_by_anothe
     assert time.monotonic() - started >= 2  # it waited for the heartbeat to go stale, not less
 
 
-def test_one_worker_maps_the_limits_while_the_others_wait_for_its_result(tmp_path, monkeypatch):
+@pytest.mark.parametrize("created_before", [True, False], ids=["joining-a-study", "creating-it"])
+def test_one_worker_maps_the_limits_while_the_others_wait_for_its_result(tmp_path, monkeypatch, created_before):
     monkeypatch.setattr(workers, "LEASE_SETTLE_S", 0.5)  # longer than a write can wait for another's under load
     monkeypatch.setattr(workers, "WAIT_POLL_S", 0.05)
     from tuner import study as studies
@@ -132,20 +133,25 @@ def test_one_worker_maps_the_limits_while_the_others_wait_for_its_result(tmp_pat
     trials = inputs(tmp_path, 2000)
     record = StudyRecord(config=trials.cfg, device="cpu", budget_mb=2000, stable_limit_mb=trials.stable_limit_mb)
     url = f"sqlite:///{tmp_path / 's.db'}"
-    open_study("s", url, trials.cfg, record)
+    if created_before:  # all three join: they settle who maps; else the one that creates it maps at once
+        open_study("s", url, trials.cfg, record)
     preflights = FakePreflight(2000)
     real_map = limits.map_limits
     monkeypatch.setattr(limits, "map_limits", lambda inputs, progress: (time.sleep(0.3), real_map(inputs, progress, runner=preflights))[1])
     found: list = []
+    creators: list = []
 
     def work() -> None:
-        found.append(studies._mapped_limits(open_study("s", url, trials.cfg, record), trials, quiet()))
+        study, created = open_study("s", url, trials.cfg, record)
+        creators.append(created)
+        found.append(studies._mapped_limits(study, trials, quiet(), created=created))
 
     threads = [threading.Thread(target=work) for _ in range(3)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(timeout=60)
+    assert creators.count(True) == (0 if created_before else 1)
     assert len(found) == 3 and found[0].to_dict() == found[1].to_dict() == found[2].to_dict()
     assert len(preflights.specs) == len(real_map(trials, quiet(), runner=FakePreflight(2000)).frontier.measurements)
     study = optuna.load_study(study_name="s", storage=url)

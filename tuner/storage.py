@@ -6,6 +6,7 @@ Optuna RDB URL (SQLite, PostgreSQL, MySQL) so that several machines can share on
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import optuna
@@ -15,6 +16,7 @@ from tuner.errors import StudyError
 HEARTBEAT_INTERVAL = 10
 GRACE_PERIOD = 30
 SQLITE_BUSY_TIMEOUT_S = 60  # a worker waits this long for another's write to the same SQLite study
+CREATE_ATTEMPTS = 3  # tries to open a storage whose tables another worker is creating at the same moment
 
 
 def default_study_name(data: str | None, model: str, device_type: str) -> str:
@@ -72,7 +74,7 @@ def open_storage(
     if path is not None:
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}}
     try:
-        storage = optuna.storages.RDBStorage(url, **kwargs)
+        storage = _rdb_storage(url, kwargs)
         if path is not None:
             _serialize_sqlite(storage)
         return storage
@@ -87,6 +89,21 @@ def open_storage(
             f"Cannot open the study storage {url!r}: {reason}. "
             "Pass --storage with a valid Optuna URL such as sqlite:///studies/mine.db."
         ) from exc
+
+
+def _rdb_storage(url: str, kwargs: dict) -> optuna.storages.RDBStorage:
+    """RDBStorage(url), once more if another worker created the same new database's tables at the same moment
+    (Optuna checks for its tables and version row, then creates them: the slower of two raises "already exists"
+    or breaks a unique constraint)."""
+    for attempt in range(CREATE_ATTEMPTS):
+        try:
+            return optuna.storages.RDBStorage(url, **kwargs)
+        except Exception as exc:
+            text = str(exc).lower()
+            if attempt + 1 == CREATE_ATTEMPTS or not ("already exists" in text or "unique constraint" in text):
+                raise
+            time.sleep(0.1 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def load_study(study_name: str, url: str) -> optuna.Study:

@@ -82,11 +82,11 @@ def run_probe(
         tuner_version=__version__,
         space_from_data=bool(space_notes),
     )
-    study = open_study(name, url, cfg, record)
+    study, created = open_study(name, url, cfg, record)
     progress = Progress(cfg.n_trials + cfg.probe.repeats, budget, cfg.metric_name, quiet=quiet)
     _say_start(progress, name, url, cfg, device, budget, record, space_notes, workers if shared else 1, worker)
     trials = Inputs(cfg, device, budget, data_yaml, model, Path(studies_dir) / name)
-    found = _mapped_limits(study, trials, progress, queue_design=not limits_only)
+    found = _mapped_limits(study, trials, progress, queue_design=not limits_only, created=created)
     if worker:
         Search(study, trials, progress, found).run()
         return 0
@@ -132,15 +132,24 @@ def _search_with_workers(search: Search, workers: int, argv: list[str] | None, f
                 search.progress.say(f"A worker ended with exit code {process.returncode}; see {log}", important=True)
 
 
-def _mapped_limits(study: optuna.Study, trials: Inputs, progress: Progress, queue_design: bool = True) -> limits.Limits:
+def _mapped_limits(
+    study: optuna.Study, trials: Inputs, progress: Progress, queue_design: bool = True, created: bool = False
+) -> limits.Limits:
     """The study's frontier and memory model: mapped by pre-flights on its first run, stored, then reused.
-    One worker maps them while others wait (tuner.workers.Lease); it also queues the startup design.
+    One worker maps them while others wait (tuner.workers.Lease: the study's creator, when it is this run, takes
+    it at once); it also queues the startup design.
     Raises StudyFailed (exit 1) when not even the smallest config fits."""
     lease = tuner_workers.Lease(study)
-    said = False
+    said = waited = False
     while not (stored := StudyRecord.of(study).limits):
-        if lease.acquire():
+        if not created and not waited:  # its creator takes the lease at once: give it time to
+            waited = True
+            time.sleep(tuner_workers.LEASE_SETTLE_S)
+            continue
+        if lease.acquire(creator=created):
             with lease.held():
+                if StudyRecord.of(study).limits:  # mapped by a worker whose lease ended as this one took it
+                    continue
                 found = limits.map_limits(trials, progress)
                 if queue_design and any(entry.imgsz is not None for entry in found.frontier.entries):
                     enqueue_startup(study, trials.cfg, found)
@@ -190,8 +199,8 @@ def _write_report(study: optuna.Study, results_dir: Path, url: str, progress: Pr
     progress.say(f"Report: {written.get('report.md', results_dir / study.study_name)}")
 
 
-def open_study(name: str, url: str, cfg: configs.ProbeConfig, record: StudyRecord) -> optuna.Study:
-    """Create the study, or continue it if what it measures has not changed."""
+def open_study(name: str, url: str, cfg: configs.ProbeConfig, record: StudyRecord) -> tuple[optuna.Study, bool]:
+    """Create the study, or continue it if what it measures has not changed; True when this call created it."""
     storage = open_storage(
         url, create=True, heartbeat_interval=cfg.heartbeat_interval, grace_period=cfg.grace_period, max_retry=MAX_RETRY
     )
@@ -201,17 +210,14 @@ def open_study(name: str, url: str, cfg: configs.ProbeConfig, record: StudyRecor
         if stored.outside_kill_mb is not None:  # a limit that kills from outside set holds for the rest of the study
             record = dataclasses.replace(record, outside_kill_mb=stored.outside_kill_mb,
                                          stable_limit_mb=min(record.stable_limit_mb, stored.stable_limit_mb))  # fmt: skip
-    study = optuna.create_study(
-        study_name=name,
-        storage=storage,
-        direction="maximize",
-        sampler=_sampler(cfg),
-        pruner=pruners.make(cfg, record.stable_limit_mb),
-        load_if_exists=True,
-    )
+    settings = dict(study_name=name, storage=storage, sampler=_sampler(cfg), pruner=pruners.make(cfg, record.stable_limit_mb))
+    try:
+        study, created = optuna.create_study(direction="maximize", **settings), True
+    except optuna.exceptions.DuplicatedStudyError:  # another worker created it a moment ago
+        study, created = optuna.load_study(**settings), False
     study.set_metric_names([cfg.metric_name])
     record.save(study)
-    return study
+    return study, created
 
 
 def _sampler(cfg: configs.ProbeConfig) -> optuna.samplers.BaseSampler:

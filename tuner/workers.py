@@ -136,8 +136,15 @@ class Lease:
             return lease.get("worker")
         return lease.get("worker") if now - self._seen[1] < LEASE_STALE_S else None
 
-    def acquire(self) -> bool:
-        """Take the lease if nobody else holds it; True when this worker now holds it."""
+    def acquire(self, creator: bool = False) -> bool:
+        """Take the lease if nobody else holds it; True when this worker now holds it.
+
+        The worker that created the study (the storage lets only one do that) takes it at once; a worker that
+        joins a new study gives the creator LEASE_SETTLE_S to take it first. Any other worker writes its own,
+        waits LEASE_SETTLE_S and reads it back: of workers that wrote at the same time, the last writer holds it."""
+        if creator:
+            self._write()
+            return True
         if self.holder() is not None:
             return False
         self._write()
