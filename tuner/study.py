@@ -70,18 +70,7 @@ def run_probe(
     if not limits_only:
         files.check_writable(Path(results_dir), "--results-dir")
     url = storage_url(storage, studies_dir, name)
-    record = StudyRecord(
-        config=cfg,
-        device=device.torch,
-        device_name=device.name,
-        usable_memory_mb=round(device.total_memory / MIB, 1),
-        budget_mb=round(budget / MIB, 1),
-        stable_limit_mb=round(budget * (1 - cfg.safety_margin) / MIB, 1),
-        model_path=str(model),
-        data_path=str(data_yaml),
-        tuner_version=__version__,
-        space_from_data=bool(space_notes),
-    )
+    record = _new_record(cfg, device, budget, model, data_yaml, space_from_data=bool(space_notes))
     study, created = open_study(name, url, cfg, record)
     progress = Progress(cfg.n_trials + cfg.probe.repeats, budget, cfg.metric_name, quiet=quiet)
     _say_start(progress, name, url, cfg, device, budget, record, space_notes, workers if shared else 1, worker)
@@ -99,6 +88,22 @@ def run_probe(
     progress.say(limits.describe(found))
     _search_with_workers(Search(study, trials, progress, found), workers, argv, Path(studies_dir) / name, layout)
     return _finish(study, cfg, device, record, url, Path(results_dir), progress, as_json)
+
+
+def _new_record(cfg, device, budget: int, model: str | Path, data_yaml: Path, space_from_data: bool) -> StudyRecord:
+    """What this run records on its study: its settings, device, budget and stable limit, model and data."""
+    return StudyRecord(
+        config=cfg,
+        device=device.torch,
+        device_name=device.name,
+        usable_memory_mb=round(device.total_memory / MIB, 1),
+        budget_mb=round(budget / MIB, 1),
+        stable_limit_mb=round(budget * (1 - cfg.safety_margin) / MIB, 1),
+        model_path=str(model),
+        data_path=str(data_yaml),
+        tuner_version=__version__,
+        space_from_data=space_from_data,
+    )
 
 
 def _say_start(progress, name, url, cfg, device, budget, record, space_notes, sharing: int, worker) -> None:
