@@ -22,7 +22,7 @@ from tuner.config import Space
 from tuner.contract import ChildResult, EpochRecord
 from tuner.records import Outcome, StudyRecord
 from tuner.search import CONSTRAINT, Search
-from tuner.space import startup_design
+from tuner.space import Params, startup_design
 from tuner.study import open_study
 from tuner.trial import Attempt
 
@@ -114,6 +114,15 @@ def test_kills_from_outside_at_a_consistent_peak_become_the_limit_for_the_rest_o
                for t in ran_after)  # fmt: skip
     choice = selection.best_stable(trials, record.stable_limit_mb, None)
     assert choice is not None and choice.peak_mb <= record.stable_limit_mb
+    # a worker that started before the kills applies the lowered limit too: it reads the study's, it keeps no copy
+    study.set_user_attr("outside_kill_mb", None)  # the study as it was at the start
+    dataclasses.replace(record, outside_kill_mb=None, stable_limit_mb=1800.0).save(study)
+    other = Search(study, inputs(tmp_path, 2000, batch=(16,)), quiet(), found, runner=fake, worker="other:1")
+    assert other.limit_mb == 1800.0 and other.kill_level is None
+    record.save(study)  # the worker that saw the kills stores the lower limit
+    assert other.limit_mb == record.stable_limit_mb and other.kill_level == record.outside_kill_mb
+    largest = max(kills, key=lambda t: t.params["imgsz"]).params
+    assert "kills from outside came at about" in other._over_kill_level(Params.of(largest))
 
 
 def test_one_kill_from_outside_or_kills_at_scattered_peaks_set_no_limit():

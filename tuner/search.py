@@ -92,9 +92,16 @@ class Search:
         self.runner = runner
         self.worker = worker or workers.worker_id()
         self.waiting_said = False
-        record = StudyRecord.of(study)
-        self.limit_mb = record.stable_limit_mb or inputs.stable_limit_mb  # lowered by kills from outside
-        self.kill_level = record.outside_kill_mb
+
+    @property
+    def limit_mb(self) -> float:
+        """The study's stable limit as stored: kills from outside that any worker saw may have lowered it."""
+        return StudyRecord.of(self.study).stable_limit_mb or self.inputs.stable_limit_mb
+
+    @property
+    def kill_level(self) -> float | None:
+        """The peak at which kills from outside came, once they came at a consistent one (stored in the study)."""
+        return StudyRecord.of(self.study).outside_kill_mb
 
     def run(self) -> None:
         deadline = time.monotonic() + self.cfg.timeout if self.cfg.timeout else None
@@ -246,20 +253,21 @@ class Search:
 
     def _over_kill_level(self, params: Params) -> str | None:
         """Why `params` will not fit under the limit that kills from outside set, where the memory model says so."""
-        model = self.limits.model
-        if self.kill_level is None or model is None:
+        model, kill_level = self.limits.model, self.kill_level
+        if kill_level is None or model is None:
             return None
+        limit = self.limit_mb
         held = self._held_peak(params)
         if held is not None:  # measured beats predicted: this imgsz and batch ran, and peaked at `held`
-            if held <= self.limit_mb:
+            if held <= limit:
                 return None
-            return (f"inferred: kills from outside came at about {self.kill_level:.0f} MiB, so the stable limit is now "
-                    f"{self.limit_mb:.0f} MiB; imgsz {params.imgsz} / batch {params.batch} peaked at {held:.0f} MiB")  # fmt: skip
+            return (f"inferred: kills from outside came at about {kill_level:.0f} MiB, so the stable limit is now "
+                    f"{limit:.0f} MiB; imgsz {params.imgsz} / batch {params.batch} peaked at {held:.0f} MiB")  # fmt: skip
         upper = model.upper(params.imgsz, params.batch, self.cfg.space.mosaic[1], self.cfg.space.mixup[1])
-        if upper <= self.limit_mb:
+        if upper <= limit:
             return None
-        return (f"inferred: kills from outside came at about {self.kill_level:.0f} MiB, so the stable limit is now "
-                f"{self.limit_mb:.0f} MiB; the memory model puts this config at up to {upper:.0f} MiB")  # fmt: skip
+        return (f"inferred: kills from outside came at about {kill_level:.0f} MiB, so the stable limit is now "
+                f"{limit:.0f} MiB; the memory model puts this config at up to {upper:.0f} MiB")  # fmt: skip
 
     def _held_peak(self, params: Params) -> float | None:
         """The largest peak measured at this imgsz and batch by a finished probe or a pre-flight, if any ran."""
@@ -274,13 +282,13 @@ class Search:
 
     def _heed_outside_kills(self) -> None:
         """When SIGKILLs from outside come at a consistent peak, that is the real limit for the rest of the study:
-        stored (stable_limit_mb lowered by the safety margin below it), said once, and applied from here on."""
+        stored (stable_limit_mb lowered by the safety margin below it), said once (by the worker that stores it), and
+        applied from here on by every worker."""
         level = frontier.outside_kill_level(self.study.get_trials(deepcopy=False))
-        if level is None or (self.kill_level is not None and level >= self.kill_level):
-            return
-        limit = min(self.limit_mb, level * (1 - self.cfg.safety_margin))
-        self.kill_level, self.limit_mb = level, limit
         record = StudyRecord.of(self.study)
+        if level is None or (record.outside_kill_mb is not None and level >= record.outside_kill_mb):
+            return
+        limit = min(record.stable_limit_mb or self.inputs.stable_limit_mb, level * (1 - self.cfg.safety_margin))
         dataclasses.replace(record, outside_kill_mb=round(level, 1), stable_limit_mb=round(limit, 1)).save(self.study)
         self.progress.say(
             f"Trials were killed from outside at about {level:.0f} MiB, below the budget: the machine's real limit is "
@@ -290,7 +298,7 @@ class Search:
         )
 
     def _record(self, trial: optuna.Trial, attempt: Attempt) -> None:
-        outcome = attempt.outcome
+        outcome, limit = attempt.outcome, self.limit_mb
         TrialRecord(
             outcome=outcome,
             oom_reason=attempt.reason if outcome == Outcome.OOM else None,
@@ -305,9 +313,9 @@ class Search:
             batch_used=attempt.batch_used,
             imgsz_used=attempt.imgsz_used,
             log=str(attempt.log),
-            stable=outcome == Outcome.OK and attempt.peak_mb <= self.limit_mb,
+            stable=outcome == Outcome.OK and attempt.peak_mb <= limit,
         ).save(trial)
-        over = attempt.peak_mb - self.limit_mb
+        over = attempt.peak_mb - limit
         trial.set_constraint(CONSTRAINT, max(over, 1.0) if outcome == Outcome.OOM else over)
         self.progress.trial_end(outcome.value, attempt.value, attempt.peak_mb, attempt.reason)
         if attempt.cause == OS_KILL:
