@@ -95,15 +95,16 @@ def _rdb_storage(url: str, kwargs: dict) -> optuna.storages.RDBStorage:
     """RDBStorage(url), once more if another worker created the same new database's tables at the same moment
     (Optuna checks for its tables and version row, then creates them: the slower of two raises "already exists"
     or breaks a unique constraint)."""
-    for attempt in range(CREATE_ATTEMPTS):
+    attempt = 1
+    while True:
         try:
             return optuna.storages.RDBStorage(url, **kwargs)
         except Exception as exc:
             text = str(exc).lower()
-            if attempt + 1 == CREATE_ATTEMPTS or not ("already exists" in text or "unique constraint" in text):
+            if attempt == CREATE_ATTEMPTS or not ("already exists" in text or "unique constraint" in text):
                 raise
-            time.sleep(0.1 * (attempt + 1))
-    raise AssertionError("unreachable")
+        time.sleep(0.1 * attempt)
+        attempt += 1
 
 
 def load_study(study_name: str, url: str) -> optuna.Study:
