@@ -1,6 +1,7 @@
 """Many workers on a real PostgreSQL server: two `tuner probe` processes (two "machines": each its own
 folder) share one study; a worker SIGKILLed mid-trial leaves an orphan the other finishes; report and
-dashboard read the study while the workers run; the server going away mid-study is retried or said.
+dashboard read the study while the workers run; a server restarted mid-trial is ridden out, and one that stays
+away is said in one line.
 """
 
 from __future__ import annotations
@@ -62,20 +63,32 @@ def _worker(tiny_data: Path, url: str, folder: Path, *extra: str) -> subprocess.
     return subprocess.Popen([sys.executable, "-m", "tuner", *argv], cwd=folder, stdout=log, stderr=subprocess.STDOUT)
 
 
-def _training(pid: int) -> bool:
-    """Whether the worker `pid` has a probe trial (not a pre-flight) past its imports."""
+def _training(pid: int) -> int | None:
+    """The pid of the worker `pid`'s probe trial (not a pre-flight) once it is past its imports, else None."""
     try:
         children = psutil.Process(pid).children(recursive=True)
     except psutil.Error:
-        return False
+        return None
     for child in children:
         try:
             command = " ".join(child.cmdline())
             if "tuner.probe" in command and "preflight" not in command and has_loaded_torch(child):
-                return True
+                return child.pid
         except psutil.Error:
             continue
-    return False
+    return None
+
+
+def _trial_process(pid: int) -> int | None:
+    """The pid of the probe trial process (not a pre-flight) the worker `pid` has started, torch loaded or not."""
+    try:
+        for child in psutil.Process(pid).children(recursive=True):
+            command = " ".join(child.cmdline())
+            if "tuner.probe" in command and "preflight" not in command:
+                return child.pid
+    except psutil.Error:
+        pass
+    return None
 
 
 def _finish(process: subprocess.Popen, folder: Path, timeout: float = 300) -> str:
@@ -181,15 +194,25 @@ def test_a_server_that_goes_away_is_said_in_one_line_and_the_study_is_there_when
     assert code == 0 and "mapped before" in err and json.loads(again)["frontier"] == json.loads(first)["frontier"], err
 
 
-def test_a_server_that_goes_away_mid_study_is_one_line_and_the_rerun_finishes_the_plan(
+def test_a_server_restarted_mid_trial_is_ridden_out_one_that_stays_away_is_one_line_and_the_rerun_finishes(
     tiny_data, database, server, tmp_path, ledger
 ):
     folder = tmp_path / "a"
-    worker = _worker(tiny_data, database, folder, "--n-trials", "3")
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and worker.poll() is None and not _training(worker.pid):
-        time.sleep(0.2)  # until the first probe trial is training
-    server.stop()
+    worker = _worker(tiny_data, database, folder, "--n-trials", "2", "--probe-epochs", "10")  # trials of ~10 s
+    assert postgres.wait_until(lambda: worker.poll() is not None or _trial_process(worker.pid), 120, step=0.05)
+    first = _trial_process(worker.pid)
+    server.stop()  # a restart as the first trial starts: its heartbeats (1 s) miss, the worker's connections die
+    time.sleep(1.2)
+    server.start()
+    time.sleep(5.5)  # longer than the grace period (4 s): a heartbeat that stopped at the restart is stale by now
+    watcher = optuna.load_study(study_name=NAME, storage=optuna.storages.RDBStorage(
+        database, heartbeat_interval=1, grace_period=4))  # another worker's view  # fmt: skip
+    assert watcher.trials[0].state == TrialState.RUNNING, "the test needs the first trial to be still training"
+    optuna.storages.fail_stale_trials(watcher)  # what another worker does at each trial start
+    assert watcher.trials[0].state == TrialState.RUNNING  # its heartbeat went on after the restart
+    assert postgres.wait_until(lambda: worker.poll() is not None or _trial_process(worker.pid) not in (None, first), 120)
+    assert worker.poll() is None, (folder / "tuner.log").read_text()[-3000:]  # ridden out: the next trial trains
+    server.stop()  # now the server stays away until the worker gives up
     try:
         code = worker.wait(timeout=120)
     finally:
@@ -198,8 +221,12 @@ def test_a_server_that_goes_away_mid_study_is_one_line_and_the_rerun_finishes_th
     errors = [line for line in text.splitlines() if line.startswith("tuner: error:")]
     assert code == 2 and "Traceback" not in text and errors == text.strip().splitlines()[-1:], text[-3000:]
     assert "Lost the study storage" in errors[0]
-    _finish(_worker(tiny_data, database, folder, "--n-trials", "3"), folder)  # the same command, server back
     study = optuna.load_study(study_name=NAME, storage=database)
-    _check_plan(study, n_trials=3, repeats=0)
+    restarted = study.trials[0]
+    assert restarted.state == TrialState.COMPLETE and restarted.system_attrs.get("failed_trial") is None
+    _finish(_worker(tiny_data, database, folder, "--n-trials", "2", "--probe-epochs", "10"), folder)  # server back
+    study = optuna.load_study(study_name=NAME, storage=database)
+    _check_plan(study, n_trials=2, repeats=0)
+    ledger.survived("PostgreSQL restarted mid-trial")
     ledger.survived("PostgreSQL going away mid-study")
     ledger.checked(len(study.get_trials()))

@@ -209,3 +209,29 @@ def test_workers_are_pinned_one_per_cuda_card_where_there_are_enough_else_they_s
     assert workers.pinned_env("pinned", 1) == {"CUDA_VISIBLE_DEVICES": "1"} and workers.pinned_env("shared", 1) == {}
     command = workers.worker_command(["probe", "--workers", "2", "--json", "--limits-only", "--n-trials", "4"], "shared")
     assert command[3:] == ["probe", "--workers", "2", "--n-trials", "4", "--worker", "shared"]
+
+
+def test_a_heartbeat_that_cannot_reach_the_database_is_skipped_and_the_next_one_tries_again(tmp_path, monkeypatch):
+    """Optuna's heartbeat thread ends at its first error; a database restarted mid-trial would then leave the trial
+    stale, and another worker would fail and re-run it while it trains (real restart: test_postgres.py)."""
+    import sqlalchemy
+
+    from tuner import storage as storages
+
+    opened = storages.open_storage(f"sqlite:///{tmp_path / 'h.db'}", create=True, heartbeat_interval=1, grace_period=4)
+    trial_id = optuna.create_study(storage=opened, study_name="h").ask()._trial_id
+    beats = []
+
+    def flaky(self, trial_id: int) -> None:
+        beats.append(trial_id)
+        if len(beats) == 1:
+            raise sqlalchemy.exc.OperationalError("UPDATE trial_heartbeats", {}, Exception("server closed the connection"))
+        if len(beats) == 3:
+            raise ValueError("a bug, not the database")
+
+    monkeypatch.setattr(optuna.storages.RDBStorage, "record_heartbeat", flaky)
+    opened.record_heartbeat(trial_id)  # the database is away: skipped
+    opened.record_heartbeat(trial_id)  # back: recorded
+    with pytest.raises(ValueError):
+        opened.record_heartbeat(trial_id)  # anything else is not swallowed
+    assert beats == [trial_id] * 3

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import optuna
 
-from tuner.errors import StudyError
+from tuner.errors import StudyError, outside_cause
 
 HEARTBEAT_INTERVAL = 10
 GRACE_PERIOD = 30
@@ -73,6 +73,8 @@ def open_storage(
         }
     if path is not None:
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}}
+    else:  # a database server: a connection it dropped (a restart) is replaced before use instead of failing the call
+        kwargs["engine_kwargs"] = {"pool_pre_ping": True}
     try:
         storage = _rdb_storage(url, kwargs)
         if path is not None:
@@ -91,6 +93,22 @@ def open_storage(
         ) from exc
 
 
+class _Storage(optuna.storages.RDBStorage):
+    """Optuna's RDBStorage, with a heartbeat that outlives a moment without the database.
+
+    Optuna's heartbeat thread stops at the first error, so a database server restarted mid-trial would leave the
+    trial's heartbeat stale, and another worker would fail and re-run it although it is still training. Here a beat
+    that cannot reach the database is skipped; the next one, `heartbeat_interval` later, tries again.
+    """
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        try:
+            super().record_heartbeat(trial_id)
+        except Exception as exc:
+            if outside_cause(exc) is None:
+                raise
+
+
 def _rdb_storage(url: str, kwargs: dict) -> optuna.storages.RDBStorage:
     """RDBStorage(url), once more if another worker created the same new database's tables at the same moment
     (Optuna checks for its tables and version row, then creates them: the slower of two raises "already exists"
@@ -98,7 +116,7 @@ def _rdb_storage(url: str, kwargs: dict) -> optuna.storages.RDBStorage:
     attempt = 1
     while True:
         try:
-            return optuna.storages.RDBStorage(url, **kwargs)
+            return _Storage(url, **kwargs)
         except Exception as exc:
             text = str(exc).lower()
             if attempt == CREATE_ATTEMPTS or not ("already exists" in text or "unique constraint" in text):
