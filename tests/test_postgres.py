@@ -7,6 +7,8 @@ away is said in one line.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -198,18 +200,22 @@ def test_a_server_restarted_mid_trial_is_ridden_out_one_that_stays_away_is_one_l
     tiny_data, database, server, tmp_path, ledger
 ):
     folder = tmp_path / "a"
-    worker = _worker(tiny_data, database, folder, "--n-trials", "2", "--probe-epochs", "10")  # trials of ~10 s
+    worker = _worker(tiny_data, database, folder, "--n-trials", "2")
     assert postgres.wait_until(lambda: worker.poll() is not None or _trial_process(worker.pid), 120, step=0.05)
     first = _trial_process(worker.pid)
-    server.stop()  # a restart as the first trial starts: its heartbeats (1 s) miss, the worker's connections die
-    time.sleep(1.2)
-    server.start()
-    time.sleep(5.5)  # longer than the grace period (4 s): a heartbeat that stopped at the restart is stale by now
-    watcher = optuna.load_study(study_name=NAME, storage=optuna.storages.RDBStorage(
-        database, heartbeat_interval=1, grace_period=4))  # another worker's view  # fmt: skip
-    assert watcher.trials[0].state == TrialState.RUNNING, "the test needs the first trial to be still training"
-    optuna.storages.fail_stale_trials(watcher)  # what another worker does at each trial start
-    assert watcher.trials[0].state == TrialState.RUNNING  # its heartbeat went on after the restart
+    os.kill(first, signal.SIGSTOP)  # the first trial holds still (a long training, in short) while the server
+    try:  # restarts: its heartbeats (1 s) miss, the worker's connections die
+        server.stop()
+        time.sleep(1.2)
+        server.start()
+        time.sleep(5.5)  # longer than the grace period (4 s): a heartbeat that stopped at the restart is stale by now
+        watcher = optuna.load_study(study_name=NAME, storage=optuna.storages.RDBStorage(
+            database, heartbeat_interval=1, grace_period=4))  # another worker's view  # fmt: skip
+        assert watcher.trials[0].state == TrialState.RUNNING
+        optuna.storages.fail_stale_trials(watcher)  # what another worker does at each trial start
+        assert watcher.trials[0].state == TrialState.RUNNING  # its heartbeat went on after the restart
+    finally:
+        os.kill(first, signal.SIGCONT)
     assert postgres.wait_until(lambda: worker.poll() is not None or _trial_process(worker.pid) not in (None, first), 120)
     assert worker.poll() is None, (folder / "tuner.log").read_text()[-3000:]  # ridden out: the next trial trains
     server.stop()  # now the server stays away until the worker gives up
@@ -224,7 +230,7 @@ def test_a_server_restarted_mid_trial_is_ridden_out_one_that_stays_away_is_one_l
     study = optuna.load_study(study_name=NAME, storage=database)
     restarted = study.trials[0]
     assert restarted.state == TrialState.COMPLETE and restarted.system_attrs.get("failed_trial") is None
-    _finish(_worker(tiny_data, database, folder, "--n-trials", "2", "--probe-epochs", "10"), folder)  # server back
+    _finish(_worker(tiny_data, database, folder, "--n-trials", "2"), folder)  # the same command, server back
     study = optuna.load_study(study_name=NAME, storage=database)
     _check_plan(study, n_trials=2, repeats=0)
     ledger.survived("PostgreSQL restarted mid-trial")
