@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import optuna
 import pytest
 
 from tests.conftest import tiny_probe_args
@@ -66,6 +67,7 @@ def assert_one_line_error(code: int, err: str, *needles: str) -> None:
         (["--storage", "nosuchdb://nowhere"], ["Cannot open the study storage", "--storage"]),
         (["--config", "nope.yaml"], ["nope.yaml does not exist"]),
         (["--probe-fraction", "1.5"], ["probe.fraction"]),
+        (["--pruner", "hyperband"], ["pruner", "halving", "median"]),
     ],
 )
 def test_bad_flags(workdir, tiny_data, run_cli, flags, needles):
@@ -131,3 +133,17 @@ def test_console_script_runs_as_a_real_process(workdir):
     assert done.stderr.strip().splitlines() == [
         "tuner: error: The value of `imgsz` is 100, but must be a multiple of 32 (YOLO's largest stride); try 96."
     ]
+
+
+def test_pruner_flag_overrides_the_config_file_and_reaches_the_study_pruner(tmp_path):
+    from tuner import config as configs
+    from tuner import pruners
+    from tuner.cli import _probe_overrides, build_parser
+
+    file = tmp_path / "probe.yaml"
+    file.write_text("pruner: none\n")
+    assert configs.load(file, _probe_overrides(build_parser().parse_args(["probe"]))).pruner == "none"
+    cfg = configs.load(file, _probe_overrides(build_parser().parse_args(["probe", "--pruner", "median"])))
+    assert cfg.pruner == "median"
+    made = pruners.make(cfg, 1000.0)
+    assert isinstance(made, pruners.StableOnly) and isinstance(made.inner, optuna.pruners.MedianPruner)

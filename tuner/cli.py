@@ -117,6 +117,11 @@ def _add_probe(subparsers) -> None:
     )
     search.add_argument("--seed", type=int, help=f"seed of the sampler; trial N trains with seed + N (default: {DEFAULTS['seed']})")
     search.add_argument(
+        "--pruner",
+        help="what stops weak probes early: halving (successive halving over probe epochs), median (below the median "
+        f"of the stable trials at the same epoch) or none (default: {DEFAULTS['pruner']})",
+    )
+    search.add_argument(
         "--workers",
         type=int,
         default=1,
@@ -160,6 +165,7 @@ def _probe_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "timeout": args.timeout,
         "safety_margin": args.safety_margin,
         "seed": args.seed,
+        "pruner": args.pruner,
     }
     sections = {
         "space": {

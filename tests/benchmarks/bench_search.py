@@ -17,6 +17,9 @@ best stable metric is printed (goal: tuner >= 2x fewer).
 
     python tests/benchmarks/bench_search.py --workdir /tmp/bench-search                 # ~25 min on 2 CPU cores
     python tests/benchmarks/bench_search.py --workdir /tmp/bench-grid --grid --imgsz 160,256,352,448 --batch 2,4,8
+    # then tuner alone with another pruner or seed, printed beside the rows already there:
+    python tests/benchmarks/bench_search.py --workdir /tmp/bench-grid --imgsz 160,256,352,448 --batch 2,4,8 \
+        --tuner-only --pruner median --seed 1
 """
 
 from __future__ import annotations
@@ -61,7 +64,8 @@ def run_tuner(args: argparse.Namespace, workdir: Path) -> dict:
     """`tuner probe` in its own process; what it spent, found and predicted, from its study."""
     command = [sys.executable, "-m", "tuner", "probe", "--study-name", "tuner", "--device", "cpu",
                "--memory-budget", args.memory_budget, "--n-trials", str(args.n_trials), "--seed", str(args.seed),
-               "--imgsz", args.imgsz, "--batch", args.batch, "--repeats", "0", "--race", "0", "--quiet"]  # fmt: skip
+               "--imgsz", args.imgsz, "--batch", args.batch, "--repeats", "0", "--race", "0", "--pruner", args.pruner,
+               "--quiet"]  # fmt: skip
     started = time.monotonic()
     with open(workdir / "tuner.log", "w") as log:
         subprocess.run(command, cwd=workdir, stdout=log, stderr=subprocess.STDOUT, check=False)
@@ -77,7 +81,7 @@ def run_tuner(args: argparse.Namespace, workdir: Path) -> dict:
     over = [t for t in ran if t.user_attrs.get("outcome") == "oom" or (t.user_attrs.get("peak_mem_mb") or 0) > limit]
     model = limits.get("model") or {}
     return {
-        "method": "tuner", "wall_s": wall, "trial_s": total, "oom_s": oom_time,
+        "method": f"tuner ({args.pruner})", "wall_s": wall, "trial_s": total, "oom_s": oom_time,
         "oom_verdict_s": [p["seconds"] for p in preflights if p["oom"] and p["seconds"]],
         "probe_s": [t.user_attrs["duration_s"] for t in ran if t.state == TrialState.COMPLETE],
         "trials": _values(ran, limit), "processes": len(preflights) + len(ran),
@@ -206,11 +210,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--grid", action="store_true", help="also probe every imgsz x batch once")
     parser.add_argument("--tolerance", type=float, default=0.005, help="how close to the grid's best counts as reaching it")
+    parser.add_argument("--pruner", default="halving", choices=("halving", "median", "none"), help="tuner's pruner")
+    parser.add_argument("--tuner-only", action="store_true",
+                        help="run tuner alone (another --pruner or --seed in the same --workdir; the plain search and "
+                        "the grid found there are reused)")  # fmt: skip
     args = parser.parse_args(argv)
     args.workdir.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    rows = [run_tuner(args, args.workdir), run_plain(args, args.workdir)]
-    grid_best = run_grid(args, args.workdir) if args.grid else None
+    saved = args.workdir / "bench_search.json"
+    before = json.loads(saved.read_text()) if args.tuner_only and saved.exists() else {"rows": [], "grid_best": None}
+    workdir = args.workdir / f"tuner-{args.pruner}-seed{args.seed}" if args.tuner_only else args.workdir
+    workdir.mkdir(exist_ok=True)
+    if args.tuner_only:  # the earlier rows of other methods, and this one added
+        rows = [row for row in before["rows"] if row["method"] != f"tuner ({args.pruner}), seed {args.seed}"]
+        rows.append({**run_tuner(args, workdir), "method": f"tuner ({args.pruner}), seed {args.seed}"})
+        grid_best = before["grid_best"]
+    else:
+        rows = [run_tuner(args, args.workdir), run_plain(args, args.workdir)]
+        grid_best = run_grid(args, args.workdir) if args.grid else None
     (args.workdir / "bench_search.json").write_text(json.dumps({"rows": rows, "grid_best": grid_best}, indent=2))
     print(f"Embedded dataset, 2 CPU cores, budget {args.memory_budget}, {args.n_trials} trials, "
           f"imgsz {args.imgsz} x batch {args.batch}")  # fmt: skip
