@@ -235,3 +235,24 @@ def test_a_heartbeat_that_cannot_reach_the_database_is_skipped_and_the_next_one_
     with pytest.raises(ValueError):
         opened.record_heartbeat(trial_id)  # anything else is not swallowed
     assert beats == [trial_id] * 3
+
+
+def test_the_study_creator_maps_at_once_and_only_a_joiner_waits_for_the_lease_to_settle(tmp_path, monkeypatch):
+    from tuner import study as studies
+
+    slept: list[float] = []
+    real_map = limits.map_limits
+    monkeypatch.setattr(workers, "LEASE_SETTLE_S", 7.0)  # a wait no other sleep of the mapping path has
+    monkeypatch.setattr(time, "sleep", slept.append)
+    monkeypatch.setattr(limits, "map_limits", lambda inputs, progress: real_map(inputs, progress, runner=FakePreflight(2000)))
+    trials = inputs(tmp_path, 2000)
+    record = StudyRecord(config=trials.cfg, device="cpu", budget_mb=2000, stable_limit_mb=trials.stable_limit_mb)
+    study, created = open_study("new", f"sqlite:///{tmp_path / 'new.db'}", trials.cfg, record)
+    assert created and studies._mapped_limits(study, trials, quiet(), created=created).frontier.measurements
+    assert 7.0 not in slept  # the creator did not wait
+
+    optuna.create_study(storage=f"sqlite:///{tmp_path / 'joined.db'}", study_name="joined")  # made by another worker
+    study, created = open_study("joined", f"sqlite:///{tmp_path / 'joined.db'}", trials.cfg, record)
+    assert not created and studies._mapped_limits(study, trials, quiet(), created=created).frontier.measurements
+    assert slept.count(7.0) == 2  # before its first look, and after writing its claim
+
