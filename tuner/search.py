@@ -253,10 +253,11 @@ class Search:
 
     def _over_kill_level(self, params: Params) -> str | None:
         """Why `params` will not fit under the limit that kills from outside set, where the memory model says so."""
-        model, kill_level = self.limits.model, self.kill_level
+        record = StudyRecord.of(self.study)  # one read of the study for both figures
+        model, kill_level = self.limits.model, record.outside_kill_mb
         if kill_level is None or model is None:
             return None
-        limit = self.limit_mb
+        limit = record.stable_limit_mb or self.inputs.stable_limit_mb
         held = self._held_peak(params)
         if held is not None:  # measured beats predicted: this imgsz and batch ran, and peaked at `held`
             if held <= limit:

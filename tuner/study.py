@@ -145,12 +145,8 @@ def _mapped_limits(
     it at once); it also queues the startup design.
     Raises StudyFailed (exit 1) when not even the smallest config fits."""
     lease = tuner_workers.Lease(study)
-    said = waited = False
+    said = False
     while not (stored := StudyRecord.of(study).limits):
-        if not created and not waited:  # its creator takes the lease at once: give it time to
-            waited = True
-            time.sleep(tuner_workers.LEASE_SETTLE_S)
-            continue
         if lease.acquire(creator=created):
             with lease.held():
                 if StudyRecord.of(study).limits:  # mapped by a worker whose lease ended as this one took it

@@ -118,6 +118,7 @@ class Lease:
         self.worker = worker or worker_id()
         self.token = uuid.uuid4().hex
         self._seen: tuple[object, float] | None = None  # (the beat last read, when it was read, our clock)
+        self._looked = False
 
     def _read(self) -> dict | None:
         return self.study._storage.get_study_user_attrs(self.study._study_id).get(LEASE_ATTR)
@@ -145,6 +146,9 @@ class Lease:
         if creator:
             self._write()
             return True
+        if not self._looked:  # the first look of a joining worker: the creator may be about to write it
+            self._looked = True
+            time.sleep(LEASE_SETTLE_S)
         if self.holder() is not None:
             return False
         self._write()
