@@ -165,13 +165,13 @@ def test_no_race_when_the_repeats_show_no_noise(tmp_path):
 
 
 def test_a_probe_is_never_stopped_at_its_last_epoch(tmp_path):
-    # The startup design runs 224, then 256. At epoch 1, 256 leads (successive halving promotes it); at epoch 3,
-    # the last, it trails 224's 0.9, which would stop it at rung 1 with all of its epochs already trained.
-    curves = {224: (0.1, 0.5, 0.9), 256: (0.5, 0.45, 0.4)}
-    study, _, _ = searched(tmp_path, n_trials=2, space={"imgsz": (224, 256), "batch": (2,)}, curves=curves)
-    first, second = study.get_trials()[:2]
-    assert (first.params["imgsz"], second.params["imgsz"]) == (224, 256)
-    assert second.state == TrialState.COMPLETE and second.value == pytest.approx(0.4)
+    # The startup design runs 160, 224, 256, then 288. At epoch 1, 288 leads; at epoch 3, the last, it trails
+    # the others' 0.9 far beyond the noise, which would stop it at the second rung with all of its epochs trained.
+    curves = {160: (0.9, 0.9, 0.9), 224: (0.9, 0.9, 0.9), 256: (0.9, 0.9, 0.9), 288: (0.95, 0.5, 0.1)}
+    study, _, _ = searched(tmp_path, n_trials=8, space={"imgsz": (160, 224, 256, 288), "batch": (2,)}, curves=curves)
+    startup = study.get_trials()[:4]
+    assert [t.params["imgsz"] for t in startup] == [160, 224, 256, 288]
+    assert startup[3].state == TrialState.COMPLETE and startup[3].value == pytest.approx(0.1)
 
 
 def test_the_startup_design_stays_inside_the_frontier_and_reaches_it():
@@ -216,6 +216,38 @@ def test_the_pruner_compares_a_probe_only_with_stable_trials(tmp_path, name):
     assert not would_prune(pruners.make(cfg, 1000))
     plain = pruners.make(cfg, 1000).inner  # Optuna's own, comparing with every trial
     assert would_prune(plain), "the test needs a case that Optuna's pruner alone would prune"
+
+
+def pruned_at(pruner: optuna.pruners.BasePruner, earlier: tuple[float, ...], value: float, step: int = 1) -> bool:
+    """Whether `pruner` stops a probe at `value` after epoch `step`, with stable trials at `earlier` by then."""
+    study = optuna.create_study(direction="maximize", pruner=pruner)
+    for before in earlier:
+        trial = finished(352, 2, before, peak=800)
+        trial.intermediate_values = {epoch: before for epoch in range(1, step + 1)}
+        study.add_trial(trial)
+    running = study.ask({"imgsz": DISTRIBUTIONS["imgsz"], "batch": DISTRIBUTIONS["batch"]})
+    for epoch in range(1, step + 1):
+        running.report(earlier[-1] if epoch < step else value, epoch)
+    return running.should_prune()
+
+
+def test_halving_lets_a_probe_within_the_noise_of_the_cut_train_on():
+    # The grid benchmark's study: after epoch 1, imgsz 448 / batch 2 (the grid's best config) stood at 0.1998
+    # against 0.0836, 0.161 and 0.2216. Optuna's successive halving lets only a new best on at such a small rung.
+    earlier = (0.0836, 0.161, 0.2216)
+    assert pruned_at(optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3), earlier, 0.1998)
+    assert not pruned_at(pruners.Halving(), earlier, 0.1998)  # the best third of 4, rounded up: the best 2
+    assert not pruned_at(pruners.Halving(), earlier, 0.13)  # third, within 20% (the noise margin) of the cut, 0.161
+    assert pruned_at(pruners.Halving(), earlier, 0.125)  # further behind: a weak config costs one epoch
+    assert pruned_at(pruners.Halving(), earlier, 0.09)
+
+
+def test_halving_prunes_only_at_its_rungs_and_never_on_too_few_trials():
+    halving = pruners.Halving()
+    assert [step for step in range(1, 10) if halving.is_rung(step)] == [1, 3, 9]
+    assert not pruned_at(halving, (0.3, 0.3, 0.3), 0.01, step=2)  # between rungs
+    assert pruned_at(halving, (0.3, 0.3, 0.3), 0.01, step=3)
+    assert not pruned_at(halving, (0.3, 0.3), 0.01)  # two others at the rung: too few to judge by
 
 
 def test_a_config_with_one_run_over_the_limit_is_not_stable():
