@@ -116,7 +116,7 @@ def _add_probe(subparsers) -> None:
         "each batch, the largest imgsz under the stable limit, with a fitted memory model; no accuracy probes",
     )
     search.add_argument("--seed", type=int, help=f"seed of the sampler; trial N trains with seed + N (default: {DEFAULTS['seed']})")
-    search.add_argument("--pruner", help=f"what stops weak probes early: halving (successive halving over probe epochs), median (below the stable trials' median at the same epoch) or none (default: {DEFAULTS['pruner']})")
+    search.add_argument("--pruner", help=f"what stops weak probes early: halving (successive halving over probe epochs, allowing for the probe's noise), median (below the stable trials' median at the same epoch) or none (default: {DEFAULTS['pruner']})")
     search.add_argument(
         "--workers",
         type=int,

@@ -20,6 +20,7 @@ best stable metric is printed (goal: tuner >= 2x fewer).
     # then tuner alone with another pruner or seed, printed beside the rows already there:
     python tests/benchmarks/bench_search.py --workdir /tmp/bench-grid --imgsz 160,256,352,448 --batch 2,4,8 \
         --tuner-only --pruner median --seed 1
+    # and the plain search with another seed (--plain-only), the same way
 """
 
 from __future__ import annotations
@@ -214,16 +215,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tuner-only", action="store_true",
                         help="run tuner alone (another --pruner or --seed in the same --workdir; the plain search and "
                         "the grid found there are reused)")  # fmt: skip
+    parser.add_argument("--plain-only", action="store_true", help="run the plain search alone (another --seed), the same way")
     args = parser.parse_args(argv)
     args.workdir.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     saved = args.workdir / "bench_search.json"
-    before = json.loads(saved.read_text()) if args.tuner_only and saved.exists() else {"rows": [], "grid_best": None}
-    workdir = args.workdir / f"tuner-{args.pruner}-seed{args.seed}" if args.tuner_only else args.workdir
-    workdir.mkdir(exist_ok=True)
-    if args.tuner_only:  # the earlier rows of other methods, and this one added
-        rows = [row for row in before["rows"] if row["method"] != f"tuner ({args.pruner}), seed {args.seed}"]
-        rows.append({**run_tuner(args, workdir), "method": f"tuner ({args.pruner}), seed {args.seed}"})
+    alone = args.tuner_only or args.plain_only
+    before = json.loads(saved.read_text()) if alone and saved.exists() else {"rows": [], "grid_best": None}
+    if alone:  # the earlier rows of other methods and seeds, and this one added
+        name = f"tuner ({args.pruner}), seed {args.seed}" if args.tuner_only else f"plain TPE, seed {args.seed}"
+        workdir = args.workdir / (f"tuner-{args.pruner}-seed{args.seed}" if args.tuner_only else f"plain-seed{args.seed}")
+        workdir.mkdir(exist_ok=True)
+        row = run_tuner(args, workdir) if args.tuner_only else run_plain(args, workdir)
+        rows = [row for row in before["rows"] if row["method"] != name] + [{**row, "method": name}]
         grid_best = before["grid_best"]
     else:
         rows = [run_tuner(args, args.workdir), run_plain(args, args.workdir)]
