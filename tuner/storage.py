@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import optuna
+import sqlalchemy.exc
 
 from tuner.errors import StudyError, outside_cause
 
@@ -117,7 +118,7 @@ def _rdb_storage(url: str, kwargs: dict) -> optuna.storages.RDBStorage:
     while True:
         try:
             return _Storage(url, **kwargs)
-        except Exception as exc:
+        except sqlalchemy.exc.DBAPIError as exc:  # IntegrityError, OperationalError, ProgrammingError
             text = str(exc).lower()
             if attempt == CREATE_ATTEMPTS or not ("already exists" in text or "unique constraint" in text):
                 raise
