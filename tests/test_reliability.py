@@ -29,7 +29,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from tests.conftest import has_loaded_torch, tiny_probe_args, trial_processes
+from tests.conftest import tiny_probe_args, trial_processes
 from tests.test_train import FAST, csv_epochs, state_of, train_dir, write_best_yaml
 from tuner import config as configs
 from tuner import device as devices

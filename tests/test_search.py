@@ -32,9 +32,11 @@ class FakeProbe:
     pre-flight's law (a probe's peak scatters around its pre-flight's), and over the budget it runs out of memory."""
 
     def __init__(self, budget_mb: float, excess: float = 1.08, killed_at: float | None = None, noise: float = 0.0,
-                 curves: dict[int, tuple[float, ...]] | None = None) -> None:  # fmt: skip
+                 curves: dict[int, tuple[float, ...]] | None = None,
+                 scores: dict[tuple[int, int], tuple[float, ...]] | None = None) -> None:  # fmt: skip
         self.budget_mb, self.excess, self.killed_at, self.noise = budget_mb, excess, killed_at, noise
         self.curves = curves or {}  # imgsz: the metric after each epoch, where a test needs a given course
+        self.scores = scores or {}  # (imgsz, batch): the metric of its first run, its second, ..., at every epoch
         self.ran: list = []
 
     def __call__(self, module, spec, folder, device, budget, timeout, on_epoch=None) -> Attempt:
@@ -51,6 +53,9 @@ class FakeProbe:
         for epoch in range(1, spec.probe.epochs + 1):
             value = params.imgsz / 1000 + params.batch / 100 + params.mosaic / 100 + 0.01 * epoch + self.noise * ((spec.seed * 7919) % 11 / 10 - 0.5)
             value = self.curves[params.imgsz][epoch - 1] if params.imgsz in self.curves else value
+            if (params.imgsz, params.batch) in self.scores:
+                runs = sum((p.imgsz, p.batch) == (params.imgsz, params.batch) for p in self.ran)
+                value = self.scores[params.imgsz, params.batch][runs - 1]
             if on_epoch(EpochRecord(epoch, value, params.imgsz, params.batch, 1.0)):
                 return Attempt(Outcome.PRUNED, "pruned", None, peak, peak, 0.0, None, 2.0, epoch, None, log)
         result = ChildResult("ok", value=value, epochs_done=spec.probe.epochs, batch_used=params.batch,
@@ -142,20 +147,49 @@ def test_one_kill_from_outside_or_kills_at_scattered_peaks_set_no_limit():
     assert frontier.outside_kill_level([one, watchdog]) is None  # the budget's own kills are no outside limit
 
 
-def test_top_configs_that_tie_within_the_noise_are_raced_with_more_seeds_until_the_budget_is_spent(tmp_path):
+def raced(tmp_path: Path, race: int, scores: dict[tuple[int, int], tuple[float, ...]], space: dict):
+    """A study of the startup design's two configs, each probed again once for the noise, then raced."""
     stream = io.StringIO()
-    study, _, fake = searched(tmp_path, n_trials=6, race=3, noise=0.2, space={"imgsz": (352, 384), "batch": (2,)}, pruner="none",
+    study, _, fake = searched(tmp_path, n_trials=2, race=race, space=space, pruner="none", scores=scores,
                               progress=Progress(1, 1, "mAP50-95", stream=stream))  # fmt: skip
     trials = study.get_trials()
-    repeats = [t for t in trials if t.user_attrs.get("repeat_of") is not None]
-    assert len(repeats) == 2 + 3  # the noise repeats, then every race run the budget allows
-    race = StudyRecord.of(study).race
-    assert race.runs == 3 and race.verdict == "still tied" and len(race.tied) >= 2
-    top = {t.number for t in trials if t.user_attrs.get("repeat_of") is None}
-    assert {t.user_attrs["repeat_of"] for t in repeats} <= top
-    assert "still tie after 3 more run(s)" in stream.getvalue()
+    assert {(p.imgsz, p.batch) for p in fake.ran[:2]} == set(scores), "the design probes both configs"
+    return trials, StudyRecord.of(study).race, stream.getvalue(), study
+
+
+def test_a_tie_that_decides_the_pick_is_raced_until_the_configs_separate(tmp_path):
+    # 352/8 leads (0.50, then 0.46: mean 0.48) and 352/2 trails by 0.02 (0.47, 0.45: mean 0.46), within the
+    # noise (0.03): the tie would pick 352/2 for its memory headroom (755 against 1076 MiB). A third run of
+    # 352/8 (0.48) keeps its mean, and with three runs behind it the tolerance shrinks below the gap.
+    scores = {(352, 8): (0.50, 0.46, 0.48), (352, 2): (0.47, 0.45)}
+    trials, race, said, study = raced(tmp_path, race=3, scores=scores, space={"imgsz": (352,), "batch": (2, 8)})
+    assert race.verdict == "separated" and race.runs == 1, race
+    assert "probing them with more seeds" in said and "separated after 1 more run(s)" in said
+    choice = selection.best_stable(trials, 1800, selection.noise(trials).spread, 2000)
+    assert (choice.params["imgsz"], choice.params["batch"]) == (352, 8)  # the most accurate, no longer tied
     assert "Race: " in render_markdown(read(study, tmp_path), [])
-    assert selection.best_stable(trials, 1800, selection.noise(trials).spread).trial.number in race.tied
+
+
+def test_a_race_ends_when_its_budget_is_spent_and_the_tie_picks_the_headroom(tmp_path):
+    scores = {(352, 8): (0.50, 0.46, 0.47, 0.48, 0.47), (352, 2): (0.48, 0.46, 0.47, 0.48)}
+    trials, race, said, _ = raced(tmp_path, race=3, scores=scores, space={"imgsz": (352,), "batch": (2, 8)})
+    assert race.verdict == "still tied" and race.runs == 3 and len(race.tied) == 2, race
+    assert len([t for t in trials if t.user_attrs.get("repeat_of") is not None]) == 2 + 3  # repeats, then the race
+    assert "still tie after 3 more run(s)" in said
+    choice = selection.best_stable(trials, 1800, selection.noise(trials).spread, 2000)
+    assert (choice.params["imgsz"], choice.params["batch"]) == (352, 2)
+
+
+def test_tied_configs_that_need_the_same_memory_are_not_raced(tmp_path):
+    # 384/2 and 352/2 peak 20 MiB apart (the same headroom): the more accurate is the pick whether they tie or not
+    scores = {(384, 2): (0.50, 0.46), (352, 2): (0.47, 0.45)}
+    trials, race, said, study = raced(tmp_path, race=3, scores=scores, space={"imgsz": (352, 384), "batch": (2,)})
+    assert race.verdict == "settled" and race.runs == 0 and race.tied[0] == min(
+        t.number for t in trials if t.params["imgsz"] == 384), race  # fmt: skip
+    assert len([t for t in trials if t.user_attrs.get("repeat_of") is not None]) == 2  # the noise repeats only
+    assert "probing them with more seeds" not in said and "the pick either way" in said
+    assert not selection.tie_decides(trials, 1800, selection.noise(trials).spread, 2000)
+    assert "the pick either way" in render_markdown(read(study, tmp_path), [])
 
 
 def test_no_race_when_the_repeats_show_no_noise(tmp_path):

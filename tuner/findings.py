@@ -183,7 +183,7 @@ def best_config(record: StudyRecord, trials: Sequence[FrozenTrial]) -> BestConfi
         return BestConfig(best.trial, best.params, best.value, best.peak_mem_mb, best.runs, best.best_yaml)
     if record.stable_limit_mb is None:
         return None
-    choice = selection.best_stable(trials, record.stable_limit_mb, record.noise.spread)
+    choice = selection.best_stable(trials, record.stable_limit_mb, record.noise.spread, record.budget_mb)
     if choice is None:
         return None
     return BestConfig(

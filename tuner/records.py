@@ -198,8 +198,10 @@ class Noise:
 
 @dataclasses.dataclass(frozen=True)
 class Race:
-    """How the race among tied top configs ended: the configs still tied (first trial numbers), the extra runs
-    spent over the whole study, and "separated" or "still tied" (the race's budget is spent)."""
+    """How the race among tied top configs ended: the configs still tied (first trial numbers, the most accurate
+    first), the extra runs spent over the whole study, and "separated", "settled" (the most accurate of the tied
+    configs needs no more memory than the others: it is the pick either way, so no more runs are spent), or
+    "still tied" (the race's budget is spent)."""
 
     tied: tuple[int, ...] = ()
     runs: int = 0
@@ -218,6 +220,10 @@ class Race:
         if self.verdict == "separated":
             return f"the top configs separated after {self.runs} more run(s); trial {self.tied[0]} leads."
         names = ", ".join(f"trial {number}" for number in self.tied)
+        if self.verdict == "settled":
+            after = f" after {self.runs} more run(s)" if self.runs else ""
+            return (f"{names} tie within the noise{after}, but the most accurate, trial {self.tied[0]}, needs no more "
+                    "memory than the others, so it is the pick either way: no more runs are spent on them.")  # fmt: skip
         return (f"{names} still tie after {self.runs} more run(s) (the race's budget, --race, is spent); "
                 "tuner picks the one with the most memory headroom among them.")  # fmt: skip
 

@@ -154,15 +154,20 @@ class Search:
         optuna.storages.fail_stale_trials(self.study)
 
     def _race(self, deadline: float | None) -> None:
-        """While the top configs tie within the noise, probe them again with new seeds, the one with the fewest
-        runs first, until they separate or `probe.race` such runs (over the whole study) are spent; say which."""
+        """While the top configs tie within the noise and the tie decides the pick, probe them again with new seeds,
+        the one with the fewest runs first, until they separate, the pick no longer rests on the tie, or
+        `probe.race` such runs (over the whole study) are spent; say which. The tie decides the pick when a config
+        with more memory headroom than the most accurate one is chosen for it (selection.tie_decides). Tied configs
+        that need the same memory are not raced: the most accurate is picked either way, and more seeds could only
+        re-rank them within the noise (configs that differ only in mosaic or mixup: README, calibration)."""
         spent = race_runs(self.study.get_trials(deepcopy=False))
         tied = self._tied()
         if len(tied) < 2 or spent >= self.cfg.probe.race:
             return
-        names = ", ".join(f"trial {min(t.number for t in runs)}" for runs in tied)
-        self.progress.say(f"Race: {names} tie within the noise; probing them with more seeds.")
-        while len(tied) >= 2 and spent < self.cfg.probe.race:
+        if self._tie_decides():
+            names = ", ".join(f"trial {min(t.number for t in runs)}" for runs in tied)
+            self.progress.say(f"Race: {names} tie within the noise; probing them with more seeds.")
+        while len(tied) >= 2 and spent < self.cfg.probe.race and self._tie_decides():
             if deadline is not None and time.monotonic() >= deadline:
                 return
             runs = min(tied, key=len)
@@ -172,10 +177,14 @@ class Search:
                 self.progress.total += 1
             self._drain(deadline)
             spent, tied = race_runs(self._trials()), self._tied()
-        verdict = "separated" if len(tied) < 2 else "still tied"
+        verdict = "separated" if len(tied) < 2 else "settled" if not self._tie_decides() else "still tied"
         race = Race(tuple(min(t.number for t in runs) for runs in tied), spent, verdict)
         dataclasses.replace(StudyRecord.of(self.study), race=race).save(self.study)
         self.progress.say(f"Race: {race.describe()}", important=True)
+
+    def _tie_decides(self) -> bool:
+        trials = self.study.get_trials(deepcopy=False)
+        return selection.tie_decides(trials, self.limit_mb, selection.noise(trials).spread, StudyRecord.of(self.study).budget_mb)
 
     def _tied(self) -> list[list[FrozenTrial]]:
         """The top configs that tie within the noise; none while no noise was measured (more seeds then tell nothing)."""

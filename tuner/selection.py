@@ -9,7 +9,8 @@ lowest peak memory (the most headroom) is chosen; peaks within MEMORY_TIE of the
 count as equal (the same config's peak scatters by several percent from run to run), and among those
 the higher mean metric wins.
 Repeats: the best stable configs not yet repeated, one repeat per config, most accurate first.
-Race: while the top configs tie (`contenders`), more seeds for them only (tuner.search).
+Race: while the top configs tie (`contenders`) and the tie decides the pick (`tie_decides`), more seeds for
+them only (tuner.search).
 """
 
 from __future__ import annotations
@@ -111,6 +112,16 @@ def best_stable(
     same_headroom = [summary for summary in close if summary[1] <= lowest_peak + MEMORY_TIE * (budget_mb or limit_mb)]
     value, peak, first, runs = max(same_headroom, key=lambda summary: (summary[0], -summary[1]))
     return Choice(trial=first, value=value, runs=runs, peak_mb=peak, best_value=best_value, spread=spread)
+
+
+def tie_decides(
+    trials: Iterable[optuna.trial.FrozenTrial], limit_mb: float, spread: float | None, budget_mb: float | None = None
+) -> bool:
+    """Whether the pick rests on a tie: `best_stable` chooses a config other than the most accurate one, for its
+    memory headroom. Otherwise the most accurate config is picked whether the others tie with it or not (they
+    need no less memory), and more seeds could only re-rank configs within the noise."""
+    choice = best_stable(trials, limit_mb, spread, budget_mb)
+    return choice is not None and choice.value < choice.best_value
 
 
 def room_to_grow(imgsz: int, peak_mb: float | None, searched: Iterable[int], stable_limit_mb: float | None) -> str | None:
