@@ -28,7 +28,7 @@ DEFAULTS: dict[str, Any] = {
     "device": "auto",
     "memory_budget": 0.7,
     "safety_margin": 0.1,
-    "n_trials": 10,
+    "n_trials": 8,
     "timeout": None,
     "metric": "metrics/mAP50-95(B)",
     "sampler": "tpe",
