@@ -66,7 +66,7 @@ def _trials_span(db: Path, name: str) -> float:
     return (max(ends) - min(starts)).total_seconds() if starts and ends else 0.0
 
 
-def _row(name: str, config: str, summary: dict, seconds: float) -> dict:
+def _row(name: str, config: str, summary: dict, seconds: float, probe_s: float | None = None) -> dict:
     metrics = summary.get("metrics") or {}
     return {
         "method": name,
@@ -77,6 +77,7 @@ def _row(name: str, config: str, summary: dict, seconds: float) -> dict:
         "restarts": summary["restarts"],
         "peak_mem_mb": summary["peak_mem_mb"],
         "wall_s": round(seconds, 1),
+        "probe_s": None if probe_s is None else round(probe_s, 1),
     }
 
 
@@ -109,7 +110,7 @@ def compare(workdir: Path, epochs: int, budget: str, device: str, n_trials: int 
         seed_summary = json.loads(seed_file.read_text())
     described = ", ".join(f"{k} {round(best[k], 2):g}" for k in ("imgsz", "batch", "mosaic", "mixup"))
     return [
-        _row("tuner probe + train-best", described, tuner_summary, probe_s + train_s),
+        _row("tuner probe + train-best", described, tuner_summary, probe_s + train_s, probe_s),
         _row("seed note, hand-picked", ", ".join(f"{k} {v}" for k, v in SEED_CONFIG.items()), seed_summary, seed_s),
     ]
 
@@ -146,13 +147,14 @@ def print_validation_shares(workdir: Path) -> None:
 
 
 def markdown(rows: list[dict]) -> str:
-    head = "| method | config | mAP50-95 | epochs | step-downs | restarts | peak MB | wall time |"
+    head = "| method | config | mAP50-95 | epochs | step-downs | restarts | peak MiB | wall time |"
     lines = [head, "|" + "---|" * 8]
     for row in rows:
         value = "n/a" if row["mAP50-95"] is None else f"{row['mAP50-95']:.4f}"
+        probe = "" if row.get("probe_s") is None else f" (probe {row['probe_s'] / 60:.1f})"
         lines.append(
             f"| {row['method']} | {row['config']} | {value} | {row['epochs']} | {row['step_downs']} | "
-            f"{row['restarts']} | {row['peak_mem_mb']:.0f} | {row['wall_s'] / 60:.1f} min |"
+            f"{row['restarts']} | {row['peak_mem_mb']:.0f} | {row['wall_s'] / 60:.1f} min{probe} |"
         )
     return "\n".join(lines)
 
