@@ -57,19 +57,33 @@ def test_fit_recovers_the_law_within_a_few_percent():
 
 
 def test_leave_one_out_errors_come_from_held_out_points():
-    """Three points and three terms: the fit goes through every point, yet each point predicted from the
-    other two is off. An error computed on the fitted points would be 0."""
+    """Each point predicted from the others, not from a fit that saw it: with 4 points and 3 terms the fit
+    stays close to every point, yet each point predicted from the other three is off by more."""
     points = [
         Measurement(160, 2, peak_mb=law(160, 2) * 1.03),
         Measurement(320, 8, peak_mb=law(320, 8) * 0.97),
         Measurement(640, 4, peak_mb=law(640, 4)),
+        Measurement(480, 16, peak_mb=law(480, 16) * 1.02),
     ]
     model = fit(points)
     assert len(model.coefficients) == 3
-    for point in points:
-        assert model.predict(point.imgsz, point.batch) == pytest.approx(point.peak_mb, rel=1e-9)
-    assert model.quality()["median_error"] > 0.01
-    assert model.quality()["points"] == 3
+    in_sample = sorted(abs(model.predict(p.imgsz, p.batch) / p.peak_mb - 1) for p in points)
+    assert model.quality()["median_error"] > (in_sample[1] + in_sample[2]) / 2 > 0
+    assert model.quality()["points"] == 4
+
+
+def test_a_term_gets_in_only_with_a_point_to_spare():
+    """Three points pin down three terms exactly, with nothing left to check them: the fit keeps two. On a
+    roomy machine's four pre-flights (measured, default budget), folds of three points through three terms
+    put imgsz 640 / batch 1 at 87% over its peak; with a point to spare, every config is held out within 8%."""
+    three = [Measurement(160, 2, peak_mb=law(160, 2)), Measurement(320, 8, peak_mb=law(320, 8)),
+             Measurement(640, 4, peak_mb=law(640, 4))]  # fmt: skip
+    assert set(fit(three).coefficients) == {"const", "batch_px"}
+    roomy = [Measurement(640, 64, 1.0, 0.3, 13314), Measurement(160, 1, 1.0, 0.3, 962),
+             Measurement(640, 1, 1.0, 0.3, 1157), Measurement(160, 64, 1.0, 0.3, 1659)]  # fmt: skip
+    model = fit(roomy)
+    assert set(model.coefficients) == {"const", "batch_px", "px"}
+    assert model.max_error < 0.08 and model.margin < 0.2, model.describe()
 
 
 def test_leave_one_out_error_tracks_the_noise():

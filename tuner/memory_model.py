@@ -100,12 +100,15 @@ def _solve(points: Sequence[Measurement], terms: Sequence[str]) -> dict[str, flo
 
 
 def _plain_fit(points: Sequence[Measurement]) -> dict[str, float] | None:
-    """The core terms plus each optional one the points pin down (fewer points, fewer terms), fitted."""
+    """The core terms plus each optional one the points pin down with a point to spare (fewer points, fewer
+    terms), fitted. A term the points only just determine passes exactly through them, and extrapolates
+    without a check: on a roomy machine's four pre-flights, a leave-one-out fold of three points through three
+    terms put imgsz 640 / batch 1 at 87% over its measured peak."""
     if _weighted_lstsq(points, CORE_TERMS) is None:
         return None
     terms = list(CORE_TERMS)
     for term in OPTIONAL_TERMS:
-        spare = 2 if term in KNOB_TERMS else 0
+        spare = 2 if term in KNOB_TERMS else 1
         if len(points) >= len(terms) + 1 + spare and _weighted_lstsq(points, [*terms, term]) is not None:
             terms.append(term)
     return _solve(points, terms)
