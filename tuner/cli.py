@@ -107,7 +107,7 @@ def _add_probe(subparsers) -> None:
     search.add_argument("--probe-fraction", type=float, help=f"fraction of the train split each probe uses (default: {PROBE['fraction']})")
     search.add_argument("--trial-timeout", type=float, help=f"seconds before a probe is stopped as an error (default: {PROBE['trial_timeout']:g})")
     search.add_argument("--repeats", type=int, help=f"how many top configs are probed again with another seed to measure noise (default: {PROBE['repeats']})")
-    search.add_argument("--race", type=int, help=f"while the top configs tie within the noise, up to this many more probes of them with new seeds (default: {PROBE['race']})")
+    search.add_argument("--race", type=int, help=f"while the top configs tie within the noise and the tie decides the pick (a tied config needs less memory than the most accurate), up to this many more probes of them with new seeds (default: {PROBE['race']})")
     search.add_argument("--safety-margin", type=float, help=f"headroom below the budget a stable config keeps (default: {DEFAULTS['safety_margin']})")
     search.add_argument(
         "--limits-only",
