@@ -161,13 +161,13 @@ class Search:
         that need the same memory are not raced: the most accurate is picked either way, and more seeds could only
         re-rank them within the noise (configs that differ only in mosaic or mixup: README, calibration)."""
         spent = race_runs(self.study.get_trials(deepcopy=False))
-        tied = self._tied()
+        tied, decides = self._standing()
         if len(tied) < 2 or spent >= self.cfg.probe.race:
             return
-        if self._tie_decides():
+        if decides:
             names = ", ".join(f"trial {min(t.number for t in runs)}" for runs in tied)
             self.progress.say(f"Race: {names} tie within the noise; probing them with more seeds.")
-        while len(tied) >= 2 and spent < self.cfg.probe.race and self._tie_decides():
+        while len(tied) >= 2 and spent < self.cfg.probe.race and decides:
             if deadline is not None and time.monotonic() >= deadline:
                 return
             runs = min(tied, key=len)
@@ -176,21 +176,23 @@ class Search:
             if workers.enqueue(self.study, original.params, f"race:{spent + 1}", record):
                 self.progress.total += 1
             self._drain(deadline)
-            spent, tied = race_runs(self._trials()), self._tied()
-        verdict = "separated" if len(tied) < 2 else "settled" if not self._tie_decides() else "still tied"
+            spent = race_runs(self._trials())
+            tied, decides = self._standing()
+        verdict = "separated" if len(tied) < 2 else "still tied" if decides else "settled"
         race = Race(tuple(min(t.number for t in runs) for runs in tied), spent, verdict)
         dataclasses.replace(StudyRecord.of(self.study), race=race).save(self.study)
         self.progress.say(f"Race: {race.describe()}", important=True)
 
-    def _tie_decides(self) -> bool:
-        trials = self.study.get_trials(deepcopy=False)
-        return selection.tie_decides(trials, self.limit_mb, selection.noise(trials).spread, StudyRecord.of(self.study).budget_mb)
-
-    def _tied(self) -> list[list[FrozenTrial]]:
-        """The top configs that tie within the noise; none while no noise was measured (more seeds then tell nothing)."""
+    def _standing(self) -> tuple[list[list[FrozenTrial]], bool]:
+        """The top configs that tie within the noise (none while no noise was measured: more seeds then tell
+        nothing), and whether the tie decides the pick (selection.tie_decides); one read of the study."""
         trials = self.study.get_trials(deepcopy=False)
         spread = selection.noise(trials).spread
-        return selection.contenders(trials, self.limit_mb, spread) if spread else []
+        if not spread:
+            return [], False
+        record = StudyRecord.of(self.study)
+        limit = record.stable_limit_mb or self.inputs.stable_limit_mb
+        return selection.contenders(trials, limit, spread), selection.tie_decides(trials, limit, spread, record.budget_mb)
 
     def _optimize(self, n_trials: int, deadline: float | None) -> None:
         if n_trials <= 0:
