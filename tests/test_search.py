@@ -14,7 +14,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 from tests.test_limits import FakePreflight, inputs, law, quiet
-from tuner import frontier, limits, pruners, records, selection
+from tuner import findings, frontier, limits, pruners, records, selection
 from tuner.findings import read
 from tuner.progress import Progress
 from tuner.report import render_markdown
@@ -293,3 +293,15 @@ def test_a_config_with_one_run_over_the_limit_is_not_stable():
     assert selection.to_repeat(trials, 2, 1000) == [trials[2]]
     oom = finished(352, 2, 0.0, peak=900, outcome="oom", state=TrialState.PRUNED)
     assert list(records.stable_configs([trials[0], oom], 1000)) == []  # an OOM of the same config rules it out
+
+
+def test_a_study_without_a_recorded_best_is_read_with_the_probes_own_pick():
+    # peaks 95 MiB apart: the same headroom within 5% of the budget (100), not within 5% of the stable limit (90)
+    study = optuna.create_study(direction="maximize")
+    study.add_trial(finished(352, 16, 0.50, peak=795))
+    study.add_trial(finished(160, 2, 0.49, peak=700))
+    trials = study.get_trials()
+    record = StudyRecord(budget_mb=2000, stable_limit_mb=1800, noise=records.Noise((), 0.05))
+    probe_pick = selection.best_stable(trials, 1800, 0.05, 2000)
+    assert probe_pick.params["imgsz"] == 352  # tied, the same headroom: the more accurate
+    assert findings.best_config(record, trials).params.imgsz == 352
