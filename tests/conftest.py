@@ -11,7 +11,7 @@ from typing import Callable
 import psutil
 import pytest
 
-from tuner import shapes
+from tuner.data import shapes
 from tuner.cli import main
 
 TINY = shapes.ShapesSpec(seed=7, n_train=8, n_val=4, image_size=160)
@@ -43,14 +43,14 @@ def run_cli(capsys):
 
 
 def trial_processes(preflights: bool = False) -> list[psutil.Process]:
-    """The probe/train processes started by this test process; pre-flights (tuner.limits) only if asked."""
+    """The probe/train processes started by this test process; pre-flights (tuner.study.limits) only if asked."""
     found = []
     for process in psutil.Process().children(recursive=True):
         try:
             command = process.cmdline()
             if not preflights and any(f"{os.sep}preflight{os.sep}" in part for part in command):
                 continue
-            if any(part in ("tuner.probe", "tuner.train", "tuner.train_child") for part in command):
+            if any(part in ("tuner.study.probe_child", "tuner.commands.train_best", "tuner.train.stage_child") for part in command):
                 found.append(process)
         except psutil.Error:
             continue

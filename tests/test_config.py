@@ -20,7 +20,7 @@ def test_file_overrides_defaults_and_flags_override_file(tmp_path):
     cfg = config.load(path, {"probe": {"epochs": 2}, "seed": 3})
     assert cfg.n_trials == 7  # from the file
     assert cfg.space.imgsz == (256, 320)  # from the file, sorted
-    assert cfg.space.batch is None  # default kept: derived from the data (tuner.derive)
+    assert cfg.space.batch is None  # default kept: derived from the data (tuner.study.derive)
     assert cfg.probe.epochs == 2  # the flag wins over the file
     assert cfg.seed == 3
 

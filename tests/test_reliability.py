@@ -30,12 +30,12 @@ import yaml
 from optuna.trial import TrialState
 
 from tests.conftest import tiny_probe_args, trial_processes
-from tests.test_train import FAST, csv_epochs, state_of, train_dir, write_best_yaml
+from tests.train.test_train import FAST, csv_epochs, state_of, train_dir, write_best_yaml
 from tuner import config as configs
-from tuner import device as devices
-from tuner import storage as storages
-from tuner.memory import MIB, parse_budget
-from tuner.records import StudyRecord, TrialRecord, counts_towards_total
+from tuner.memory import device as devices
+from tuner.study import storage as storages
+from tuner.memory.budget import MIB, parse_budget
+from tuner.study.records import StudyRecord, TrialRecord, counts_towards_total
 
 pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")]
 NAME = "data-yolov8n-cpu"  # the default study name of the tiny dataset (data.yaml), model and device
@@ -202,7 +202,7 @@ def _kill_at_fraction(fractions: dict[int, float], durations: list[float]):
 @pytest.mark.parametrize("seed", [0, 1])
 def test_probe_trials_killed_at_random_moments_lose_nothing(seed, workdir, tiny_data, run_cli, trial_hook, ledger):
     """One kill per study: two kills of one config at its usual peak would be, rightly, taken for the machine's
-    limit (tuner.frontier.outside_kill_level), which is not what this test is about."""
+    limit (tuner.study.dominance.outside_kill_level), which is not what this test is about."""
     fractions = {1: random.Random(seed).uniform(0.05, 1.05)}
     durations: list[float] = []
     with trial_hook(_kill_at_fraction(fractions, durations), limit=2):

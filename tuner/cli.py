@@ -130,7 +130,7 @@ def _add_probe(subparsers) -> None:
 
 
 def _cmd_probe(args: argparse.Namespace) -> int:
-    from tuner.study import run_probe
+    from tuner.commands.probe import run_probe
 
     checks.positive_int(args.workers, "--workers")
 
@@ -250,7 +250,7 @@ def _add_train_best(subparsers) -> None:
 
 
 def _cmd_train_best(args: argparse.Namespace) -> int:
-    from tuner.train import train_best
+    from tuner.commands.train_best import train_best
 
     return train_best(
         **_study_options(args),
@@ -285,7 +285,7 @@ def _add_report(subparsers) -> None:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from tuner.report import run_report
+    from tuner.review.report import run_report
 
     return run_report(
         **_study_options(args),
@@ -313,7 +313,7 @@ def _add_dashboard(subparsers) -> None:
 
 
 def _cmd_dashboard(args: argparse.Namespace) -> int:
-    from tuner.dashboard import run_dashboard
+    from tuner.review.dashboard import run_dashboard
 
     return run_dashboard(
         **_study_options(args),

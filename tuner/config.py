@@ -35,8 +35,8 @@ DEFAULTS: dict[str, Any] = {
     "pruner": "halving",
     "seed": 0,
     "space": {
-        "imgsz": "auto",  # tuner.derive: 160 up to max(640, the data's image size) in steps of 32
-        "batch": "auto",  # tuner.derive: powers of 2 up to 64 or the train split's size
+        "imgsz": "auto",  # tuner.study.derive: 160 up to max(640, the data's image size) in steps of 32
+        "batch": "auto",  # tuner.study.derive: powers of 2 up to 64 or the train split's size
         "mosaic": [0.0, 1.0],
         "mixup": [0.0, 0.3],
     },
@@ -86,7 +86,7 @@ METRIC_NAMES = {
 
 @dataclasses.dataclass(frozen=True)
 class Space:
-    """The search space: imgsz and batch are choices (None: derived from the data, see tuner.derive),
+    """The search space: imgsz and batch are choices (None: derived from the data, see tuner.study.derive),
     mosaic and mixup are [low, high] ranges."""
 
     imgsz: tuple[int, ...] | None
@@ -270,7 +270,7 @@ def _auto(value: Any) -> bool:
 
 @dataclasses.dataclass(frozen=True)
 class TrainSettings:
-    """How `tuner train-best` spends its epochs (see tuner.train)."""
+    """How `tuner train-best` spends its epochs (see tuner.commands.train_best)."""
 
     epochs: int
     strategy: str

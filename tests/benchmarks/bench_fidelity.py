@@ -2,7 +2,7 @@
 
 For each of several configs spread over the default space (small to large imgsz, batch 1 to 8, mosaic and
 mixup varied), on the embedded dataset:
-- the probe's metric: the exact probe a `tuner probe` trial runs (`python -m tuner.probe` under the
+- the probe's metric: the exact probe a `tuner probe` trial runs (`python -m tuner.study.probe_child` under the
   watchdog, default probe settings), with two seeds, so that the probe's own noise is measured too;
 - the full-training metric: `tuner train-best --config <config>.yaml --epochs 40` (train-best's recipe:
   nbs, warmup, close_mosaic, the per-epoch checkpoints), mAP50-95 of best.pt as Ultralytics validates it.
@@ -27,12 +27,12 @@ from pathlib import Path
 import yaml
 
 from tuner import config as configs
-from tuner import device as devices
-from tuner import inputs as tuner_inputs
-from tuner.inputs import Inputs
-from tuner.memory import parse_budget
-from tuner.space import Params
-from tuner.trial import run_child
+from tuner.memory import device as devices
+from tuner.study import inputs as tuner_inputs
+from tuner.study.inputs import Inputs
+from tuner.memory.budget import parse_budget
+from tuner.study.space import Params
+from tuner.process.trial import run_child
 
 # (imgsz, batch, mosaic, mixup): spread over the default derived space, as a probe study would meet them
 CONFIGS = [
@@ -83,7 +83,7 @@ def probe_metrics(config: tuple, workdir: Path, budget_text: str) -> list[float 
     values = []
     for seed in SEEDS:
         folder = workdir / "probes" / ("%d-%d-%g-%g-seed%d" % (*config, seed))
-        attempt = run_child("tuner.probe", trials.spec(params, seed), folder, device, budget, cfg.probe.trial_timeout)
+        attempt = run_child("tuner.study.probe_child", trials.spec(params, seed), folder, device, budget, cfg.probe.trial_timeout)
         if attempt.outcome.value != "ok":
             raise SystemExit(f"the probe of {config} seed {seed} ended {attempt.outcome.value}: {attempt.reason}; see {folder}")
         values.append(attempt.value)

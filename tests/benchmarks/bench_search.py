@@ -3,7 +3,7 @@ configs out of reach; and how well tuner's memory model predicts.
 
 - tuner: `tuner probe` (pre-flights map the frontier, the accuracy search stays inside it), no repeats.
 - plain: what a careful user would write without tuner: Optuna's TPE sampler (same seed), one
-  `python -m tuner.probe` process per trial under the same psutil watchdog and budget, an OOM becomes a
+  `python -m tuner.study.probe_child` process per trial under the same psutil watchdog and budget, an OOM becomes a
   PRUNED trial, nothing more (no pre-flights, no inference, no constraints, no pruner).
 Both search the same space with the same probe settings and the same number of trials (real processes).
 
@@ -37,13 +37,13 @@ import optuna
 from optuna.trial import TrialState
 
 from tuner import config as configs
-from tuner import device as devices
-from tuner import inputs as tuner_inputs
-from tuner.inputs import Inputs
-from tuner.memory import parse_budget
-from tuner.records import Outcome
-from tuner.space import Params, suggest
-from tuner.trial import run_child
+from tuner.memory import device as devices
+from tuner.study import inputs as tuner_inputs
+from tuner.study.inputs import Inputs
+from tuner.memory.budget import parse_budget
+from tuner.study.records import Outcome
+from tuner.study.space import Params, suggest
+from tuner.process.trial import run_child
 
 DEFAULT_IMGSZ = "160,224,288,352,416,480,544,608"
 DEFAULT_BATCH = "2,4,8,16"
@@ -103,7 +103,7 @@ def run_plain(args: argparse.Namespace, workdir: Path) -> dict:
 
     def objective(trial: optuna.Trial) -> float:
         params = Params.of(suggest(trial, cfg.space))
-        attempt = run_child("tuner.probe", trials.spec(params, cfg.seed + trial.number), workdir / "plain" /
+        attempt = run_child("tuner.study.probe_child", trials.spec(params, cfg.seed + trial.number), workdir / "plain" /
                             f"trial-{trial.number:04d}", device, budget, cfg.probe.trial_timeout)  # fmt: skip
         durations.append((attempt.duration_s, attempt.outcome.value))
         trial.set_user_attr("peak_mem_mb", attempt.peak_mb)
@@ -148,7 +148,7 @@ def run_grid(args: argparse.Namespace, workdir: Path) -> float | None:
     for imgsz in cfg.space.imgsz:
         for batch in cfg.space.batch:
             params = Params(imgsz, batch, sum(cfg.space.mosaic) / 2, sum(cfg.space.mixup) / 2)
-            attempt = run_child("tuner.probe", trials.spec(params, cfg.seed), workdir / "grid" / f"{imgsz}-{batch}",
+            attempt = run_child("tuner.study.probe_child", trials.spec(params, cfg.seed), workdir / "grid" / f"{imgsz}-{batch}",
                                 device, budget, cfg.probe.trial_timeout)  # fmt: skip
             print(f"grid {params}: {attempt.outcome.value} {attempt.value} peak {attempt.peak_mb:.0f} MiB", flush=True)
             if attempt.outcome == Outcome.OK and attempt.peak_mb <= trials.stable_limit_mb:

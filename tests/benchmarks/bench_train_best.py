@@ -38,7 +38,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tuner import base_model, shapes
+from tuner.data import base_model, shapes
 from tuner import config as configs
 
 SEED_CONFIG = {"imgsz": 416, "batch": 2, "mosaic": 0.75, "mixup": 0.05}
@@ -174,10 +174,10 @@ def nbs_variants(batch: int, lr0: float) -> list[tuple[str, int, float]]:
 
 
 def nbs_experiment(epochs: int, imgsz: int, batch: int, optimizer: str, lr0: float) -> list[dict]:
-    from tuner import device as devices
-    from tuner.contract import EpochRecord, TrainSpec
-    from tuner.space import Params
-    from tuner.trial import run_child
+    from tuner.memory import device as devices
+    from tuner.process.contract import EpochRecord, TrainSpec
+    from tuner.study.space import Params
+    from tuner.process.trial import run_child
 
     device = devices.resolve("cpu")
     model, data_yaml = base_model.base_checkpoint(), shapes.embedded_dataset()
@@ -198,7 +198,7 @@ def nbs_experiment(epochs: int, imgsz: int, batch: int, optimizer: str, lr0: flo
                 records.append(record)
                 return False  # never stop it
 
-            out = run_child("tuner.train_child", spec, Path(folder) / "attempt", device, device.total_memory, math.inf,
+            out = run_child("tuner.train.stage_child", spec, Path(folder) / "attempt", device, device.total_memory, math.inf,
                             on_epoch)  # fmt: skip
         if out.outcome != "ok" or out.result is None:
             raise SystemExit(f"{label}: {out.outcome} {out.reason}")

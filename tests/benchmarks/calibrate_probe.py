@@ -27,7 +27,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from tuner import base_model, config, files, offline, shapes
+from tuner.data import base_model, shapes
+from tuner import config, files, offline
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,8 @@ def _base_metrics(data_yaml: Path, sizes: list[int], threads: int) -> dict[int, 
     code = (
         "import json, sys, torch\n"
         "from ultralytics import YOLO\n"
-        "from tuner import base_model, offline\n"
+        "from tuner import offline\n"
+        "from tuner.data import base_model\n"
         "offline.settle()\n"
         f"torch.set_num_threads({threads or 1})\n"
         "model = YOLO(str(base_model.base_checkpoint()))\n"

@@ -1,0 +1,77 @@
+"""The search space derived from the data when the user gives none (tuner.study.derive), on real image files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from tuner import config
+from tuner.study import derive
+from tuner.data.datasets import check_dataset
+
+
+def dataset(root: Path, sizes: list[tuple[int, int]], n_val: int = 1) -> Path:
+    """A YOLO dataset whose train images have these (width, height) sizes; labels are one box each."""
+    for split, shapes in (("train", sizes), ("val", sizes[:n_val])):
+        (root / "images" / split).mkdir(parents=True, exist_ok=True)
+        (root / "labels" / split).mkdir(parents=True, exist_ok=True)
+        for index, (width, height) in enumerate(shapes):
+            Image.fromarray(np.zeros((height, width, 3), dtype=np.uint8)).save(root / "images" / split / f"{index}.png")
+            (root / "labels" / split / f"{index}.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    data = root / "data.yaml"
+    data.write_text(yaml.safe_dump({"path": str(root), "train": "images/train", "val": "images/val", "names": {0: "a"}}))
+    return check_dataset(data, out_dir=root / "resolved")
+
+
+def auto_space() -> config.Space:
+    return config.load(None, {}).space
+
+
+def test_defaults_are_derived_from_the_data_imgsz_to_640_and_batch_to_the_train_size(tmp_path):
+    data = dataset(tmp_path, [(512, 384)] * 12)
+    space, notes = derive.resolve(auto_space(), data)
+    assert space.imgsz == tuple(range(160, 641, 32))  # 512 px images: up to Ultralytics' 640
+    assert space.batch == (1, 2, 4, 8)  # 12 train images: no batch larger than the split
+    assert space.mosaic == (0.0, 1.0) and space.mixup == (0.0, 0.3)
+    assert notes == ["Search space from the data (12 train images, usually 512 px on the long side): "
+                     "imgsz 160-640 in steps of 32 (16 sizes), batch 1, 2, 4, 8"]  # fmt: skip
+
+
+def test_large_images_raise_the_top_imgsz_to_their_size_rounded_up_and_at_most_1280(tmp_path):
+    shape = derive.DataShape(n_train=500, long_side=1000)
+    assert derive.imgsz_choices(shape)[-1] == 1024 and derive.batch_choices(shape)[-1] == 64
+    assert derive.imgsz_choices(derive.DataShape(10, 4000))[-1] == 1280
+    assert derive.imgsz_choices(derive.DataShape(10, None))[-1] == 640  # no readable image: Ultralytics' default
+    assert derive.batch_choices(derive.DataShape(1, 640)) == (1,)
+
+
+def test_mixed_sizes_follow_the_usual_size_and_say_so(tmp_path):
+    data = dataset(tmp_path, [(800, 600)] * 5 + [(1200, 900)] * 2 + [(320, 240)])
+    space, notes = derive.resolve(auto_space(), data)
+    assert space.imgsz[-1] == 800  # the long side most images have
+    assert len(notes) == 2 and notes[1].startswith("Train images have mixed sizes (long side 320-1200 px)")
+
+
+def test_a_choice_the_user_gave_wins(tmp_path):
+    data = dataset(tmp_path, [(512, 512)] * 4)
+    given = config.load(None, {"space": {"imgsz": [224, 160]}}).space
+    space, _ = derive.resolve(given, data)
+    assert space.imgsz == (160, 224) and space.batch == (1, 2, 4)
+    both = config.load(None, {"space": {"imgsz": [160], "batch": [2]}}).space
+    assert derive.resolve(both, data) == (both, [])
+
+
+@pytest.mark.parametrize("flag", ["--imgsz", "--batch"])
+def test_auto_on_the_command_line_overrides_a_config_file(tmp_path, flag):
+    from tuner.cli import _probe_overrides, build_parser
+
+    args = build_parser().parse_args(["probe", flag, "auto"])
+    file = tmp_path / "probe.yaml"
+    file.write_text("space:\n  imgsz: [320]\n  batch: [4]\n")
+    cfg = config.load(file, _probe_overrides(args))
+    assert getattr(cfg.space, flag.lstrip("-")) is None
+    assert cfg.to_dict()["space"][flag.lstrip("-")] == "auto"

@@ -1,0 +1,141 @@
+import optuna
+from optuna.distributions import CategoricalDistribution, FloatDistribution
+from optuna.trial import TrialState, create_trial
+
+from tuner.study import dominance, records, selection
+
+DISTRIBUTIONS = {
+    "imgsz": CategoricalDistribution([160, 224, 288, 352]),
+    "batch": CategoricalDistribution([2, 4, 8, 16]),
+    "mosaic": FloatDistribution(0, 1),
+    "mixup": FloatDistribution(0, 0.3),
+}
+
+
+def make(number, imgsz, batch, value=None, peak=None, outcome="ok", state=TrialState.COMPLETE, **attrs):
+    trial = create_trial(
+        state=state,
+        value=value if state == TrialState.COMPLETE else None,
+        params={"imgsz": imgsz, "batch": batch, "mosaic": 0.5, "mixup": 0.1},
+        distributions=DISTRIBUTIONS,
+        user_attrs={"outcome": outcome, **({"peak_mem_mb": peak} if peak is not None else {}), **attrs},
+    )
+    trial.number = number
+    return trial
+
+
+def test_stable_means_completed_and_under_the_limit():
+    assert records.is_stable(make(0, 160, 2, 0.3, peak=900), limit_mb=1000)
+    assert not records.is_stable(make(0, 160, 2, 0.3, peak=1001), limit_mb=1000)
+    assert not records.is_stable(make(0, 160, 2, peak=900, outcome="oom", state=TrialState.PRUNED), 1000)
+
+
+def test_best_is_the_most_accurate_stable_config():
+    trials = [
+        make(0, 160, 2, 0.20, peak=700),
+        make(1, 352, 16, 0.60, peak=1500),  # more accurate, but over the stable limit
+        make(2, 288, 8, 0.45, peak=950),
+        make(3, 224, 4, 0.30, peak=800),
+    ]
+    choice = selection.best_stable(trials, limit_mb=1000, spread=None)
+    assert choice.trial.number == 2
+    assert choice.value == 0.45
+
+
+def test_within_the_noise_the_config_with_more_headroom_wins():
+    trials = [make(0, 288, 8, 0.45, peak=950), make(1, 224, 4, 0.43, peak=800), make(2, 160, 2, 0.30, peak=600)]
+    assert selection.best_stable(trials, 1000, spread=0.05, budget_mb=1100).trial.number == 1  # within 0.05
+    assert selection.best_stable(trials, 1000, spread=0.01, budget_mb=1100).trial.number == 0
+
+
+def test_peaks_that_differ_by_less_than_their_scatter_are_the_same_headroom():
+    # Measured: one config peaked at 1077-1169 MB over four runs. Against a 16 GB budget, 1087 vs
+    # 1169 MB is no difference in headroom, so the more accurate config wins.
+    trials = [make(0, 352, 2, 0.1891, peak=1169), make(1, 352, 4, 0.1852, peak=1087)]
+    assert selection.best_stable(trials, 15000, spread=0.0066, budget_mb=16874).trial.number == 0
+    assert selection.best_stable(trials, 1250, spread=0.0066, budget_mb=1300).trial.number == 1  # tight budget
+
+
+def test_repeats_are_averaged_and_measure_the_noise():
+    trials = [
+        make(0, 288, 8, 0.50, peak=900),
+        make(1, 224, 4, 0.46, peak=800),
+        make(2, 288, 8, 0.40, peak=910, repeat_of=0),
+        make(3, 224, 4, 0.40, peak=805, repeat_of=1),
+    ]
+    spread = selection.noise(trials)
+    assert spread.pairs == ((0, 2, 0.1), (1, 3, 0.06))
+    assert abs(spread.spread - 0.08) < 1e-9
+    choice = selection.best_stable(trials, 1000, spread=None)  # means 0.45 vs 0.43
+    assert choice.trial.number == 0 and abs(choice.value - 0.45) < 1e-9 and choice.runs == 2
+    assert choice.peak_mb == 910
+
+
+def test_no_stable_trial_means_no_best():
+    trials = [make(0, 352, 16, peak=1500, outcome="oom", state=TrialState.PRUNED)]
+    assert selection.best_stable(trials, 1000, None) is None
+
+
+def test_an_oom_rules_out_configs_at_least_as_large_in_imgsz_and_batch():
+    oom = make(4, 288, 8, outcome="oom", state=TrialState.PRUNED, oom_cause="watchdog")
+    trials = [make(0, 160, 2, 0.2, peak=500), oom]
+    assert dominance.inferred_oom({"imgsz": 352, "batch": 8}, trials).number == 4
+    assert dominance.inferred_oom({"imgsz": 288, "batch": 16}, trials).number == 4
+    assert dominance.inferred_oom({"imgsz": 352, "batch": 4}, trials) is None
+    assert dominance.inferred_oom({"imgsz": 224, "batch": 16}, trials) is None
+
+
+def test_only_ooms_measured_against_the_budget_are_evidence():
+    inferred = make(5, 160, 2, outcome="oom", state=TrialState.PRUNED, oom_cause="inferred", inferred_from=4)
+    os_kill = make(6, 160, 2, outcome="oom", state=TrialState.PRUNED, oom_cause="os-kill")
+    assert dominance.inferred_oom({"imgsz": 352, "batch": 16}, [inferred, os_kill]) is None
+    for cause in ("exception", "batch-halving"):
+        oom = make(7, 160, 2, outcome="oom", state=TrialState.PRUNED, oom_cause=cause)
+        assert dominance.inferred_oom({"imgsz": 352, "batch": 16}, [oom]).number == 7
+
+
+def test_selection_on_a_real_sqlite_study(tmp_path):
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}", direction="maximize")
+    for trial in [make(0, 160, 2, 0.2, peak=500), make(1, 224, 4, 0.3, peak=600)]:
+        study.add_trial(trial)
+    loaded = optuna.load_study(study_name=study.study_name, storage=f"sqlite:///{tmp_path / 's.db'}")
+    assert selection.best_stable(loaded.trials, 1000, None).params["imgsz"] == 224
+
+
+def test_startup_design_covers_every_imgsz_and_both_ends_of_batch():
+    from tuner.config import Space
+    from tuner.study.space import startup_design
+
+    space = Space(imgsz=(160, 224, 288, 352), batch=(2, 4, 8, 16), mosaic=(0, 1), mixup=(0, 0.3))
+    design = startup_design(space, 4)
+    assert [cell["imgsz"] for cell in design] == [160, 224, 288, 352]
+    assert [cell["batch"] for cell in design] == [16, 8, 4, 2]
+    assert startup_design(space, 2) == [{"imgsz": 160, "batch": 16}, {"imgsz": 352, "batch": 2}]
+    one_size = Space(imgsz=(64,), batch=(2, 4), mosaic=(0, 1), mixup=(0, 0.3))
+    assert startup_design(one_size, 3) == [{"imgsz": 64, "batch": 4}, {"imgsz": 64, "batch": 2}]
+
+
+def test_noise_repeats_go_to_distinct_configs():
+    trials = [
+        make(0, 352, 2, 0.194, peak=1080),
+        make(1, 352, 2, 0.191, peak=1077),  # TPE sampled the same config again
+        make(2, 288, 4, 0.159, peak=1120),
+    ]
+    queued = sorted((t.params["imgsz"], t.number) for t in selection.to_repeat(trials, 2, limit_mb=15000))
+    assert queued == [(288, 2), (352, 0)]
+
+
+def test_repeats_already_run_count_towards_the_wanted_number():
+    trials = [make(0, 352, 2, 0.194, peak=1080), make(1, 288, 4, 0.159, peak=1120), make(2, 352, 2, 0.19, peak=1090, repeat_of=0)]
+    assert [t.number for t in selection.to_repeat(trials, 2, limit_mb=15000)] == [1]
+    assert selection.to_repeat(trials, 1, limit_mb=15000) == []
+    assert selection.to_repeat(trials, 2, limit_mb=1000) == []  # nothing stable under a 1000 MB limit
+
+
+def test_room_to_grow_only_at_the_largest_imgsz_searched_and_well_under_the_limit():
+    searched = (160, 224, 288, 352)
+    hint = selection.room_to_grow(352, 1158.0, searched, 2575.0)  # the 3 GB benchmark: 416 fit and won
+    assert hint is not None and "--imgsz 224,288,352,416,480" in hint and "1158 MiB" in hint
+    assert selection.room_to_grow(288, 1000.0, searched, 2575.0) is None  # not at the edge of the space
+    assert selection.room_to_grow(352, 1400.0, searched, 2575.0) is None  # more than half the limit used
+    assert selection.room_to_grow(352, None, searched, 2575.0) is None

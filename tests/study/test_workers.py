@@ -1,0 +1,258 @@
+"""Many workers on one study (tuner.study.workers): each place of the plan filled exactly once, orphans of a dead
+worker finished by another, the memory limits mapped by one worker while the others wait.
+
+Workers here are threads with their own storage connection to one real SQLite study, and fake probe runners
+(tests/test_search.py); real processes on a real PostgreSQL server are in test_postgres.py."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from tests.conftest import tiny_probe_args
+from tests.study.test_limits import FakePreflight, inputs, quiet
+from tests.study.test_search import FakeProbe
+from tuner.study import limits, workers
+from tuner.study.records import StudyRecord, TrialRecord, counts_towards_total
+from tuner.study.space import suggest
+from tuner.study.search import Search, enqueue_startup, main_trials_done
+from tuner.commands.probe import open_study
+
+
+class SlowProbe(FakeProbe):
+    """FakeProbe that takes `seconds`, so that workers' trials overlap."""
+
+    def __init__(self, budget_mb: float, seconds: float, **kwargs) -> None:
+        super().__init__(budget_mb, **kwargs)
+        self.seconds = seconds
+
+    def __call__(self, *args, **kwargs):
+        time.sleep(self.seconds)
+        return super().__call__(*args, **kwargs)
+
+
+def _setup(tmp_path: Path, n_trials: int, repeats: int, race: int = 0, budget_mb: float = 2000, **cfg_changes):
+    trials = inputs(tmp_path, budget_mb)
+    probe = dataclasses.replace(trials.cfg.probe, repeats=repeats, race=race)
+    cfg = dataclasses.replace(trials.cfg, n_trials=n_trials, probe=probe, **cfg_changes)
+    trials = dataclasses.replace(trials, cfg=cfg)
+    found = limits.map_limits(trials, quiet(), runner=FakePreflight(budget_mb))
+    record = StudyRecord(config=cfg, device="cpu", budget_mb=budget_mb, stable_limit_mb=trials.stable_limit_mb,
+                         limits=found.to_dict())  # fmt: skip
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    study, _ = open_study("s", url, cfg, record)
+    enqueue_startup(study, cfg, found)
+    return trials, found, record, url, study
+
+
+def _run_workers(count: int, trials, found, record, url, runner_of) -> list[BaseException]:
+    errors: list[BaseException] = []
+
+    def work(index: int) -> None:
+        try:
+            study, _ = open_study("s", url, trials.cfg, record)  # each worker its own connection, as a process has
+            Search(study, trials, quiet(), found, runner=runner_of(index), worker=f"test:{index}").run()
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(index,)) for index in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not any(thread.is_alive() for thread in threads), "a worker never finished"
+    return errors
+
+
+def _placed(study: optuna.Study) -> list:
+    """Trials that ran (or were inferred) in a place of the plan: not surplus, not orphans."""
+    return [t for t in study.get_trials() if not TrialRecord.of(t).surplus and t.state != TrialState.FAIL]
+
+
+def test_three_workers_finish_exactly_n_trials_and_each_repeat_once(tmp_path, monkeypatch):
+    monkeypatch.setattr(workers, "WAIT_POLL_S", 0.05)
+    trials, found, record, url, study = _setup(tmp_path, n_trials=7, repeats=2)
+    runners = [SlowProbe(2000, 0.05 * (index + 1)) for index in range(3)]
+    assert _run_workers(3, trials, found, record, url, lambda index: runners[index]) == []
+    every = study.get_trials()
+    assert main_trials_done(study) == 7
+    assert not [t for t in every if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    repeats = [t for t in every if TrialRecord.of(t).repeat_of is not None and counts_towards_total(t)]
+    assert len(repeats) == 2 and len({TrialRecord.of(t).repeat_of for t in repeats}) == 2
+    slots = Counter(TrialRecord.of(t).slot for t in _placed(study) if TrialRecord.of(t).slot)
+    assert slots and all(count == 1 for count in slots.values()), slots  # the startup design and repeats ran once
+    ran = sum(len(runner.ran) for runner in runners)
+    assert ran == len([t for t in every if "log" in t.user_attrs]) == 7 + 2  # no process beyond the plan
+    assert len({TrialRecord.of(t).worker for t in every if "log" in t.user_attrs}) >= 2  # the work was shared
+
+
+def test_a_surplus_trial_records_why_and_counts_for_nothing(tmp_path):
+    trials, found, record, url, study = _setup(tmp_path, n_trials=2, repeats=0)
+    enqueue_startup(study, trials.cfg, found)  # a second worker queueing the same design: nothing is added
+    assert len(study.get_trials()) == 2
+    study.enqueue_trial({"imgsz": 160, "batch": 2, "mosaic": 1.0, "mixup": 0.0}, user_attrs={"slot": "startup:0"})
+    Search(study, trials, quiet(), found, runner=FakeProbe(2000)).run()  # the duplicate of startup:0 is popped
+    every = study.get_trials()
+    surplus = [t for t in every if TrialRecord.of(t).surplus]
+    assert [t.number for t in surplus] == [2] and surplus[0].state == TrialState.FAIL
+    assert "trial 0 already fills startup:0" in TrialRecord.of(surplus[0]).surplus
+    assert "log" not in surplus[0].user_attrs and main_trials_done(study) == 2
+
+
+def test_a_dead_workers_trial_is_failed_by_its_heartbeat_and_run_again_by_another(tmp_path, monkeypatch):
+    monkeypatch.setattr(workers, "WAIT_POLL_S", 0.2)
+    trials, found, record, url, study = _setup(tmp_path, n_trials=3, repeats=0, heartbeat_interval=1, grace_period=2)
+    dead, _ = open_study("s", url, trials.cfg, record)
+    orphan = dead.ask()  # a worker pops startup:0, records its heartbeat once, and dies mid-trial
+    suggest(orphan, trials.cfg.space)
+    dead._storage.record_heartbeat(orphan._trial_id)
+    assert TrialRecord.of(orphan).slot == "startup:0"
+    started = time.monotonic()
+    Search(study, trials, quiet(), found, runner=FakeProbe(2000)).run()
+    every = study.get_trials()
+    assert every[0].state == TrialState.FAIL and not counts_towards_total(every[0])
+    again = [t for t in every if t.system_attrs.get("failed_trial") == 0]
+    assert len(again) == 1 and again[0].params == every[0].params and counts_towards_total(again[0])
+    assert main_trials_done(study) == 3 and not [t for t in every if t.state == TrialState.RUNNING]
+    assert time.monotonic() - started >= 2  # it waited for the heartbeat to go stale, not less
+
+
+@pytest.mark.parametrize("created_before", [True, False], ids=["joining-a-study", "creating-it"])
+def test_one_worker_maps_the_limits_while_the_others_wait_for_its_result(tmp_path, monkeypatch, created_before):
+    monkeypatch.setattr(workers, "LEASE_SETTLE_S", 0.5)  # longer than a write can wait for another's under load
+    monkeypatch.setattr(workers, "WAIT_POLL_S", 0.05)
+    from tuner.commands import probe as studies
+
+    trials = inputs(tmp_path, 2000)
+    record = StudyRecord(config=trials.cfg, device="cpu", budget_mb=2000, stable_limit_mb=trials.stable_limit_mb)
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    if created_before:  # all three join: they settle who maps; else the one that creates it maps at once
+        open_study("s", url, trials.cfg, record)
+    preflights = FakePreflight(2000)
+    real_map = limits.map_limits
+    monkeypatch.setattr(limits, "map_limits", lambda inputs, progress: (time.sleep(0.3), real_map(inputs, progress, runner=preflights))[1])
+    found: list = []
+    creators: list = []
+
+    def work() -> None:
+        study, created = open_study("s", url, trials.cfg, record)
+        creators.append(created)
+        found.append(studies._mapped_limits(study, trials, quiet(), created=created))
+
+    threads = [threading.Thread(target=work) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert creators.count(True) == (0 if created_before else 1)
+    assert len(found) == 3 and found[0].to_dict() == found[1].to_dict() == found[2].to_dict()
+    assert len(preflights.specs) == len(real_map(trials, quiet(), runner=FakePreflight(2000)).frontier.measurements)
+    study = optuna.load_study(study_name="s", storage=url)
+    assert len(study.get_trials()) == len({TrialRecord.of(t).slot for t in study.get_trials()})  # the design, once
+    assert study.user_attrs.get(workers.LEASE_ATTR) is None  # released
+
+
+def test_a_lease_whose_holder_stopped_renewing_it_is_taken_over(tmp_path, monkeypatch):
+    monkeypatch.setattr(workers, "LEASE_SETTLE_S", 0.01)
+    monkeypatch.setattr(workers, "LEASE_STALE_S", 0.3)
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'l.db'}", study_name="l")
+    first, second = workers.Lease(study, "a:1"), workers.Lease(study, "b:2")
+    assert first.acquire() and not second.acquire()
+    assert second.holder() == "a:1"
+    time.sleep(0.4)  # a:1 died: its beat did not change for longer than LEASE_STALE_S
+    assert second.holder() is None and second.acquire() and not first.acquire()
+
+
+@pytest.mark.integration
+def test_probe_with_two_workers_on_this_machine_shares_the_budget_and_the_plan(workdir, tiny_data, run_cli):
+    code, out, err = run_cli(*tiny_probe_args(tiny_data, "--n-trials", "2", "--repeats", "1", "--race", "0",
+                                              "--workers", "2", "--memory-budget", "6GB"))  # fmt: skip
+    assert code == 0, err
+    assert "memory budget 6GB (5722 MiB), shared by 2 workers: 2861 MiB each" in err
+    study = optuna.load_study(study_name="data-yolov8n-cpu", storage=f"sqlite:///{workdir / 'studies' / 'data-yolov8n-cpu.db'}")
+    every = study.get_trials()
+    assert StudyRecord.of(study).budget_mb == pytest.approx(2861, abs=1)  # each trial's budget
+    assert main_trials_done(study) == 2
+    assert len([t for t in every if TrialRecord.of(t).repeat_of is not None and counts_towards_total(t)]) == 1
+    assert not [t for t in every if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    assert len({TrialRecord.of(t).worker for t in every if "log" in t.user_attrs}) == 2
+    log = workdir / "studies" / "data-yolov8n-cpu" / "workers" / "worker-1.log"
+    assert "Memory limits mapped before" in log.read_text()  # the worker joined the study its starter mapped
+    assert (workdir / "results" / "data-yolov8n-cpu" / "best.yaml").is_file()
+    assert not (workdir / "studies" / "data-yolov8n-cpu" / "workers" / "results").exists()
+
+
+def test_workers_below_one_is_one_line_and_exit_2(workdir, tiny_data, run_cli):
+    code, _, err = run_cli(*tiny_probe_args(tiny_data, "--workers", "0"))
+    assert code == 2 and "--workers" in err and len(err.strip().splitlines()) == 1
+    assert not (workdir / "studies").exists()
+
+
+def test_workers_are_pinned_one_per_cuda_card_where_there_are_enough_else_they_share_the_device():
+    from tuner.memory.device import Device
+
+    cards = Device(kind="cuda", index=0, name="RTX 3060", total_memory=12 * 2**30, count=2)
+    cpu = Device(kind="cpu", index=None, name="x86", total_memory=24 * 2**30)
+    assert workers.layout(cards, 1, "auto") == "alone"
+    assert workers.layout(cards, 2, "auto") == workers.layout(cards, 2, "cuda") == "pinned"
+    assert workers.layout(cards, 3, "auto") == "shared"  # more workers than cards: they share card 0
+    assert workers.layout(cards, 2, "cuda:1") == "shared"  # a card named: all on it
+    assert workers.layout(cpu, 2, "cpu") == "shared"
+    assert workers.layout(cpu, 2, "cpu", worker="pinned") == "pinned"  # a started worker keeps its starter's layout
+    assert workers.pinned_env("pinned", 1) == {"CUDA_VISIBLE_DEVICES": "1"} and workers.pinned_env("shared", 1) == {}
+    command = workers.worker_command(["probe", "--workers", "2", "--json", "--limits-only", "--n-trials", "4"], "shared")
+    assert command[3:] == ["probe", "--workers", "2", "--n-trials", "4", "--worker", "shared"]
+
+
+def test_a_heartbeat_that_cannot_reach_the_database_is_skipped_and_the_next_one_tries_again(tmp_path, monkeypatch):
+    """Optuna's heartbeat thread ends at its first error; a database restarted mid-trial would then leave the trial
+    stale, and another worker would fail and re-run it while it trains (real restart: test_postgres.py)."""
+    import sqlalchemy
+
+    from tuner.study import storage as storages
+
+    opened = storages.open_storage(f"sqlite:///{tmp_path / 'h.db'}", create=True, heartbeat_interval=1, grace_period=4)
+    trial_id = optuna.create_study(storage=opened, study_name="h").ask()._trial_id
+    beats = []
+
+    def flaky(self, trial_id: int) -> None:
+        beats.append(trial_id)
+        if len(beats) == 1:
+            raise sqlalchemy.exc.OperationalError("UPDATE trial_heartbeats", {}, Exception("server closed the connection"))
+        if len(beats) == 3:
+            raise ValueError("a bug, not the database")
+
+    monkeypatch.setattr(optuna.storages.RDBStorage, "record_heartbeat", flaky)
+    opened.record_heartbeat(trial_id)  # the database is away: skipped
+    opened.record_heartbeat(trial_id)  # back: recorded
+    with pytest.raises(ValueError):
+        opened.record_heartbeat(trial_id)  # anything else is not swallowed
+    assert beats == [trial_id] * 3
+
+
+def test_the_study_creator_maps_at_once_and_only_a_joiner_waits_for_the_lease_to_settle(tmp_path, monkeypatch):
+    from tuner.commands import probe as studies
+
+    slept: list[float] = []
+    real_map = limits.map_limits
+    monkeypatch.setattr(workers, "LEASE_SETTLE_S", 7.0)  # a wait no other sleep of the mapping path has
+    monkeypatch.setattr(time, "sleep", slept.append)
+    monkeypatch.setattr(limits, "map_limits", lambda inputs, progress: real_map(inputs, progress, runner=FakePreflight(2000)))
+    trials = inputs(tmp_path, 2000)
+    record = StudyRecord(config=trials.cfg, device="cpu", budget_mb=2000, stable_limit_mb=trials.stable_limit_mb)
+    study, created = open_study("new", f"sqlite:///{tmp_path / 'new.db'}", trials.cfg, record)
+    assert created and studies._mapped_limits(study, trials, quiet(), created=created).frontier.measurements
+    assert 7.0 not in slept  # the creator did not wait
+
+    optuna.create_study(storage=f"sqlite:///{tmp_path / 'joined.db'}", study_name="joined")  # made by another worker
+    study, created = open_study("joined", f"sqlite:///{tmp_path / 'joined.db'}", trials.cfg, record)
+    assert not created and studies._mapped_limits(study, trials, quiet(), created=created).frontier.measurements
+    assert slept.count(7.0) == 2  # before its first look, and after writing its claim
+

@@ -1,0 +1,1 @@
+"""The commands: one module per `tuner` command, each mapping its settings onto the wings below."""

@@ -1,0 +1,237 @@
+"""`tuner train-best`: train the best stable config of a study to the end, and survive kills doing it.
+
+The command starts a run, continues one, or reports a finished one; the run summary is made here.
+Where the pieces live:
+- tuner.train.plan:        what is trained (the source, the stages of a strategy, step-downs);
+- tuner.train.run_folder:  the run's folder, its lock, config.yaml and state.json, and the re-run checks;
+- tuner.train.checkpoints: whether the checkpoint a run continues from is whole, and how many epochs it holds;
+- tuner.train.supervisor:  the stages, each in a watched child process (tuner.train.stage_child), restarts and
+                     step-downs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from tuner import config as configs
+from tuner.memory import device as devices
+from tuner import files
+from tuner.train.checkpoints import preflight
+from tuner.errors import ConfigError, TunerError
+from tuner.memory.budget import MIB, describe_budget, parse_budget
+from tuner.train.plan import new_plan, source_from_config, source_from_study, study_name_for
+from tuner.train.run_folder import (
+    RunFiles,
+    apply_val_every,
+    check_inputs_exist,
+    check_no_foreign_run,
+    check_rerun,
+    epochs_done,
+    load_run,
+    locked,
+    new_state,
+    now,
+    save_plan,
+    save_state,
+)
+from tuner.study.space import Params
+from tuner.train.supervisor import BATCH_HALVING, Runner, Screen, Supervisor, duration
+from tuner.process.trial import run_child
+
+
+@dataclasses.dataclass
+class _Run:
+    """A run about to train: its plan and state, and the settings this invocation trains it with."""
+
+    plan: dict[str, Any]
+    state: dict[str, Any]
+    existing: bool
+    plan_changed: bool  # config.yaml is (re)written before training
+    max_restarts: int
+    plots: bool
+
+
+def train_best(
+    *,
+    study_name: str | None = None,
+    storage: str | None = None,
+    studies_dir: Path = Path("studies"),
+    results_dir: Path = Path("results"),
+    config: Path | None = None,
+    settings_file: Path | None = None,
+    epochs: int | None = None,
+    device: str | None = None,
+    memory_budget: str | None = None,
+    max_restarts: int | None = None,
+    strategy: str | None = None,
+    val_every: int | None = None,
+    plots: bool | None = None,
+    quiet: bool = False,
+    as_json: bool = False,
+    runner: Runner = run_child,
+) -> int:
+    """`tuner train-best`: start, continue or report the run of a study.
+
+    Settings come from the defaults, then configs/train.yaml (or `settings_file`), then the flags (the
+    arguments that are not None); a run that exists keeps its config.yaml and applies only the flags.
+    `runner` runs one training process (tests pass a fake).
+    """
+    screen = Screen(quiet)
+    _check_flags(epochs, max_restarts, val_every, strategy, config)
+    flags = {"epochs": epochs, "strategy": strategy, "max_restarts": max_restarts, "val_every": val_every,
+             "plots": plots}  # fmt: skip
+    settings = configs.load_train(settings_file, flags)
+    name = study_name_for(study_name, storage, Path(studies_dir), config)
+    run_files = RunFiles(Path(results_dir) / name / "train")
+    if run_files.config.exists():
+        run = _continued_run(run_files, settings, flags)
+        if run.state["finished"]:
+            screen.say(f"The run in {run_files.root} is finished ({epochs_done(run.state)} epochs); nothing to do.",
+                       important=True)  # fmt: skip
+            print_summary(run_summary(run_files, run.plan, run.state), screen, as_json)
+            return 0
+        files.check_writable(run_files.root, "--results-dir")
+    else:
+        check_no_foreign_run(run_files)
+        files.check_writable(Path(results_dir), "--results-dir")
+        if config is not None:
+            source = source_from_config(Path(config), name, storage, Path(studies_dir))
+        else:
+            source = source_from_study(name, storage, Path(studies_dir))
+        plan = new_plan(source, settings, now())
+        run = _Run(plan, new_state(plan), False, True, settings.max_restarts, settings.plots)
+    target = devices.resolve(device or run.plan["device"])
+    given = memory_budget if memory_budget is not None else run.plan["memory_budget"]
+    budget = parse_budget(given, target.total_memory)
+    with locked(run_files):
+        summary = _train(run_files, run, target, budget, describe_budget(given, budget, target.total_memory), screen, runner)
+    print_summary(summary, screen, as_json)
+    return 0
+
+
+def _check_flags(epochs, max_restarts, val_every, strategy, config) -> None:
+    if epochs is not None and epochs <= 0:
+        raise ConfigError(f"--epochs is {epochs}, but must be a positive integer.")
+    if max_restarts is not None and max_restarts < 0:
+        raise ConfigError(f"--max-restarts is {max_restarts}, but must be 0 or more.")
+    if val_every is not None and val_every <= 0:
+        raise ConfigError(f"--val-every is {val_every}, but must be a positive integer (1 validates every epoch).")
+    if strategy is not None and strategy not in configs.STRATEGIES:
+        raise ConfigError(f"Unknown --strategy {strategy!r}; use one of: {', '.join(configs.STRATEGIES)}.")
+    if config is not None and not Path(config).is_file():
+        raise ConfigError(f"Config file {config} does not exist; pass --config with a best.yaml that `tuner probe` wrote.")
+
+
+def _continued_run(run_files: RunFiles, settings: configs.TrainSettings, flags: dict[str, Any]) -> _Run:
+    """The run in `run_files` with this invocation's flags applied and its checkpoint checked (unless finished)."""
+    plan, state = load_run(run_files)
+    plan_changed = check_rerun(plan, state, run_files, flags["epochs"], flags["strategy"])
+    if state["finished"]:
+        return _Run(plan, state, True, plan_changed, 0, False)
+    check_inputs_exist(plan, run_files)
+    preflight(run_files, plan, state)
+    plan_changed |= apply_val_every(plan, flags["val_every"])
+    saved = plan.get("settings") or {}
+    max_restarts = saved.get("max_restarts", settings.max_restarts) if flags["max_restarts"] is None else flags["max_restarts"]
+    plots = saved.get("plots", settings.plots) if flags["plots"] is None else flags["plots"]
+    return _Run(plan, state, True, plan_changed, max_restarts, plots)
+
+
+def _train(
+    run_files: RunFiles, run: _Run, target: devices.Device, budget: int, budget_text: str, screen: Screen, runner: Runner
+) -> dict:
+    """Under the run's lock: save the plan and state, train every stage, write the summary."""
+    plan, state = run.plan, run.state
+    if run.existing:  # re-read under the lock: another invocation may have moved it on
+        _, state = load_run(run_files)
+        if state["finished"]:
+            raise TunerError(f"The run in {run_files.root} was finished by another tuner meanwhile; nothing to do.")
+        preflight(run_files, plan, state)
+    state["invocations"] += 1
+    state["budget_mb"] = round(budget / MIB, 1)
+    if run.plan_changed:  # config.yaml first: it marks a run that a re-run continues
+        save_plan(run_files, plan)
+    save_state(run_files, state)
+    screen.say(
+        (f"Continuing the run in {run_files.root} after {epochs_done(state)} of {plan['epochs']} epochs" if run.existing
+         else f"Training {plan['study']!r} into {run_files.root}: {plan['epochs']} epochs, strategy {plan['strategy']}")
+        + f"\nFrom {plan['origin']}; device {target.torch} ({target.name}), memory budget {budget_text}",
+    )  # fmt: skip
+    supervisor = Supervisor(
+        run_files, plan, state, target, budget, max_restarts=run.max_restarts, plots=run.plots, screen=screen, runner=runner
+    )
+    supervisor.run()
+    summary = run_summary(run_files, plan, state)
+    files.write_json(run_files.summary, summary)
+    return summary
+
+
+# ------------------------------------------------------------------------------------------ summary
+
+
+def run_summary(run_files: RunFiles, plan: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
+    """What a run trained and how it went: summary.json, and what is printed at its end."""
+    final = state["stages"][-1]
+    weights = run_files.stage_dir(plan["stages"][-1]) / "weights"
+    return {
+        "study": plan["study"],
+        "strategy": plan["strategy"],
+        "finished": state["finished"],
+        "epochs": epochs_done(state),
+        "epochs_planned": plan["epochs"],
+        "metric": plan["metric"],
+        "metrics": final["final_metrics"] or final["last_metrics"],
+        "stages": [
+            {
+                "name": stage["name"],
+                "folder": str(run_files.stage_dir(stage)),
+                "epochs": progress["epochs_done"],
+                "planned": stage["params"],
+                "trained_with": progress["params"],
+                "init": stage["init"],
+                "lr0": stage["lr0"],
+                "metrics": progress["final_metrics"] or progress["last_metrics"],
+            }
+            for stage, progress in zip(plan["stages"], state["stages"])
+        ],
+        "restarts": state["restarts"],
+        "step_downs": state["step_downs"],
+        "batch_halvings": sum(1 for f in state["failures"] if f["cause"] == BATCH_HALVING),
+        "failures": len(state["failures"]),
+        "peak_mem_mb": state["peak_mem_mb"],
+        "budget_mb": state["budget_mb"],
+        "wall_s": state["wall_s"],
+        "weights": {"best": str(weights / "best.pt"), "last": str(weights / "last.pt")},
+        "results_csv": str(weights.parent / "results.csv"),
+        "config": str(run_files.config),
+    }
+
+
+def print_summary(summary: dict[str, Any], screen: Screen, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(summary, indent=2))
+        return
+    stages = len(summary["stages"])
+    lines = [
+        f"Trained {summary['study']!r} ({summary['strategy']}): {summary['epochs']} epochs"
+        + (f" in {stages} stages" if stages > 1 else "")
+        + f", {summary['restarts']} restart(s), {len(summary['step_downs'])} step-down(s)."
+    ]
+    metrics = summary["metrics"] or {}
+    if metrics:
+        shown = ", ".join(f"{name} {value:.4f}" for name, value in metrics.items())
+        lines.append(f"Final {shown} (best.pt: {summary['weights']['best']}).")
+    budget = f" of the {summary['budget_mb']:.0f} MiB budget" if summary["budget_mb"] else ""
+    lines.append(f"Peak memory {summary['peak_mem_mb']:.0f} MiB{budget}; wall time {duration(summary['wall_s'])}.")
+    for step in summary["step_downs"]:
+        lines.append(
+            f"  step-down in stage {step['stage']} after epoch {step['epochs_done']}: {Params.of(step['from'])} -> "
+            f"{Params.of(step['to'])} ({step['why']})"
+        )
+    if summary["batch_halvings"]:
+        lines.append(f"  Ultralytics halved the batch {summary['batch_halvings']} time(s); each counted as out of memory.")
+    lines.append(f"Summary: {summary['config'].replace('config.yaml', 'summary.json')}")
+    screen.say("\n".join(lines), important=True)

@@ -1,0 +1,1 @@
+"""Memory: the budget and its watchdog, the devices, and the peak-memory model."""

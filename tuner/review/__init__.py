@@ -1,0 +1,1 @@
+"""The read model of a study, and what is made of it: report.md, trials.csv, plots, dashboard notes."""

@@ -1,0 +1,288 @@
+"""What a study found: the read model behind report.md, trials.csv, the plots and the dashboard notes.
+
+`read` reads a study once, through `tuner.study.records`, into a `Findings`; nothing here writes a file or
+changes the study. The writers are `tuner.review.report` (files), `tuner.review.plots` (PNGs) and
+`tuner.review.dashboard` (optuna-dashboard notes).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from tuner.study import selection
+from tuner.study.records import Best, Outcome, StudyRecord, TrialRecord
+from tuner.study.space import Params
+from tuner.study.storage import sqlite_path, storage_url
+
+OUTCOME_MEANINGS = {
+    "ok": "finished every probe epoch",
+    "pruned": "stopped early by the pruner: its metric was low",
+    "oom": "ran out of memory (watchdog kill, kill from outside, or Ultralytics halving the batch)",
+    "inferred": "not run: a config no larger in imgsz and batch had run out of memory",
+    "error": "failed for another reason; see its log",
+    "running": "still running (or left behind by a tuner that died)",
+    "waiting": "queued, not started",
+}
+_STATE_OUTCOMES = {
+    TrialState.COMPLETE: "ok",
+    TrialState.PRUNED: "pruned",
+    TrialState.FAIL: "error",
+    TrialState.RUNNING: "running",
+    TrialState.WAITING: "waiting",
+}
+# A cell shows the most telling outcome of the trials that tried its imgsz and batch.
+_CELL_PRIORITY = ("oom", "ok", "pruned", "inferred", "error", "running")
+TOP_N = 5
+PARAMS = tuple(field.name for field in dataclasses.fields(Params))  # imgsz, batch, mosaic, mixup
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    """One imgsz x batch square of the memory grid: what is known about fitting it in memory."""
+
+    status: str  # one of _CELL_PRIORITY, or "not tried"
+    peak_mem_mb: float | None = None  # the highest peak among the trials of that status
+    over_limit: bool = False  # ran to the end, but above the stable limit
+
+    @property
+    def label(self) -> str:
+        peak = f" {self.peak_mem_mb:.0f} MiB" if self.peak_mem_mb is not None else ""
+        if self.status == "ok":
+            return f"ok{peak}" + (" (over limit)" if self.over_limit else "")
+        if self.status == "pruned":
+            return f"pruned{peak}"
+        if self.status == "oom":
+            return f"OOM at{peak}" if peak else "OOM"
+        if self.status == "inferred":
+            return "OOM (inferred)"
+        return self.status
+
+    @property
+    def fits(self) -> bool:
+        """Ran without running out of memory and stayed within the stable limit."""
+        return self.status in ("ok", "pruned") and not self.over_limit
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryGrid:
+    """imgsz rows x batch columns of the search space, with what each config did to memory."""
+
+    imgsz: tuple[int, ...]
+    batch: tuple[int, ...]
+    cells: dict[tuple[int, int], Cell]
+    budget_mb: float | None
+    stable_limit_mb: float | None
+
+    def largest_fitting_batch(self, imgsz: int) -> int | None:
+        fitting = [batch for batch in self.batch if self.cells[(imgsz, batch)].fits]
+        return max(fitting) if fitting else None
+
+
+@dataclasses.dataclass(frozen=True)
+class BestConfig(Best):
+    """The best stable config: the one `tuner probe` recorded, or (`recorded` False) chosen here as it would.
+
+    A probe that was interrupted before its end has not recorded one yet.
+    """
+
+    recorded: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class Point:
+    """One trial on a plot. `value` is None for trials with no metric (oom, error)."""
+
+    trial: int
+    kind: str  # stable, over limit, pruned, oom or error (tuner.review.plots.POINT_STYLES)
+    value: float | None
+    peak_mem_mb: float | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Findings:
+    """What the report, the plots and the dashboard notes say, read once from the study."""
+
+    study_name: str
+    trials: tuple[FrozenTrial, ...]
+    metric_name: str
+    record: StudyRecord
+    grid: MemoryGrid
+    best: BestConfig | None
+    command: str  # the exact train-best command
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return count_outcomes(self.trials)
+
+
+def read(study: optuna.Study, results_dir: Path, url: str | None = None) -> Findings:
+    """`url` (the study's storage URL) is used only to spell the train-best command exactly."""
+    trials = tuple(study.get_trials(deepcopy=False))
+    record = StudyRecord.of(study)
+    metric_name = record.config.metric_name if record.config else (study.metric_names or ["value"])[0]
+    return Findings(
+        study_name=study.study_name,
+        trials=trials,
+        metric_name=metric_name,
+        record=record,
+        grid=memory_grid(record, trials),
+        best=best_config(record, trials),
+        command=train_best_command(study.study_name, Path(results_dir), url),
+    )
+
+
+# --------------------------------------------------------------------------------------- reading trials
+
+
+def trial_outcome(trial: FrozenTrial) -> str:
+    """ok, pruned, oom, inferred (an OOM that was never run), error, running or waiting."""
+    if trial.state in (TrialState.RUNNING, TrialState.WAITING):
+        return _STATE_OUTCOMES[trial.state]
+    record = TrialRecord.of(trial)
+    if record.outcome == Outcome.OOM and (record.inferred or record.inferred_from is not None):
+        return "inferred"
+    if record.outcome is not None:
+        return record.outcome.value
+    return _STATE_OUTCOMES[trial.state]
+
+
+def trial_reason(trial: FrozenTrial, metric_name: str) -> str:
+    """Why a trial did not finish, in one line ("" for one that did)."""
+    record = TrialRecord.of(trial)
+    outcome = trial_outcome(trial)
+    if outcome in ("oom", "inferred"):
+        return _first_line(record.oom_reason or "") or "out of memory"
+    if outcome == "error":
+        return _first_line(record.error or "") or "error (no message recorded)"
+    if outcome == "pruned" and record.pruned_reason:
+        return _first_line(record.pruned_reason)
+    if outcome == "pruned" and trial.intermediate_values:
+        step = max(trial.intermediate_values)
+        return f"stopped by the pruner after epoch {step} at {metric_name} {trial.intermediate_values[step]:.4f}"
+    return ""
+
+
+def count_outcomes(trials: Iterable[FrozenTrial]) -> dict[str, int]:
+    """Trials per outcome, every outcome listed (zeros included), in OUTCOME_MEANINGS order."""
+    counts = dict.fromkeys(OUTCOME_MEANINGS, 0)
+    for trial in trials:
+        counts[trial_outcome(trial)] += 1
+    return counts
+
+
+def best_config(record: StudyRecord, trials: Sequence[FrozenTrial]) -> BestConfig | None:
+    """The best stable config: the one `tuner probe` recorded, else chosen from the trials as it would."""
+    best = record.best
+    if best is not None:
+        return BestConfig(best.trial, best.params, best.value, best.peak_mem_mb, best.runs, best.best_yaml)
+    if record.stable_limit_mb is None:
+        return None
+    choice = selection.best_stable(trials, record.stable_limit_mb, record.noise.spread, record.budget_mb)
+    if choice is None:
+        return None
+    return BestConfig(
+        choice.trial.number, Params.of(choice.trial.params), choice.value, choice.peak_mb, choice.runs, recorded=False
+    )
+
+
+def memory_grid(record: StudyRecord, trials: Sequence[FrozenTrial]) -> MemoryGrid:
+    """The search space's imgsz x batch (and any other size a trial tried), each cell with its outcome."""
+    space = record.config.space if record.config else None
+    searched = {"imgsz": space.imgsz, "batch": space.batch} if space else {}
+    imgsz, batch = (
+        sorted({int(v) for v in searched.get(name, ())} | {t.params[name] for t in trials if name in t.params})
+        for name in ("imgsz", "batch")
+    )
+    by_config: dict[tuple[int, int], list[FrozenTrial]] = {}
+    for trial in trials:
+        if "imgsz" in trial.params and "batch" in trial.params:
+            by_config.setdefault((trial.params["imgsz"], trial.params["batch"]), []).append(trial)
+    limit = record.stable_limit_mb
+    cells = {
+        (size, count): _cell(by_config.get((size, count), []), limit) for size in imgsz for count in batch
+    }
+    budget = record.budget_mb
+    return MemoryGrid(tuple(imgsz), tuple(batch), cells, None if budget is None else float(budget), limit)
+
+
+def _cell(trials: list[FrozenTrial], limit_mb: float | None) -> Cell:
+    outcomes = {trial_outcome(trial) for trial in trials}
+    status = next((outcome for outcome in _CELL_PRIORITY if outcome in outcomes), "not tried")
+    peaks = [peak for t in trials if trial_outcome(t) == status and (peak := TrialRecord.of(t).peak_mem_mb) is not None]
+    peak = max(peaks) if peaks else None
+    over = status in ("ok", "pruned") and limit_mb is not None and peak is not None and peak > limit_mb
+    return Cell(status, peak, over)
+
+
+def top_trials(trials: Iterable[FrozenTrial], count: int = TOP_N) -> list[FrozenTrial]:
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    return sorted(complete, key=lambda t: (-t.value, t.number))[:count]
+
+
+def trial_points(trials: Iterable[FrozenTrial], limit_mb: float | None) -> list[Point]:
+    """Trials as plot points: stable, over limit, pruned (at its last epoch's metric), oom or error."""
+    points = []
+    for trial in trials:
+        outcome = trial_outcome(trial)
+        peak = TrialRecord.of(trial).peak_mem_mb
+        if outcome == "ok" and trial.value is not None:
+            over = peak is not None and limit_mb is not None and peak > limit_mb
+            points.append(Point(trial.number, "over limit" if over else "stable", trial.value, peak))
+        elif outcome == "pruned" and trial.intermediate_values:
+            last = trial.intermediate_values[max(trial.intermediate_values)]
+            points.append(Point(trial.number, "pruned", last, peak))
+        elif outcome in ("oom", "error"):
+            points.append(Point(trial.number, outcome, None, peak))
+    return points
+
+
+def duration_s(trial: FrozenTrial) -> float | None:
+    recorded = TrialRecord.of(trial).duration_s
+    if recorded is not None:
+        return float(recorded)
+    return trial.duration.total_seconds() if trial.duration is not None else None
+
+
+def _first_line(text: str) -> str:
+    lines = str(text).strip().splitlines()
+    return lines[0].strip() if lines else ""
+
+
+# ------------------------------------------------------------------------------------------- as text
+
+
+def train_best_command(study_name: str, results_dir: Path, url: str | None) -> str:
+    """The exact `tuner train-best` command, with the storage flags only where they are not the default."""
+    parts = ["tuner", "train-best", "--study-name", study_name]
+    if url is not None and url != storage_url(None, Path("studies"), study_name):
+        path = sqlite_path(url)
+        if path is not None and path.stem == study_name:
+            parts += ["--studies-dir", _relative(path.parent)]
+        else:
+            parts += ["--storage", url]
+    if Path(results_dir) != Path("results"):
+        parts += ["--results-dir", _relative(Path(results_dir))]
+    return " ".join(parts)
+
+
+def _relative(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def param_cells(params: Params | Mapping[str, Any], missing: str = "?") -> list[str]:
+    """imgsz, batch, mosaic, mixup as text; floats without binary noise (0.15, not 0.15000000000000002)."""
+    values = params.to_dict() if isinstance(params, Params) else params
+    return [missing if values.get(name) is None else f"{values[name]:.6g}" for name in PARAMS]
+
+
+def describe_params(params: Params | Mapping[str, Any]) -> str:
+    return ", ".join(f"{name} {text}" for name, text in zip(PARAMS, param_cells(params)))

@@ -1,0 +1,324 @@
+"""What a study found, written for people: report.md, trials.csv and plots in results/<study-name>/.
+
+`write_report` writes the files from `Findings` (see `tuner.review.findings`) and nothing else; `run_report`
+is the `tuner report` command, which also leaves the optuna-dashboard notes.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from optuna.trial import FrozenTrial
+
+from tuner.review import dashboard, findings, plots
+from tuner import files
+from tuner.study import records, selection
+from tuner.review.findings import BestConfig, Findings, MemoryGrid, describe_params, param_cells, trial_outcome, trial_reason
+from tuner.study.records import Noise, StudyRecord, TrialRecord
+from tuner.study.space import config_key
+from tuner.study.storage import load_study, resolve_study_name, storage_url
+
+CSV_COLUMNS = (
+    "number", "state", "outcome", "imgsz", "batch", "mosaic", "mixup", "value", "peak_mem_mb",
+    "peak_rss_mb", "peak_device_mb", "stable", "duration_s", "epochs_done", "imgsz_used", "batch_used",
+    "seed", "repeat_of", "inferred_from", "device", "reason", "log",
+)  # fmt: skip
+
+
+def write_report(found: Findings, results_dir: Path) -> dict[str, Path]:
+    """Write report.md, trials.csv and the plots to `results_dir/<study-name>/`; nothing else.
+
+    Returns the paths written, keyed by file name ("report.md", "trials.csv", "frontier.png", ...).
+    """
+    out_dir = Path(results_dir) / found.study_name
+    written = write_plots(found, out_dir)
+    markdown = render_markdown(found, [path.name for path in written.values()])
+    written["trials.csv"] = files.write_text(out_dir / "trials.csv", trials_csv(found.trials, found.metric_name))
+    written["report.md"] = files.write_text(out_dir / "report.md", markdown)
+    return written
+
+
+def _preflights(found: Findings) -> tuple[dict[int, int | None] | None, dict[tuple[int, int], float | None]]:
+    """The frontier the pre-flights mapped and each pre-flight's peak (None: out of memory), for frontier.png."""
+    from tuner.study.limits import Limits
+
+    if not found.record.limits:
+        return None, {}
+    mapped = Limits.from_dict(found.record.limits).frontier
+    return mapped.largest(), {(taken.imgsz, taken.batch): None if taken.oom else taken.peak_mb for taken in mapped.measurements}
+
+
+def write_plots(found: Findings, out_dir: Path) -> dict[str, Path]:
+    grid = found.grid
+    points = findings.trial_points(found.trials, grid.stable_limit_mb)
+    written = {
+        "frontier.png": plots.plot_memory_grid(grid, out_dir / "frontier.png", *_preflights(found)).path,
+        "accuracy_vs_memory.png": plots.plot_accuracy_vs_memory(
+            points, out_dir / "accuracy_vs_memory.png", metric_name=found.metric_name, budget_mb=grid.budget_mb,
+            stable_limit_mb=grid.stable_limit_mb, best_trial=found.best.trial if found.best else None,
+        ).path,
+        "history.png": plots.plot_history(points, out_dir / "history.png", metric_name=found.metric_name).path,
+    }  # fmt: skip
+    config = found.record.config
+    metric_column = config.metric if config else "metrics/mAP50-95(B)"
+    train = plots.plot_train_epochs(out_dir / "train" / "results.csv", out_dir / "train_epochs.png",
+                                    metric_column=metric_column, budget_mb=grid.budget_mb)  # fmt: skip
+    if train is not None:
+        written["train_epochs.png"] = train.path
+    return written
+
+
+def trials_csv(trials: Iterable[FrozenTrial], metric_name: str) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for trial in trials:
+        attrs = TrialRecord.of(trial).attrs()
+        row = {column: attrs.get(column, "") for column in CSV_COLUMNS}
+        row.update(zip(findings.PARAMS, param_cells(trial.params, missing="")))
+        duration = findings.duration_s(trial)
+        row.update(
+            number=trial.number,
+            state=trial.state.name,
+            outcome=trial_outcome(trial),
+            value="" if trial.value is None else trial.value,
+            duration_s="" if duration is None else round(duration, 1),
+            reason=trial_reason(trial, metric_name),
+        )
+        writer.writerow(row)
+    return buffer.getvalue()
+
+
+# ------------------------------------------------------------------------------------------- markdown
+
+
+def render_markdown(found: Findings, images: Sequence[str]) -> str:
+    trials, metric_name, grid = found.trials, found.metric_name, found.grid
+    sections = [
+        f"# Study `{found.study_name}`\n\n{setting_lines(found.record)}",
+        "## Best stable config\n\n" + best_section(found.best, metric_name, found.command) + grow_hint(found),
+        "## Trials by outcome\n\n" + outcome_table(found.counts),
+        "## Memory frontier\n\n" + grid_section(grid),
+        *([f"## Memory limits\n\n{limits_section(found.record.limits)}"] if found.record.limits else []),
+        f"## Top configs by {metric_name}\n\n" + top_table(trials, grid.stable_limit_mb, metric_name),
+        "## Pruned, out of memory, inferred, failed\n\n" + stopped_list(trials, metric_name),
+        "## Noise\n\n" + noise_text(found.record.noise, trials, grid, metric_name)
+        + (f"\n\nRace: {found.record.race.describe()}" if found.record.race else ""),
+        "## Plots\n\n" + "\n".join(f"![{Path(name).stem}]({name})" for name in images)
+        + "\n\nEvery trial, one row each: [trials.csv](trials.csv).",
+    ]  # fmt: skip
+    return "\n\n".join(sections) + "\n"
+
+
+def setting_lines(record: StudyRecord) -> str:
+    config = record.config
+    lines = [f"- Device: {record.device_name or '?'} (`{record.device or (config.device if config else '?')}`)"]
+    if record.budget_mb is not None:
+        line = f"- Memory budget: {record.budget_mb:.0f} MiB"
+        line += f" (given as `{config.memory_budget}`)" if config is not None else ""
+        line += f" of {record.usable_memory_mb:.0f} MiB usable" if record.usable_memory_mb is not None else ""
+        if config is not None and record.stable_limit_mb is not None:
+            line += f"; stable limit {record.stable_limit_mb:.0f} MiB (safety margin {config.safety_margin:.0%})"
+        if record.outside_kill_mb is not None:
+            line += (f". Trials were killed from outside at about {record.outside_kill_mb:.0f} MiB, below the budget: "
+                     "the stable limit was lowered to the safety margin below that for the rest of the study")  # fmt: skip
+        lines.append(line)
+    if config is not None:
+        data = f"`{config.data}`" if config.data else "the embedded synthetic shapes dataset"
+        lines.append(f"- Model `{config.model}` on {data}")
+        lines.append(
+            f"- Metric {config.metric_name} (`{config.metric}`) after {config.probe.epochs} "
+            f"probe epoch(s) on fraction {config.probe.fraction} of the train split"
+        )
+        space = config.space
+        lines.append(
+            f"- Space: imgsz {list(space.imgsz)}, batch {list(space.batch)}, mosaic {list(space.mosaic)}, "
+            f"mixup {list(space.mixup)}; sampler {config.sampler}, pruner {config.pruner}, seed {config.seed}"
+        )
+    if record.tuner_version:
+        lines.append(f"- tuner {record.tuner_version}")
+    return "\n".join(lines)
+
+
+def best_section(best: BestConfig | None, metric_name: str, command: str) -> str:
+    if best is None:
+        return (
+            "No stable config yet: no trial finished within the stable limit. Raise `--memory-budget`, add "
+            "smaller `--imgsz`/`--batch` choices, or run more trials with `tuner probe`."
+        )
+    peak = best.peak_mem_mb
+    table = _table(
+        ["trial", "imgsz", "batch", "mosaic", "mixup", metric_name, "peak memory"],
+        [[best.trial, *param_cells(best.params), _fmt(best.value, 4), "?" if peak is None else f"{peak:.0f} MiB"]],
+    )  # fmt: skip
+    if best.best_yaml:
+        where = f"Recorded in `{best.best_yaml}`."
+    elif not best.recorded:
+        where = "Chosen here from the trials: `tuner probe` has not recorded a best config yet (interrupted?)."
+    else:
+        where = ""
+    return f"{table}\n\n{where}\n\nTrain it:\n\n```\n{command}\n```"
+
+
+def grow_hint(found: Findings) -> str:
+    """The probe's hint, when the best config sits at the largest imgsz searched with memory to spare."""
+    hint = room_to_grow(found)
+    return f"\n\n**Room to grow:** {hint}" if hint else ""
+
+
+def room_to_grow(found: Findings) -> str | None:
+    best, grid, config = found.best, found.grid, found.record.config
+    if best is None or found.record.space_from_data:  # a derived space reaches the limit by itself
+        return None
+    searched = (config.space.imgsz if config else ()) or grid.imgsz
+    return selection.room_to_grow(best.params.imgsz, best.peak_mem_mb, searched, grid.stable_limit_mb)
+
+
+def outcome_table(counts: dict[str, int]) -> str:
+    rows = [[outcome, count, findings.OUTCOME_MEANINGS[outcome]] for outcome, count in counts.items()]
+    rows.append(["total", sum(counts.values()), ""])
+    return _table(["outcome", "trials", "meaning"], rows)
+
+
+def grid_section(grid: MemoryGrid) -> str:
+    if not grid.imgsz or not grid.batch:
+        return "No imgsz or batch tried yet."
+    rows = [[size, *(grid.cells[(size, count)].label for count in grid.batch)] for size in grid.imgsz]
+    table = _table(["imgsz \\ batch", *grid.batch], rows)
+    limit = "the stable limit" + ("" if grid.stable_limit_mb is None else f" of {grid.stable_limit_mb:.0f} MiB")
+    walls = ", ".join(f"imgsz {size}: {grid.largest_fitting_batch(size) or 'none'}" for size in grid.imgsz)
+    return (
+        "Peak memory of each imgsz and batch tried (the highest when tried more than once). \"over limit\": "
+        f"finished, but above {limit}; OOM: ran out of memory; inferred: skipped, because a config no larger "
+        f"had run out of memory.\n\n{table}\n\nLargest batch within {limit}: {walls}."
+    )
+
+
+def limits_section(stored: dict[str, Any]) -> str:
+    """What the pre-flights of `tuner probe --limits-only` found: the frontier, and how well the model predicts."""
+    from tuner.study.limits import Limits
+
+    found = Limits.from_dict(stored)
+    rows = [[entry.batch, "none" if entry.imgsz is None else entry.imgsz,
+             "?" if entry.peak_mem_mb is None else f"{entry.peak_mem_mb:.0f} MiB",
+             "measured" if entry.measured else "inferred"] for entry in found.frontier.entries]  # fmt: skip
+    table = _table(["batch", "largest stable imgsz", "peak", "how"], rows)
+    model = f"Memory model: {found.model.describe()}." if found.model else "Too few pre-flights for a memory model."
+    return (
+        f"For each batch, the largest imgsz whose pre-flight (mosaic and mixup at the top of their ranges, "
+        f"a few training batches and one validation batch) peaked under the stable limit of "
+        f"{found.stable_limit_mb:.0f} MiB; \"inferred\" ones follow from the measured ones, since memory grows "
+        f"with imgsz and batch. {len(found.frontier.measurements)} pre-flight(s) in {found.seconds:.0f} s.\n\n"
+        f"{table}\n\n{model}"
+    )
+
+
+def top_table(trials: Sequence[FrozenTrial], limit_mb: float | None, metric_name: str) -> str:
+    top = findings.top_trials(trials)
+    if not top:
+        return "No trial has completed yet."
+    rows = []
+    for rank, trial in enumerate(top, start=1):
+        record = TrialRecord.of(trial)
+        peak, repeat = record.peak_mem_mb, record.repeat_of
+        stable = records.is_stable(trial, limit_mb) if limit_mb is not None else None
+        rows.append([
+            rank, trial.number if repeat is None else f"{trial.number} (repeat of {repeat})",
+            *param_cells(trial.params), _fmt(trial.value, 4), "?" if peak is None else f"{peak:.0f} MiB",
+            {True: "yes", False: "no", None: "?"}[stable],
+        ])  # fmt: skip
+    return _table(["rank", "trial", "imgsz", "batch", "mosaic", "mixup", metric_name, "peak memory", "stable"], rows)
+
+
+def stopped_list(trials: Sequence[FrozenTrial], metric_name: str) -> str:
+    lines = []
+    for trial in trials:
+        outcome = trial_outcome(trial)
+        if outcome not in ("pruned", "oom", "inferred", "error"):
+            continue
+        config = f"imgsz {trial.params.get('imgsz')}, batch {trial.params.get('batch')}"
+        what = {"pruned": "pruned", "oom": "out of memory", "inferred": "out of memory (inferred, not run)",
+                "error": "error"}[outcome]  # fmt: skip
+        line = f"- Trial {trial.number} ({config}): {what}: {trial_reason(trial, metric_name)}"
+        log = TrialRecord.of(trial).log
+        if outcome in ("oom", "error") and log:
+            line += f". Log: `{log}`"
+        lines.append(line)
+    return "\n".join(lines) if lines else "None: every trial finished."
+
+
+def noise_text(noise: Noise, trials: Sequence[FrozenTrial], grid: MemoryGrid, metric_name: str) -> str:
+    spread, pairs = noise.spread, noise.pairs
+    if spread is None:
+        return (
+            f"Not measured: no config was run twice. Without it, small {metric_name} differences between "
+            "configs may be seed noise; `--repeats N` re-runs the top configs with another seed."
+        )
+    pair_text = ", ".join(f"trials {first}/{second}: {diff:.4f}" for first, second, diff in pairs)
+    text = (
+        f"Re-running a config with another seed moved {metric_name} by {spread:.4f} on average "
+        f"({len(pairs)} pair(s): {pair_text}). Configs closer than that are not reliably better or worse."
+    )
+    limit = grid.stable_limit_mb
+    stable = [trial for trial in trials if limit is not None and records.is_stable(trial, limit)]
+    if stable:
+        top = max(trial.value for trial in stable)
+        close = {config_key(t.params) for t in stable if t.value >= top - spread}
+        text += (
+            f" {len(close)} stable config(s) score within {spread:.4f} of the best stable {top:.4f}; among "
+            "those, tuner picks the one with the lowest peak memory (the most headroom)."
+        )
+    return text
+
+
+def _table(header: Sequence[Any], rows: Sequence[Sequence[Any]]) -> str:
+    def line(cells: Sequence[Any]) -> str:
+        return "| " + " | ".join(str(cell).replace("|", "\\|") for cell in cells) + " |"
+
+    return "\n".join([line(header), line(["---"] * len(header)), *(line(row) for row in rows)])
+
+
+def _fmt(value: float | None, digits: int) -> str:
+    return "?" if value is None else f"{value:.{digits}f}"
+
+
+# ----------------------------------------------------------------------------------------------- command
+
+
+def run_report(
+    *, study_name: str | None, storage: str | None, studies_dir: Path, results_dir: Path, quiet: bool, as_json: bool
+) -> int:
+    """`tuner report`: find the study, write the report and the dashboard notes, say where the report is."""
+    name = resolve_study_name(study_name, storage, studies_dir)
+    url = storage_url(storage, studies_dir, name)
+    found = findings.read(load_study(name, url), results_dir, url)
+    written = write_report(found, results_dir)
+    dashboard.save_notes(found, url)
+    if as_json:
+        paths = {key: str(path) for key, path in written.items()}
+        best = found.best.to_dict() if found.best else None
+        summary = {"study": name, "storage": url, "best": best, "counts": found.counts, "files": paths}
+        print(json.dumps(summary, indent=2))
+        return 0
+    if not quiet:
+        _print_summary(found)
+    print(f"Report: {written['report.md']}")
+    return 0
+
+
+def _print_summary(found: Findings) -> None:
+    counts = ", ".join(f"{count} {outcome}" for outcome, count in found.counts.items() if count)
+    print(f"Study {found.study_name}: {len(found.trials)} trials ({counts or 'none yet'}).")
+    if found.best is None:
+        print("No stable config yet.")
+        return
+    print(f"Best stable config: trial {found.best.trial}: {describe_params(found.best.params)}; "
+          f"{found.metric_name} {_fmt(found.best.value, 4)}. Next: {found.command}")  # fmt: skip
+    hint = room_to_grow(found)
+    if hint:
+        print(f"Note: {hint}")

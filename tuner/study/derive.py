@@ -1,0 +1,100 @@
+"""The search space a study derives from its data when the user gives none: every imgsz and batch that
+could be worth training, for the memory limit (tuner.study.limits) and the accuracy search to cut down.
+
+imgsz goes in steps of 32 from SMALLEST_IMGSZ up to the larger of 640 and the dataset's image size (the
+long side most train images have, rounded up to 32; at most LARGEST_IMGSZ): training above an image's
+own size only upsamples it, and 640 is where Ultralytics' own defaults sit. batch goes in powers of 2
+from 1 up to 64 or the train split's size. A choice the user gave (flag or config file) wins.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+from pathlib import Path
+from typing import Sequence
+
+from tuner.data import datasets
+from tuner.config import Space
+
+SMALLEST_IMGSZ = 160
+DEFAULT_TOP_IMGSZ = 640
+LARGEST_IMGSZ = 1280
+STEP = 32
+LARGEST_BATCH = 64
+SAMPLED_IMAGES = 400  # image headers read to find the usual size; evenly spread over the sorted train split
+
+
+@dataclasses.dataclass(frozen=True)
+class DataShape:
+    """What the space is derived from: how many train images there are and how large they usually are."""
+
+    n_train: int
+    long_side: int | None  # the long side most sampled train images have (px); None if none could be read
+    smallest: int | None = None  # the range of long sides sampled, to say when sizes are mixed
+    largest: int | None = None
+
+    @property
+    def mixed(self) -> bool:
+        return self.smallest is not None and _round_up(self.smallest) != _round_up(self.largest)
+
+
+def _round_up(size: int) -> int:
+    return -(-size // STEP) * STEP
+
+
+def read_shape(data_yaml: Path) -> DataShape:
+    """Count the train images and read the sizes of up to SAMPLED_IMAGES of them (headers only)."""
+    from PIL import Image  # Ultralytics' own dependency; reading a header does not decode the image
+
+    images = datasets.train_images(data_yaml)
+    step = max(1, len(images) // SAMPLED_IMAGES)
+    sides = []
+    for name in images[::step][:SAMPLED_IMAGES]:
+        try:
+            with Image.open(name) as image:
+                sides.append(max(image.size))
+        except (OSError, ValueError):  # unreadable images are Ultralytics' to report; they set no size
+            continue
+    if not sides:
+        return DataShape(len(images), None)
+    usual = collections.Counter(sides).most_common(1)[0][0]
+    return DataShape(len(images), usual, min(sides), max(sides))
+
+
+def imgsz_choices(shape: DataShape) -> tuple[int, ...]:
+    top = max(DEFAULT_TOP_IMGSZ, min(LARGEST_IMGSZ, _round_up(shape.long_side or 0)))
+    return tuple(range(SMALLEST_IMGSZ, top + 1, STEP))
+
+
+def batch_choices(shape: DataShape) -> tuple[int, ...]:
+    largest = max(1, min(LARGEST_BATCH, shape.n_train))
+    return tuple(2**power for power in range(largest.bit_length()) if 2**power <= largest)
+
+
+def resolve(space: Space, data_yaml: Path) -> tuple[Space, list[str]]:
+    """`space` with the choices the user left out (None) derived from the data, and what to tell the user."""
+    if space.imgsz is not None and space.batch is not None:
+        return space, []
+    shape = read_shape(data_yaml)
+    imgsz = space.imgsz if space.imgsz is not None else imgsz_choices(shape)
+    batch = space.batch if space.batch is not None else batch_choices(shape)
+    notes = [f"Search space from the data ({shape.n_train} train images{_usual(shape)}): "
+             f"imgsz {_span(imgsz)}, batch {', '.join(map(str, batch))}"]  # fmt: skip
+    if shape.mixed and space.imgsz is None:
+        notes.append(
+            f"Train images have mixed sizes (long side {shape.smallest}-{shape.largest} px); imgsz goes up to "
+            f"{imgsz[-1]}, for the usual {shape.long_side} px. Pass --imgsz to search other sizes."
+        )
+    return dataclasses.replace(space, imgsz=tuple(imgsz), batch=tuple(batch)), notes
+
+
+def _usual(shape: DataShape) -> str:
+    return "" if shape.long_side is None else f", usually {shape.long_side} px on the long side"
+
+
+def _span(sizes: Sequence[int]) -> str:
+    steps = {later - earlier for earlier, later in zip(sizes, sizes[1:])}
+    if len(sizes) > 3 and len(steps) == 1:
+        return f"{sizes[0]}-{sizes[-1]} in steps of {steps.pop()} ({len(sizes)} sizes)"
+    return ", ".join(map(str, sizes))

@@ -1,0 +1,118 @@
+"""The dataset and model a study trains on, checked before any trial starts, and `Inputs`: all that every
+trial process of a study is given (tuner.process.contract.ProbeSpec).
+
+The parent process never imports Ultralytics (that would create or touch the user's own Ultralytics
+settings, and cost seconds); model names are checked against the files Ultralytics ships.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import re
+import zipfile
+from pathlib import Path
+
+from tuner.data import base_model, datasets, shapes
+from tuner.config import ProbeConfig
+from tuner.process.contract import ProbeSpec
+from tuner.memory.device import Device
+from tuner.errors import ConfigError
+from tuner.study.space import Params
+
+DEFAULT_MODEL = "yolov8n.yaml"
+
+
+def dataset(requested: str | None) -> Path:
+    """The data YAML to train on: the embedded synthetic dataset, or the user's, checked."""
+    if requested is None:
+        return shapes.embedded_dataset()
+    return datasets.check_dataset(requested)
+
+
+def model(requested: str, *, embedded: bool) -> Path | str:
+    """A local .pt, a model YAML file, or the name of one Ultralytics ships (random init).
+
+    On the embedded dataset the default model starts from tuner's base checkpoint (yolov8n trained
+    once on separate synthetic data): a short probe from random weights measures nothing.
+    """
+    if embedded and requested == DEFAULT_MODEL:
+        return base_model.base_checkpoint()
+    path = Path(requested).expanduser()
+    suffix = path.suffix.lower()
+    if suffix == ".pt":
+        if not path.is_file():
+            raise ConfigError(
+                f"Model weights {requested} not found; tuner never downloads weights. Pass a local .pt file "
+                "or a model YAML such as yolov8n.yaml."
+            )
+        _check_weights(path)
+        return path.resolve()
+    if suffix not in (".yaml", ".yml"):
+        raise ConfigError(f"--model {requested!r} must be a model YAML (e.g. yolov8n.yaml) or a local .pt file.")
+    if path.is_file():
+        return path.resolve()
+    if _shipped_model_yaml(path.name):
+        return requested
+    raise ConfigError(
+        f"Model YAML {requested!r} is neither a file nor a model Ultralytics ships; check the name "
+        "(e.g. yolov8n.yaml, yolo11s.yaml) or pass a path."
+    )
+
+
+def _check_weights(path: Path) -> None:
+    """A PyTorch checkpoint is a zip archive (torch.save since 1.6) or, from older torch, a pickle: a file that
+    is neither is not one, and is said so before any process starts (its loader would fail in every trial)."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(2)
+    except OSError as exc:
+        raise ConfigError(f"Model weights {path} cannot be read ({exc.strerror}); check the file's permissions.") from None
+    if zipfile.is_zipfile(path) or head[:1] == b"\x80":  # pickle protocol 2+ starts with PROTO (0x80)
+        return
+    raise ConfigError(
+        f"Model weights {path} is not a PyTorch checkpoint (neither a zip archive nor a pickle); pass the .pt that "
+        "Ultralytics saved (e.g. runs/detect/train/weights/best.pt) or a model YAML such as yolov8n.yaml."
+    )
+
+
+def _shipped_model_yaml(name: str) -> bool:
+    """Ultralytics resolves yolov8n.yaml to cfg/models/v8/yolov8.yaml with scale n."""
+    spec = importlib.util.find_spec("ultralytics")
+    if spec is None or not spec.submodule_search_locations:
+        return False
+    models = Path(spec.submodule_search_locations[0]) / "cfg" / "models"
+    unscaled = re.sub(r"(\d+)([nslmx])(.+)?$", r"\1\3", Path(name).stem)
+    wanted = {Path(name).stem, unscaled}
+    return any(found.stem in wanted for found in models.rglob("*.yaml"))
+
+
+@dataclasses.dataclass(frozen=True)
+class Inputs:
+    """What every trial of the study trains on, and under which budget."""
+
+    cfg: ProbeConfig
+    device: Device
+    budget: int  # bytes
+    data_yaml: Path
+    model: Path | str
+    trials_dir: Path
+
+    @property
+    def stable_limit_mb(self) -> float:
+        return self.budget * (1 - self.cfg.safety_margin) / 2**20
+
+    def spec(self, params: Params, seed: int) -> ProbeSpec:
+        """What one probe trial process is told to do (see tuner.study.probe_child)."""
+        return ProbeSpec(
+            model=str(self.model),
+            data=str(self.data_yaml),
+            device=self.device.ultralytics,
+            device_kind=self.device.kind,
+            budget=self.budget,
+            params=params,
+            metric=self.cfg.metric,
+            workers=0 if self.device.kind == "cpu" else 2,
+            probe=self.cfg.probe,
+            seed=seed,
+        )

@@ -1,0 +1,200 @@
+"""One probe training, run inside its own process: `python -m tuner.study.probe_child SPEC.json`.
+
+The parent writes a `ProbeSpec`; this process trains it (tuner.process.child.Training), appends one
+`EpochRecord` per epoch to progress.jsonl (so the parent can report intermediate values to Optuna),
+and writes a `ChildResult` atomically at the end (tuner.process.contract).
+
+What a probe measures: a short fine-tune counted in images seen (the same epochs over the same
+images for every config) with one optimizer step per batch (`nbs = batch`, no gradient
+accumulation, no warmup), scored by the LAST epoch's validation metric. Ultralytics' `best.pt` and
+its final re-validation of it are skipped: they would score the best epoch, possibly the untouched
+starting weights, instead of the config's training.
+
+With `spec.preflight_batches` N > 0 the process is a pre-flight instead (`Preflight`): the same
+training for N batches, then one validation batch, then the end, to measure the config's peak memory
+in seconds. Its result is "ok" with no value, or the OOM that ended it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from typing import Any, Callable, NoReturn
+
+from tuner.process import child
+from tuner.process.contract import ChildResult, ProbeSpec
+
+
+def train_arguments(spec: ProbeSpec) -> dict[str, Any]:
+    """The Ultralytics `train()` arguments for a probe: the config under test plus fixed settings."""
+    params, settings = spec.params, spec.probe
+    return {
+        "data": spec.data,
+        "imgsz": params.imgsz,
+        "batch": params.batch,
+        "mosaic": params.mosaic,
+        "mixup": params.mixup,
+        "epochs": 1 if spec.preflight_batches > 0 else settings.epochs,
+        "fraction": settings.fraction,
+        "optimizer": settings.optimizer,
+        "lr0": settings.lr0,
+        "warmup_epochs": settings.warmup_epochs,
+        "nbs": params.batch,  # step every batch: a probe is too short to accumulate to 64
+        "close_mosaic": 0,
+        "seed": spec.seed,
+        "deterministic": True,
+        "device": spec.device,
+        "workers": spec.workers,
+        "plots": False,
+        "val": True,
+        "save": False,
+        "amp": spec.device_kind == "cuda",
+        "project": spec.folder,
+        "name": "run",
+        "exist_ok": True,
+        "verbose": False,
+    }
+
+
+def skip_final_eval(trainer) -> None:
+    """`on_pretrain_routine_start`: no re-validation of best.pt at the end (see the module docstring)."""
+    trainer.final_eval = lambda: None
+
+
+class Preflight:
+    """The callbacks of a pre-flight: `batches` training batches, one validation batch, then the end.
+
+    Training stops through Ultralytics' own `trainer.stop`, which it checks after every batch (an
+    epoch shorter than `batches` is trained whole), so the epoch ends the way a probe's does: memory
+    cleared as the trainer clears it, validation by the trainer's validator (batch x 2 images without
+    gradients, the peak of some configs) but over one batch only (`OneBatch`), then the epoch's
+    checkpoint. That save is part of a probe's peak too (it imports polars and serializes the model
+    and optimizer: +70 MB RSS with yolov8n on CPU), so the pre-flight ends only at `on_train_end`,
+    raising `child.EndedEarly`; the checkpoint is deleted first, as nothing reads it. An OOM on the
+    way (an exception, the watchdog's kill, Ultralytics' batch halving) ends it as it ends a probe.
+    """
+
+    def __init__(self, batches: int) -> None:
+        self.batches = batches
+        self.trained = 0
+        self.per_epoch = 0  # training batches in an epoch
+        self.validated = 0
+        self.validation: OneBatch | None = None
+
+    def callbacks(self) -> dict[str, Callable]:
+        return {
+            "on_pretrain_routine_start": skip_final_eval,
+            "on_train_batch_end": self.on_train_batch_end,
+            "on_train_epoch_end": self.on_train_epoch_end,
+            "on_val_batch_end": self.on_val_batch_end,
+            "on_train_end": self.on_train_end,
+        }
+
+    def on_train_batch_end(self, trainer) -> None:
+        self.trained += 1
+        if self.trained >= self.batches:
+            trainer.stop = True
+
+    def on_train_epoch_end(self, trainer) -> None:
+        self.per_epoch = len(trainer.train_loader)
+        self.validation = OneBatch(trainer.test_loader)
+        trainer.validator.dataloader = self.validation
+
+    def on_val_batch_end(self, validator) -> None:
+        self.validated += 1
+
+    def on_train_end(self, trainer) -> None:
+        if not self.validated:
+            raise RuntimeError(f"the pre-flight ended without its validation batch ({self.describe()})")
+        if trainer.wdir.is_dir():
+            shutil.rmtree(trainer.wdir)
+        done = self.describe()
+        print(done, flush=True)  # for the log, beside Ultralytics' own lines
+        raise child.EndedEarly(done)
+
+    def describe(self) -> str:
+        images, height, width = self.validation.shape if self.validation else (0, 0, 0)
+        return (
+            f"pre-flight: {self.trained} training batches of {self.per_epoch} in an epoch, "
+            f"{self.validated} validation batch of {images} images at {height}x{width}"
+        )
+
+
+class OneBatch:
+    """The validator's loader cut to one batch: the largest of the validation loader `loader`.
+
+    Validation batches are not all alike: Ultralytics sorts the images by aspect ratio and pads each
+    batch to its own shape (up to imgsz plus half a stride), so the first one is the flattest, not
+    the largest. This one is the batch with the most pixels, then the most labels per image (the loss's
+    target assignment grows with them). It is loaded with the loader's own workers, kept alive to the
+    end as Ultralytics keeps them: a probe's process holds their memory from its first validation
+    on. `dataset` stays the whole set: the validator reads it.
+    """
+
+    def __init__(self, loader) -> None:
+        from torch.utils.data import DataLoader, Subset
+
+        self.dataset = loader.dataset
+        self.sampler = loader.sampler
+        self.batch_size = loader.batch_size
+        self.indices = largest_batch(self.dataset, loader.batch_size)
+        self.shape = (len(self.indices), *batch_shape(self.dataset, self.indices[0]))
+        self.loader = DataLoader(
+            Subset(self.dataset, self.indices),
+            batch_size=len(self.indices),
+            num_workers=loader.num_workers,
+            pin_memory=loader.pin_memory,
+            collate_fn=loader.collate_fn,
+            persistent_workers=loader.num_workers > 0,
+        )
+
+    def __len__(self) -> int:
+        return 1
+
+    def __iter__(self):
+        return iter(self.loader)
+
+
+def largest_batch(dataset, batch_size: int) -> list[int]:
+    """The indices of the largest batch of a validation loader (it does not shuffle: batches are runs)."""
+    runs = [list(range(start, min(start + batch_size, len(dataset)))) for start in range(0, len(dataset), batch_size)]
+
+    def size(indices: list[int]) -> tuple[int, int]:
+        height, width = batch_shape(dataset, indices[0])
+        labels = max(len(dataset.labels[index]["cls"]) for index in indices)
+        return len(indices) * height * width, labels
+
+    return max(runs, key=size)
+
+
+def batch_shape(dataset, index: int) -> tuple[int, int]:
+    """Height and width of the batch holding image `index`: its rectangle, or imgsz square."""
+    if getattr(dataset, "rect", False):
+        height, width = dataset.batch_shapes[dataset.batch[index]]
+        return int(height), int(width)
+    return dataset.imgsz, dataset.imgsz
+
+
+def run(spec: ProbeSpec) -> ChildResult:
+    training = child.Training(spec)
+    if spec.preflight_batches > 0:
+        return training.train(spec.model, train_arguments(spec), Preflight(spec.preflight_batches).callbacks(), 1)
+    import torch
+
+    def on_fit_epoch_end(trainer) -> None:
+        value = float(trainer.metrics.get(spec.metric, float("nan")))
+        training.record(trainer, value, threads=torch.get_num_threads())
+
+    callbacks = {"on_pretrain_routine_start": skip_final_eval, "on_fit_epoch_end": on_fit_epoch_end}
+    result = training.train(spec.model, train_arguments(spec), callbacks, spec.probe.epochs)
+    if result.status != "ok":
+        return result
+    return dataclasses.replace(result, value=training.last_value)
+
+
+def main(argv: list[str] | None = None) -> NoReturn:
+    child.main_for(ProbeSpec, run, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

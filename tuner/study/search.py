@@ -1,0 +1,365 @@
+"""The probe's trial loop: the main trials, then the noise repeats, until the study has what was asked.
+
+Each trial is one `python -m tuner.study.probe_child` process (tuner.process.trial.run_child) under the memory watchdog;
+its end becomes the trial's record (tuner.study.records) and Optuna state: ok -> COMPLETE, oom and pruned
+-> PRUNED, error -> FAIL. The search stays inside the memory limit the pre-flights mapped
+(tuner.study.limits): a config beyond the frontier, or at least as large as one that ran out of its budget
+(tuner.study.dominance), is recorded as an inferred OOM without a process. Inferred trials cost nothing and
+do not count towards `n_trials`, so the loop goes round until `n_trials` trials really ran.
+
+Every finished trial carries Optuna's `memory_mb` constraint (its peak minus the stable limit; > 0 is
+infeasible), so TPE models a probe that completed over the limit, or never ran, as infeasible rather
+than as a good score; the pruner compares only with stable trials (tuner.study.pruners).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from tuner.study import dominance, limits, selection, space, workers
+from tuner.config import ProbeConfig
+from tuner.process.contract import EpochRecord
+from tuner.errors import StudyFailed
+from tuner.study.inputs import Inputs
+from tuner.study.progress import Progress
+from tuner.study.records import INFERRED, OS_KILL, Outcome, Race, StudyRecord, TrialRecord, holds_place, retried
+from tuner.study.space import Params
+from tuner.process.trial import Attempt, run_child
+
+SAME_ERROR_STOP = 2  # stop when the first trials of a run all fail with the same message
+MAX_INFERRED_IN_A_ROW = 30  # the sampler keeps proposing configs known not to fit: the space is used up
+CONSTRAINT = "memory_mb"  # Optuna constraint: the trial's peak (or predicted peak) minus the stable limit, MiB
+
+
+class ProbeFailed(Exception):
+    """A trial ended in an error that is not memory: the trial FAILs and the study goes on."""
+
+
+class Surplus(Exception):
+    """Another worker already fills this trial's place: it FAILs unrun and counts for nothing (tuner.study.workers)."""
+
+
+def _past(deadline: float | None) -> bool:
+    return deadline is not None and time.monotonic() >= deadline
+
+
+def startup_trials(cfg: ProbeConfig) -> int:
+    """Trials before TPE models the results: the startup design (see space.startup_design)."""
+    return max(2, min(len(cfg.space.imgsz), cfg.n_trials // 2))
+
+
+def race_runs(trials: list[FrozenTrial]) -> int:
+    """Runs spent racing over the whole study: trials of a `race:K` slot that ran or run (not surplus, not orphans)."""
+    again = retried(trials)
+    return len({TrialRecord.of(t).slot for t in trials if (TrialRecord.of(t).slot or "").startswith("race:")
+                and holds_place(t, again)})  # fmt: skip
+
+
+def main_trials_done(study: optuna.Study) -> int:
+    """Trials that count towards n_trials: finished, really run, and not a noise repeat."""
+    return workers.main_trials_done(study.get_trials(deepcopy=False))
+
+
+def enqueue_startup(study: optuna.Study, cfg: ProbeConfig, found: limits.Limits) -> None:
+    """Queue the startup design inside the frontier, once per study (each cell its own slot)."""
+    for index, cell in enumerate(space.startup_design(cfg.space, startup_trials(cfg), found.frontier.largest())):
+        workers.enqueue(study, cell, f"startup:{index}")
+
+
+class Search:
+    """Runs the main trials, then the noise repeats, until the study has what it was asked for.
+
+    Other workers may run the same study at the same time (tuner.study.workers): the loop then takes only the
+    places still free, and waits while trials of other workers are open, to finish their orphans if they die.
+    """
+
+    def __init__(
+        self, study: optuna.Study, inputs: Inputs, progress: Progress, found: limits.Limits, runner: limits.Runner = run_child,
+        worker: str | None = None,
+    ) -> None:
+        self.study = study
+        self.inputs = inputs
+        self.cfg = inputs.cfg
+        self.progress = progress
+        self.ours: list[int] = []  # numbers of the trials this worker ran or recorded
+        self.failure: str | None = None
+        self.inferred_in_a_row = 0
+        self.limits = found
+        self.runner = runner
+        self.worker = worker or workers.worker_id()
+        self.waiting_said = False
+
+    @property
+    def limit_mb(self) -> float:
+        """The study's stable limit as stored: kills from outside that any worker saw may have lowered it."""
+        return StudyRecord.of(self.study).stable_limit_mb or self.inputs.stable_limit_mb
+
+    @property
+    def kill_level(self) -> float | None:
+        """The peak at which kills from outside came, once they came at a consistent one (stored in the study)."""
+        return StudyRecord.of(self.study).outside_kill_mb
+
+    def run(self) -> None:
+        deadline = time.monotonic() + self.cfg.timeout if self.cfg.timeout else None
+        if not self.study.get_trials(deepcopy=False):  # limits mapped by --limits-only: the design is not queued yet
+            enqueue_startup(self.study, self.cfg, self.limits)
+        done = main_trials_done(self.study)
+        if done:
+            self.progress.say(f"Continuing: {done} of {self.cfg.n_trials} trials done.")
+        while not self.failure and main_trials_done(self.study) < self.cfg.n_trials:
+            if _past(deadline):
+                return
+            free = self.cfg.n_trials - workers.places_taken(self._trials())
+            if free > 0:
+                self._optimize(free, deadline)
+            else:
+                self._wait_for_others(deadline)
+        if self.failure:
+            raise StudyFailed(self.failure)
+        if _past(deadline):
+            return
+        trials = self._trials()
+        for original in selection.to_repeat(trials, self.cfg.probe.repeats, self.limit_mb):
+            workers.enqueue(self.study, original.params, f"repeat:{original.number}", TrialRecord(repeat_of=original.number))
+        self._drain(deadline)
+        self._race(deadline)
+        self._drain(deadline)
+
+    def _trials(self) -> list[FrozenTrial]:
+        return self.study.get_trials(deepcopy=False)
+
+    def _drain(self, deadline: float | None) -> None:
+        """Run the queued trials, and wait for those other workers run, until none is open."""
+        while not _past(deadline):
+            running, waiting = workers.open_work(self._trials())
+            if waiting:
+                self._optimize(waiting, deadline)
+            elif running:
+                self._wait_for_others(deadline)
+            else:
+                return
+
+    def _wait_for_others(self, deadline: float | None) -> None:
+        """Other workers hold the open places: wait, failing their trials whose heartbeat went stale
+        (Optuna then queues them again, and this worker runs them)."""
+        if not self.waiting_said:
+            running, _ = workers.open_work(self._trials())
+            self.progress.say(f"Waiting for {running} trial(s) other workers are running.")
+            self.waiting_said = True
+        time.sleep(workers.WAIT_POLL_S if deadline is None else max(0.0, min(workers.WAIT_POLL_S, deadline - time.monotonic())))
+        optuna.storages.fail_stale_trials(self.study)
+
+    def _race(self, deadline: float | None) -> None:
+        """While the top configs tie within the noise and the tie decides the pick, probe them again with new seeds,
+        the one with the fewest runs first, until they separate, the pick no longer rests on the tie, or
+        `probe.race` such runs (over the whole study) are spent; say which. The tie decides the pick when a config
+        with more memory headroom than the most accurate one is chosen for it (selection.tie_decides). Tied configs
+        that need the same memory are not raced: the most accurate is picked either way, and more seeds could only
+        re-rank them within the noise (configs that differ only in mosaic or mixup: README, calibration)."""
+        spent = race_runs(self.study.get_trials(deepcopy=False))
+        tied, decides = self._standing()
+        if len(tied) < 2 or spent >= self.cfg.probe.race:
+            return
+        if decides:
+            names = ", ".join(f"trial {min(t.number for t in runs)}" for runs in tied)
+            self.progress.say(f"Race: {names} tie within the noise; probing them with more seeds.")
+        while len(tied) >= 2 and spent < self.cfg.probe.race and decides:
+            if deadline is not None and time.monotonic() >= deadline:
+                return
+            runs = min(tied, key=len)
+            original = min(runs, key=lambda t: t.number)
+            record = TrialRecord(repeat_of=original.number)
+            if workers.enqueue(self.study, original.params, f"race:{spent + 1}", record):
+                self.progress.total += 1
+            self._drain(deadline)
+            spent = race_runs(self._trials())
+            tied, decides = self._standing()
+        verdict = "separated" if len(tied) < 2 else "still tied" if decides else "settled"
+        race = Race(tuple(min(t.number for t in runs) for runs in tied), spent, verdict)
+        dataclasses.replace(StudyRecord.of(self.study), race=race).save(self.study)
+        self.progress.say(f"Race: {race.describe()}", important=True)
+
+    def _standing(self) -> tuple[list[list[FrozenTrial]], bool]:
+        """The top configs that tie within the noise (none while no noise was measured: more seeds then tell
+        nothing), and whether the tie decides the pick (selection.tie_decides); one read of the study."""
+        trials = self.study.get_trials(deepcopy=False)
+        spread = selection.noise(trials).spread
+        if not spread:
+            return [], False
+        record = StudyRecord.of(self.study)
+        limit = record.stable_limit_mb or self.inputs.stable_limit_mb
+        return selection.contenders(trials, limit, spread), selection.tie_decides(trials, limit, spread, record.budget_mb)
+
+    def _optimize(self, n_trials: int, deadline: float | None) -> None:
+        if n_trials <= 0:
+            return
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        self.study.optimize(
+            self.objective,
+            n_trials=n_trials,
+            timeout=timeout,
+            catch=(ProbeFailed, Surplus),
+            callbacks=[self._stop_on_repeated_errors, self._stop_when_places_taken],
+            gc_after_trial=False,
+        )
+
+    def objective(self, trial: optuna.Trial) -> float:
+        self.ours.append(trial.number)
+        TrialRecord(worker=self.worker).save(trial)
+        surplus = workers.surplus_reason(trial, self._trials(), self.cfg.n_trials)
+        if surplus is not None:
+            TrialRecord(surplus=surplus).save(trial)
+            raise Surplus(surplus)
+        self.progress.done = main_trials_done(self.study)
+        params = Params.of(space.suggest(trial, self.cfg.space))
+        repeat_of = TrialRecord.of(trial).repeat_of
+        seed = self.cfg.seed + trial.number
+        TrialRecord(seed=seed, device=self.inputs.device.torch).save(trial)
+        self.progress.trial_start(trial.number, params, f" (repeat of trial {repeat_of})" if repeat_of is not None else "")
+        beyond = limits.beyond_frontier(self.limits, params) or self._over_kill_level(params)
+        if beyond is not None:
+            self._infer_oom(trial, beyond)
+        source = dominance.inferred_oom(params.to_dict(), self.study.get_trials(deepcopy=False, states=(TrialState.PRUNED,)))
+        if source is not None:
+            reason = (f"inferred: imgsz {source.params['imgsz']} / batch {source.params['batch']} "
+                      f"ran out of memory in trial {source.number}")  # fmt: skip
+            self._infer_oom(trial, reason, source.number)
+        self.inferred_in_a_row = 0
+
+        def on_epoch(record: EpochRecord) -> bool:
+            trial.report(record.value, record.epoch)
+            self.progress.epoch(record, self.cfg.probe.epochs)
+            last = record.epoch >= self.cfg.probe.epochs  # a finished probe is measured: stopping it only loses that
+            return repeat_of is None and not last and trial.should_prune()
+
+        folder = self.inputs.trials_dir / f"trial-{trial.number:04d}"
+        attempt = self.runner(
+            "tuner.study.probe_child", self.inputs.spec(params, seed), folder, self.inputs.device, self.inputs.budget,
+            self.cfg.probe.trial_timeout, on_epoch,
+        )  # fmt: skip
+        self._record(trial, attempt)
+        return self._verdict(trial, attempt)
+
+    def _infer_oom(self, trial: optuna.Trial, reason: str, source: int | None = None) -> None:
+        """Record `trial` as out of memory without running it: trial `source` ran out with less, or the
+        pre-flights put the limit below it."""
+        TrialRecord(
+            outcome=Outcome.OOM, oom_reason=reason, oom_cause=INFERRED, inferred_from=source, stable=False
+        ).save(trial)
+        predicted = self.limits.model.predict(**dataclasses.asdict(Params.of(trial.params))) if self.limits.model else None
+        trial.set_constraint(CONSTRAINT, max(1.0, (predicted or 0.0) - self.limit_mb))
+        self.progress.trial_end("oom", None, None, reason, counted=False)
+        self.inferred_in_a_row += 1
+        if self.inferred_in_a_row >= MAX_INFERRED_IN_A_ROW:
+            self.failure = (
+                f"The sampler proposed {self.inferred_in_a_row} configs in a row that are known not to fit "
+                "the memory budget. Lower the imgsz/batch choices or raise --memory-budget, then re-run."
+            )
+            self.study.stop()
+        raise optuna.TrialPruned(reason)
+
+    def _over_kill_level(self, params: Params) -> str | None:
+        """Why `params` will not fit under the limit that kills from outside set, where the memory model says so."""
+        record = StudyRecord.of(self.study)  # one read of the study for both figures
+        model, kill_level = self.limits.model, record.outside_kill_mb
+        if kill_level is None or model is None:
+            return None
+        limit = record.stable_limit_mb or self.inputs.stable_limit_mb
+        held = self._held_peak(params)
+        if held is not None:  # measured beats predicted: this imgsz and batch ran, and peaked at `held`
+            if held <= limit:
+                return None
+            return (f"inferred: kills from outside came at about {kill_level:.0f} MiB, so the stable limit is now "
+                    f"{limit:.0f} MiB; imgsz {params.imgsz} / batch {params.batch} peaked at {held:.0f} MiB")  # fmt: skip
+        upper = model.upper(params.imgsz, params.batch, self.cfg.space.mosaic[1], self.cfg.space.mixup[1])
+        if upper <= limit:
+            return None
+        return (f"inferred: kills from outside came at about {kill_level:.0f} MiB, so the stable limit is now "
+                f"{limit:.0f} MiB; the memory model puts this config at up to {upper:.0f} MiB")  # fmt: skip
+
+    def _held_peak(self, params: Params) -> float | None:
+        """The largest peak measured at this imgsz and batch by a finished probe or a pre-flight, if any ran."""
+        peaks = [m.peak_mb for m in self.limits.frontier.measurements
+                 if (m.imgsz, m.batch) == (params.imgsz, params.batch) and not m.oom and m.peak_mb]  # fmt: skip
+        for trial in self._trials():
+            record = TrialRecord.of(trial)
+            if (trial.params.get("imgsz"), trial.params.get("batch")) == (params.imgsz, params.batch) and \
+                    record.outcome == Outcome.OK and record.peak_mem_mb:  # fmt: skip
+                peaks.append(record.peak_mem_mb)
+        return max(peaks, default=None)
+
+    def _heed_outside_kills(self) -> None:
+        """When SIGKILLs from outside come at a consistent peak, that is the real limit for the rest of the study:
+        stored (stable_limit_mb lowered by the safety margin below it), said once (by the worker that stores it), and
+        applied from here on by every worker."""
+        level = dominance.outside_kill_level(self.study.get_trials(deepcopy=False))
+        record = StudyRecord.of(self.study)
+        if level is None or (record.outside_kill_mb is not None and level >= record.outside_kill_mb):
+            return
+        limit = min(record.stable_limit_mb or self.inputs.stable_limit_mb, level * (1 - self.cfg.safety_margin))
+        dataclasses.replace(record, outside_kill_mb=round(level, 1), stable_limit_mb=round(limit, 1)).save(self.study)
+        self.progress.say(
+            f"Trials were killed from outside at about {level:.0f} MiB, below the budget: the machine's real limit is "
+            f"lower (other apps, a container limit, memory pressure). The stable limit is now {limit:.0f} MiB for the "
+            "rest of the study.",
+            important=True,
+        )
+
+    def _record(self, trial: optuna.Trial, attempt: Attempt) -> None:
+        outcome, limit = attempt.outcome, self.limit_mb
+        TrialRecord(
+            outcome=outcome,
+            oom_reason=attempt.reason if outcome == Outcome.OOM else None,
+            oom_cause=attempt.cause if outcome == Outcome.OOM else None,
+            error=attempt.reason if outcome == Outcome.ERROR else None,
+            pruned_reason=attempt.reason if outcome == Outcome.PRUNED else None,
+            peak_mem_mb=attempt.peak_mb,
+            peak_rss_mb=attempt.peak_rss_mb,
+            peak_device_mb=attempt.peak_device_mb,
+            duration_s=attempt.duration_s,
+            epochs_done=attempt.epochs_done,
+            batch_used=attempt.batch_used,
+            imgsz_used=attempt.imgsz_used,
+            log=str(attempt.log),
+            stable=outcome == Outcome.OK and attempt.peak_mb <= limit,
+        ).save(trial)
+        over = attempt.peak_mb - limit
+        trial.set_constraint(CONSTRAINT, max(over, 1.0) if outcome == Outcome.OOM else over)
+        self.progress.trial_end(outcome.value, attempt.value, attempt.peak_mb, attempt.reason)
+        if attempt.cause == OS_KILL:
+            self._heed_outside_kills()
+
+    def _verdict(self, trial: optuna.Trial, attempt: Attempt) -> float:
+        """The trial's value, or the exception that gives it its Optuna state."""
+        if attempt.outcome == Outcome.OK:
+            return attempt.value
+        if attempt.outcome in (Outcome.OOM, Outcome.PRUNED):
+            raise optuna.TrialPruned(attempt.reason)
+        tail = "\n".join(f"    {line}" for line in attempt.log_tail().splitlines())
+        self.progress.say(f"  trial {trial.number} failed: {attempt.reason}\n  log {attempt.log}:\n{tail}")
+        raise ProbeFailed(attempt.reason)
+
+    def _stop_when_places_taken(self, study: optuna.Study, frozen: FrozenTrial) -> None:
+        """Ask for no new main trial once other workers hold every place left (Optuna's MaxTrialsCallback,
+        counting running trials too)."""
+        if workers.is_main(frozen) and workers.places_taken(self._trials()) >= self.cfg.n_trials:
+            study.stop()
+
+    def _stop_on_repeated_errors(self, study: optuna.Study, frozen: FrozenTrial) -> None:
+        mine = set(self.ours)
+        ours = [t for t in study.get_trials(deepcopy=False)
+                if t.number in mine and t.state.is_finished() and not TrialRecord.of(t).surplus]  # fmt: skip
+        if not ours:
+            return
+        errors = {TrialRecord.of(t).error for t in ours}
+        if len(ours) >= SAME_ERROR_STOP and all(t.state == TrialState.FAIL for t in ours) and len(errors) == 1:
+            message = errors.pop() or "unknown error"
+            self.failure = (
+                f"The first {len(ours)} trials all failed with the same error: {message}. "
+                f"Stopped early instead of repeating it; see {TrialRecord.of(frozen).log} and fix the cause, then re-run."
+            )
+            study.stop()

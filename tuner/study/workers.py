@@ -1,0 +1,221 @@
+"""Many workers on one study: each place in the study's plan is filled exactly once.
+
+Any number of `tuner probe` processes, on one machine or many, can share a study through its storage.
+Together they run exactly `n_trials` counted trials, plus each noise repeat and race run once. Optuna
+numbers trials in the order the storage creates them, the same for every worker; that order settles
+every tie:
+
+- a main trial takes a place when fewer than `n_trials` earlier main trials hold one (running, or
+  finished and counted); a later one is `surplus`, recorded as such and never run;
+- an enqueued trial (the startup design, a repeat, a race run) carries a `slot` name, and only the
+  first trial of a slot runs, so a plan two workers enqueued at once still runs once.
+
+A worker waits while places are held by trials still running elsewhere: one of them may belong to a
+worker that died, and when its heartbeat goes stale Optuna fails it and queues its config again
+(tuner.study.storage), for whichever worker is still there.
+
+The memory limits are mapped once per study, by the first worker to hold the `mapping` lease (a study
+attr it renews while the pre-flights run); the others wait for the stored result, and take the lease
+over if it goes unrenewed. `tuner probe --workers N` maps the limits, then starts N-1 more workers on
+this machine (`spawn`).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from tuner.study.records import TrialRecord, counts_towards_total, holds_place, retried
+
+LEASE_ATTR = "mapping_lease"
+LEASE_BEAT_S = 10.0  # how often the mapping worker renews its lease
+LEASE_STALE_S = 60.0  # a lease unrenewed for this long (on the waiting worker's own clock) is taken over
+LEASE_SETTLE_S = 2.0  # after writing a lease, wait this long and read it back: the last writer holds it
+WAIT_POLL_S = 5.0  # how often a waiting worker looks at the study again
+
+
+def worker_id() -> str:
+    """`host:pid`, what a trial records as the worker that ran it."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def is_main(trial: FrozenTrial) -> bool:
+    return TrialRecord.of(trial).repeat_of is None
+
+
+def main_trials_done(trials: Iterable[FrozenTrial]) -> int:
+    """Main trials (not noise repeats) that finished and count towards n_trials."""
+    trials = list(trials)
+    again = retried(trials)
+    return sum(1 for t in trials if is_main(t) and counts_towards_total(t, again))
+
+
+def places_taken(trials: Iterable[FrozenTrial], before: int | None = None) -> int:
+    """Main trials (numbered below `before`) that hold a place towards n_trials: counted, or still running."""
+    trials = list(trials)
+    again = retried(trials)
+    return sum(
+        1
+        for t in trials
+        if (before is None or t.number < before)
+        and is_main(t)
+        and not TrialRecord.of(t).inferred
+        and (counts_towards_total(t, again) or (t.state == TrialState.RUNNING and not TrialRecord.of(t).surplus))
+    )
+
+
+def surplus_reason(trial: FrozenTrial | optuna.Trial, trials: list[FrozenTrial], n_trials: int) -> str | None:
+    """Why `trial` must not run because another trial fills its place, or None when it is its to fill."""
+    record = TrialRecord.of(trial)
+    earlier = [t for t in trials if t.number < trial.number]
+    if record.slot is not None:
+        again = retried(trials)
+        first = next((t for t in earlier if TrialRecord.of(t).slot == record.slot and holds_place(t, again)), None)
+        if first is not None:
+            return f"trial {first.number} already fills {record.slot}"
+    if record.repeat_of is None and places_taken(earlier) >= n_trials:
+        return f"the study's {n_trials} trials were taken by other workers"
+    return None
+
+
+def open_work(trials: Iterable[FrozenTrial]) -> tuple[int, int]:
+    """(running, waiting) trials of the study: work some worker still has to finish."""
+    states = [t.state for t in trials]
+    return states.count(TrialState.RUNNING), states.count(TrialState.WAITING)
+
+
+def enqueue(study: optuna.Study, params: dict, slot: str, record: TrialRecord = TrialRecord()) -> bool:
+    """Queue `params` for the place `slot` unless a trial already holds it; True when queued."""
+    trials = study.get_trials(deepcopy=False)
+    again = retried(trials)
+    if any(TrialRecord.of(t).slot == slot and holds_place(t, again) for t in trials):
+        return False
+    study.enqueue_trial(params, user_attrs={**record.attrs(), "slot": slot})
+    return True
+
+
+# ------------------------------------------------------------------------------------- the mapping lease
+
+
+class Lease:
+    """Who maps the study's memory limits: a study attr `{"worker", "token", "beat"}` renewed every
+    LEASE_BEAT_S seconds while its holder works. Staleness is judged on the reader's clock (how long the
+    beat has not changed), so clocks of other machines do not matter."""
+
+    def __init__(self, study: optuna.Study, worker: str | None = None) -> None:
+        self.study = study
+        self.worker = worker or worker_id()
+        self.token = uuid.uuid4().hex
+        self._seen: tuple[object, float] | None = None  # (the beat last read, when it was read, our clock)
+        self._looked = False
+
+    def _read(self) -> dict | None:
+        return self.study._storage.get_study_user_attrs(self.study._study_id).get(LEASE_ATTR)
+
+    def _write(self) -> None:
+        self.study.set_user_attr(LEASE_ATTR, {"worker": self.worker, "token": self.token, "beat": time.time()})
+
+    def holder(self) -> str | None:
+        """The worker holding a live lease (not this one), or None when the lease is free or stale."""
+        lease = self._read()
+        if not lease or lease.get("token") == self.token:
+            return None
+        now = time.monotonic()
+        if self._seen is None or self._seen[0] != lease.get("beat"):
+            self._seen = (lease.get("beat"), now)
+            return lease.get("worker")
+        return lease.get("worker") if now - self._seen[1] < LEASE_STALE_S else None
+
+    def acquire(self, creator: bool = False) -> bool:
+        """Take the lease if nobody else holds it; True when this worker now holds it.
+
+        The worker that created the study (the storage lets only one do that) takes it at once; a worker that
+        joins a new study gives the creator LEASE_SETTLE_S to take it first. Any other worker writes its own,
+        waits LEASE_SETTLE_S and reads it back: of workers that wrote at the same time, the last writer holds it."""
+        if creator:
+            self._write()
+            return True
+        if not self._looked:  # the first look of a joining worker: the creator may be about to write it
+            self._looked = True
+            time.sleep(LEASE_SETTLE_S)
+        if self.holder() is not None:
+            return False
+        self._write()
+        time.sleep(LEASE_SETTLE_S)
+        lease = self._read() or {}
+        return lease.get("token") == self.token
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        """Renew the lease in the background while the block runs; release it at the end."""
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(LEASE_BEAT_S):
+                try:
+                    self._write()
+                except Exception:  # the storage went away for a moment: the next beat tries again
+                    pass
+
+        thread = threading.Thread(target=beat, name="tuner-lease", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+            self.study.set_user_attr(LEASE_ATTR, None)
+
+
+# ------------------------------------------------------------------------------- workers on this machine
+
+
+def layout(device, workers: int, requested: str | None, worker: str | None = None) -> str:
+    """How `workers` workers on this machine use its devices: "alone" (one worker), "pinned" (each its own CUDA
+    card, where there are that many and no card was named) or "shared" (one device, the budget split). A worker
+    that --workers started is told its starter's layout (`worker`)."""
+    if worker is not None:
+        return worker
+    if workers <= 1:
+        return "alone"
+    if device.kind == "cuda" and device.count >= workers and (requested or "auto") in ("auto", "cuda"):
+        return "pinned"
+    return "shared"
+
+
+def pinned_env(kind: str, index: int) -> dict[str, str]:
+    return {"CUDA_VISIBLE_DEVICES": str(index)} if kind == "pinned" else {}
+
+
+def worker_command(argv: list[str], kind: str) -> list[str]:
+    """The command of one more worker: this `tuner probe` command (`--workers N` kept, so that a shared
+    budget is split alike), joining the study it created; `kind` is "shared" or "pinned" (to one CUDA card)."""
+    keep = [arg for arg in argv if arg not in ("--json", "--limits-only")]
+    return [sys.executable, "-m", "tuner", *keep, "--worker", kind]
+
+
+def spawn(argv: list[str], count: int, logs: Path, kind: str) -> list[tuple[subprocess.Popen, Path]]:
+    """Start `count` more workers of the command `argv`, each logging to `logs/worker-K.log`; a "pinned" worker K
+    sees only CUDA card K (the starter keeps card 0)."""
+    logs.mkdir(parents=True, exist_ok=True)
+    started = []
+    for index in range(1, count + 1):
+        log = logs / f"worker-{index}.log"
+        handle = open(log, "a")
+        process = subprocess.Popen(
+            worker_command(argv, kind), stdout=handle, stderr=subprocess.STDOUT, env={**os.environ, **pinned_env(kind, index)}
+        )
+        handle.close()
+        started.append((process, log))
+    return started

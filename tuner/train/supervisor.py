@@ -1,0 +1,281 @@
+"""The supervisor of a train-best run: trains its stages in order, each in a watched child process,
+until all are finished, and decides what to do when a training process dies.
+
+Each attempt is one `python -m tuner.train.stage_child spec.json` run by the `runner` (by default
+tuner.process.trial.run_child: the memory watchdog of the probes, the end classified from facts). When it
+dies, the stage continues from its own `weights/last.pt` (never Ultralytics' newest-last.pt-anywhere
+lookup), at most `max_restarts` times per invocation. A config that runs out of memory twice at the
+same point (stage, epochs done, params) steps down instead: to the most accurate stable config of
+the study that is no larger in imgsz and batch, else to the next smaller imgsz, then to half the
+batch (tuner.train.plan.step_down), continuing from the current weights. Ultralytics' silent batch halving
+counts as running out of memory. An error that repeats at the same point ends the run.
+
+The state is saved (tuner.train.run_folder) after each event, and an epoch is recorded only after the
+training process reported it, which it does once the epoch is in last.pt.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from tuner import config as configs
+from tuner.train.checkpoints import CheckpointError, catch_up, checkpoint_to_resume, untouched
+from tuner.process.contract import EpochRecord, TrainSpec
+from tuner.memory.device import Device
+from tuner.errors import TunerError
+from tuner.memory.budget import MIB
+from tuner.study.dominance import StableSizes
+from tuner.train.plan import Candidate, step_down, train_settings
+from tuner.study.records import Outcome
+from tuner.train.run_folder import RunFiles, append_memory, now, save_state
+from tuner.study.space import Params
+from tuner.process.trial import Attempt, OnEpoch, run_child
+
+MODULE = "tuner.train.stage_child"
+BATCH_HALVING = "batch-halving"  # tuner.process.trial's cause for Ultralytics' silent batch halving
+CHECKPOINT = "checkpoint"  # tuner.process.trial's cause for a checkpoint the training process could not use
+
+Runner = Callable[[str, TrainSpec, Path, Device, int, float, OnEpoch], Attempt]
+
+
+class TrainFailed(TunerError):
+    """Training kept dying; the run is kept and a re-run continues it."""
+
+    exit_code = 1
+
+
+class Screen:
+    """What a person watching train-best sees: progress lines on stderr, only the important ones with --quiet."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+
+    def say(self, text: str, *, important: bool = False) -> None:
+        if important or not self.quiet:
+            print(text, file=sys.stderr, flush=True)
+
+
+def duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+class Supervisor:
+    """Runs the stages of a run in order, each in a watched child process, until all are finished."""
+
+    def __init__(
+        self,
+        run_files: RunFiles,
+        plan: dict[str, Any],
+        state: dict[str, Any],
+        device: Device,
+        budget: int,
+        *,
+        max_restarts: int,
+        plots: bool,
+        screen: Screen,
+        runner: Runner = run_child,
+    ) -> None:
+        self.run_files = run_files
+        self.plan = plan
+        self.state = state
+        self.device = device
+        self.budget = budget
+        self.max_restarts = max_restarts
+        self.plots = plots
+        self.screen = screen
+        self.runner = runner
+        self.restarts = 0  # this invocation's; the state keeps the run's total
+        self.candidates = tuple(
+            Candidate(Params.of(c), c.get("value"), c.get("peak_mem_mb"), c.get("trial")) for c in plan["candidates"]
+        )
+        self.frontier = StableSizes.from_dict(plan.get("frontier"))  # absent in plans made before tuner mapped limits
+        self.started = time.monotonic()
+        self.wall_before = state["wall_s"]
+
+    def save(self) -> None:
+        self.state["wall_s"] = round(self.wall_before + time.monotonic() - self.started, 2)
+        self.state["updated"] = now()
+        save_state(self.run_files, self.state)
+
+    def run(self) -> None:
+        for index in range(len(self.plan["stages"])):
+            if not self.state["stages"][index]["finished"]:
+                self._train_stage(index)
+        self.state["finished"] = True
+        self.save()
+
+    def _train_stage(self, index: int) -> None:
+        progress = self.state["stages"][index]
+        last = self.run_files.last_pt(self.plan["stages"][index])
+        while True:
+            resume = checkpoint_to_resume(last, progress, self.run_files.root)
+            params = Params.of(progress["params"])
+            self._announce(index, params, resume)
+            attempt = self._attempt(index, params, resume)
+            if attempt.cause == CHECKPOINT:
+                raise CheckpointError(f"{attempt.reason}: {untouched(last, self.run_files.root)}.")
+            if attempt.outcome == Outcome.OK and attempt.result is not None:
+                progress["finished"] = True
+                progress["epochs_done"] = max(progress["epochs_done"], attempt.result.epochs_done)
+                progress["final_metrics"] = attempt.result.final_metrics or progress["last_metrics"]
+                self.save()
+                if attempt.result.already_done:
+                    self.screen.say(f"{self.label(index)} had trained all its epochs before the last stop.")
+                return
+            self._after_failure(index, params, attempt)
+
+    def _init_weights(self, index: int) -> str:
+        init = self.plan["stages"][index]["init"]
+        if init == "model":
+            return str(self.plan["model"])
+        previous = self.run_files.stage_dir(self.plan["stages"][index - 1]) / "weights" / init.split()[-1]
+        if not previous.is_file():
+            raise CheckpointError(
+                f"{previous} is missing, but stage {index + 1} starts from it; restore it, or move "
+                f"{self.run_files.root} away to train from scratch."
+            )
+        return str(previous)
+
+    def _spec(self, index: int, params: Params, resume: Path | None) -> TrainSpec:
+        stage = self.plan["stages"][index]
+        settings = train_settings(stage, self.plan, self.device, self.plots)
+        return TrainSpec(
+            model=self._init_weights(index),
+            data=self.plan["data"],
+            device=self.device.ultralytics,
+            device_kind=self.device.kind,
+            budget=self.budget,
+            params=params,
+            metric=self.plan["metric"],
+            workers=settings["workers"],
+            settings=settings,
+            save_dir=str(self.run_files.stage_dir(stage)),
+            resume=str(resume) if resume else None,
+            val_every=stage.get("val_every", 1),
+        )
+
+    def _attempt(self, index: int, params: Params, resume: Path | None) -> Attempt:
+        spec = self._spec(index, params, resume)
+        self.state["attempts"] += 1
+        self.save()
+        folder = self.run_files.attempt_dir(self.state["attempts"])
+        on_epoch = _EpochRecorder(self, index)
+        attempt = self.runner(MODULE, spec, folder, self.device, self.budget, math.inf, on_epoch)
+        self.state["peak_mem_mb"] = max(self.state["peak_mem_mb"], attempt.peak_mb)
+        self.save()
+        return attempt
+
+    def _after_failure(self, index: int, params: Params, attempt: Attempt) -> None:
+        """Record a training process that died, then restart it as it was, step down, or give up."""
+        progress = self.state["stages"][index]
+        last = self.run_files.last_pt(self.plan["stages"][index])
+        catch_up(progress, last)  # it died in the epoch after its checkpoint, which state.json may lag behind
+        outcome = Outcome(attempt.outcome).value
+        point = (index + 1, progress["epochs_done"], params.to_dict(), outcome)
+        same_point = [f for f in self.state["failures"] if (f["stage"], f["epochs_done"], f["params"], f["outcome"]) == point]
+        self.state["failures"].append(
+            {"stage": index + 1, "epochs_done": progress["epochs_done"], "params": params.to_dict(),
+             "outcome": outcome, "cause": attempt.cause, "reason": attempt.reason,
+             "peak_mem_mb": attempt.peak_mb, "log": str(attempt.log), "at": now()}
+        )  # fmt: skip
+        where = f"{self.label(index)} after epoch {progress['epochs_done']}"
+        self.screen.say(f"Training process died in {where} ({outcome}: {attempt.reason}).", important=True)
+        if attempt.cause == BATCH_HALVING:
+            self.screen.say(f"Warning: {attempt.reason}; counted as out of memory.", important=True)
+        if self.restarts >= self.max_restarts:
+            self.save()
+            raise TrainFailed(
+                f"Training died {self.restarts + 1} times in this run of tuner (last: {outcome}, "
+                f"{attempt.reason}; log {attempt.log}). Its checkpoint is kept: re-run the same command to continue, "
+                "with a larger --max-restarts or --memory-budget if memory is the cause."
+            )
+        if outcome == Outcome.OOM and same_point:
+            self._step_down(index, params, attempt.reason, where)
+        elif outcome == Outcome.ERROR and any(f["reason"] == attempt.reason for f in same_point):
+            self.save()
+            raise TrainFailed(
+                f"{where}: the training process failed twice the same way: {attempt.reason}. See {attempt.log}; "
+                "fix the cause, then re-run to continue from the checkpoint."
+            )
+        self.restarts += 1
+        self.state["restarts"] += 1
+        self.save()
+        start = f"epoch {progress['epochs_done']} of {last}" if progress["epochs_done"] else "the stage's start"
+        self.screen.say(f"Restart {self.restarts}/{self.max_restarts}: continuing from {start}.", important=True)
+
+    def _step_down(self, index: int, params: Params, reason: str | None, where: str) -> None:
+        progress = self.state["stages"][index]
+        lower = step_down(params, self.candidates, self.frontier)
+        if lower is None:
+            self.save()
+            raise TrainFailed(
+                f"{where}: out of memory twice with {params}, and there is no smaller config to step down to. "
+                "Raise --memory-budget or free memory, then re-run to continue."
+            )
+        new_params, why = lower
+        self.state["step_downs"].append(
+            {"stage": index + 1, "epochs_done": progress["epochs_done"], "from": params.to_dict(),
+             "to": new_params.to_dict(), "why": why, "after": reason, "at": now()}
+        )  # fmt: skip
+        progress["params"] = new_params.to_dict()
+        self.screen.say(
+            f"Step-down: out of memory twice at this point with {params}; continuing with {new_params}, {why}.",
+            important=True,
+        )
+
+    def _announce(self, index: int, params: Params, resume: Path | None) -> None:
+        stage, progress = self.plan["stages"][index], self.state["stages"][index]
+        if resume is None:
+            self.screen.say(f"{self.label(index)}: training {stage['epochs']} epochs with {params} "
+                            f"(from {self._init_weights(index)})")  # fmt: skip
+        else:
+            self.screen.say(f"{self.label(index)}: continuing after epoch {progress['epochs_done']}/{stage['epochs']} "
+                            f"from {resume} with {params}")  # fmt: skip
+
+    def label(self, index: int) -> str:
+        return f"stage {index + 1}/{len(self.plan['stages'])} {self.plan['stages'][index]['name']}"
+
+
+class _EpochRecorder:
+    """The `on_epoch` of one attempt: records each epoch the training process reports, and shows it."""
+
+    def __init__(self, supervisor: Supervisor, index: int) -> None:
+        self.supervisor = supervisor
+        self.index = index
+        self.stage = supervisor.plan["stages"][index]
+        self.progress = supervisor.state["stages"][index]
+        self.started = time.monotonic()
+        self.first_epoch = self.progress["epochs_done"]
+
+    def __call__(self, record: EpochRecord) -> bool:
+        supervisor, state = self.supervisor, self.supervisor.state
+        self.progress["epochs_done"] = record.epoch
+        if record.metrics:  # None for an epoch that --val-every did not validate
+            self.progress["last_metrics"] = record.metrics
+        state["peak_mem_mb"] = max(state["peak_mem_mb"], record.peak_mb or 0.0)
+        supervisor.save()
+        append_memory(supervisor.run_files, self.stage, record.epoch, record.peak_mb)
+        supervisor.screen.say(self._line(record))
+        return False  # a train-best stage is never pruned
+
+    def _line(self, record: EpochRecord) -> str:
+        supervisor = self.supervisor
+        epochs = record.epochs or self.stage["epochs"]
+        per_epoch = (time.monotonic() - self.started) / max(1, record.epoch - self.first_epoch)
+        left = (epochs - record.epoch) * per_epoch
+        metric = configs.METRIC_NAMES.get(supervisor.plan["metric"], "metric")
+        value = f"{metric} {record.value:.4f}" if record.value is not None else "not validated"
+        memory = f" | mem {record.peak_mb:.0f}/{supervisor.budget / MIB:.0f} MiB" if record.peak_mb else ""
+        return (
+            f"{supervisor.label(self.index)} | epoch {record.epoch}/{epochs} | {value} | "
+            f"imgsz {record.imgsz} batch {record.batch}{memory} | {per_epoch:.1f} s/epoch"
+            + (f" | ETA {duration(left)}" if left > 0 else "")
+        )
