@@ -11,8 +11,9 @@ from typing import Callable
 import psutil
 import pytest
 
-from tuner.data import shapes
 from tuner.cli import main
+from tuner.data import shapes
+from tuner.process.contract import PROBE_CHILD, STAGE_CHILD
 
 TINY = shapes.ShapesSpec(seed=7, n_train=8, n_val=4, image_size=160)
 
@@ -50,7 +51,7 @@ def trial_processes(preflights: bool = False) -> list[psutil.Process]:
             command = process.cmdline()
             if not preflights and any(f"{os.sep}preflight{os.sep}" in part for part in command):
                 continue
-            if any(part in ("tuner.study.probe_child", "tuner.commands.train_best", "tuner.train.stage_child") for part in command):
+            if any(part in (PROBE_CHILD, STAGE_CHILD) for part in command):
                 found.append(process)
         except psutil.Error:
             continue

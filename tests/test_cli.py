@@ -137,8 +137,8 @@ def test_console_script_runs_as_a_real_process(workdir):
 
 def test_pruner_flag_overrides_the_config_file_and_reaches_the_study_pruner(tmp_path):
     from tuner import config as configs
-    from tuner.study import pruners
     from tuner.cli import _probe_overrides, build_parser
+    from tuner.study import pruners
 
     file = tmp_path / "probe.yaml"
     file.write_text("pruner: none\n")

@@ -33,8 +33,8 @@ from tests.conftest import tiny_probe_args, trial_processes
 from tests.train.test_train import FAST, csv_epochs, state_of, train_dir, write_best_yaml
 from tuner import config as configs
 from tuner.memory import device as devices
-from tuner.study import storage as storages
 from tuner.memory.budget import MIB, parse_budget
+from tuner.study import storage as storages
 from tuner.study.records import StudyRecord, TrialRecord, counts_towards_total
 
 pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")]

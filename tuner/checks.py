@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from tuner.errors import ConfigError
+from tuner.params import STRIDE
 
 
 def boolean(value: Any, name: str) -> bool:
@@ -84,10 +85,10 @@ def imgsz_choices(value: Any) -> tuple[int, ...]:
     sizes = []
     for size in as_list(value, "imgsz"):
         positive_int(size, "imgsz")
-        if size % 32:
+        if size % STRIDE:
             raise ConfigError(
-                f"The value of `imgsz` is {size}, but must be a multiple of 32 (YOLO's largest stride); "
-                f"try {max(32, round(size / 32) * 32)}."
+                f"The value of `imgsz` is {size}, but must be a multiple of {STRIDE} (YOLO's largest stride); "
+                f"try {max(STRIDE, round(size / STRIDE) * STRIDE)}."
             )
         sizes.append(size)
     return tuple(sorted(set(sizes)))

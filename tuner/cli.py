@@ -7,7 +7,6 @@ import sys
 import threading
 import warnings
 from pathlib import Path
-
 from typing import Any
 
 from tuner import __version__, checks
@@ -285,7 +284,7 @@ def _add_report(subparsers) -> None:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from tuner.review.report import run_report
+    from tuner.commands.report import run_report
 
     return run_report(
         **_study_options(args),
@@ -313,7 +312,7 @@ def _add_dashboard(subparsers) -> None:
 
 
 def _cmd_dashboard(args: argparse.Namespace) -> int:
-    from tuner.review.dashboard import run_dashboard
+    from tuner.commands.dashboard import run_dashboard
 
     return run_dashboard(
         **_study_options(args),

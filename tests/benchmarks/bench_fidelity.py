@@ -28,11 +28,12 @@ import yaml
 
 from tuner import config as configs
 from tuner.memory import device as devices
+from tuner.memory.budget import parse_budget
+from tuner.params import Params
+from tuner.process.contract import PROBE_CHILD
+from tuner.process.trial import run_child
 from tuner.study import inputs as tuner_inputs
 from tuner.study.inputs import Inputs
-from tuner.memory.budget import parse_budget
-from tuner.study.space import Params
-from tuner.process.trial import run_child
 
 # (imgsz, batch, mosaic, mixup): spread over the default derived space, as a probe study would meet them
 CONFIGS = [
@@ -83,7 +84,7 @@ def probe_metrics(config: tuple, workdir: Path, budget_text: str) -> list[float 
     values = []
     for seed in SEEDS:
         folder = workdir / "probes" / ("%d-%d-%g-%g-seed%d" % (*config, seed))
-        attempt = run_child("tuner.study.probe_child", trials.spec(params, seed), folder, device, budget, cfg.probe.trial_timeout)
+        attempt = run_child(PROBE_CHILD, trials.spec(params, seed), folder, device, budget, cfg.probe.trial_timeout)
         if attempt.outcome.value != "ok":
             raise SystemExit(f"the probe of {config} seed {seed} ended {attempt.outcome.value}: {attempt.reason}; see {folder}")
         values.append(attempt.value)

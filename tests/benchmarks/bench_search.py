@@ -38,12 +38,13 @@ from optuna.trial import TrialState
 
 from tuner import config as configs
 from tuner.memory import device as devices
+from tuner.memory.budget import parse_budget
+from tuner.params import Params
+from tuner.process.contract import PROBE_CHILD, Outcome
+from tuner.process.trial import run_child
 from tuner.study import inputs as tuner_inputs
 from tuner.study.inputs import Inputs
-from tuner.memory.budget import parse_budget
-from tuner.study.records import Outcome
-from tuner.study.space import Params, suggest
-from tuner.process.trial import run_child
+from tuner.study.space import suggest
 
 DEFAULT_IMGSZ = "160,224,288,352,416,480,544,608"
 DEFAULT_BATCH = "2,4,8,16"
@@ -103,7 +104,7 @@ def run_plain(args: argparse.Namespace, workdir: Path) -> dict:
 
     def objective(trial: optuna.Trial) -> float:
         params = Params.of(suggest(trial, cfg.space))
-        attempt = run_child("tuner.study.probe_child", trials.spec(params, cfg.seed + trial.number), workdir / "plain" /
+        attempt = run_child(PROBE_CHILD, trials.spec(params, cfg.seed + trial.number), workdir / "plain" /
                             f"trial-{trial.number:04d}", device, budget, cfg.probe.trial_timeout)  # fmt: skip
         durations.append((attempt.duration_s, attempt.outcome.value))
         trial.set_user_attr("peak_mem_mb", attempt.peak_mb)
@@ -148,7 +149,7 @@ def run_grid(args: argparse.Namespace, workdir: Path) -> float | None:
     for imgsz in cfg.space.imgsz:
         for batch in cfg.space.batch:
             params = Params(imgsz, batch, sum(cfg.space.mosaic) / 2, sum(cfg.space.mixup) / 2)
-            attempt = run_child("tuner.study.probe_child", trials.spec(params, cfg.seed), workdir / "grid" / f"{imgsz}-{batch}",
+            attempt = run_child(PROBE_CHILD, trials.spec(params, cfg.seed), workdir / "grid" / f"{imgsz}-{batch}",
                                 device, budget, cfg.probe.trial_timeout)  # fmt: skip
             print(f"grid {params}: {attempt.outcome.value} {attempt.value} peak {attempt.peak_mb:.0f} MiB", flush=True)
             if attempt.outcome == Outcome.OK and attempt.peak_mb <= trials.stable_limit_mb:

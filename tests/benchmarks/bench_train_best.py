@@ -38,8 +38,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tuner.data import base_model, shapes
 from tuner import config as configs
+from tuner.data import base_model, shapes
 
 SEED_CONFIG = {"imgsz": 416, "batch": 2, "mosaic": 0.75, "mixup": 0.05}
 REPO = Path(__file__).resolve().parents[2]
@@ -175,8 +175,8 @@ def nbs_variants(batch: int, lr0: float) -> list[tuple[str, int, float]]:
 
 def nbs_experiment(epochs: int, imgsz: int, batch: int, optimizer: str, lr0: float) -> list[dict]:
     from tuner.memory import device as devices
+    from tuner.params import Params
     from tuner.process.contract import EpochRecord, TrainSpec
-    from tuner.study.space import Params
     from tuner.process.trial import run_child
 
     device = devices.resolve("cpu")

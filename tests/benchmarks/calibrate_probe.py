@@ -27,8 +27,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from tuner.data import base_model, shapes
 from tuner import config, files, offline
+from tuner.data import base_model, shapes
 
 
 @dataclass(frozen=True)

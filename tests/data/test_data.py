@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tuner.data import base_model, cache, datasets, shapes
 from tuner import offline
+from tuner.data import base_model, cache, datasets, shapes
 from tuner.errors import DataError
 
 TINY = shapes.ShapesSpec(seed=7, n_train=4, n_val=2, image_size=128)

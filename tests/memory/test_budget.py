@@ -4,7 +4,8 @@ import sys
 import pytest
 
 from tuner.errors import ConfigError
-from tuner.memory.budget import MIB, Watchdog, parse_budget
+from tuner.memory.budget import MIB, parse_budget
+from tuner.memory.watchdog import Watchdog
 
 GIB = 2**30
 

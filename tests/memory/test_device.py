@@ -8,8 +8,8 @@ import types
 import pytest
 import torch
 
-from tuner.memory import device as devices
 from tuner.errors import DeviceError
+from tuner.memory import device as devices
 
 
 def test_cpu():

@@ -2,8 +2,7 @@
 
 import pytest
 
-from tuner.process.contract import ChildResult
-from tuner.study.records import Outcome
+from tuner.process.contract import ChildResult, Outcome
 from tuner.process.trial import classify
 
 

@@ -10,8 +10,8 @@ import yaml
 from PIL import Image
 
 from tuner import config
-from tuner.study import derive
 from tuner.data.datasets import check_dataset
+from tuner.study import derive
 
 
 def dataset(root: Path, sizes: list[tuple[int, int]], n_val: int = 1) -> Path:

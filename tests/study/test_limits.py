@@ -3,60 +3,16 @@
 
 from __future__ import annotations
 
-import io
-from pathlib import Path
-
 import optuna
 import pytest
 
-from tuner import config
-from tuner.study import limits
-from tuner.memory import device as devices
-from tuner.review.findings import read
-from tuner.study.progress import Progress
-from tuner.study.records import Outcome, StudyRecord
-from tuner.review.report import render_markdown
+from tests.fakes import FakePreflight, inputs, law, quiet
 from tuner.errors import StudyFailed
-from tuner.study.inputs import Inputs
 from tuner.memory.model import RERUN_SPREAD
-from tuner.process.trial import Attempt
-
-MIB = 2**20
-
-
-def law(imgsz: int, batch: int) -> float:
-    """A fake peak in MiB: 600 + batch x pixels, as activations grow."""
-    return 600 + 0.0004 * batch * imgsz**2
-
-
-class FakePreflight:
-    """Stands in for the pre-flight process: a peak from `law`, an OOM over the budget. Records every spec."""
-
-    def __init__(self, budget_mb: float, error: bool = False) -> None:
-        self.budget_mb, self.error = budget_mb, error
-        self.specs = []
-
-    def __call__(self, module, spec, folder, device, budget, timeout, on_epoch=None) -> Attempt:
-        self.specs.append(spec)
-        peak = law(spec.params.imgsz, spec.params.batch)
-        if self.error:
-            outcome, reason = Outcome.ERROR, "ValueError: could not convert string to int"
-        elif peak > self.budget_mb:
-            outcome, reason = Outcome.OOM, f"watchdog: {peak:.0f} MB is over the budget"
-        else:
-            outcome, reason = Outcome.OK, None
-        return Attempt(outcome, reason, "watchdog" if outcome == Outcome.OOM else None, min(peak, self.budget_mb + 1),
-                       peak, 0.0, 0, 4.0, 0, None, Path(folder) / "log.txt")  # fmt: skip
-
-
-def inputs(tmp_path: Path, budget_mb: float, imgsz=(160, 192, 224, 256, 288, 320, 352, 384), batch=(2, 4, 8, 16)):
-    cfg = config.load(None, {"space": {"imgsz": list(imgsz), "batch": list(batch), "mixup": [0.0, 0.2]},
-                             "safety_margin": 0.1})  # fmt: skip
-    return Inputs(cfg, devices.resolve("cpu"), int(budget_mb * MIB), tmp_path / "d.yaml", "yolov8n.yaml", tmp_path)
-
-
-def quiet() -> Progress:
-    return Progress(1, 1, "mAP50-95", quiet=True, stream=io.StringIO())
+from tuner.review.findings import read
+from tuner.review.report import render_markdown
+from tuner.study import limits
+from tuner.study.records import StudyRecord
 
 
 def test_the_frontier_is_where_the_worst_case_stays_under_the_stable_limit(tmp_path):
@@ -120,7 +76,7 @@ def test_a_preflight_that_fails_for_another_reason_stops_with_its_message(tmp_pa
 
 
 def test_configs_beyond_the_frontier_are_known_not_to_fit(tmp_path):
-    from tuner.study.space import Params
+    from tuner.params import Params
 
     found = limits.map_limits(inputs(tmp_path, 2000), quiet(), runner=FakePreflight(2000))
     largest = found.frontier.largest()  # e.g. batch 16: imgsz 320

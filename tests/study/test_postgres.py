@@ -23,6 +23,7 @@ from optuna.trial import TrialState
 from tests import postgres
 from tests.conftest import has_loaded_torch, tiny_probe_args
 from tests.review.test_dashboard import _free_port, _get, _start
+from tuner.process.contract import PROBE_CHILD
 from tuner.study import selection
 from tuner.study.records import StudyRecord, TrialRecord, counts_towards_total
 
@@ -74,7 +75,7 @@ def _training(pid: int) -> int | None:
     for child in children:
         try:
             command = " ".join(child.cmdline())
-            if "tuner.study.probe_child" in command and "preflight" not in command and has_loaded_torch(child):
+            if PROBE_CHILD in command and "preflight" not in command and has_loaded_torch(child):
                 return child.pid
         except psutil.Error:
             continue
@@ -86,7 +87,7 @@ def _trial_process(pid: int) -> int | None:
     try:
         for child in psutil.Process(pid).children(recursive=True):
             command = " ".join(child.cmdline())
-            if "tuner.study.probe_child" in command and "preflight" not in command:
+            if PROBE_CHILD in command and "preflight" not in command:
                 return child.pid
     except psutil.Error:
         pass

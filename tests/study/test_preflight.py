@@ -17,12 +17,12 @@ import numpy as np
 import pytest
 
 from tuner import config
-from tuner.study import probe_child
 from tuner.memory import device as devices
-from tuner.study.inputs import Inputs
-from tuner.study.records import Outcome
-from tuner.study.space import Params
+from tuner.params import Params
+from tuner.process.contract import Outcome
 from tuner.process.trial import Attempt, run_child
+from tuner.study import probe_child
+from tuner.study.inputs import Inputs
 
 MIB = 2**20
 PREFLIGHT_BATCHES = 3

@@ -12,12 +12,13 @@ import pytest
 
 from tuner import config
 from tuner.data import shapes
-from tuner.memory import device as devices
 from tuner.data.base_model import base_checkpoint
+from tuner.memory import device as devices
 from tuner.memory.budget import parse_budget
-from tuner.study.inputs import Inputs
-from tuner.study.space import Params
+from tuner.params import Params
+from tuner.process.contract import PROBE_CHILD
 from tuner.process.trial import run_child
+from tuner.study.inputs import Inputs
 
 pytestmark = pytest.mark.integration
 
@@ -35,7 +36,7 @@ def probe(tmp_path_factory):
         key = (imgsz, batch, mosaic, seed)
         if key not in results:
             spec = inputs.spec(Params(imgsz, batch, mosaic, 0.0), seed)
-            out = run_child("tuner.study.probe_child", spec, folder / "-".join(map(str, key)), device, budget, 600)
+            out = run_child(PROBE_CHILD, spec, folder / "-".join(map(str, key)), device, budget, 600)
             assert out.outcome == "ok", out.log_tail()
             results[key] = out.value
         return results[key]

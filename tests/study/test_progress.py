@@ -1,8 +1,8 @@
 import io
 
+from tuner.params import Params
 from tuner.process.contract import EpochRecord
 from tuner.study.progress import Progress
-from tuner.study.space import Params
 
 PARAMS = Params(imgsz=288, batch=8, mosaic=0.5, mixup=0.1)
 

@@ -13,55 +13,18 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from tests.study.test_limits import FakePreflight, inputs, law, quiet
-from tuner.review import findings
-from tuner.study import dominance, limits, pruners, records, selection
-from tuner.review.findings import read
-from tuner.study.progress import Progress
-from tuner.review.report import render_markdown
+from tests.fakes import FakePreflight, FakeProbe, inputs, quiet
 from tuner.config import Space
-from tuner.process.contract import ChildResult, EpochRecord
-from tuner.study.records import Outcome, StudyRecord
+from tuner.params import Params
+from tuner.review import findings
+from tuner.review.findings import read
+from tuner.review.report import render_markdown
+from tuner.study import dominance, limits, pruners, records, selection
+from tuner.study.open import open_study
+from tuner.study.progress import Progress
+from tuner.study.records import StudyRecord
 from tuner.study.search import CONSTRAINT, Search
-from tuner.study.space import Params, startup_design
-from tuner.commands.probe import open_study
-from tuner.process.trial import Attempt
-
-
-class FakeProbe:
-    """A probe process: larger configs score higher, every epoch a little more; it peaks `excess` above the
-    pre-flight's law (a probe's peak scatters around its pre-flight's), and over the budget it runs out of memory."""
-
-    def __init__(self, budget_mb: float, excess: float = 1.08, killed_at: float | None = None, noise: float = 0.0,
-                 curves: dict[int, tuple[float, ...]] | None = None,
-                 scores: dict[tuple[int, int], tuple[float, ...]] | None = None) -> None:  # fmt: skip
-        self.budget_mb, self.excess, self.killed_at, self.noise = budget_mb, excess, killed_at, noise
-        self.curves = curves or {}  # imgsz: the metric after each epoch, where a test needs a given course
-        self.scores = scores or {}  # (imgsz, batch): the metric of its first run, its second, ..., at every epoch
-        self.ran: list = []
-
-    def __call__(self, module, spec, folder, device, budget, timeout, on_epoch=None) -> Attempt:
-        params = spec.params
-        self.ran.append(params)
-        peak = law(params.imgsz, params.batch) * self.excess
-        log = Path(folder) / "log.txt"
-        if self.killed_at is not None and peak > self.killed_at:  # the OS, at a limit below the budget
-            seen = self.killed_at * (1 - 0.01 * (len(self.ran) % 3))  # the watchdog's last sample before the kill
-            return Attempt(Outcome.OOM, "killed by SIGKILL from outside", "os-kill", seen, seen, 0.0, -9, 3.0, 0, None, log)
-        if peak > self.budget_mb:
-            return Attempt(Outcome.OOM, "watchdog: over the budget", "watchdog", peak, peak, 0.0, -9, 3.0, 0, None, log)
-        value = 0.0
-        for epoch in range(1, spec.probe.epochs + 1):
-            value = params.imgsz / 1000 + params.batch / 100 + params.mosaic / 100 + 0.01 * epoch + self.noise * ((spec.seed * 7919) % 11 / 10 - 0.5)
-            value = self.curves[params.imgsz][epoch - 1] if params.imgsz in self.curves else value
-            if (params.imgsz, params.batch) in self.scores:
-                runs = sum((p.imgsz, p.batch) == (params.imgsz, params.batch) for p in self.ran)
-                value = self.scores[params.imgsz, params.batch][runs - 1]
-            if on_epoch(EpochRecord(epoch, value, params.imgsz, params.batch, 1.0)):
-                return Attempt(Outcome.PRUNED, "pruned", None, peak, peak, 0.0, None, 2.0, epoch, None, log)
-        result = ChildResult("ok", value=value, epochs_done=spec.probe.epochs, batch_used=params.batch,
-                             imgsz_used=params.imgsz)  # fmt: skip
-        return Attempt(Outcome.OK, None, None, peak, peak, 0.0, 0, 5.0, spec.probe.epochs, result, log)
+from tuner.study.space import startup_design
 
 
 def searched(tmp_path: Path, n_trials: int, budget_mb: float = 2000, progress=None, space=None, race: int = 0,

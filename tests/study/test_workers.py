@@ -17,13 +17,12 @@ import pytest
 from optuna.trial import TrialState
 
 from tests.conftest import tiny_probe_args
-from tests.study.test_limits import FakePreflight, inputs, quiet
-from tests.study.test_search import FakeProbe
+from tests.fakes import FakePreflight, FakeProbe, inputs, quiet
 from tuner.study import limits, workers
+from tuner.study.open import open_study
 from tuner.study.records import StudyRecord, TrialRecord, counts_towards_total
-from tuner.study.space import suggest
 from tuner.study.search import Search, enqueue_startup, main_trials_done
-from tuner.commands.probe import open_study
+from tuner.study.space import suggest
 
 
 class SlowProbe(FakeProbe):
@@ -128,7 +127,7 @@ def test_a_dead_workers_trial_is_failed_by_its_heartbeat_and_run_again_by_anothe
 def test_one_worker_maps_the_limits_while_the_others_wait_for_its_result(tmp_path, monkeypatch, created_before):
     monkeypatch.setattr(workers, "LEASE_SETTLE_S", 0.5)  # longer than a write can wait for another's under load
     monkeypatch.setattr(workers, "WAIT_POLL_S", 0.05)
-    from tuner.commands import probe as studies
+    from tuner.study import open as study_open
 
     trials = inputs(tmp_path, 2000)
     record = StudyRecord(config=trials.cfg, device="cpu", budget_mb=2000, stable_limit_mb=trials.stable_limit_mb)
@@ -144,7 +143,7 @@ def test_one_worker_maps_the_limits_while_the_others_wait_for_its_result(tmp_pat
     def work() -> None:
         study, created = open_study("s", url, trials.cfg, record)
         creators.append(created)
-        found.append(studies._mapped_limits(study, trials, quiet(), created=created))
+        found.append(study_open.mapped_limits(study, trials, quiet(), created=created))
 
     threads = [threading.Thread(target=work) for _ in range(3)]
     for thread in threads:
@@ -238,7 +237,7 @@ def test_a_heartbeat_that_cannot_reach_the_database_is_skipped_and_the_next_one_
 
 
 def test_the_study_creator_maps_at_once_and_only_a_joiner_waits_for_the_lease_to_settle(tmp_path, monkeypatch):
-    from tuner.commands import probe as studies
+    from tuner.study import open as study_open
 
     slept: list[float] = []
     real_map = limits.map_limits
@@ -248,11 +247,11 @@ def test_the_study_creator_maps_at_once_and_only_a_joiner_waits_for_the_lease_to
     trials = inputs(tmp_path, 2000)
     record = StudyRecord(config=trials.cfg, device="cpu", budget_mb=2000, stable_limit_mb=trials.stable_limit_mb)
     study, created = open_study("new", f"sqlite:///{tmp_path / 'new.db'}", trials.cfg, record)
-    assert created and studies._mapped_limits(study, trials, quiet(), created=created).frontier.measurements
+    assert created and study_open.mapped_limits(study, trials, quiet(), created=created).frontier.measurements
     assert 7.0 not in slept  # the creator did not wait
 
     optuna.create_study(storage=f"sqlite:///{tmp_path / 'joined.db'}", study_name="joined")  # made by another worker
     study, created = open_study("joined", f"sqlite:///{tmp_path / 'joined.db'}", trials.cfg, record)
-    assert not created and studies._mapped_limits(study, trials, quiet(), created=created).frontier.measurements
+    assert not created and study_open.mapped_limits(study, trials, quiet(), created=created).frontier.measurements
     assert slept.count(7.0) == 2  # before its first look, and after writing its claim
 

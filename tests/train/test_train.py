@@ -22,6 +22,13 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 
 from tests.conftest import tiny_probe_args
 from tuner import config as configs
+from tuner.commands.train_best import train_best
+from tuner.config import DEFAULTS
+from tuner.errors import TunerError
+from tuner.params import Params
+from tuner.process.contract import ChildResult, EpochRecord, TrainSpec
+from tuner.process.trial import Attempt, classify
+from tuner.study.dominance import StableSizes
 from tuner.train.checkpoints import (
     AtomicPath,
     CheckpointError,
@@ -30,14 +37,7 @@ from tuner.train.checkpoints import (
     trim_results_csv,
     verify_checkpoint,
 )
-from tuner.config import DEFAULTS
-from tuner.process.contract import ChildResult, EpochRecord, TrainSpec
-from tuner.errors import TunerError
-from tuner.study.dominance import StableSizes
 from tuner.train.plan import Candidate, Source, new_plan, plan_stages, step_down, train_settings
-from tuner.study.space import Params
-from tuner.commands.train_best import train_best
-from tuner.process.trial import Attempt, classify
 
 FAST = ("--device", "cpu", "--no-plots")
 

@@ -1,37 +1,34 @@
-"""`tuner probe`: create or continue the study, run its trials (tuner.study.search), then pick and hand on
-the best stable config (best.yaml, the report, the dashboard notes, the summary).
-
-A study remembers what it measures (tuner.config.identity), its device and budget: a run that asks
-for something else is refused rather than mixed into it.
+"""`tuner probe`: open the study (tuner.study.open), run its trials (tuner.study.search), then pick and hand on
+the best stable config: best.yaml, the report, the dashboard notes, and the summary on the console (or as JSON).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import time
 from pathlib import Path
 from typing import Any
 
 import optuna
 
 from tuner import __version__, files
-from tuner.study import derive, inputs, limits, pruners, selection
-from tuner.commands import probe_output
 from tuner import config as configs
-from tuner.study import workers as tuner_workers
+from tuner.config import ProbeConfig
+from tuner.errors import TunerError
 from tuner.memory import device as devices
-from tuner.errors import ConfigError
 from tuner.memory.budget import MIB, describe_budget, parse_budget
-from tuner.study.progress import Progress
-from tuner.study.records import Best, StudyRecord
-from tuner.errors import StudyFailed
+from tuner.memory.device import Device
+from tuner.params import Params
+from tuner.study import derive, inputs, limits, selection
+from tuner.study import workers as tuner_workers
 from tuner.study.inputs import Inputs
-from tuner.study.search import Search, enqueue_startup, startup_trials
-from tuner.study.space import Params
-from tuner.study.storage import default_study_name, open_storage, storage_url
-
-MAX_RETRY = 2  # a trial orphaned by a killed tuner is run again at most this often
+from tuner.study.open import mapped_limits, open_study
+from tuner.study.progress import Progress
+from tuner.study.records import Best, StudyRecord, TrialRecord
+from tuner.study.search import Search
+from tuner.study.selection import Choice
+from tuner.study.storage import default_study_name, storage_url
+from tuner.train import plan
 
 
 def run_probe(
@@ -77,7 +74,7 @@ def run_probe(
     progress = Progress(cfg.n_trials + cfg.probe.repeats, budget, cfg.metric_name, quiet=quiet)
     _say_start(progress, name, url, cfg, device, budget, record, space_notes, workers if shared else 1, worker)
     trials = Inputs(cfg, device, budget, data_yaml, model, Path(studies_dir) / name)
-    found = _mapped_limits(study, trials, progress, queue_design=not limits_only, created=created)
+    found = mapped_limits(study, trials, progress, queue_design=not limits_only, created=created)
     if worker:
         Search(study, trials, progress, found).run()
         return 0
@@ -139,37 +136,6 @@ def _search_with_workers(search: Search, workers: int, argv: list[str] | None, f
                 search.progress.say(f"A worker ended with exit code {process.returncode}; see {log}", important=True)
 
 
-def _mapped_limits(
-    study: optuna.Study, trials: Inputs, progress: Progress, queue_design: bool = True, created: bool = False
-) -> limits.Limits:
-    """The study's frontier and memory model: mapped by pre-flights on its first run, stored, then reused.
-    One worker maps them while others wait (tuner.study.workers.Lease: the study's creator, when it is this run, takes
-    it at once); it also queues the startup design.
-    Raises StudyFailed (exit 1) when not even the smallest config fits."""
-    lease = tuner_workers.Lease(study)
-    said = False
-    while not (stored := StudyRecord.of(study).limits):
-        if lease.acquire(creator=created):
-            with lease.held():
-                if StudyRecord.of(study).limits:  # mapped by a worker whose lease ended as this one took it
-                    continue
-                found = limits.map_limits(trials, progress)
-                if queue_design and any(entry.imgsz is not None for entry in found.frontier.entries):
-                    enqueue_startup(study, trials.cfg, found)
-                dataclasses.replace(StudyRecord.of(study), limits=found.to_dict()).save(study)
-            break
-        if not said:
-            progress.say(f"Worker {lease.holder()} is mapping the memory limits; waiting for its result.")
-            said = True
-        time.sleep(tuner_workers.WAIT_POLL_S)
-    else:
-        found = limits.Limits.from_dict(stored)
-        progress.say(f"Memory limits mapped before: {len(found.frontier.measurements)} pre-flight(s), stored in the study.")
-    if all(entry.imgsz is None for entry in found.frontier.entries):
-        raise StudyFailed(limits.smallest_needs(found))
-    return found
-
-
 def _finish(study, cfg, device, record: StudyRecord, url: str, results_dir: Path, progress: Progress, as_json: bool) -> int:
     """Choose the best stable config, record it on the study, and write best.yaml, the report and notes."""
     record = StudyRecord.of(study)  # as the search left it: kills from outside may have lowered the stable limit
@@ -179,8 +145,8 @@ def _finish(study, cfg, device, record: StudyRecord, url: str, results_dir: Path
     best_yaml = results_dir / study.study_name / "best.yaml"
     best = None
     if choice is not None:
-        settings = probe_output.train_settings_or_defaults(progress)
-        probe_output.write_best_yaml(best_yaml, choice, cfg, device, study.study_name, record, settings)
+        settings = train_settings_or_defaults(progress)
+        write_best_yaml(best_yaml, choice, cfg, device, study.study_name, record, settings)
         best = Best(choice.trial.number, Params.of(choice.params), choice.value, choice.peak_mb, choice.runs, str(best_yaml))
     record = dataclasses.replace(record, noise=noise, best=best)
     record.save(study)
@@ -188,8 +154,8 @@ def _finish(study, cfg, device, record: StudyRecord, url: str, results_dir: Path
     hint = None
     if best is not None and not record.space_from_data:  # a derived space reaches the limit by itself
         hint = selection.room_to_grow(best.params.imgsz, best.peak_mem_mb, cfg.space.imgsz, record.stable_limit_mb)
-    summary = probe_output.probe_summary(study.study_name, trials, record, best_yaml if best else None, hint)
-    probe_output.print_probe_summary(summary, progress, as_json)
+    summary = probe_summary(study.study_name, trials, record, best_yaml if best else None, hint)
+    print_probe_summary(summary, progress, as_json)
     return 0 if best is not None else 1
 
 
@@ -202,61 +168,83 @@ def _write_report(study: optuna.Study, results_dir: Path, url: str, progress: Pr
     progress.say(f"Report: {written.get('report.md', results_dir / study.study_name)}")
 
 
-def open_study(name: str, url: str, cfg: configs.ProbeConfig, record: StudyRecord) -> tuple[optuna.Study, bool]:
-    """Create the study, or continue it if what it measures has not changed; True when this call created it."""
-    storage = open_storage(
-        url, create=True, heartbeat_interval=cfg.heartbeat_interval, grace_period=cfg.grace_period, max_retry=MAX_RETRY
-    )
-    if name in optuna.get_all_study_names(storage):
-        stored = StudyRecord.of(optuna.load_study(study_name=name, storage=storage))
-        _check_same_study(name, stored, record)
-        if stored.outside_kill_mb is not None:  # a limit that kills from outside set holds for the rest of the study
-            record = dataclasses.replace(record, outside_kill_mb=stored.outside_kill_mb,
-                                         stable_limit_mb=min(record.stable_limit_mb, stored.stable_limit_mb))  # fmt: skip
-    settings = dict(study_name=name, storage=storage, sampler=_sampler(cfg), pruner=pruners.make(cfg, record.stable_limit_mb))
+def write_best_yaml(
+    path: Path, choice: Choice, cfg: ProbeConfig, device: Device, name: str, study: StudyRecord,
+    settings: configs.TrainSettings,
+) -> None:
+    """The best stable config as the Ultralytics training arguments train-best would use, with what it
+    scored in a comment header: `yolo train cfg=best.yaml` trains what the probe measured."""
+    params = Params.of(choice.params)
+    spread = f", noise +/-{choice.spread:.3f}" if choice.spread is not None else ""
+    header = [
+        f"Best stable config of study {name!r} (tuner {__version__}).",
+        f"{cfg.metric_name} {choice.value:.4f} (mean of {choice.runs} probe run(s){spread}; best of any config "
+        f"{choice.best_value:.4f}), trial {choice.trial.number}.",
+        f"Peak memory {choice.peak_mb:.0f} MiB of the {study.budget_mb:.0f} MiB budget on {device.torch} "
+        f"(stable limit {study.stable_limit_mb:.0f} MiB).",
+        f"Train it: tuner train-best --study-name {name}",
+        "These are the Ultralytics training arguments train-best uses for a single-stage run of "
+        f"{settings.epochs} epochs: yolo train cfg=<this file> trains the same way.",
+    ]
+    arguments = plan.best_yaml_arguments(params, cfg.probe.optimizer, cfg.probe.lr0, device, settings)
+    body = {"model": study.model_path, "data": study.data_path, "device": device.ultralytics, **arguments}
+    files.write_yaml(path, body, header)
+
+
+def train_settings_or_defaults(progress: Progress) -> configs.TrainSettings:
+    """What train-best would run with from this folder (configs/train.yaml, if here); the defaults if it is malformed."""
     try:
-        study, created = optuna.create_study(direction="maximize", **settings), True
-    except optuna.exceptions.DuplicatedStudyError:  # another worker created it a moment ago
-        study, created = optuna.load_study(**settings), False
-    study.set_metric_names([cfg.metric_name])
-    record.save(study)
-    return study, created
+        return configs.load_train(None, {})
+    except TunerError as exc:
+        progress.say(f"Warning: {exc} best.yaml uses the default train settings instead.", important=True)
+        return configs.default_train_settings()
 
 
-def _sampler(cfg: configs.ProbeConfig) -> optuna.samplers.BaseSampler:
-    if cfg.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=cfg.seed)
-    # constant_liar: while other workers' trials run, TPE counts them as poor, so workers do not sample the same config
-    return optuna.samplers.TPESampler(
-        seed=cfg.seed, n_startup_trials=startup_trials(cfg), multivariate=True, constant_liar=True
-    )
+def probe_summary(study_name: str, trials, record: StudyRecord, best_yaml: Path | None, hint: str | None) -> dict[str, Any]:
+    """The end of a probe in numbers: trials per outcome, the noise, the best stable config."""
+    counts: dict[str, int] = {}
+    for trial in trials:
+        outcome = TrialRecord.of(trial).outcome
+        key = outcome.value if outcome is not None else trial.state.name.lower()
+        counts[key] = counts.get(key, 0) + 1
+    best = record.best
+    return {
+        "study": study_name,
+        "counts": counts,
+        "noise": record.noise.spread,
+        "best": None
+        if best is None
+        else {
+            "trial": best.trial,
+            "params": best.params.to_dict(),
+            "value": best.value,
+            "peak_mem_mb": best.peak_mem_mb,
+            "best_yaml": str(best_yaml),
+        },
+        "hint": hint,
+    }
 
 
-def _check_same_study(name: str, stored: StudyRecord, new: StudyRecord) -> None:
-    if stored.config is None:
+def print_probe_summary(summary: dict[str, Any], progress: Progress, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(summary, indent=2))
         return
-    old_id, new_id = configs.identity(stored.config.to_dict()), configs.identity(new.config.to_dict())
-    for key in old_id:
-        if old_id[key] != new_id[key]:
-            raise ConfigError(
-                f"Study {name!r} was created with {key} = {_show(old_id[key])}, but this run asks for "
-                f"{_show(new_id[key])}. Re-run with the study's settings, or pass --study-name for a new study."
-            )
-    for what, old, now in (("a memory budget of {} MiB", stored.budget_mb, new.budget_mb),
-                           ("device {}", _card(stored), _card(new))):  # fmt: skip
-        if old is not None and old != now:
-            raise ConfigError(
-                f"Study {name!r} was created with {what.format(old)}, but this run has {what.format(now)}. "
-                "Re-run with the same --memory-budget/--device, or pass --study-name for a new study."
-            )
-
-
-def _card(record: StudyRecord) -> str | None:
-    """The device a study measures on: `cuda:1` measures as `cuda:0` does when it is the same card model."""
-    if record.device and record.device.startswith("cuda:"):
-        return f"cuda ({record.device_name})"
-    return record.device
-
-
-def _show(value: Any) -> str:
-    return json.dumps(value, sort_keys=True)
+    counts = ", ".join(f"{count} {outcome}" for outcome, count in sorted(summary["counts"].items()))
+    lines = [f"Study {summary['study']}: {counts}."]
+    if summary["noise"] is not None:
+        lines.append(f"Noise: repeated configs differ by {summary['noise']:.3f} on average.")
+    best = summary["best"]
+    if best is None:
+        lines.append(
+            "No stable config: every trial ran out of memory, failed or went over the stable limit. "
+            "Lower the imgsz/batch choices or raise --memory-budget, then re-run."
+        )
+    else:
+        lines.append(
+            f"Best stable config: {Params.of(best['params'])} -> {best['value']:.4f}, "
+            f"peak {best['peak_mem_mb']:.0f} MiB (trial {best['trial']})."
+        )
+        lines.append(f"Written to {best['best_yaml']}. Next: tuner train-best --study-name {summary['study']}")
+        if summary.get("hint"):
+            lines.append(f"Note: {summary['hint']}")
+    progress.say("\n".join(lines), important=True)

@@ -17,11 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from tuner import config as configs
-from tuner.memory import device as devices
 from tuner import files
-from tuner.train.checkpoints import preflight
 from tuner.errors import ConfigError, TunerError
+from tuner.memory import device as devices
 from tuner.memory.budget import MIB, describe_budget, parse_budget
+from tuner.params import Params
+from tuner.process.contract import Cause
+from tuner.process.trial import run_child
+from tuner.train.checkpoints import preflight
 from tuner.train.plan import new_plan, source_from_config, source_from_study, study_name_for
 from tuner.train.run_folder import (
     RunFiles,
@@ -37,9 +40,7 @@ from tuner.train.run_folder import (
     save_plan,
     save_state,
 )
-from tuner.study.space import Params
-from tuner.train.supervisor import BATCH_HALVING, Runner, Screen, Supervisor, duration
-from tuner.process.trial import run_child
+from tuner.train.supervisor import Runner, Screen, Supervisor, duration
 
 
 @dataclasses.dataclass
@@ -199,7 +200,7 @@ def run_summary(run_files: RunFiles, plan: dict[str, Any], state: dict[str, Any]
         ],
         "restarts": state["restarts"],
         "step_downs": state["step_downs"],
-        "batch_halvings": sum(1 for f in state["failures"] if f["cause"] == BATCH_HALVING),
+        "batch_halvings": sum(1 for f in state["failures"] if f["cause"] == Cause.BATCH_HALVING),
         "failures": len(state["failures"]),
         "peak_mem_mb": state["peak_mem_mb"],
         "budget_mb": state["budget_mb"],

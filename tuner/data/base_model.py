@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from tuner.data import cache
 from tuner import offline
-from tuner.errors import TunerError
+from tuner.data import cache
 from tuner.data.shapes import ShapesSpec, build_shapes
+from tuner.errors import TunerError
 
 BASE_DATA = ShapesSpec(seed=1, n_train=192, n_val=16, style="base")
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from tuner.data import cache
 from tuner import offline
+from tuner.data import cache
 
 CLASS_NAMES = ("circle", "square", "triangle", "cross")
 

@@ -24,8 +24,8 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable, NoReturn, TypeVar
 
-from tuner.memory import device as devices
 from tuner import files, offline
+from tuner.memory import device as devices
 from tuner.process.contract import ChildResult, ChildSpec, EpochRecord
 
 SpecT = TypeVar("SpecT", bound=ChildSpec)

@@ -11,13 +11,48 @@ process killed from outside writes no result; the parent classifies that from it
 from __future__ import annotations
 
 import dataclasses
+import enum
 from pathlib import Path
 from typing import Any, Literal
 
 from tuner.config import ProbeSettings
-from tuner.study.space import Params
+from tuner.params import Params
 
 Status = Literal["ok", "oom", "error", "checkpoint"]
+
+PROBE_CHILD = "tuner.study.probe_child"  # `python -m` these: the entry points of the two kinds of training process
+STAGE_CHILD = "tuner.train.stage_child"
+
+
+class Outcome(str, enum.Enum):
+    """How a training process ended, as its parent classifies it (tuner.process.trial.classify)."""
+
+    OK = "ok"
+    OOM = "oom"
+    PRUNED = "pruned"
+    ERROR = "error"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Cause(str, enum.Enum):
+    """What says an OOM was one (a trial's `oom_cause`), or that an error was the checkpoint's."""
+
+    WATCHDOG = "watchdog"  # tuner's watchdog killed it over its budget
+    EXCEPTION = "exception"  # an out-of-memory error inside it
+    BATCH_HALVING = "batch-halving"  # Ultralytics halved its batch after an out-of-memory error
+    OS_KILL = "os-kill"  # a SIGKILL from outside (other processes may have caused it)
+    INFERRED = "inferred"  # never run: a config no larger ran out of memory, or the limit puts it beyond
+    CHECKPOINT = "checkpoint"  # an error: the checkpoint to continue from cannot be used
+
+    def __str__(self) -> str:
+        return self.value
+
+
+# OOM causes measured against the trial's own budget: a config at least as large will not fit either.
+# A tuple, not a set: a cause read back from storage is the plain string, and Enum hashes by name.
+EVIDENCE = (Cause.WATCHDOG, Cause.EXCEPTION, Cause.BATCH_HALVING)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -25,11 +25,11 @@ from typing import Callable, NamedTuple
 import psutil
 
 from tuner import files, offline
-from tuner.process.child import PARENT_ENV
-from tuner.process.contract import ChildFiles, ChildResult, ChildSpec, EpochRecord
+from tuner.memory.budget import MIB
+from tuner.memory.watchdog import Watchdog, kill_tree
 from tuner.memory.device import Device
-from tuner.memory.budget import MIB, Watchdog, kill_tree
-from tuner.study.records import OS_KILL, Outcome
+from tuner.process.child import PARENT_ENV
+from tuner.process.contract import Cause, ChildFiles, ChildResult, ChildSpec, EpochRecord, Outcome
 
 SIGKILL_CODES = (-signal.SIGKILL, 128 + signal.SIGKILL)
 LOG_TAIL_LINES = 15
@@ -42,7 +42,7 @@ class Classified(NamedTuple):
     # For OOMs, what says so: "watchdog", "exception", "batch-halving" (each measured against this
     # trial's own budget) or "os-kill" (a SIGKILL from outside, which other processes may have caused);
     # for an error, "checkpoint" where the process could not use the checkpoint it was to continue.
-    cause: str | None = None
+    cause: Cause | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,7 +51,7 @@ class Attempt:
 
     outcome: Outcome
     reason: str | None  # the OOM's reason, the error message, or why it was stopped
-    cause: str | None  # see Classified.cause
+    cause: Cause | None  # see Classified.cause
     peak_mb: float
     peak_rss_mb: float
     peak_device_mb: float
@@ -91,7 +91,7 @@ def classify(
 ) -> Classified:
     """How a finished training process ended, from its facts; see the module docstring."""
     if watchdog_reason:
-        return Classified(Outcome.OOM, watchdog_reason, "watchdog")
+        return Classified(Outcome.OOM, watchdog_reason, Cause.WATCHDOG)
     if stopped == "pruned":
         return Classified(Outcome.PRUNED, "stopped by the pruner: its metric trailed the stable trials' at the same epoch")
     if stopped:
@@ -100,7 +100,7 @@ def classify(
         return _classify_result(result, asked_batch)
     if returncode in SIGKILL_CODES:
         reason = "killed by SIGKILL from outside the trial (the OS out-of-memory killer or jetsam)"
-        return Classified(Outcome.OOM, reason, OS_KILL)
+        return Classified(Outcome.OOM, reason, Cause.OS_KILL)
     if returncode is not None and returncode < 0:
         return Classified(Outcome.ERROR, f"killed by signal {signal.Signals(-returncode).name}")
     return Classified(Outcome.ERROR, f"the trial process exited with code {returncode} without a result")
@@ -110,12 +110,12 @@ def _classify_result(result: ChildResult, asked_batch: int) -> Classified:
     if result.status == "ok":
         if result.batch_used is not None and result.batch_used < asked_batch:
             reason = f"Ultralytics halved batch {asked_batch} -> {result.batch_used} after an out-of-memory error"
-            return Classified(Outcome.OOM, reason, "batch-halving")
+            return Classified(Outcome.OOM, reason, Cause.BATCH_HALVING)
         return Classified(Outcome.OK, None)
     if result.status == "oom":
-        return Classified(Outcome.OOM, result.message or "out of memory", "batch-halving" if result.halved else "exception")
+        return Classified(Outcome.OOM, result.message or "out of memory", Cause.BATCH_HALVING if result.halved else Cause.EXCEPTION)
     if result.status == "checkpoint":
-        return Classified(Outcome.ERROR, result.message or "the checkpoint cannot be used", "checkpoint")
+        return Classified(Outcome.ERROR, result.message or "the checkpoint cannot be used", Cause.CHECKPOINT)
     return Classified(Outcome.ERROR, result.message or "the trial reported an error")
 
 

@@ -15,9 +15,10 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from tuner.params import Params
+from tuner.process.contract import Outcome
 from tuner.study import selection
-from tuner.study.records import Best, Outcome, StudyRecord, TrialRecord
-from tuner.study.space import Params
+from tuner.study.records import Best, StudyRecord, TrialRecord
 from tuner.study.storage import sqlite_path, storage_url
 
 OUTCOME_MEANINGS = {

@@ -1,27 +1,25 @@
 """What a study found, written for people: report.md, trials.csv and plots in results/<study-name>/.
 
-`write_report` writes the files from `Findings` (see `tuner.review.findings`) and nothing else; `run_report`
-is the `tuner report` command, which also leaves the optuna-dashboard notes.
+`write_report` writes the files from `Findings` (see `tuner.review.findings`) and nothing else; the command
+`tuner report` (tuner.commands.report) also leaves the optuna-dashboard notes.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from optuna.trial import FrozenTrial
 
-from tuner.review import dashboard, findings, plots
 from tuner import files
+from tuner.params import config_key
+from tuner.review import findings, plots
+from tuner.review.findings import BestConfig, Findings, MemoryGrid, param_cells, trial_outcome, trial_reason
 from tuner.study import records, selection
-from tuner.review.findings import BestConfig, Findings, MemoryGrid, describe_params, param_cells, trial_outcome, trial_reason
 from tuner.study.records import Noise, StudyRecord, TrialRecord
-from tuner.study.space import config_key
-from tuner.study.storage import load_study, resolve_study_name, storage_url
 
 CSV_COLUMNS = (
     "number", "state", "outcome", "imgsz", "batch", "mosaic", "mixup", "value", "peak_mem_mb",
@@ -285,40 +283,3 @@ def _table(header: Sequence[Any], rows: Sequence[Sequence[Any]]) -> str:
 
 def _fmt(value: float | None, digits: int) -> str:
     return "?" if value is None else f"{value:.{digits}f}"
-
-
-# ----------------------------------------------------------------------------------------------- command
-
-
-def run_report(
-    *, study_name: str | None, storage: str | None, studies_dir: Path, results_dir: Path, quiet: bool, as_json: bool
-) -> int:
-    """`tuner report`: find the study, write the report and the dashboard notes, say where the report is."""
-    name = resolve_study_name(study_name, storage, studies_dir)
-    url = storage_url(storage, studies_dir, name)
-    found = findings.read(load_study(name, url), results_dir, url)
-    written = write_report(found, results_dir)
-    dashboard.save_notes(found, url)
-    if as_json:
-        paths = {key: str(path) for key, path in written.items()}
-        best = found.best.to_dict() if found.best else None
-        summary = {"study": name, "storage": url, "best": best, "counts": found.counts, "files": paths}
-        print(json.dumps(summary, indent=2))
-        return 0
-    if not quiet:
-        _print_summary(found)
-    print(f"Report: {written['report.md']}")
-    return 0
-
-
-def _print_summary(found: Findings) -> None:
-    counts = ", ".join(f"{count} {outcome}" for outcome, count in found.counts.items() if count)
-    print(f"Study {found.study_name}: {len(found.trials)} trials ({counts or 'none yet'}).")
-    if found.best is None:
-        print("No stable config yet.")
-        return
-    print(f"Best stable config: trial {found.best.trial}: {describe_params(found.best.params)}; "
-          f"{found.metric_name} {_fmt(found.best.value, 4)}. Next: {found.command}")  # fmt: skip
-    hint = room_to_grow(found)
-    if hint:
-        print(f"Note: {hint}")

@@ -14,13 +14,13 @@ import dataclasses
 from pathlib import Path
 from typing import Sequence
 
-from tuner.data import datasets
 from tuner.config import Space
+from tuner.data import datasets
+from tuner.params import STRIDE
 
 SMALLEST_IMGSZ = 160
 DEFAULT_TOP_IMGSZ = 640
 LARGEST_IMGSZ = 1280
-STEP = 32
 LARGEST_BATCH = 64
 SAMPLED_IMAGES = 400  # image headers read to find the usual size; evenly spread over the sorted train split
 
@@ -40,7 +40,7 @@ class DataShape:
 
 
 def _round_up(size: int) -> int:
-    return -(-size // STEP) * STEP
+    return -(-size // STRIDE) * STRIDE
 
 
 def read_shape(data_yaml: Path) -> DataShape:
@@ -64,7 +64,7 @@ def read_shape(data_yaml: Path) -> DataShape:
 
 def imgsz_choices(shape: DataShape) -> tuple[int, ...]:
     top = max(DEFAULT_TOP_IMGSZ, min(LARGEST_IMGSZ, _round_up(shape.long_side or 0)))
-    return tuple(range(SMALLEST_IMGSZ, top + 1, STEP))
+    return tuple(range(SMALLEST_IMGSZ, top + 1, STRIDE))
 
 
 def batch_choices(shape: DataShape) -> tuple[int, ...]:

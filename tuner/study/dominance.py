@@ -15,8 +15,9 @@ from typing import Any, Iterable
 from optuna.trial import FrozenTrial
 
 from tuner.memory.model import RERUN_SPREAD
-from tuner.study.records import OS_KILL, Outcome, StudyRecord, TrialRecord
-from tuner.study.space import Params
+from tuner.params import Params
+from tuner.process.contract import Cause, Outcome
+from tuner.study.records import StudyRecord, TrialRecord
 
 
 def observed_ooms(trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:
@@ -42,7 +43,7 @@ def outside_kill_level(trials: Iterable[FrozenTrial]) -> float | None:
     records = [TrialRecord.of(trial) for trial in trials]
     held = max((r.peak_mem_mb for r in records if r.outcome == Outcome.OK and r.peak_mem_mb), default=0.0)
     floor = held * (1 - RERUN_SPREAD)
-    peaks = sorted(r.peak_mem_mb for r in records if r.oom_cause == OS_KILL and r.peak_mem_mb and r.peak_mem_mb >= floor)
+    peaks = sorted(r.peak_mem_mb for r in records if r.oom_cause == Cause.OS_KILL and r.peak_mem_mb and r.peak_mem_mb >= floor)
     if len(peaks) < CONSISTENT_KILLS or peaks[-1] > peaks[0] * (1 + KILL_SPREAD):
         return None
     return peaks[0]

@@ -13,12 +13,12 @@ import re
 import zipfile
 from pathlib import Path
 
-from tuner.data import base_model, datasets, shapes
 from tuner.config import ProbeConfig
-from tuner.process.contract import ProbeSpec
-from tuner.memory.device import Device
+from tuner.data import base_model, datasets, shapes
 from tuner.errors import ConfigError
-from tuner.study.space import Params
+from tuner.memory.device import Device
+from tuner.params import Params
+from tuner.process.contract import ProbeSpec
 
 DEFAULT_MODEL = "yolov8n.yaml"
 

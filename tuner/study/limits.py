@@ -19,13 +19,13 @@ import time
 from typing import Any, Callable
 
 from tuner.config import Space
-from tuner.memory.model import RERUN_SPREAD, Frontier, FrontierEntry, Measurement, MemoryModel, bisect_frontier, fit
-from tuner.study.progress import Progress
-from tuner.study.records import Outcome
 from tuner.errors import StudyFailed
-from tuner.study.inputs import Inputs
-from tuner.study.space import Params
+from tuner.memory.model import RERUN_SPREAD, Frontier, FrontierEntry, Measurement, MemoryModel, bisect_frontier, fit
+from tuner.params import Params
+from tuner.process.contract import PROBE_CHILD, Outcome
 from tuner.process.trial import Attempt, run_child
+from tuner.study.inputs import Inputs
+from tuner.study.progress import Progress
 
 Runner = Callable[..., Attempt]  # tuner.process.trial.run_child's signature
 
@@ -89,7 +89,7 @@ class Preflight:
         params = worst_case(inputs.cfg.space, imgsz, batch)
         spec = dataclasses.replace(inputs.spec(params, inputs.cfg.seed), preflight_batches=PREFLIGHT_BATCHES)
         folder = inputs.trials_dir / "preflight" / f"imgsz{imgsz}-batch{batch}"
-        attempt = self.runner("tuner.study.probe_child", spec, folder, inputs.device, inputs.budget, inputs.cfg.probe.trial_timeout)
+        attempt = self.runner(PROBE_CHILD, spec, folder, inputs.device, inputs.budget, inputs.cfg.probe.trial_timeout)
         if attempt.outcome == Outcome.ERROR:
             raise StudyFailed(
                 f"The pre-flight of {params} failed: {attempt.reason}. See {attempt.log}; fix the cause, then re-run."

@@ -8,9 +8,9 @@ import sys
 import time
 from typing import TextIO
 
-from tuner.process.contract import EpochRecord
 from tuner.memory.budget import MIB
-from tuner.study.space import Params
+from tuner.params import Params
+from tuner.process.contract import EpochRecord
 
 
 class Progress:

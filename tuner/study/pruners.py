@@ -21,7 +21,8 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.config import ProbeConfig
-from tuner.study.records import Outcome, StudyRecord, TrialRecord
+from tuner.process.contract import Outcome
+from tuner.study.records import StudyRecord, TrialRecord
 
 # How far behind a rung's cut a probe may be and still train on, as a fraction of the cut. Measured on the
 # embedded dataset, over 65 probe curves of the benchmarks: after epoch 1, two seeds of one config were up to

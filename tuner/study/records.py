@@ -22,30 +22,14 @@ tuner.study.workers); neither counts towards `n_trials`.
 from __future__ import annotations
 
 import dataclasses
-import enum
 from typing import Any, Iterable
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner import config as configs
-from tuner.study.space import Params
-
-
-class Outcome(str, enum.Enum):
-    OK = "ok"
-    OOM = "oom"
-    PRUNED = "pruned"
-    ERROR = "error"
-
-    def __str__(self) -> str:
-        return self.value
-
-
-# OOM causes measured against the trial's own budget: a config at least as large will not fit either.
-EVIDENCE = ("watchdog", "exception", "batch-halving")
-INFERRED = "inferred"
-OS_KILL = "os-kill"
+from tuner.params import Params
+from tuner.process.contract import EVIDENCE, Cause, Outcome
 
 
 def _from_attrs(cls, attrs: dict[str, Any]):
@@ -103,7 +87,7 @@ class TrialRecord:
 
     @property
     def inferred(self) -> bool:
-        return self.oom_cause == INFERRED
+        return self.oom_cause == Cause.INFERRED
 
     @property
     def is_oom_evidence(self) -> bool:

@@ -20,15 +20,15 @@ import time
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.study import dominance, limits, selection, space, workers
 from tuner.config import ProbeConfig
-from tuner.process.contract import EpochRecord
 from tuner.errors import StudyFailed
+from tuner.params import Params
+from tuner.process.contract import PROBE_CHILD, Cause, EpochRecord, Outcome
+from tuner.process.trial import Attempt, run_child
+from tuner.study import dominance, limits, selection, space, workers
 from tuner.study.inputs import Inputs
 from tuner.study.progress import Progress
-from tuner.study.records import INFERRED, OS_KILL, Outcome, Race, StudyRecord, TrialRecord, holds_place, retried
-from tuner.study.space import Params
-from tuner.process.trial import Attempt, run_child
+from tuner.study.records import Race, StudyRecord, TrialRecord, holds_place, retried
 
 SAME_ERROR_STOP = 2  # stop when the first trials of a run all fail with the same message
 MAX_INFERRED_IN_A_ROW = 30  # the sampler keeps proposing configs known not to fit: the space is used up
@@ -238,7 +238,7 @@ class Search:
 
         folder = self.inputs.trials_dir / f"trial-{trial.number:04d}"
         attempt = self.runner(
-            "tuner.study.probe_child", self.inputs.spec(params, seed), folder, self.inputs.device, self.inputs.budget,
+            PROBE_CHILD, self.inputs.spec(params, seed), folder, self.inputs.device, self.inputs.budget,
             self.cfg.probe.trial_timeout, on_epoch,
         )  # fmt: skip
         self._record(trial, attempt)
@@ -248,7 +248,7 @@ class Search:
         """Record `trial` as out of memory without running it: trial `source` ran out with less, or the
         pre-flights put the limit below it."""
         TrialRecord(
-            outcome=Outcome.OOM, oom_reason=reason, oom_cause=INFERRED, inferred_from=source, stable=False
+            outcome=Outcome.OOM, oom_reason=reason, oom_cause=Cause.INFERRED, inferred_from=source, stable=False
         ).save(trial)
         predicted = self.limits.model.predict(**dataclasses.asdict(Params.of(trial.params))) if self.limits.model else None
         trial.set_constraint(CONSTRAINT, max(1.0, (predicted or 0.0) - self.limit_mb))
@@ -330,7 +330,7 @@ class Search:
         over = attempt.peak_mb - limit
         trial.set_constraint(CONSTRAINT, max(over, 1.0) if outcome == Outcome.OOM else over)
         self.progress.trial_end(outcome.value, attempt.value, attempt.peak_mb, attempt.reason)
-        if attempt.cause == OS_KILL:
+        if attempt.cause == Cause.OS_KILL:
             self._heed_outside_kills()
 
     def _verdict(self, trial: optuna.Trial, attempt: Attempt) -> float:

@@ -23,8 +23,8 @@ from typing import Any, Iterable
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from tuner.params import config_key
 from tuner.study.records import Noise, TrialRecord, stable_configs
-from tuner.study.space import config_key
 
 MEMORY_TIE = 0.05  # peaks closer than this fraction of the budget are the same headroom
 ROOM_TO_GROW = 0.5  # a best config at the largest imgsz, peaking below this share of the stable limit

@@ -1,44 +1,16 @@
-"""The search space as Optuna suggestions: imgsz and batch are choices, mosaic and mixup ranges.
-
-`Params` is one point of it: the four settings a probe trains and train-best trains with.
+"""The search space as Optuna suggestions: imgsz and batch are choices, mosaic and mixup ranges, and the
+startup design that spreads a fresh study's first trials over it (a point of it is `tuner.params.Params`).
 """
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, ClassVar
+from typing import Any
 
 import optuna
 
 from tuner.config import Space
 
 STEP = 0.05  # mosaic/mixup in steps of 0.05 where the range allows: readable, and repeats match exactly
-
-
-@dataclasses.dataclass(frozen=True)
-class Params:
-    imgsz: int
-    batch: int
-    mosaic: float
-    mixup: float
-
-    FIELDS: ClassVar[frozenset[str]] = frozenset({"imgsz", "batch", "mosaic", "mixup"})
-
-    @classmethod
-    def of(cls, values: dict[str, Any]) -> Params:
-        mosaic, mixup = (round(float(values[key]), 4) for key in ("mosaic", "mixup"))
-        return cls(int(values["imgsz"]), int(values["batch"]), mosaic, mixup)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @property
-    def key(self) -> tuple:
-        """Equal keys train the same config (repeats differ only in their seed)."""
-        return (self.imgsz, self.batch, round(self.mosaic, 3), round(self.mixup, 3))
-
-    def __str__(self) -> str:
-        return f"imgsz {self.imgsz} batch {self.batch} mosaic {self.mosaic:.2f} mixup {self.mixup:.2f}"
 
 
 def suggest(trial: optuna.Trial, space: Space) -> dict[str, Any]:
@@ -78,8 +50,3 @@ def startup_design(space: Space, count: int, largest: dict[int, int | None] | No
         if {"imgsz": imgsz, "batch": batch} not in design:
             design.append({"imgsz": imgsz, "batch": batch})
     return design
-
-
-def config_key(params: dict[str, Any]) -> tuple:
-    """Trials with equal keys trained the same config (repeats differ only in their seed)."""
-    return Params.of(params).key

@@ -22,17 +22,16 @@ from statistics import mean
 from typing import Any
 
 from tuner import __version__
-from tuner.data import datasets
-from tuner.study import inputs, records
 from tuner import config as configs
-from tuner.memory import device as devices
 from tuner.config import TrainSettings
+from tuner.data import datasets
 from tuner.errors import ConfigError, StudyError
+from tuner.memory import device as devices
+from tuner.params import STRIDE, Params
+from tuner.study import inputs, records
 from tuner.study.dominance import StableSizes
 from tuner.study.records import StudyRecord, TrialRecord
-from tuner.study.space import Params
 
-IMGSZ_STEP = 32
 MIN_IMGSZ = 64  # below 2 strides YOLO's BatchNorm runs on single values
 BEST_KEYS = ("model", "data", "imgsz", "batch", "mosaic", "mixup")
 OPTIONAL_BEST_KEYS = ("device", "workers", "optimizer", "lr0")
@@ -154,8 +153,8 @@ def _read_best_yaml(path: Path) -> dict[str, Any]:
         value = values[key]
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise ConfigError(f"The value of `{key}` in {path} is {value!r}, but must be a positive integer; {fix}.")
-    if values["imgsz"] % 32:
-        raise ConfigError(f"The value of `imgsz` in {path} is {values['imgsz']}, but must be a multiple of 32; {fix}.")
+    if values["imgsz"] % STRIDE:
+        raise ConfigError(f"The value of `imgsz` in {path} is {values['imgsz']}, but must be a multiple of {STRIDE}; {fix}.")
     for key in ("mosaic", "mixup"):
         value = values[key]
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
@@ -238,7 +237,7 @@ def plan_stages(source: Source, settings: TrainSettings) -> list[dict[str, Any]]
         fine = min(epochs - 1, max(1, round(epochs * settings.fine_tune_share)))
         conservative = dataclasses.replace(
             source.best,
-            imgsz=max(MIN_IMGSZ, source.best.imgsz - 2 * IMGSZ_STEP),
+            imgsz=max(MIN_IMGSZ, source.best.imgsz - 2 * STRIDE),
             mosaic=round(source.best.mosaic / 2, 2),
             mixup=0.0,
         )
@@ -250,7 +249,7 @@ def plan_stages(source: Source, settings: TrainSettings) -> list[dict[str, Any]]
     elif strategy == "progressive":
         final = _largest_stable(source)
         blocks = range(settings.progressive_blocks - 1, -1, -1)
-        sizes = [size for size in (final.imgsz - IMGSZ_STEP * k for k in blocks) if size >= MIN_IMGSZ]
+        sizes = [size for size in (final.imgsz - STRIDE * k for k in blocks) if size >= MIN_IMGSZ]
         sizes = sizes[-epochs:]  # at least one epoch per block
         shares = [epochs // len(sizes) + (1 if k >= len(sizes) - epochs % len(sizes) else 0) for k in range(len(sizes))]
         stages = [
@@ -321,8 +320,8 @@ def step_down(
     if frontier is not None:
         return frontier.step_down(current)
     floor = max(MIN_IMGSZ, min(c.params.imgsz for c in candidates)) if candidates else MIN_IMGSZ
-    if current.imgsz - IMGSZ_STEP >= floor:
-        return dataclasses.replace(current, imgsz=current.imgsz - IMGSZ_STEP), "the next smaller imgsz"
+    if current.imgsz - STRIDE >= floor:
+        return dataclasses.replace(current, imgsz=current.imgsz - STRIDE), "the next smaller imgsz"
     if current.batch > 1:
         return dataclasses.replace(current, batch=current.batch // 2), "half the batch"
     return None

@@ -37,10 +37,10 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Callable, NoReturn
 
-from tuner.process import child
-from tuner.train.checkpoints import AtomicPath, CheckpointUnusable, atomic_strip, checkpoint_facts, trim_results_csv
 from tuner.config import METRIC_NAMES
+from tuner.process import child
 from tuner.process.contract import ChildResult, TrainSpec
+from tuner.train.checkpoints import AtomicPath, CheckpointUnusable, atomic_strip, checkpoint_facts, trim_results_csv
 
 # What Ultralytics' resume accepts from the caller (BaseTrainer.check_resume), besides data and resume.
 RESUME_OVERRIDES = {"data", "imgsz", "batch", "device", "workers", "plots", "patience", "save_period", "val",

@@ -23,20 +23,17 @@ from pathlib import Path
 from typing import Any, Callable
 
 from tuner import config as configs
-from tuner.train.checkpoints import CheckpointError, catch_up, checkpoint_to_resume, untouched
-from tuner.process.contract import EpochRecord, TrainSpec
-from tuner.memory.device import Device
 from tuner.errors import TunerError
 from tuner.memory.budget import MIB
-from tuner.study.dominance import StableSizes
-from tuner.train.plan import Candidate, step_down, train_settings
-from tuner.study.records import Outcome
-from tuner.train.run_folder import RunFiles, append_memory, now, save_state
-from tuner.study.space import Params
+from tuner.memory.device import Device
+from tuner.params import Params
+from tuner.process.contract import STAGE_CHILD, Cause, EpochRecord, Outcome, TrainSpec
 from tuner.process.trial import Attempt, OnEpoch, run_child
+from tuner.study.dominance import StableSizes
+from tuner.train.checkpoints import CheckpointError, catch_up, checkpoint_to_resume, untouched
+from tuner.train.plan import Candidate, step_down, train_settings
+from tuner.train.run_folder import RunFiles, append_memory, now, save_state
 
-MODULE = "tuner.train.stage_child"
-BATCH_HALVING = "batch-halving"  # tuner.process.trial's cause for Ultralytics' silent batch halving
 CHECKPOINT = "checkpoint"  # tuner.process.trial's cause for a checkpoint the training process could not use
 
 Runner = Callable[[str, TrainSpec, Path, Device, int, float, OnEpoch], Attempt]
@@ -168,7 +165,7 @@ class Supervisor:
         self.save()
         folder = self.run_files.attempt_dir(self.state["attempts"])
         on_epoch = _EpochRecorder(self, index)
-        attempt = self.runner(MODULE, spec, folder, self.device, self.budget, math.inf, on_epoch)
+        attempt = self.runner(STAGE_CHILD, spec, folder, self.device, self.budget, math.inf, on_epoch)
         self.state["peak_mem_mb"] = max(self.state["peak_mem_mb"], attempt.peak_mb)
         self.save()
         return attempt
@@ -188,7 +185,7 @@ class Supervisor:
         )  # fmt: skip
         where = f"{self.label(index)} after epoch {progress['epochs_done']}"
         self.screen.say(f"Training process died in {where} ({outcome}: {attempt.reason}).", important=True)
-        if attempt.cause == BATCH_HALVING:
+        if attempt.cause == Cause.BATCH_HALVING:
             self.screen.say(f"Warning: {attempt.reason}; counted as out of memory.", important=True)
         if self.restarts >= self.max_restarts:
             self.save()

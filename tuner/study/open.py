@@ -1,0 +1,118 @@
+"""Open a study: create it, or continue it when what it measures has not changed, and map its memory
+limits once (the pre-flights of tuner.study.limits, under the lease of tuner.study.workers).
+
+A study remembers what it measures (tuner.config.identity), its device and budget: a run that asks
+for something else is refused rather than mixed into it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from typing import Any
+
+import optuna
+
+from tuner import config as configs
+from tuner.errors import ConfigError, StudyFailed
+from tuner.study import limits, pruners
+from tuner.study import workers as tuner_workers
+from tuner.study.inputs import Inputs
+from tuner.study.progress import Progress
+from tuner.study.records import StudyRecord
+from tuner.study.search import enqueue_startup, startup_trials
+from tuner.study.storage import open_storage
+
+MAX_RETRY = 2  # a trial orphaned by a killed tuner is run again at most this often
+
+
+def open_study(name: str, url: str, cfg: configs.ProbeConfig, record: StudyRecord) -> tuple[optuna.Study, bool]:
+    """Create the study, or continue it if what it measures has not changed; True when this call created it."""
+    storage = open_storage(
+        url, create=True, heartbeat_interval=cfg.heartbeat_interval, grace_period=cfg.grace_period, max_retry=MAX_RETRY
+    )
+    if name in optuna.get_all_study_names(storage):
+        stored = StudyRecord.of(optuna.load_study(study_name=name, storage=storage))
+        _check_same_study(name, stored, record)
+        if stored.outside_kill_mb is not None:  # a limit that kills from outside set holds for the rest of the study
+            record = dataclasses.replace(record, outside_kill_mb=stored.outside_kill_mb,
+                                         stable_limit_mb=min(record.stable_limit_mb, stored.stable_limit_mb))  # fmt: skip
+    settings = dict(study_name=name, storage=storage, sampler=_sampler(cfg), pruner=pruners.make(cfg, record.stable_limit_mb))
+    try:
+        study, created = optuna.create_study(direction="maximize", **settings), True
+    except optuna.exceptions.DuplicatedStudyError:  # another worker created it a moment ago
+        study, created = optuna.load_study(**settings), False
+    study.set_metric_names([cfg.metric_name])
+    record.save(study)
+    return study, created
+
+
+def _sampler(cfg: configs.ProbeConfig) -> optuna.samplers.BaseSampler:
+    if cfg.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=cfg.seed)
+    # constant_liar: while other workers' trials run, TPE counts them as poor, so workers do not sample the same config
+    return optuna.samplers.TPESampler(
+        seed=cfg.seed, n_startup_trials=startup_trials(cfg), multivariate=True, constant_liar=True
+    )
+
+
+def _check_same_study(name: str, stored: StudyRecord, new: StudyRecord) -> None:
+    if stored.config is None:
+        return
+    old_id, new_id = configs.identity(stored.config.to_dict()), configs.identity(new.config.to_dict())
+    for key in old_id:
+        if old_id[key] != new_id[key]:
+            raise ConfigError(
+                f"Study {name!r} was created with {key} = {_show(old_id[key])}, but this run asks for "
+                f"{_show(new_id[key])}. Re-run with the study's settings, or pass --study-name for a new study."
+            )
+    for what, old, now in (("a memory budget of {} MiB", stored.budget_mb, new.budget_mb),
+                           ("device {}", _card(stored), _card(new))):  # fmt: skip
+        if old is not None and old != now:
+            raise ConfigError(
+                f"Study {name!r} was created with {what.format(old)}, but this run has {what.format(now)}. "
+                "Re-run with the same --memory-budget/--device, or pass --study-name for a new study."
+            )
+
+
+def _card(record: StudyRecord) -> str | None:
+    """The device a study measures on: `cuda:1` measures as `cuda:0` does when it is the same card model."""
+    if record.device and record.device.startswith("cuda:"):
+        return f"cuda ({record.device_name})"
+    return record.device
+
+
+def _show(value: Any) -> str:
+    return json.dumps(value, sort_keys=True)
+
+
+def mapped_limits(
+    study: optuna.Study, trials: Inputs, progress: Progress, queue_design: bool = True, created: bool = False
+) -> limits.Limits:
+    """The study's frontier and memory model: mapped by pre-flights on its first run, stored, then reused.
+    One worker maps them while others wait (tuner.study.workers.Lease: the study's creator, when it is this run, takes
+    it at once); it also queues the startup design.
+    Raises StudyFailed (exit 1) when not even the smallest config fits."""
+    lease = tuner_workers.Lease(study)
+    said = False
+    while not (stored := StudyRecord.of(study).limits):
+        if lease.acquire(creator=created):
+            with lease.held():
+                if StudyRecord.of(study).limits:  # mapped by a worker whose lease ended as this one took it
+                    continue
+                found = limits.map_limits(trials, progress)
+                if queue_design and any(entry.imgsz is not None for entry in found.frontier.entries):
+                    enqueue_startup(study, trials.cfg, found)
+                dataclasses.replace(StudyRecord.of(study), limits=found.to_dict()).save(study)
+            break
+        if not said:
+            progress.say(f"Worker {lease.holder()} is mapping the memory limits; waiting for its result.")
+            said = True
+        time.sleep(tuner_workers.WAIT_POLL_S)
+    else:
+        found = limits.Limits.from_dict(stored)
+        progress.say(f"Memory limits mapped before: {len(found.frontier.measurements)} pre-flight(s), stored in the study.")
+    if all(entry.imgsz is None for entry in found.frontier.entries):
+        raise StudyFailed(limits.smallest_needs(found))
+    return found
