@@ -8,8 +8,10 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import optuna
 import psutil
 import pytest
+import sqlalchemy
 
 from tuner.cli import main
 from tuner.data import shapes
@@ -107,6 +109,34 @@ def wait_for(process: psutil.Process, event: Callable[[psutil.Process], bool], t
             return False
         time.sleep(0.02)
     return False
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, step: float = 0.2) -> bool:
+    """Poll until `condition()` holds; False if the time ran out first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(step)
+    return condition()
+
+
+def heartbeat_age(storage: optuna.storages.RDBStorage, trial_id: int) -> float | None:
+    """Seconds since the trial's last heartbeat, on the database's own clock (Optuna stamps heartbeats with the
+    database's now()); None before its first one."""
+    query = sqlalchemy.text("SELECT CURRENT_TIMESTAMP, heartbeat FROM trial_heartbeats WHERE trial_id = :trial")
+    with storage.engine.connect() as connection:
+        row = connection.execute(query, {"trial": trial_id}).first()
+    if row is None:
+        return None
+    now, beat = (value if not isinstance(value, str) else _sql_time(value) for value in row)
+    return (now.replace(tzinfo=None) - beat.replace(tzinfo=None)).total_seconds()
+
+
+def _sql_time(text: str):
+    from datetime import datetime
+
+    return datetime.fromisoformat(text)
 
 
 def has_loaded_torch(process: psutil.Process) -> bool:

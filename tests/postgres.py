@@ -12,7 +12,6 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 USER = "tuner"
@@ -94,10 +93,3 @@ class Server:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def wait_until(condition, timeout: float, step: float = 0.2) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(step)
-    return condition()

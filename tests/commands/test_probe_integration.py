@@ -16,7 +16,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from tests.conftest import has_loaded_torch, tiny_probe_args, trial_processes
+from tests.conftest import has_loaded_torch, heartbeat_age, tiny_probe_args, trial_processes, wait_until
 from tuner.study.records import StudyRecord
 
 pytestmark = pytest.mark.integration
@@ -233,7 +233,10 @@ def test_tuner_killed_mid_study_then_rerun_keeps_trials_and_retries_the_orphan(w
     killed = load(workdir)
     assert [t.state for t in killed.trials] == [TrialState.COMPLETE, TrialState.RUNNING]
     orphan_params = killed.trials[1].params
-    time.sleep(3)  # past the grace period: the orphan's heartbeat is stale
+    storage = optuna.storages.RDBStorage(f"sqlite:///{workdir / 'studies' / 'data-yolov8n-cpu.db'}")
+    # the event the re-run needs: the orphan's heartbeat older than the grace period (2 s)
+    assert wait_until(lambda: (heartbeat_age(storage, killed.trials[1]._trial_id) or 0) > 2, 30, step=0.1)
+    storage.engine.dispose()
 
     rerun = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr

@@ -21,7 +21,7 @@ import yaml
 from optuna.trial import TrialState
 
 from tests import postgres
-from tests.conftest import has_loaded_torch, tiny_probe_args
+from tests.conftest import has_loaded_torch, heartbeat_age, tiny_probe_args, wait_until
 from tests.review.test_dashboard import _free_port, _get, _start
 from tuner.process.contract import PROBE_CHILD
 from tuner.study import selection
@@ -202,22 +202,25 @@ def test_a_server_restarted_mid_trial_is_ridden_out_one_that_stays_away_is_one_l
 ):
     folder = tmp_path / "a"
     worker = _worker(tiny_data, database, folder, "--n-trials", "2")
-    assert postgres.wait_until(lambda: worker.poll() is not None or _trial_process(worker.pid), 120, step=0.05)
+    assert wait_until(lambda: worker.poll() is not None or _trial_process(worker.pid), 120, step=0.05)
     first = _trial_process(worker.pid)
     os.kill(first, signal.SIGSTOP)  # the first trial holds still (a long training, in short) while the server
     try:  # restarts: its heartbeats (1 s) miss, the worker's connections die
         server.stop()
-        time.sleep(1.2)
+        time.sleep(1.2)  # the outage: longer than a heartbeat interval, so at least one beat fails
         server.start()
-        time.sleep(5.5)  # longer than the grace period (4 s): a heartbeat that stopped at the restart is stale by now
-        watcher = optuna.load_study(study_name=NAME, storage=optuna.storages.RDBStorage(
-            database, heartbeat_interval=1, grace_period=4))  # another worker's view  # fmt: skip
+        storage = optuna.storages.RDBStorage(database, heartbeat_interval=1, grace_period=4)  # another worker's view
+        watcher = optuna.load_study(study_name=NAME, storage=storage)
+        trial_id = watcher.trials[0]._trial_id
+        # the event: a heartbeat after the restart (one that stopped at the restart never comes, and the wait fails)
+        assert wait_until(lambda: (age := heartbeat_age(storage, trial_id)) is not None and age < 1.0, 30, step=0.1), \
+            "no heartbeat reached the database after its restart"
         assert watcher.trials[0].state == TrialState.RUNNING
         optuna.storages.fail_stale_trials(watcher)  # what another worker does at each trial start
         assert watcher.trials[0].state == TrialState.RUNNING  # its heartbeat went on after the restart
     finally:
         os.kill(first, signal.SIGCONT)
-    assert postgres.wait_until(lambda: worker.poll() is not None or _trial_process(worker.pid) not in (None, first), 120)
+    assert wait_until(lambda: worker.poll() is not None or _trial_process(worker.pid) not in (None, first), 120)
     assert worker.poll() is None, (folder / "tuner.log").read_text()[-3000:]  # ridden out: the next trial trains
     server.stop()  # now the server stays away until the worker gives up
     try:
