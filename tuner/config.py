@@ -139,8 +139,9 @@ class ProbeConfig:
         return out
 
 
-# Settings that define what the study measures; a resumed study may not change them.
-IDENTITY_KEYS = ("model", "data", "metric", "space")
+# Settings that define what the study measures; a resumed study may not change them. The safety margin sets the
+# stable limit its frontier was mapped under (tuner.study.limits).
+IDENTITY_KEYS = ("model", "data", "metric", "space", "safety_margin")
 IDENTITY_PROBE_KEYS = ("epochs", "fraction", "optimizer", "lr0", "warmup_epochs")
 
 

@@ -3,15 +3,21 @@
 
 from __future__ import annotations
 
+import dataclasses
+import io
+
 import optuna
 import pytest
 
 from tests.fakes import FakePreflight, inputs, law, quiet
-from tuner.errors import StudyFailed
+from tuner.errors import ConfigError, StudyFailed
 from tuner.memory.model import RERUN_SPREAD
+from tuner.process.contract import Cause, ChildResult, Outcome, PreflightCounts
 from tuner.review.findings import read
 from tuner.review.report import render_markdown
 from tuner.study import limits
+from tuner.study.open import open_study
+from tuner.study.progress import Progress
 from tuner.study.records import StudyRecord
 
 
@@ -87,3 +93,114 @@ def test_configs_beyond_the_frontier_are_known_not_to_fit(tmp_path):
         reason = limits.beyond_frontier(found, above)
         assert reason is not None and f"batch {batch}" in reason and reason.startswith("inferred:")
     assert limits.beyond_frontier(found, Params(160, 64, 0.5, 0.1)) is None  # a batch the pre-flights never saw
+
+
+class KilledFromOutside(FakePreflight):
+    """FakePreflight whose runs are SIGKILLed from outside, without a result: each run of a config in `kills` at the
+    next of its peaks there, and every run peaking over `limit_mb` (the machine's real limit, below the budget) just
+    under that limit."""
+
+    def __init__(self, budget_mb: float, kills: dict[tuple[int, int], list[float]] | None = None,
+                 limit_mb: float | None = None) -> None:  # fmt: skip
+        super().__init__(budget_mb)
+        self.kills = {config: list(peaks) for config, peaks in (kills or {}).items()}
+        self.limit_mb = limit_mb
+
+    def __call__(self, module, spec, folder, device, budget, timeout, on_epoch=None):
+        attempt = super().__call__(module, spec, folder, device, budget, timeout, on_epoch)
+        config = (spec.params.imgsz, spec.params.batch)
+        if self.kills.get(config):
+            seen = self.kills[config].pop(0)
+        elif self.limit_mb is not None and law(*config) > self.limit_mb:
+            seen = self.limit_mb * (1 - 0.01 * (len(self.specs) % 3))  # the watchdog's last sample before the kill
+        else:
+            return attempt
+        return dataclasses.replace(attempt, outcome=Outcome.OOM, reason="killed by SIGKILL from outside the trial",
+                                   cause=Cause.OS_KILL, peak_mb=seen, returncode=-9, result=None)  # fmt: skip
+
+    def runs(self, config: tuple[int, int]) -> int:
+        return sum((spec.params.imgsz, spec.params.batch) == config for spec in self.specs)
+
+
+def test_one_kill_from_outside_of_a_preflight_is_run_again_and_says_nothing_of_the_limit(tmp_path):
+    trials = inputs(tmp_path, 1200)
+    clean = limits.map_limits(trials, quiet(), runner=FakePreflight(1200))
+    first_fit = next(taken for taken in clean.frontier.measurements if not taken.oom)
+    config = (first_fit.imgsz, first_fit.batch)
+    killed = KilledFromOutside(1200, kills={config: [first_fit.peak_mb * 0.5]})
+    found = limits.map_limits(trials, quiet(), runner=killed)
+    assert killed.runs(config) == 2 and found.frontier == clean.frontier and found.outside_kill_mb is None
+    assert found.stable_limit_mb == trials.stable_limit_mb
+    # the smallest config alone, killed once: it fits, where counting the kill as an OOM left nothing that fits
+    one = inputs(tmp_path, 1200, imgsz=(160,), batch=(2,))
+    found = limits.map_limits(one, quiet(), runner=KilledFromOutside(1200, kills={(160, 2): [650.0]}))
+    assert found.frontier.largest() == {2: 160}
+
+
+def test_preflights_killed_from_outside_at_one_peak_set_the_limit_and_the_frontier_under_it(tmp_path, monkeypatch):
+    from tuner.study import open as study_open
+
+    trials = inputs(tmp_path, 2000)  # stable below 1800 MiB; the machine kills whatever goes over 1300 MiB
+    found = limits.map_limits(trials, quiet(), runner=KilledFromOutside(2000, limit_mb=1300))
+    assert found.outside_kill_mb is not None and 1300 * 0.97 <= found.outside_kill_mb <= 1300
+    assert found.stable_limit_mb == pytest.approx(found.outside_kill_mb * (1 - trials.cfg.safety_margin))
+    for entry in found.frontier.entries:
+        fitting = [size for size in trials.cfg.space.imgsz if law(size, entry.batch) * (1 + RERUN_SPREAD) < found.stable_limit_mb]
+        assert entry.imgsz == (max(fitting) if fitting else None), entry
+    assert "killed from outside at about" in limits.describe(found)
+    assert limits.Limits.from_dict(found.to_dict()).outside_kill_mb == found.outside_kill_mb
+    # stored on the study as the trials' kills are: the search, and a continued study, work under the lowered limit
+    real_map = limits.map_limits
+    monkeypatch.setattr(limits, "map_limits",
+                        lambda inputs, progress, **kw: real_map(inputs, progress, runner=KilledFromOutside(2000, limit_mb=1300), **kw))
+    record = StudyRecord(config=trials.cfg, device="cpu", budget_mb=2000, stable_limit_mb=trials.stable_limit_mb)
+    study, created = open_study("s", f"sqlite:///{tmp_path / 's.db'}", trials.cfg, record)
+    study_open.mapped_limits(study, trials, quiet(), created=created)
+    after = StudyRecord.of(study)
+    assert after.outside_kill_mb == found.outside_kill_mb and after.stable_limit_mb == pytest.approx(found.stable_limit_mb, abs=0.1)
+
+
+def test_a_mapping_gone_on_from_keeps_the_limit_its_kills_from_outside_set(tmp_path):
+    trials = inputs(tmp_path, 2000)
+    stored: list[limits.Mapping] = []
+    whole = limits.map_limits(trials, quiet(), runner=KilledFromOutside(2000, limit_mb=1300), store=stored.append)
+    assert [len(mapping.measurements) for mapping in stored] == list(range(1, len(whole.frontier.measurements) + 1))
+    before = limits.Mapping.from_dict(stored[2].to_dict())  # its tuner died after three pre-flights
+    assert before.outside_kill_mb == whole.outside_kill_mb
+    again = limits.map_limits(trials, quiet(), runner=FakePreflight(2000), before=before)  # no more kills
+    assert again.stable_limit_mb == whole.stable_limit_mb and again.frontier.largest() == whole.frontier.largest()
+
+
+def test_a_preflight_killed_from_outside_twice_at_peaks_far_apart_stops_with_one_line(tmp_path):
+    killed = KilledFromOutside(2000, kills={(384, 16): [300.0, 1500.0]})
+    with pytest.raises(StudyFailed, match="killed from outside twice, at 300 and 1500 MiB") as info:
+        limits.map_limits(inputs(tmp_path, 2000), quiet(), runner=killed)
+    assert "\n" not in str(info.value)
+
+
+def test_a_study_continued_with_another_safety_margin_is_refused(tmp_path):
+    """Its frontier was mapped under the stable limit of the margin it was created with."""
+    trials = inputs(tmp_path, 2000)
+    record = StudyRecord(config=trials.cfg, device="cpu", budget_mb=2000, stable_limit_mb=trials.stable_limit_mb)
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    open_study("s", url, trials.cfg, record)
+    wider = dataclasses.replace(trials.cfg, safety_margin=0.2)
+    with pytest.raises(ConfigError, match="created with safety_margin = 0.1, but this run asks for 0.2"):
+        open_study("s", url, wider, dataclasses.replace(record, config=wider))
+    open_study("s", url, trials.cfg, record)  # the same margin continues it
+
+
+class Counted(FakePreflight):
+    """FakePreflight whose finished runs say what they trained, as the real pre-flight's result does."""
+
+    def __call__(self, *args, **kwargs):
+        attempt = super().__call__(*args, **kwargs)
+        if attempt.outcome != Outcome.OK:
+            return attempt
+        return dataclasses.replace(attempt, result=ChildResult("ok", preflight=PreflightCounts(3, 4, 1, 8, 352, 320)))
+
+
+def test_the_console_says_what_each_preflight_trained_and_validated(tmp_path):
+    said = io.StringIO()
+    limits.map_limits(inputs(tmp_path, 2000), Progress(1, 1, "mAP50-95", stream=said), runner=Counted(2000))
+    assert "(3 training batches, 1 validation batch of 8 images at 352x320)" in said.getvalue()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import re
+import json
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -19,7 +19,8 @@ import pytest
 from tuner import config
 from tuner.memory import device as devices
 from tuner.params import Params
-from tuner.process.contract import Outcome
+from tuner.process import child
+from tuner.process.contract import ChildResult, Outcome, PreflightCounts
 from tuner.process.trial import Attempt, run_child
 from tuner.study import probe_child
 from tuner.study.inputs import Inputs
@@ -28,10 +29,6 @@ MIB = 2**20
 PREFLIGHT_BATCHES = 3
 # imgsz 64 / batch 2 on 8 training images: an epoch of 4 batches, one more than the pre-flight trains.
 SMALL = Params(imgsz=64, batch=2, mosaic=1.0, mixup=0.3)
-REPORT = re.compile(
-    r"pre-flight: (?P<trained>\d+) training batches of (?P<per_epoch>\d+) in an epoch, "
-    r"(?P<validated>\d+) validation batch of (?P<images>\d+) images at (?P<height>\d+)x(?P<width>\d+)"
-)
 
 
 def inputs(data_yaml: Path, trials_dir: Path, budget_mb: int = 8000) -> Inputs:
@@ -48,9 +45,8 @@ def run(trials: Inputs, params: Params, name: str, preflight: bool = True, modul
 
 def report(attempt: Attempt) -> dict[str, int]:
     """What the pre-flight says it did, from its result."""
-    match = REPORT.fullmatch(attempt.result.message or "")
-    assert match, attempt.result.message
-    return {key: int(value) for key, value in match.groupdict().items()}
+    assert attempt.result is not None and attempt.result.preflight is not None, attempt.result
+    return dataclasses.asdict(attempt.result.preflight)
 
 
 @pytest.fixture(scope="module")
@@ -175,3 +171,24 @@ def test_the_validation_batch_of_a_preflight_is_the_largest_not_the_first():
     # equal pixels: the batch with the most labels in one image
     dataset = RectDataset([(672, 672)] * 3, [1, 1, 2, 3, 9, 1], per_batch=2)
     assert probe_child.largest_batch(dataset, batch_size=2) == [4, 5]
+
+
+def test_a_finished_preflight_says_what_it_trained_in_fields_of_its_result(tmp_path, monkeypatch):
+    """The counts travel as typed fields of result.json, not as text for the parent to parse."""
+    monkeypatch.setattr(probe_child, "OneBatch", lambda loader: SimpleNamespace(shape=(4, 96, 64)))
+    preflight = probe_child.Preflight(batches=3)
+    trainer = SimpleNamespace(stop=False, train_loader=[None] * 4, test_loader=None, validator=SimpleNamespace(),
+                              wdir=tmp_path / "weights")  # fmt: skip
+    for _ in range(3):
+        preflight.on_train_batch_end(trainer)
+    assert trainer.stop
+    preflight.on_train_epoch_end(trainer)
+    preflight.on_val_batch_end(trainer.validator)
+    with pytest.raises(child.EndedEarly) as ended:
+        preflight.on_train_end(trainer)
+    result = probe_child.ended_preflight(ChildResult("ok", message=str(ended.value)), preflight)
+    read = ChildResult.from_json(json.loads(json.dumps(result.to_json())))  # as the parent reads result.json
+    assert read.preflight == PreflightCounts(trained=3, per_epoch=4, validated=1, images=4, height=96, width=64)
+    assert read.message is None
+    oom = ChildResult("oom", message="CUDA out of memory")
+    assert probe_child.ended_preflight(oom, preflight) == oom

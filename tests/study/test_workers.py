@@ -7,10 +7,15 @@ Workers here are threads with their own storage connection to one real SQLite st
 from __future__ import annotations
 
 import dataclasses
+import io
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import optuna
 import pytest
@@ -20,7 +25,8 @@ from tests.conftest import tiny_probe_args
 from tests.fakes import FakePreflight, FakeProbe, inputs, quiet
 from tuner.study import limits, workers
 from tuner.study.open import open_study
-from tuner.study.records import StudyRecord, TrialRecord, counts_towards_total
+from tuner.study.progress import Progress
+from tuner.study.records import MappingLease, Race, StudyRecord, TrialRecord, counts_towards_total
 from tuner.study.search import Search, enqueue_startup, main_trials_done
 from tuner.study.space import suggest
 
@@ -136,7 +142,8 @@ def test_one_worker_maps_the_limits_while_the_others_wait_for_its_result(tmp_pat
         open_study("s", url, trials.cfg, record)
     preflights = FakePreflight(2000)
     real_map = limits.map_limits
-    monkeypatch.setattr(limits, "map_limits", lambda inputs, progress: (time.sleep(0.3), real_map(inputs, progress, runner=preflights))[1])
+    monkeypatch.setattr(limits, "map_limits",
+                        lambda inputs, progress, **kw: (time.sleep(0.3), real_map(inputs, progress, runner=preflights, **kw))[1])
     found: list = []
     creators: list = []
 
@@ -155,7 +162,7 @@ def test_one_worker_maps_the_limits_while_the_others_wait_for_its_result(tmp_pat
     assert len(preflights.specs) == len(real_map(trials, quiet(), runner=FakePreflight(2000)).frontier.measurements)
     study = optuna.load_study(study_name="s", storage=url)
     assert len(study.get_trials()) == len({TrialRecord.of(t).slot for t in study.get_trials()})  # the design, once
-    assert study.user_attrs.get(workers.LEASE_ATTR) is None  # released
+    assert StudyRecord.of(study).mapping_lease is None and StudyRecord.of(study).mapping is None  # released, and done
 
 
 def test_a_lease_whose_holder_stopped_renewing_it_is_taken_over(tmp_path, monkeypatch):
@@ -194,8 +201,10 @@ def test_workers_below_one_is_one_line_and_exit_2(workdir, tiny_data, run_cli):
     assert not (workdir / "studies").exists()
 
 
-def test_workers_are_pinned_one_per_cuda_card_where_there_are_enough_else_they_share_the_device():
+def test_workers_are_pinned_one_per_cuda_card_where_there_are_enough_else_they_share_the_device(monkeypatch):
     from tuner.memory.device import Device
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)  # every card of the machine in sight
 
     cards = Device(kind="cuda", index=0, name="RTX 3060", total_memory=12 * 2**30, count=2)
     cpu = Device(kind="cpu", index=None, name="x86", total_memory=24 * 2**30)
@@ -236,22 +245,146 @@ def test_a_heartbeat_that_cannot_reach_the_database_is_skipped_and_the_next_one_
     assert beats == [trial_id] * 3
 
 
-def test_the_study_creator_maps_at_once_and_only_a_joiner_waits_for_the_lease_to_settle(tmp_path, monkeypatch):
+def test_the_study_creator_looks_at_once_and_only_a_joiner_waits_for_the_creator_first(tmp_path, monkeypatch):
     from tuner.study import open as study_open
 
     slept: list[float] = []
     real_map = limits.map_limits
     monkeypatch.setattr(workers, "LEASE_SETTLE_S", 7.0)  # a wait no other sleep of the mapping path has
     monkeypatch.setattr(time, "sleep", slept.append)
-    monkeypatch.setattr(limits, "map_limits", lambda inputs, progress: real_map(inputs, progress, runner=FakePreflight(2000)))
+    monkeypatch.setattr(limits, "map_limits", lambda inputs, progress, **kw: real_map(inputs, progress, runner=FakePreflight(2000), **kw))
     trials = inputs(tmp_path, 2000)
     record = StudyRecord(config=trials.cfg, device="cpu", budget_mb=2000, stable_limit_mb=trials.stable_limit_mb)
     study, created = open_study("new", f"sqlite:///{tmp_path / 'new.db'}", trials.cfg, record)
     assert created and study_open.mapped_limits(study, trials, quiet(), created=created).frontier.measurements
-    assert 7.0 not in slept  # the creator did not wait
+    assert slept.count(7.0) == 1  # the creator only read its lease back
 
+    slept.clear()
     optuna.create_study(storage=f"sqlite:///{tmp_path / 'joined.db'}", study_name="joined")  # made by another worker
     study, created = open_study("joined", f"sqlite:///{tmp_path / 'joined.db'}", trials.cfg, record)
     assert not created and study_open.mapped_limits(study, trials, quiet(), created=created).frontier.measurements
     assert slept.count(7.0) == 2  # before its first look, and after writing its claim
 
+
+
+def test_the_creator_reads_its_lease_back_and_leaves_one_a_joiner_took_first(tmp_path, monkeypatch):
+    """A joiner that found no lease after its wait (the creator was slow to look) holds it: the creator must not
+    write over it and map too."""
+    monkeypatch.setattr(workers, "LEASE_SETTLE_S", 0.01)
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'l.db'}", study_name="l")
+    joiner, creator = workers.Lease(study, "b:2"), workers.Lease(study, "a:1")
+    assert joiner.acquire()
+    assert not creator.acquire(creator=True) and creator.holder() == "b:2"
+    assert StudyRecord.of(study).mapping_lease.worker == "b:2"
+
+
+def test_a_lease_taken_over_is_neither_renewed_nor_released_by_its_old_holder(tmp_path, monkeypatch):
+    """Its holder stalled past LEASE_STALE_S and another worker took it over: the old holder's beat must not write
+    its own back (both would map), nor its end clear the new holder's."""
+    monkeypatch.setattr(workers, "LEASE_SETTLE_S", 0.01)
+    monkeypatch.setattr(workers, "LEASE_BEAT_S", 0.02)
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'l.db'}", study_name="l")
+    stalled = workers.Lease(study, "a:1")
+    assert stalled.acquire()
+    with stalled.held():
+        StudyRecord(mapping_lease=MappingLease("b:2", "b-token", time.time())).save(study, "mapping_lease")
+        time.sleep(0.2)  # several beats of the old holder
+        assert StudyRecord.of(study).mapping_lease.worker == "b:2"
+    assert StudyRecord.of(study).mapping_lease.worker == "b:2"
+
+
+def _dead_pid() -> int:
+    """The pid of a process of this host that has ended (and been reaped)."""
+    process = subprocess.Popen([sys.executable, "-c", ""])
+    process.wait()
+    return process.pid
+
+
+def test_a_lease_left_by_a_dead_process_of_this_host_is_taken_at_once(tmp_path, monkeypatch):
+    """tuner SIGKILLed mid-mapping left its lease: the re-run on the same host sees that its pid is gone, and maps
+    without waiting for the lease to go stale (LEASE_STALE_S) under the dead worker's name."""
+    from tuner.study import open as study_open
+
+    monkeypatch.setattr(workers, "LEASE_SETTLE_S", 0.01)
+    monkeypatch.setattr(workers, "LEASE_STALE_S", 600.0)
+    real_map = limits.map_limits
+    monkeypatch.setattr(limits, "map_limits", lambda inputs, progress, **kw: real_map(inputs, progress, runner=FakePreflight(2000), **kw))
+    trials = inputs(tmp_path, 2000)
+    record = StudyRecord(config=trials.cfg, device="cpu", budget_mb=2000, stable_limit_mb=trials.stable_limit_mb)
+    study, _ = open_study("s", f"sqlite:///{tmp_path / 's.db'}", trials.cfg, record)
+    dead = f"{socket.gethostname()}:{_dead_pid()}"
+    StudyRecord(mapping_lease=MappingLease(dead, "its-token", time.time())).save(study, "mapping_lease")
+    assert workers.Lease(study).holder() is None
+    assert workers.Lease(study, "elsewhere:1").holder() is None  # any reader on this host
+    said = io.StringIO()
+    started = time.monotonic()
+    found = study_open.mapped_limits(study, trials, Progress(1, 1, "mAP50-95", stream=said))
+    assert found.frontier.measurements and time.monotonic() - started < 30
+    assert f"Worker {dead} is mapping" not in said.getvalue()
+    other_host = workers.Lease(study)
+    StudyRecord(mapping_lease=MappingLease("another-host:1", "t", time.time())).save(study, "mapping_lease")
+    assert other_host.holder() == "another-host:1"  # a pid of another machine cannot be checked: live until stale
+
+
+class Killed(BaseException):
+    """The mapping worker's end, mid-mapping (as a SIGKILL would end it: no result stored)."""
+
+
+class DiesAfter(FakePreflight):
+    """FakePreflight whose worker dies as it starts pre-flight number `count` + 1."""
+
+    def __init__(self, budget_mb: float, count: int) -> None:
+        super().__init__(budget_mb)
+        self.count = count
+
+    def __call__(self, *args, **kwargs):
+        if len(self.specs) == self.count:
+            raise Killed()
+        return super().__call__(*args, **kwargs)
+
+
+def test_each_preflight_is_stored_as_it_finishes_and_a_rerun_goes_on_from_there(tmp_path, monkeypatch):
+    from tuner.study import open as study_open
+
+    monkeypatch.setattr(workers, "LEASE_SETTLE_S", 0.01)
+    trials = inputs(tmp_path, 1200)
+    whole = limits.map_limits(trials, quiet(), runner=FakePreflight(1200))
+    assert len(whole.frontier.measurements) > 4
+    runner: list[FakePreflight] = [DiesAfter(1200, 3)]
+    real_map = limits.map_limits
+    monkeypatch.setattr(limits, "map_limits", lambda inputs, progress, **kw: real_map(inputs, progress, runner=runner[0], **kw))
+    record = StudyRecord(config=trials.cfg, device="cpu", budget_mb=1200, stable_limit_mb=trials.stable_limit_mb)
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    study, created = open_study("s", url, trials.cfg, record)
+    with pytest.raises(Killed):
+        study_open.mapped_limits(study, trials, quiet(), created=created)
+    stored = limits.Mapping.from_dict(StudyRecord.of(study).mapping)
+    assert stored.measurements == whole.frontier.measurements[:3]  # each one stored as it finished
+    runner[0] = FakePreflight(1200)
+    study, created = open_study("s", url, trials.cfg, record)
+    found = study_open.mapped_limits(study, trials, quiet(), created=created)
+    assert len(runner[0].specs) == len(whole.frontier.measurements) - 3  # only those not measured before
+    assert found.frontier == whole.frontier
+    assert StudyRecord.of(study).mapping is None  # the limits hold them now
+
+
+def test_a_pinned_worker_gets_its_card_among_the_cards_its_starter_was_given(tmp_path, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
+    assert workers.pinned_env("pinned", 1) == {"CUDA_VISIBLE_DEVICES": "3"}
+    envs = []
+    monkeypatch.setattr(workers.subprocess, "Popen", lambda command, **kwargs: envs.append(kwargs["env"]) or SimpleNamespace())
+    workers.spawn(["probe", "--workers", "2"], 1, tmp_path, "pinned")
+    assert envs[0]["CUDA_VISIBLE_DEVICES"] == "3"  # card 2 is the starter's, card 1 is not this run's at all
+
+
+def test_a_worker_writes_only_the_study_attrs_it_changed(tmp_path):
+    """Several workers write one study: a record read earlier and written back whole would undo another's change."""
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'r.db'}", study_name="r")
+    StudyRecord(budget_mb=2000.0, stable_limit_mb=1800.0).save(study)
+    earlier = StudyRecord.of(study)  # one worker's read
+    StudyRecord(outside_kill_mb=1300.0, stable_limit_mb=1170.0).save(study, "outside_kill_mb", "stable_limit_mb")  # another's
+    dataclasses.replace(earlier, race=Race((0, 1), 2, "settled")).save(study, "race")
+    after = StudyRecord.of(study)
+    assert (after.budget_mb, after.stable_limit_mb, after.outside_kill_mb, after.race.verdict) == (2000.0, 1170.0, 1300.0, "settled")
+    StudyRecord().save(study, "race")  # a name without a value clears it
+    assert StudyRecord.of(study).race is None and StudyRecord.of(study).stable_limit_mb == 1170.0

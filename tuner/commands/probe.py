@@ -149,7 +149,7 @@ def _finish(study, cfg, device, record: StudyRecord, url: str, results_dir: Path
         write_best_yaml(best_yaml, choice, cfg, device, study.study_name, record, settings)
         best = Best(choice.trial.number, Params.of(choice.params), choice.value, choice.peak_mb, choice.runs, str(best_yaml))
     record = dataclasses.replace(record, noise=noise, best=best)
-    record.save(study)
+    record.save(study, "noise", "best")
     _write_report(study, results_dir, url, progress)
     hint = None
     if best is not None and not record.space_from_data:  # a derived space reaches the limit by itself

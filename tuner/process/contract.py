@@ -169,6 +169,18 @@ class EpochRecord:
 
 
 @dataclasses.dataclass(frozen=True)
+class PreflightCounts:
+    """What a finished pre-flight trained and validated (tuner.study.probe_child.Preflight)."""
+
+    trained: int  # training batches
+    per_epoch: int  # training batches in an epoch
+    validated: int  # validation batches
+    images: int  # in the validation batch
+    height: int  # of the validation batch's images, padded
+    width: int
+
+
+@dataclasses.dataclass(frozen=True)
 class ChildResult:
     """How the training process says it ended; absent when it was killed."""
 
@@ -183,11 +195,15 @@ class ChildResult:
     seconds: float = 0.0
     final_metrics: dict[str, float] | None = None  # train-best: metrics of best.pt at the end
     already_done: bool = False  # train-best: the checkpoint had trained every epoch before this process
+    preflight: PreflightCounts | None = None  # a pre-flight that ended "ok": what it trained and validated
 
     @classmethod
     def from_json(cls, values: dict[str, Any]) -> ChildResult:
         names = {field.name for field in dataclasses.fields(cls)}
-        return cls(**{key: value for key, value in values.items() if key in names})
+        known = {key: value for key, value in values.items() if key in names}
+        if known.get("preflight") is not None:
+            known["preflight"] = PreflightCounts(**known["preflight"])
+        return cls(**known)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

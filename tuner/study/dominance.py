@@ -42,8 +42,16 @@ def outside_kill_level(trials: Iterable[FrozenTrial]) -> float | None:
     """
     records = [TrialRecord.of(trial) for trial in trials]
     held = max((r.peak_mem_mb for r in records if r.outcome == Outcome.OK and r.peak_mem_mb), default=0.0)
+    return kill_level([r.peak_mem_mb for r in records if r.oom_cause == Cause.OS_KILL and r.peak_mem_mb], held)
+
+
+def kill_level(kills: Iterable[float], held: float = 0.0) -> float | None:
+    """The lowest of the peaks `kills` (MiB) at which processes were killed from outside, where at least
+    CONSISTENT_KILLS of them came within KILL_SPREAD of each other, leaving out kills clearly below `held` (the
+    largest peak a finished process held, see outside_kill_level); else None. The rule for trials, and for
+    pre-flights (tuner.study.limits)."""
     floor = held * (1 - RERUN_SPREAD)
-    peaks = sorted(r.peak_mem_mb for r in records if r.oom_cause == Cause.OS_KILL and r.peak_mem_mb and r.peak_mem_mb >= floor)
+    peaks = sorted(peak for peak in kills if peak >= floor)
     if len(peaks) < CONSISTENT_KILLS or peaks[-1] > peaks[0] * (1 + KILL_SPREAD):
         return None
     return peaks[0]

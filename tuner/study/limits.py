@@ -22,8 +22,9 @@ from tuner.config import Space
 from tuner.errors import StudyFailed
 from tuner.memory.model import RERUN_SPREAD, Frontier, FrontierEntry, Measurement, MemoryModel, bisect_frontier, fit
 from tuner.params import Params
-from tuner.process.contract import PROBE_CHILD, Outcome
+from tuner.process.contract import PROBE_CHILD, Cause, Outcome
 from tuner.process.trial import Attempt, run_child
+from tuner.study import dominance
 from tuner.study.inputs import Inputs
 from tuner.study.progress import Progress
 
@@ -35,12 +36,14 @@ MODEL_POINTS = 4  # peaks the memory model is fitted to at least, where the spac
 
 @dataclasses.dataclass(frozen=True)
 class Limits:
-    """What the pre-flights found: the frontier, every measurement, the model fitted to them."""
+    """What the pre-flights found: the frontier, every measurement, the model fitted to them, and the peak at which
+    pre-flights were consistently killed from outside (None: they were not; else `stable_limit_mb` is under it)."""
 
     stable_limit_mb: float
     frontier: Frontier
     model: MemoryModel | None
     seconds: float
+    outside_kill_mb: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready, as stored in the study (figures in MiB)."""
@@ -50,6 +53,7 @@ class Limits:
             "model": None if self.model is None else self.model.to_dict(),
             "preflights": [dataclasses.asdict(measurement) for measurement in self.frontier.measurements],
             "seconds": self.seconds,
+            "outside_kill_mb": self.outside_kill_mb,
         }
 
     def summary(self) -> dict[str, Any]:
@@ -61,6 +65,7 @@ class Limits:
             "memory_model": quality,
             "preflights": len(self.frontier.measurements),
             "seconds": self.seconds,
+            "outside_kill_mb": self.outside_kill_mb,
         }
 
     @classmethod
@@ -68,7 +73,30 @@ class Limits:
         entries = tuple(FrontierEntry(**entry) for entry in values["frontier"])
         measurements = tuple(Measurement(**taken) for taken in values["preflights"])
         model = MemoryModel.from_dict(values["model"]) if values.get("model") else None
-        return cls(values["stable_limit_mb"], Frontier(entries, measurements), model, values.get("seconds", 0.0))
+        frontier = Frontier(entries, measurements)
+        return cls(values["stable_limit_mb"], frontier, model, values.get("seconds", 0.0), values.get("outside_kill_mb"))
+
+
+@dataclasses.dataclass(frozen=True)
+class Mapping:
+    """A mapping so far: every pre-flight that finished, and the peak at which pre-flights were consistently killed
+    from outside (None: not so). Stored in the study as each pre-flight finishes (StudyRecord.mapping), so that a
+    mapping whose tuner died goes on from there: what was measured is not measured again."""
+
+    measurements: tuple[Measurement, ...] = ()
+    outside_kill_mb: float | None = None
+
+    def measured(self, imgsz: int, batch: int) -> Measurement | None:
+        return next((taken for taken in self.measurements if (taken.imgsz, taken.batch) == (imgsz, batch)), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"preflights": [dataclasses.asdict(taken) for taken in self.measurements], "outside_kill_mb": self.outside_kill_mb}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any] | None) -> Mapping:
+        if not values:
+            return cls()
+        return cls(tuple(Measurement(**taken) for taken in values["preflights"]), values.get("outside_kill_mb"))
 
 
 def worst_case(space: Space, imgsz: int, batch: int) -> Params:
@@ -77,39 +105,118 @@ def worst_case(space: Space, imgsz: int, batch: int) -> Params:
 
 
 class Preflight:
-    """`measure(imgsz, batch)` for the bisection: one pre-flight process, its peak or its OOM verdict."""
+    """`measure(imgsz, batch)` for the bisection: one pre-flight process, its peak or its OOM verdict; a config
+    measured before (in this mapping, or in `before`, one that was interrupted) is not run again, and each one
+    measured is handed to `store` as it finishes.
 
-    def __init__(self, inputs: Inputs, progress: Progress, runner: Runner = run_child) -> None:
+    A pre-flight killed from outside (SIGKILL, no result) is run once more, as a probe would be: one such kill says
+    nothing about the config (another process may have caused it). Killed again at about the same peak
+    (tuner.study.dominance.kill_level), it did not fit, and that peak is the machine's limit: `stable_limit_mb`
+    is lowered under it, as kills of trials lower it."""
+
+    def __init__(self, inputs: Inputs, progress: Progress, runner: Runner = run_child, before: Mapping = Mapping(),
+                 store: Callable[[Mapping], None] | None = None) -> None:  # fmt: skip
         self.inputs = inputs
         self.progress = progress
         self.runner = runner
+        self.mapping = before
+        self.store = store
 
     def __call__(self, imgsz: int, batch: int) -> Measurement:
-        inputs = self.inputs
-        params = worst_case(inputs.cfg.space, imgsz, batch)
-        spec = dataclasses.replace(inputs.spec(params, inputs.cfg.seed), preflight_batches=PREFLIGHT_BATCHES)
-        folder = inputs.trials_dir / "preflight" / f"imgsz{imgsz}-batch{batch}"
-        attempt = self.runner(PROBE_CHILD, spec, folder, inputs.device, inputs.budget, inputs.cfg.probe.trial_timeout)
+        taken = self.mapping.measured(imgsz, batch)
+        if taken is None:
+            taken = self._measure(worst_case(self.inputs.cfg.space, imgsz, batch))
+            self.mapping = dataclasses.replace(self.mapping, measurements=(*self.mapping.measurements, taken))
+            if self.store is not None:
+                self.store(self.mapping)
+        return taken
+
+    def stable_limit_mb(self) -> float:
+        """The inputs' stable limit, or the safety margin under the peak at which kills from outside came."""
+        limit, level = self.inputs.stable_limit_mb, self.mapping.outside_kill_mb
+        return limit if level is None else min(limit, level * (1 - self.inputs.cfg.safety_margin))
+
+    def _measure(self, params: Params) -> Measurement:
+        attempt = self._run(params)
+        if attempt.cause == Cause.OS_KILL:
+            self._say(params, attempt, f"killed from outside at {attempt.peak_mb:.0f} MiB", "; running it once more "
+                      "(one kill says nothing of the limit)")  # fmt: skip
+            first, attempt = attempt, self._run(params, again=True)
+            if attempt.cause == Cause.OS_KILL:
+                return self._killed_twice(params, first, attempt)
         if attempt.outcome == Outcome.ERROR:
             raise StudyFailed(
                 f"The pre-flight of {params} failed: {attempt.reason}. See {attempt.log}; fix the cause, then re-run."
             )
         oom = attempt.outcome == Outcome.OOM
-        verdict = f"out of memory ({attempt.reason})" if oom else f"peak {attempt.peak_mb:.0f} MiB"
-        self.progress.say(f"pre-flight imgsz {imgsz} batch {batch}: {verdict} in {attempt.duration_s:.0f} s")
-        return Measurement(imgsz, batch, params.mosaic, params.mixup, attempt.peak_mb, oom, round(attempt.duration_s, 1))
+        verdict = f"out of memory ({attempt.reason})" if oom else f"peak {attempt.peak_mb:.0f} MiB{_done(attempt)}"
+        self._say(params, attempt, verdict)
+        return Measurement(params.imgsz, params.batch, params.mosaic, params.mixup, attempt.peak_mb, oom,
+                           round(attempt.duration_s, 1))  # fmt: skip
+
+    def _run(self, params: Params, again: bool = False) -> Attempt:
+        inputs = self.inputs
+        spec = dataclasses.replace(inputs.spec(params, inputs.cfg.seed), preflight_batches=PREFLIGHT_BATCHES)
+        folder = inputs.trials_dir / "preflight" / f"imgsz{params.imgsz}-batch{params.batch}{'-again' if again else ''}"
+        return self.runner(PROBE_CHILD, spec, folder, inputs.device, inputs.budget, inputs.cfg.probe.trial_timeout)
+
+    def _killed_twice(self, params: Params, first: Attempt, again: Attempt) -> Measurement:
+        """Both runs of `params` were killed from outside: at one peak, the machine's limit (the config does not
+        fit); at peaks far apart, something else stops tuner's processes, and nothing here can say what."""
+        held = max((taken.peak_mb for taken in self.mapping.measurements if not taken.oom), default=0.0)
+        level = dominance.kill_level([first.peak_mb, again.peak_mb], held)
+        if level is None:
+            raise StudyFailed(
+                f"The pre-flight of {params} was killed from outside twice, at {first.peak_mb:.0f} and "
+                f"{again.peak_mb:.0f} MiB: not at one peak, so not at a memory limit. Find what stops tuner's processes "
+                "(the system log shows the OOM killer's), then re-run: the pre-flights measured so far are kept in the study."
+            )
+        lowest = level if self.mapping.outside_kill_mb is None else min(level, self.mapping.outside_kill_mb)
+        self.mapping = dataclasses.replace(self.mapping, outside_kill_mb=round(lowest, 1))
+        self._say(params, again, f"killed from outside again at {again.peak_mb:.0f} MiB", ": out of memory, at the "
+                  "machine's limit")  # fmt: skip
+        return Measurement(params.imgsz, params.batch, params.mosaic, params.mixup, again.peak_mb, True,
+                           round(first.duration_s + again.duration_s, 1))  # fmt: skip
+
+    def _say(self, params: Params, attempt: Attempt, verdict: str, then: str = "") -> None:
+        self.progress.say(f"pre-flight imgsz {params.imgsz} batch {params.batch}: {verdict} in {attempt.duration_s:.0f} s{then}")
 
 
-def map_limits(inputs: Inputs, progress: Progress, runner: Runner = run_child) -> Limits:
-    """Pre-flight the configs the bisection needs, and fit the memory model to what they measured."""
-    space, limit = inputs.cfg.space, inputs.stable_limit_mb
-    started = time.monotonic()
+def _done(attempt: Attempt) -> str:
+    """What a finished pre-flight trained and validated, where its result says (ChildResult.preflight)."""
+    done = attempt.result.preflight if attempt.result is not None else None
+    if done is None:
+        return ""
+    return (f" ({done.trained} training batches, {done.validated} validation batch of {done.images} images "
+            f"at {done.height}x{done.width})")  # fmt: skip
+
+
+def map_limits(inputs: Inputs, progress: Progress, runner: Runner = run_child, before: Mapping = Mapping(),
+               store: Callable[[Mapping], None] | None = None) -> Limits:  # fmt: skip
+    """Pre-flight the configs the bisection needs, and fit the memory model to what they measured; the pre-flights
+    of `before` (a mapping that was interrupted) are not run again, and `store` gets the mapping after each one.
+    Where kills from outside lower the stable limit, the frontier is bisected again under the lowered limit (the
+    configs measured before answer at once)."""
+    space, started = inputs.cfg.space, time.monotonic()
+    preflight = Preflight(inputs, progress, runner, before, store)
+    limit = preflight.stable_limit_mb()
     progress.say(f"Mapping the memory limit: imgsz {list(space.imgsz)} x batch {list(space.batch)}, "
                  f"stable below {limit:.0f} MiB")  # fmt: skip
-    preflight = Preflight(inputs, progress, runner)
-    frontier = bisect_frontier(space.imgsz, space.batch, limit / (1 + RERUN_SPREAD), preflight)
-    frontier = dataclasses.replace(frontier, measurements=frontier.measurements + _model_points(frontier, space, preflight))
-    return Limits(limit, frontier, fit(frontier.measurements), round(time.monotonic() - started, 1))
+    if before.measurements:
+        progress.say(f"Continuing the mapping: {len(before.measurements)} pre-flight(s) measured before, stored in the study.")
+    while True:
+        frontier = bisect_frontier(space.imgsz, space.batch, limit / (1 + RERUN_SPREAD), preflight)
+        frontier = dataclasses.replace(frontier, measurements=preflight.mapping.measurements)
+        _model_points(frontier, space, preflight)
+        if preflight.stable_limit_mb() >= limit:
+            break
+        limit = preflight.stable_limit_mb()
+        progress.say(f"Pre-flights were killed from outside at about {preflight.mapping.outside_kill_mb:.0f} MiB: the "
+                     f"machine's limit is lower than the budget. The stable limit is now {limit:.0f} MiB; the frontier "
+                     "is mapped again under it.")  # fmt: skip
+    measurements = preflight.mapping.measurements
+    frontier = dataclasses.replace(frontier, measurements=measurements)
+    return Limits(limit, frontier, fit(measurements), round(time.monotonic() - started, 1), preflight.mapping.outside_kill_mb)
 
 
 def _model_points(frontier: Frontier, space: Space, preflight: Preflight) -> tuple[Measurement, ...]:
@@ -168,6 +275,9 @@ def describe(limits: Limits) -> str:
         peak = "" if entry.peak_mem_mb is None else f", peak {entry.peak_mem_mb:.0f} MiB"
         how = "measured" if entry.measured else "inferred"
         lines.append(f"  batch {entry.batch}: imgsz {entry.imgsz}{peak} ({how})")
+    if limits.outside_kill_mb is not None:
+        lines.append(f"Pre-flights were killed from outside at about {limits.outside_kill_mb:.0f} MiB, below the budget: "
+                     "the stable limit is the safety margin under that.")  # fmt: skip
     if limits.model is not None:
         lines.append(f"Memory model: {limits.model.describe()}")
     count = len(limits.frontier.measurements)

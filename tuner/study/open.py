@@ -91,20 +91,17 @@ def mapped_limits(
     study: optuna.Study, trials: Inputs, progress: Progress, queue_design: bool = True, created: bool = False
 ) -> limits.Limits:
     """The study's frontier and memory model: mapped by pre-flights on its first run, stored, then reused.
-    One worker maps them while others wait (tuner.study.workers.Lease: the study's creator, when it is this run, takes
-    it at once); it also queues the startup design.
+    One worker maps them while others wait (tuner.study.workers.Lease; the study's creator, when it is this run,
+    looks for it first); it also queues the startup design.
     Raises StudyFailed (exit 1) when not even the smallest config fits."""
     lease = tuner_workers.Lease(study)
     said = False
     while not (stored := StudyRecord.of(study).limits):
         if lease.acquire(creator=created):
             with lease.held():
-                if StudyRecord.of(study).limits:  # mapped by a worker whose lease ended as this one took it
-                    continue
-                found = limits.map_limits(trials, progress)
-                if queue_design and any(entry.imgsz is not None for entry in found.frontier.entries):
-                    enqueue_startup(study, trials.cfg, found)
-                dataclasses.replace(StudyRecord.of(study), limits=found.to_dict()).save(study)
+                found = _map(study, trials, progress, queue_design)
+            if found is None:  # mapped by a worker whose lease ended as this one took it
+                continue
             break
         if not said:
             progress.say(f"Worker {lease.holder()} is mapping the memory limits; waiting for its result.")
@@ -115,4 +112,26 @@ def mapped_limits(
         progress.say(f"Memory limits mapped before: {len(found.frontier.measurements)} pre-flight(s), stored in the study.")
     if all(entry.imgsz is None for entry in found.frontier.entries):
         raise StudyFailed(limits.smallest_needs(found))
+    return found
+
+
+def _map(study: optuna.Study, trials: Inputs, progress: Progress, queue_design: bool) -> limits.Limits | None:
+    """Map the limits under the lease and store them, or None where another worker stored them meanwhile. Each
+    pre-flight is stored as it finishes (StudyRecord.mapping), so a mapping that a dead worker left is continued.
+    Kills from outside that stopped pre-flights at one peak lower the study's stable limit, as trials' kills do."""
+    record = StudyRecord.of(study)
+    if record.limits:
+        return None
+
+    def store(mapping: limits.Mapping) -> None:
+        StudyRecord(mapping=mapping.to_dict()).save(study, "mapping")
+
+    found = limits.map_limits(trials, progress, before=limits.Mapping.from_dict(record.mapping), store=store)
+    if queue_design and any(entry.imgsz is not None for entry in found.frontier.entries):
+        enqueue_startup(study, trials.cfg, found)
+    changed = ["limits", "mapping"]  # the mapping under way is cleared: the limits hold it all
+    if found.outside_kill_mb is not None:
+        changed += ["outside_kill_mb", "stable_limit_mb"]
+    StudyRecord(limits=found.to_dict(), outside_kill_mb=found.outside_kill_mb,
+                stable_limit_mb=round(found.stable_limit_mb, 1)).save(study, *changed)  # fmt: skip
     return found

@@ -12,7 +12,8 @@ starting weights, instead of the config's training.
 
 With `spec.preflight_batches` N > 0 the process is a pre-flight instead (`Preflight`): the same
 training for N batches, then one validation batch, then the end, to measure the config's peak memory
-in seconds. Its result is "ok" with no value, or the OOM that ended it.
+in seconds. Its result is "ok" with no value and what it trained and validated (`ChildResult.preflight`), or
+the OOM that ended it.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import shutil
 from typing import Any, Callable, NoReturn
 
 from tuner.process import child
-from tuner.process.contract import ChildResult, ProbeSpec
+from tuner.process.contract import ChildResult, PreflightCounts, ProbeSpec
 
 
 def train_arguments(spec: ProbeSpec) -> dict[str, Any]:
@@ -112,11 +113,16 @@ class Preflight:
         print(done, flush=True)  # for the log, beside Ultralytics' own lines
         raise child.EndedEarly(done)
 
-    def describe(self) -> str:
+    def counts(self) -> PreflightCounts:
+        """What it trained and validated, for its result (tuner.process.contract.ChildResult.preflight)."""
         images, height, width = self.validation.shape if self.validation else (0, 0, 0)
+        return PreflightCounts(self.trained, self.per_epoch, self.validated, images, height, width)
+
+    def describe(self) -> str:
+        done = self.counts()
         return (
-            f"pre-flight: {self.trained} training batches of {self.per_epoch} in an epoch, "
-            f"{self.validated} validation batch of {images} images at {height}x{width}"
+            f"pre-flight: {done.trained} training batches of {done.per_epoch} in an epoch, "
+            f"{done.validated} validation batch of {done.images} images at {done.height}x{done.width}"
         )
 
 
@@ -178,7 +184,9 @@ def batch_shape(dataset, index: int) -> tuple[int, int]:
 def run(spec: ProbeSpec) -> ChildResult:
     training = child.Training(spec)
     if spec.preflight_batches > 0:
-        return training.train(spec.model, train_arguments(spec), Preflight(spec.preflight_batches).callbacks(), 1)
+        preflight = Preflight(spec.preflight_batches)
+        result = training.train(spec.model, train_arguments(spec), preflight.callbacks(), 1)
+        return ended_preflight(result, preflight)
     import torch
 
     def on_fit_epoch_end(trainer) -> None:
@@ -190,6 +198,14 @@ def run(spec: ProbeSpec) -> ChildResult:
     if result.status != "ok":
         return result
     return dataclasses.replace(result, value=training.last_value)
+
+
+def ended_preflight(result: ChildResult, preflight: Preflight) -> ChildResult:
+    """A pre-flight's result: one that ended "ok" carries its counts as fields (the parent reads them), not as
+    the message that `child.EndedEarly` left (that text went to the log)."""
+    if result.status != "ok":
+        return result
+    return dataclasses.replace(result, message=None, preflight=preflight.counts())
 
 
 def main(argv: list[str] | None = None) -> NoReturn:

@@ -241,6 +241,23 @@ class Best:
 
 
 @dataclasses.dataclass(frozen=True)
+class MappingLease:
+    """Who maps the study's memory limits (tuner.study.workers.Lease): the worker (host:pid), the token of its one
+    lease, and its last beat (time.time() on the worker's host; readers compare beats, not clocks)."""
+
+    worker: str
+    token: str
+    beat: float
+
+    @classmethod
+    def of(cls, value: dict[str, Any] | None) -> MappingLease | None:
+        return _from_attrs(cls, value) if value else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
 class StudyRecord:
     """The user attrs of a study: what it measures (config), where (device, budget), what it found."""
 
@@ -259,6 +276,8 @@ class StudyRecord:
     best: Best | None = None
     race: Race | None = None  # how the race among tied top configs ended (tuner.study.search)
     limits: dict[str, Any] | None = None  # what the pre-flights found (tuner.study.limits.Limits.to_dict)
+    mapping: dict[str, Any] | None = None  # a mapping under way: the pre-flights so far (tuner.study.limits.Mapping)
+    mapping_lease: MappingLease | None = None  # who maps the limits while they are mapped (tuner.study.workers)
 
     @classmethod
     def of(cls, study: optuna.Study) -> StudyRecord:
@@ -268,19 +287,30 @@ class StudyRecord:
         attrs["noise"] = Noise.of(attrs.get("noise"))
         attrs["best"] = Best.of(attrs.get("best"))
         attrs["race"] = Race.of(attrs.get("race"))
+        attrs["mapping_lease"] = MappingLease.of(attrs.get("mapping_lease"))
         record = _from_attrs(cls, attrs)
         if record.stable_limit_mb is None and record.budget_mb is not None and record.config is not None:
             record = dataclasses.replace(record, stable_limit_mb=record.budget_mb * (1 - record.config.safety_margin))
         return record
 
     def attrs(self) -> dict[str, Any]:
+        """The attributes this record has (None: it has no such fact), as stored."""
+        return {key: value for key, value in self._stored().items() if value is not None}
+
+    def save(self, study: optuna.Study, *names: str) -> None:
+        """Write the attributes `names` (None clears one), or with no names every attribute this record has.
+
+        Name what changed: several workers write one study, and a whole record written back from an earlier read
+        undoes what another worker stored in between (a lowered stable limit, the race, the mapping lease)."""
+        stored = self._stored()
+        for key in names or [key for key, value in stored.items() if value is not None]:
+            study.set_user_attr(key, stored[key])
+
+    def _stored(self) -> dict[str, Any]:
         out = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
         out["config"] = None if self.config is None else self.config.to_dict()
         out["noise"] = None if self.noise == Noise() else self.noise.to_dict()
         out["best"] = None if self.best is None else self.best.to_dict()
         out["race"] = None if self.race is None else self.race.to_dict()
-        return {key: value for key, value in out.items() if value is not None}
-
-    def save(self, study: optuna.Study) -> None:
-        for key, value in self.attrs().items():
-            study.set_user_attr(key, value)
+        out["mapping_lease"] = None if self.mapping_lease is None else self.mapping_lease.to_dict()
+        return out

@@ -180,7 +180,7 @@ class Search:
             tied, decides = self._standing()
         verdict = "separated" if len(tied) < 2 else "still tied" if decides else "settled"
         race = Race(tuple(min(t.number for t in runs) for runs in tied), spent, verdict)
-        dataclasses.replace(StudyRecord.of(self.study), race=race).save(self.study)
+        StudyRecord(race=race).save(self.study, "race")
         self.progress.say(f"Race: {race.describe()}", important=True)
 
     def _standing(self) -> tuple[list[list[FrozenTrial]], bool]:
@@ -301,7 +301,8 @@ class Search:
         if level is None or (record.outside_kill_mb is not None and level >= record.outside_kill_mb):
             return
         limit = min(record.stable_limit_mb or self.inputs.stable_limit_mb, level * (1 - self.cfg.safety_margin))
-        dataclasses.replace(record, outside_kill_mb=round(level, 1), stable_limit_mb=round(limit, 1)).save(self.study)
+        lowered = StudyRecord(outside_kill_mb=round(level, 1), stable_limit_mb=round(limit, 1))
+        lowered.save(self.study, "outside_kill_mb", "stable_limit_mb")
         self.progress.say(
             f"Trials were killed from outside at about {level:.0f} MiB, below the budget: the machine's real limit is "
             f"lower (other apps, a container limit, memory pressure). The stable limit is now {limit:.0f} MiB for the "

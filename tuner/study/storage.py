@@ -14,7 +14,6 @@ import sqlalchemy.exc
 
 from tuner.errors import StudyError, outside_cause
 
-HEARTBEAT_INTERVAL = 10
 GRACE_PERIOD = 30
 SQLITE_BUSY_TIMEOUT_S = 60  # a worker waits this long for another's write to the same SQLite study
 CREATE_ATTEMPTS = 3  # tries to open a storage whose tables another worker is creating at the same moment

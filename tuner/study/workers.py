@@ -14,14 +14,15 @@ A worker waits while places are held by trials still running elsewhere: one of t
 worker that died, and when its heartbeat goes stale Optuna fails it and queues its config again
 (tuner.study.storage), for whichever worker is still there.
 
-The memory limits are mapped once per study, by the first worker to hold the `mapping` lease (a study
+The memory limits are mapped once per study, by the first worker to hold the mapping lease (a study
 attr it renews while the pre-flights run); the others wait for the stored result, and take the lease
-over if it goes unrenewed. `tuner probe --workers N` maps the limits, then starts N-1 more workers on
-this machine (`spawn`).
+over if it goes unrenewed, or at once where its worker was a process of their own host that is gone.
+`tuner probe --workers N` maps the limits, then starts N-1 more workers on this machine (`spawn`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import subprocess
@@ -34,11 +35,11 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 import optuna
+import psutil
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.study.records import TrialRecord, counts_towards_total, holds_place, retried
+from tuner.study.records import MappingLease, StudyRecord, TrialRecord, counts_towards_total, holds_place, retried
 
-LEASE_ATTR = "mapping_lease"
 LEASE_BEAT_S = 10.0  # how often the mapping worker renews its lease
 LEASE_STALE_S = 60.0  # a lease unrenewed for this long (on the waiting worker's own clock) is taken over
 LEASE_SETTLE_S = 2.0  # after writing a lease, wait this long and read it back: the last writer holds it
@@ -101,7 +102,7 @@ def enqueue(study: optuna.Study, params: dict, slot: str, record: TrialRecord = 
     again = retried(trials)
     if any(TrialRecord.of(t).slot == slot and holds_place(t, again) for t in trials):
         return False
-    study.enqueue_trial(params, user_attrs={**record.attrs(), "slot": slot})
+    study.enqueue_trial(params, user_attrs=dataclasses.replace(record, slot=slot).attrs())
     return True
 
 
@@ -109,9 +110,10 @@ def enqueue(study: optuna.Study, params: dict, slot: str, record: TrialRecord = 
 
 
 class Lease:
-    """Who maps the study's memory limits: a study attr `{"worker", "token", "beat"}` renewed every
-    LEASE_BEAT_S seconds while its holder works. Staleness is judged on the reader's clock (how long the
-    beat has not changed), so clocks of other machines do not matter."""
+    """Who maps the study's memory limits: a study attr (records.MappingLease) renewed every LEASE_BEAT_S seconds
+    while its holder works. Staleness is judged on the reader's clock (how long the beat has not changed), so
+    clocks of other machines do not matter; a lease of a process of this host that no longer runs (a tuner killed
+    while it mapped) is free at once."""
 
     def __init__(self, study: optuna.Study, worker: str | None = None) -> None:
         self.study = study
@@ -120,51 +122,57 @@ class Lease:
         self._seen: tuple[object, float] | None = None  # (the beat last read, when it was read, our clock)
         self._looked = False
 
-    def _read(self) -> dict | None:
-        return self.study._storage.get_study_user_attrs(self.study._study_id).get(LEASE_ATTR)
+    def _read(self) -> MappingLease | None:
+        return StudyRecord.of(self.study).mapping_lease
 
-    def _write(self) -> None:
-        self.study.set_user_attr(LEASE_ATTR, {"worker": self.worker, "token": self.token, "beat": time.time()})
+    def _write(self, lease: MappingLease | None) -> None:
+        StudyRecord(mapping_lease=lease).save(self.study, "mapping_lease")
+
+    def _ours(self) -> MappingLease:
+        return MappingLease(self.worker, self.token, time.time())
 
     def holder(self) -> str | None:
         """The worker holding a live lease (not this one), or None when the lease is free or stale."""
         lease = self._read()
-        if not lease or lease.get("token") == self.token:
+        if lease is None or lease.token == self.token or _gone(lease.worker):
             return None
         now = time.monotonic()
-        if self._seen is None or self._seen[0] != lease.get("beat"):
-            self._seen = (lease.get("beat"), now)
-            return lease.get("worker")
-        return lease.get("worker") if now - self._seen[1] < LEASE_STALE_S else None
+        if self._seen is None or self._seen[0] != lease.beat:
+            self._seen = (lease.beat, now)
+            return lease.worker
+        return lease.worker if now - self._seen[1] < LEASE_STALE_S else None
 
     def acquire(self, creator: bool = False) -> bool:
         """Take the lease if nobody else holds it; True when this worker now holds it.
 
-        The worker that created the study (the storage lets only one do that) takes it at once; a worker that
-        joins a new study gives the creator LEASE_SETTLE_S to take it first. Any other worker writes its own,
-        waits LEASE_SETTLE_S and reads it back: of workers that wrote at the same time, the last writer holds it."""
-        if creator:
-            self._write()
-            return True
-        if not self._looked:  # the first look of a joining worker: the creator may be about to write it
-            self._looked = True
+        A worker writes its own lease, waits LEASE_SETTLE_S and reads it back: of workers that wrote at the same
+        time, the last writer holds it. The study's creator (the storage lets only one create it) does so at its
+        first look; a worker that joins a new study first gives the creator LEASE_SETTLE_S to write. Why the creator
+        reads back too: a joiner that found no lease after that wait writes its own, and two holders would both map."""
+        if not self._looked and not creator:  # the first look of a joining worker: the creator may be about to write
             time.sleep(LEASE_SETTLE_S)
+        self._looked = True
         if self.holder() is not None:
             return False
-        self._write()
+        self._write(self._ours())
         time.sleep(LEASE_SETTLE_S)
-        lease = self._read() or {}
-        return lease.get("token") == self.token
+        return self._held_here()
+
+    def _held_here(self) -> bool:
+        lease = self._read()
+        return lease is not None and lease.token == self.token
 
     @contextmanager
     def held(self) -> Iterator[None]:
-        """Renew the lease in the background while the block runs; release it at the end."""
+        """Renew the lease in the background while the block runs; release it at the end. Only while it is ours: a
+        worker that took it over (this one stalled past LEASE_STALE_S) keeps it."""
         stop = threading.Event()
 
         def beat() -> None:
             while not stop.wait(LEASE_BEAT_S):
                 try:
-                    self._write()
+                    if self._held_here():
+                        self._write(self._ours())
                 except Exception:  # the storage went away for a moment: the next beat tries again
                     pass
 
@@ -175,7 +183,14 @@ class Lease:
         finally:
             stop.set()
             thread.join()
-            self.study.set_user_attr(LEASE_ATTR, None)
+            if self._held_here():
+                self._write(None)
+
+
+def _gone(worker: str) -> bool:
+    """Whether `worker` (host:pid) was a process of this host that no longer runs."""
+    host, _, pid = worker.rpartition(":")
+    return host == socket.gethostname() and pid.isdigit() and not psutil.pid_exists(int(pid))
 
 
 # ------------------------------------------------------------------------------- workers on this machine
@@ -195,7 +210,12 @@ def layout(device, workers: int, requested: str | None, worker: str | None = Non
 
 
 def pinned_env(kind: str, index: int) -> dict[str, str]:
-    return {"CUDA_VISIBLE_DEVICES": str(index)} if kind == "pinned" else {}
+    """The environment of a "pinned" worker: only the `index`-th card this process sees. Where this process was
+    given CUDA_VISIBLE_DEVICES ("2,3"), index 1 is card 3 of it, not card 1 of the machine."""
+    if kind != "pinned":
+        return {}
+    visible = [card.strip() for card in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if card.strip()]
+    return {"CUDA_VISIBLE_DEVICES": visible[index] if visible else str(index)}
 
 
 def worker_command(argv: list[str], kind: str) -> list[str]:
