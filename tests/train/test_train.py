@@ -22,9 +22,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 
 from tests.conftest import tiny_probe_args
 from tuner import config as configs
-from tuner.commands.train_best import train_best
 from tuner.config import DEFAULTS
-from tuner.errors import TunerError
 from tuner.params import Params
 from tuner.process.contract import ChildResult, EpochRecord, TrainSpec
 from tuner.process.trial import Attempt, classify
@@ -37,7 +35,8 @@ from tuner.train.checkpoints import (
     trim_results_csv,
     verify_checkpoint,
 )
-from tuner.train.plan import Candidate, Source, new_plan, plan_stages, step_down, train_settings
+from tuner.train.plan import new_plan, plan_stages, step_down, train_settings
+from tuner.train.source import Candidate, Source
 
 FAST = ("--device", "cpu", "--no-plots")
 
@@ -341,6 +340,9 @@ class FakeRunner:
         self.oom_after = oom_after
         self.specs: list[TrainSpec] = []
 
+    def runs_out(self, params: Params) -> bool:
+        return params.imgsz >= self.oom_imgsz
+
     def __call__(self, module, spec: TrainSpec, folder, device, budget, timeout, on_epoch) -> Attempt:
         assert module == "tuner.train.stage_child"
         self.specs.append(spec)
@@ -349,29 +351,13 @@ class FakeRunner:
         weights = Path(spec.save_dir) / "weights"
         weights.mkdir(parents=True, exist_ok=True)
         done = checkpoint_epoch(spec.resume)
-        runs_out = spec.params.imgsz >= self.oom_imgsz
+        runs_out = self.runs_out(spec.params)
         stop = self.oom_after if runs_out else spec.epochs
         for epoch in range(done + 1, stop + 1):
             save_checkpoint(weights / "last.pt", epoch)
             on_epoch(fake_record(epoch, spec))
         result = halved(spec, max(done, stop)) if runs_out else trained(spec)
         return fake_attempt(spec, folder, result, epochs_done=max(0, stop - done))
-
-
-@pytest.fixture
-def train_with(capsys):
-    """`tuner train-best` in-process with a fake training process; (exit code, stdout, stderr) like run_cli."""
-
-    def run(runner, **options) -> tuple[int, str, str]:
-        try:
-            code = train_best(device="cpu", plots=False, runner=runner, **options)
-        except TunerError as exc:  # reported as tuner.cli.main reports it
-            print(f"tuner: error: {exc}", file=sys.stderr)
-            code = exc.exit_code
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
 
 
 def test_batch_halving_twice_at_the_same_epoch_steps_down_and_continues_from_the_checkpoint(workdir, tiny_data, train_with):

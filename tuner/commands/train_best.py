@@ -2,7 +2,8 @@
 
 The command starts a run, continues one, or reports a finished one; the run summary is made here.
 Where the pieces live:
-- tuner.train.plan:        what is trained (the source, the stages of a strategy, step-downs);
+- tuner.train.source:      what is trained from (a study or a best.yaml, checked before anything is written);
+- tuner.train.plan:        what is trained (the stages of a strategy, step-downs);
 - tuner.train.run_folder:  the run's folder, its lock, config.yaml and state.json, and the re-run checks;
 - tuner.train.checkpoints: whether the checkpoint a run continues from is whole, and how many epochs it holds;
 - tuner.train.supervisor:  the stages, each in a watched child process (tuner.train.stage_child), restarts and
@@ -25,7 +26,8 @@ from tuner.params import Params
 from tuner.process.contract import Cause
 from tuner.process.trial import run_child
 from tuner.train.checkpoints import preflight
-from tuner.train.plan import new_plan, source_from_config, source_from_study, study_name_for
+from tuner.train.plan import new_plan
+from tuner.train.source import source_from_config, source_from_study, study_name_for
 from tuner.train.run_folder import (
     RunFiles,
     apply_val_every,

@@ -31,8 +31,9 @@ from tuner.process.contract import STAGE_CHILD, Cause, EpochRecord, Outcome, Tra
 from tuner.process.trial import Attempt, OnEpoch, run_child
 from tuner.study.dominance import StableSizes
 from tuner.train.checkpoints import CheckpointError, catch_up, checkpoint_to_resume, untouched
-from tuner.train.plan import Candidate, step_down, train_settings
+from tuner.train.plan import step_down, train_settings
 from tuner.train.run_folder import RunFiles, append_memory, now, save_state
+from tuner.train.source import Candidate
 
 CHECKPOINT = "checkpoint"  # tuner.process.trial's cause for a checkpoint the training process could not use
 
