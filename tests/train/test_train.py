@@ -356,6 +356,8 @@ class FakeRunner:
         for epoch in range(done + 1, stop + 1):
             save_checkpoint(weights / "last.pt", epoch)
             on_epoch(fake_record(epoch, spec))
+        if not runs_out:  # the next stage of a two-stage run starts from it
+            save_checkpoint(weights / "best.pt", stop)
         result = halved(spec, max(done, stop)) if runs_out else trained(spec)
         return fake_attempt(spec, folder, result, epochs_done=max(0, stop - done))
 

@@ -233,6 +233,7 @@ def print_summary(summary: dict[str, Any], screen: Screen, as_json: bool) -> Non
         lines.append(
             f"  step-down in stage {step['stage']} after epoch {step['epochs_done']}: {Params.of(step['from'])} -> "
             f"{Params.of(step['to'])} ({step['why']})"
+            + (f"; stage(s) {', '.join(map(str, step['capped']))} capped at it" if step.get("capped") else "")
         )
     if summary["batch_halvings"]:
         lines.append(f"  Ultralytics halved the batch {summary['batch_halvings']} time(s); each counted as out of memory.")

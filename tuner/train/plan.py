@@ -133,6 +133,12 @@ def step_down(
     return None
 
 
+def capped_at(params: Params, reached: Params) -> Params:
+    """`params` no larger in imgsz and batch than `reached`, the config a step-down went to (the memory is in
+    the sizes; mosaic and mixup, which change only pixels, stay the stage's own)."""
+    return dataclasses.replace(params, imgsz=min(params.imgsz, reached.imgsz), batch=min(params.batch, reached.batch))
+
+
 def train_settings(stage: dict[str, Any], plan: dict[str, Any], device: devices.Device, plots: bool) -> dict[str, Any]:
     """The Ultralytics arguments of a stage besides its params (which change on a step-down)."""
     return {

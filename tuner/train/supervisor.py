@@ -7,7 +7,8 @@ dies, the stage continues from its own `weights/last.pt` (never Ultralytics' new
 lookup), at most `max_restarts` times per invocation. A config that runs out of memory twice at the
 same point (stage, epochs done, params) steps down instead: to the most accurate stable config of
 the study that is no larger in imgsz and batch, else to the next smaller imgsz, then to half the
-batch (tuner.train.plan.step_down), continuing from the current weights. Ultralytics' silent batch halving
+batch (tuner.train.plan.step_down), continuing from the current weights; the later stages then train no
+larger in imgsz and batch than the config it stepped down to. Ultralytics' silent batch halving
 counts as running out of memory. An error that repeats at the same point ends the run.
 
 The state is saved (tuner.train.run_folder) after each event, and an epoch is recorded only after the
@@ -31,7 +32,7 @@ from tuner.process.contract import STAGE_CHILD, Cause, EpochRecord, Outcome, Tra
 from tuner.process.trial import Attempt, OnEpoch, run_child
 from tuner.study.dominance import StableSizes
 from tuner.train.checkpoints import CheckpointError, catch_up, checkpoint_to_resume, untouched
-from tuner.train.plan import step_down, train_settings
+from tuner.train.plan import capped_at, step_down, train_settings
 from tuner.train.run_folder import RunFiles, append_memory, now, save_state
 from tuner.train.source import Candidate
 
@@ -219,15 +220,36 @@ class Supervisor:
                 "Raise --memory-budget or free memory, then re-run to continue."
             )
         new_params, why = lower
+        progress["params"] = new_params.to_dict()
+        capped = self._cap_later_stages(index, new_params)
         self.state["step_downs"].append(
             {"stage": index + 1, "epochs_done": progress["epochs_done"], "from": params.to_dict(),
-             "to": new_params.to_dict(), "why": why, "after": reason, "at": now()}
+             "to": new_params.to_dict(), "why": why, "after": reason, "capped": capped, "at": now()}
         )  # fmt: skip
-        progress["params"] = new_params.to_dict()
+        later = "" if not capped else (
+            f" Stage{'s' if len(capped) > 1 else ''} {', '.join(map(str, capped))} "
+            f"train{'' if len(capped) > 1 else 's'} no larger in imgsz and batch."
+        )  # fmt: skip
         self.screen.say(
-            f"Step-down: out of memory twice at this point with {params}; continuing with {new_params}, {why}.",
+            f"Step-down: out of memory twice at this point with {params}; continuing with {new_params}, {why}.{later}",
             important=True,
         )
+
+    def _cap_later_stages(self, index: int, reached: Params) -> list[int]:
+        """The later stages (numbered from 1) whose params the step-down to `reached` lowered.
+
+        Memory grows with imgsz and batch, so a later stage planned at least as large as the config that ran out
+        would run out too, and its own step-downs would walk the same ladder again (each rung two restarts) before
+        it reached what already trains here: progressive 64/96/128/160 with 128 out of memory stepped down to 96 in
+        stage 3, then spent stage 4's restarts on 160 and 128. The cap keeps each stage's mosaic and mixup."""
+        capped = []
+        for number, progress in enumerate(self.state["stages"][index + 1 :], start=index + 2):
+            planned = Params.of(progress["params"])
+            lower = capped_at(planned, reached)
+            if lower != planned:
+                progress["params"] = lower.to_dict()
+                capped.append(number)
+        return capped
 
     def _announce(self, index: int, params: Params, resume: Path | None) -> None:
         stage, progress = self.plan["stages"][index], self.state["stages"][index]
