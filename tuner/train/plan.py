@@ -34,47 +34,67 @@ SEED = 0
 
 def plan_stages(source: Source, settings: TrainSettings) -> list[dict[str, Any]]:
     """The stages a strategy spends `settings.epochs` on; the last one trains into the run folder itself."""
-    epochs, strategy = settings.epochs, settings.strategy
+    strategy = settings.strategy
     if strategy == "single":
-        stages = [_stage("best", epochs, source.best, "model", source.lr0, settings.warmup_epochs, settings)]
+        stages = [_stage("best", settings.epochs, source.best, "model", source.lr0, settings.warmup_epochs, settings)]
     elif strategy == "two-stage":
-        if epochs < 2:
-            raise ConfigError(f"--strategy two-stage needs --epochs 2 or more (it got {epochs}).")
-        fine = min(epochs - 1, max(1, round(epochs * settings.fine_tune_share)))
-        conservative = dataclasses.replace(
-            source.best,
-            imgsz=max(MIN_IMGSZ, source.best.imgsz - 2 * STRIDE),
-            mosaic=round(source.best.mosaic / 2, 2),
-            mixup=0.0,
-        )
-        fine_lr0 = source.lr0 * settings.fine_tune_lr_factor
-        stages = [
-            _stage("conservative", epochs - fine, conservative, "model", source.lr0, settings.warmup_epochs, settings),
-            _stage("fine-tune", fine, source.best, "previous best.pt", fine_lr0, 0.0, settings),
-        ]
+        stages = _two_stage(source, settings)
     elif strategy == "progressive":
-        final = _largest_stable(source)
-        blocks = range(settings.progressive_blocks - 1, -1, -1)
-        sizes = [size for size in (final.imgsz - STRIDE * k for k in blocks) if size >= MIN_IMGSZ]
-        sizes = sizes[-epochs:]  # at least one epoch per block
-        shares = [epochs // len(sizes) + (1 if k >= len(sizes) - epochs % len(sizes) else 0) for k in range(len(sizes))]
-        stages = [
-            _stage(
-                f"imgsz-{size}",
-                share,
-                dataclasses.replace(final, imgsz=size),
-                "model" if k == 0 else "previous last.pt",
-                source.lr0,
-                settings.warmup_epochs if k == 0 else 0.0,
-                settings,
-            )
-            for k, (size, share) in enumerate(zip(sizes, shares))
-        ]
+        stages = _progressive(source, settings)
     else:
         raise ConfigError(f"Unknown --strategy {strategy!r}; use one of: {', '.join(configs.STRATEGIES)}.")
     for index, stage in enumerate(stages):
         stage["folder"] = "." if index == len(stages) - 1 else f"stages/{index + 1}-{stage['name']}"
     return stages
+
+
+def _two_stage(source: Source, settings: TrainSettings) -> list[dict[str, Any]]:
+    """A conservative stage, then a fine-tune of its best.pt with the best config at a fraction of lr0."""
+    epochs = settings.epochs
+    if epochs < 2:
+        raise ConfigError(f"--strategy two-stage needs --epochs 2 or more (it got {epochs}).")
+    fine = min(epochs - 1, max(1, round(epochs * settings.fine_tune_share)))
+    fine_lr0 = source.lr0 * settings.fine_tune_lr_factor
+    return [
+        _stage("conservative", epochs - fine, _conservative(source), "model", source.lr0, settings.warmup_epochs, settings),
+        _stage("fine-tune", fine, source.best, "previous best.pt", fine_lr0, 0.0, settings),
+    ]
+
+
+def _conservative(source: Source) -> Params:
+    """Two-stage's first stage: the stable config `tuner probe` would pick among the study's smaller than the best
+    (measured, with memory to spare), with the mosaic and mixup it was measured with. Where the study has none,
+    the best's own size (measured too) with lighter augmentation: mosaic halved, no mixup. Only a best.yaml
+    without a study, where nothing was measured, also goes 64 smaller in imgsz (not below 64): arithmetic there
+    could fall below the space's smallest imgsz, to a size no probe ran."""
+    smaller = _smaller_candidate(source.best, source.candidates)
+    if smaller is not None:
+        return smaller.params
+    lighter = dataclasses.replace(source.best, mosaic=round(source.best.mosaic / 2, 2), mixup=0.0)
+    if source.candidates:
+        return lighter
+    return dataclasses.replace(lighter, imgsz=max(MIN_IMGSZ, source.best.imgsz - 2 * STRIDE))
+
+
+def _progressive(source: Source, settings: TrainSettings) -> list[dict[str, Any]]:
+    """imgsz grows in blocks, STRIDE apart, up to the largest the study allows; each block starts from the last."""
+    epochs, final = settings.epochs, _largest_stable(source)
+    blocks = range(settings.progressive_blocks - 1, -1, -1)
+    sizes = [size for size in (final.imgsz - STRIDE * k for k in blocks) if size >= MIN_IMGSZ]
+    sizes = sizes[-epochs:]  # at least one epoch per block
+    shares = [epochs // len(sizes) + (1 if k >= len(sizes) - epochs % len(sizes) else 0) for k in range(len(sizes))]
+    return [
+        _stage(
+            f"imgsz-{size}",
+            share,
+            dataclasses.replace(final, imgsz=size),
+            "model" if k == 0 else "previous last.pt",
+            source.lr0,
+            settings.warmup_epochs if k == 0 else 0.0,
+            settings,
+        )
+        for k, (size, share) in enumerate(zip(sizes, shares))
+    ]
 
 
 def _stage(
@@ -115,14 +135,14 @@ def _largest_stable(source: Source) -> Params:
 def step_down(
     current: Params, candidates: tuple[Candidate, ...], frontier: StableSizes | None = None
 ) -> tuple[Params, str] | None:
-    """The config to continue with after `current` ran out of memory twice at the same point: the most
-    accurate smaller config the study measured stable; else the memory frontier's next step (a smaller
-    imgsz at the same batch, then a smaller batch); else, without a frontier, imgsz - 32, then half the batch."""
-    for candidate in candidates:  # most accurate first
-        smaller = candidate.params.imgsz <= current.imgsz and candidate.params.batch <= current.batch
-        if smaller and (candidate.params.imgsz, candidate.params.batch) != (current.imgsz, current.batch):
-            value = f", {candidate.value:.4f}" if candidate.value is not None else ""
-            return candidate.params, f"the next most accurate stable config of the study (trial {candidate.trial}{value})"
+    """The config to continue with after `current` ran out of memory twice at the same point: the first smaller
+    config of the study's ladder (the stable configs in the order the probe picks); else the memory frontier's
+    next step (a smaller imgsz at the same batch, then a smaller batch); else, without a frontier, imgsz - 32,
+    then half the batch."""
+    candidate = _smaller_candidate(current, candidates)
+    if candidate is not None:
+        value = f", {candidate.value:.4f}" if candidate.value is not None else ""
+        return candidate.params, f"the next stable config of the study the probe would pick (trial {candidate.trial}{value})"
     if frontier is not None:
         return frontier.step_down(current)
     floor = max(MIN_IMGSZ, min(c.params.imgsz for c in candidates)) if candidates else MIN_IMGSZ
@@ -130,6 +150,15 @@ def step_down(
         return dataclasses.replace(current, imgsz=current.imgsz - STRIDE), "the next smaller imgsz"
     if current.batch > 1:
         return dataclasses.replace(current, batch=current.batch // 2), "half the batch"
+    return None
+
+
+def _smaller_candidate(current: Params, candidates: tuple[Candidate, ...]) -> Candidate | None:
+    """The first config of the ladder no larger than `current` in imgsz and batch, and not its size."""
+    for candidate in candidates:
+        smaller = candidate.params.imgsz <= current.imgsz and candidate.params.batch <= current.batch
+        if smaller and candidate.params.size != current.size:
+            return candidate
     return None
 
 

@@ -10,16 +10,15 @@ from __future__ import annotations
 import dataclasses
 import difflib
 from pathlib import Path
-from statistics import mean
 from typing import Any
 
 from tuner import config as configs
 from tuner.data import datasets
 from tuner.errors import ConfigError, StudyError
 from tuner.params import STRIDE, Params
-from tuner.study import inputs, records
+from tuner.study import inputs, selection
 from tuner.study.dominance import StableSizes
-from tuner.study.records import StudyRecord, TrialRecord
+from tuner.study.records import StudyRecord
 
 BEST_KEYS = ("model", "data", "imgsz", "batch", "mosaic", "mixup")
 OPTIONAL_BEST_KEYS = ("device", "workers", "optimizer", "lr0")
@@ -31,7 +30,7 @@ TRAINING_BEST_KEYS = {"epochs": int, "nbs": int, "warmup_epochs": float, "close_
 
 @dataclasses.dataclass(frozen=True)
 class Candidate:
-    """A stable config of the study: the step-down ladder, most accurate first."""
+    """A stable config of the study: a rung of the step-down ladder (the order `tuner probe` picks in)."""
 
     params: Params
     value: float | None
@@ -198,16 +197,15 @@ def _study_budget(record: StudyRecord) -> str | float:
 
 
 def _candidates(study, record: StudyRecord) -> tuple[Candidate, ...]:
-    """The study's stable configs, most accurate first (mean over repeats; the largest peak of the runs)."""
+    """The study's stable configs in the order `tuner probe` picks (tuner.study.selection.best_stable: the most
+    accurate, a tie within the noise going to the most memory headroom): its pick, then its pick among the rest,
+    and so on. The first is the study's best; a step-down takes the first one no larger than what ran out."""
+    trials = [trial for trial in study.get_trials(deepcopy=False) if Params.FIELDS <= trial.params.keys()]
     limit = record.stable_limit_mb if record.stable_limit_mb is not None else float("inf")
-    groups = records.stable_configs(study.get_trials(deepcopy=False), limit)
-    found = [
-        Candidate(
-            params=Params.of(runs[0].params),
-            value=round(mean(t.value for t in runs), 6),
-            peak_mb=max(TrialRecord.of(t).peak_mem_mb for t in runs),
-            trial=min(t.number for t in runs),
-        )
-        for runs in groups.values()
-    ]
-    return tuple(sorted(found, key=lambda c: (-(c.value or 0.0), c.peak_mb or 0.0)))
+    spread = selection.noise(trials).spread
+    ladder: list[Candidate] = []
+    while (choice := selection.best_stable(trials, limit, spread, record.budget_mb)) is not None:
+        picked = Params.of(choice.params)
+        ladder.append(Candidate(picked, choice.value, choice.peak_mb, choice.trial.number))
+        trials = [trial for trial in trials if Params.of(trial.params).key != picked.key]
+    return tuple(ladder)

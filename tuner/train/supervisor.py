@@ -5,11 +5,11 @@ Each attempt is one `python -m tuner.train.stage_child spec.json` run by the `ru
 tuner.process.trial.run_child: the memory watchdog of the probes, the end classified from facts). When it
 dies, the stage continues from its own `weights/last.pt` (never Ultralytics' newest-last.pt-anywhere
 lookup), at most `max_restarts` times per invocation. A config that runs out of memory twice at the
-same point (stage, epochs done, params) steps down instead: to the most accurate stable config of
-the study that is no larger in imgsz and batch, else to the next smaller imgsz, then to half the
-batch (tuner.train.plan.step_down), continuing from the current weights; the later stages then train no
-larger in imgsz and batch than the config it stepped down to. Ultralytics' silent batch halving
-counts as running out of memory. An error that repeats at the same point ends the run.
+same point (stage, epochs done, params) steps down instead: to the stable config of the study that the
+probe would pick among those no larger in imgsz and batch, else along the memory frontier, else to the next
+smaller imgsz, then to half the batch (tuner.train.plan.step_down), continuing from the current weights; the
+later stages then train no larger in imgsz and batch than the config it stepped down to. Ultralytics' silent
+batch halving counts as running out of memory. An error that repeats at the same point ends the run.
 
 The state is saved (tuner.train.run_folder) after each event, and an epoch is recorded only after the
 training process reported it, which it does once the epoch is in last.pt.
