@@ -549,7 +549,8 @@ def test_no_study_is_one_line_and_creates_nothing(workdir, run_cli):
     ("args", "needles"),
     [
         (("--settings", "absent.yaml"), ("absent.yaml does not exist", "--settings")),
-        (("--val-every", "0"), ("--val-every is 0",)),
+        (("--val-every", "0"), ("`--val-every` is 0",)),
+        (("--max-restarts", "-1"), ("`--max-restarts` is -1", "0 or more")),
         (("--settings", "configs/train.yaml"), ("Unknown setting `epoch`", "Did you mean `epochs`?")),
     ],
 )
@@ -560,6 +561,13 @@ def test_bad_train_settings_are_one_line_and_create_nothing(workdir, tiny_data, 
     code, _, err = run_cli("train-best", "--config", best, *args, *FAST)
     assert_one_line_error(code, err, *needles)
     assert not (workdir / "results").exists()
+
+
+def test_flags_are_checked_as_the_settings_are_with_the_close_match(workdir, tiny_data, train_with):
+    best = write_best_yaml(workdir / "results" / "flags" / "best.yaml", tiny_data)
+    code, _, err = train_with(FakeRunner(oom_imgsz=10**6, oom_after=0), config=best, strategy="two_stage")
+    assert_one_line_error(code, err, "`--strategy` is 'two_stage'", "Did you mean 'two-stage'?")
+    assert not (workdir / "results" / "flags" / "train").exists()
 
 
 def test_a_study_without_a_stable_trial_is_refused(workdir, tiny_data, run_cli):
@@ -574,7 +582,10 @@ def test_a_study_without_a_stable_trial_is_refused(workdir, tiny_data, run_cli):
     [
         ("imgsz: [64\n", ["not valid YAML"]),
         ("imgsz: 64\nbatch: 2\n", ["has no `model`"]),
-        ("model: yolov8n.yaml\ndata: DATA\nimgsz: 70\nbatch: 2\nmosaic: 0.5\nmixup: 0\n", ["multiple of 32"]),
+        ("model: yolov8n.yaml\ndata: DATA\nimgsz: 70\nbatch: 2\nmosaic: 0.5\nmixup: 0\n", ["multiple of 32", "try 64"]),
+        ("model: yolov8n.yaml\ndata: DATA\nimgsz: 64\nbatch: 2\nmosaic: 0.5\nmixup: 0\noptimizer: adamw\n",
+         ["`optimizer`", "Did you mean 'AdamW'?", "run `tuner probe` again"]),
+        ("model: yolov8n.yaml\ndata: DATA\nimgsz: 64\nbatch: 2\nmosaic: 1.5\nmixup: 0\n", ["`mosaic`", "[0, 1]"]),
         ("model: yolov8n.yaml\ndata: DATA\nimgsz: 64\nbatch: 2\nmosaic: 0.5\nmixup: 0\nlr: 1\n", ["Unknown setting `lr`", "Did you mean `lr0`?"]),
         ("model: yolov8n.yaml\ndata: /nowhere/data.yaml\nimgsz: 64\nbatch: 2\nmosaic: 0.5\nmixup: 0\n", ["/nowhere/data.yaml", "does not exist"]),
         ("model: yolov8n.yaml\ndata: DATA\nimgsz: 64\nbatch: 2\nmosaic: 0.5\nmixup: 0\nnbs: -2\n", ["`nbs`", "-2", "0 or more"]),

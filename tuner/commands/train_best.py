@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from tuner import checks
 from tuner import config as configs
 from tuner import files
 from tuner.errors import ConfigError, TunerError
@@ -116,14 +117,13 @@ def train_best(
 
 
 def _check_flags(epochs, max_restarts, val_every, strategy, config) -> None:
-    if epochs is not None and epochs <= 0:
-        raise ConfigError(f"--epochs is {epochs}, but must be a positive integer.")
-    if max_restarts is not None and max_restarts < 0:
-        raise ConfigError(f"--max-restarts is {max_restarts}, but must be 0 or more.")
-    if val_every is not None and val_every <= 0:
-        raise ConfigError(f"--val-every is {val_every}, but must be a positive integer (1 validates every epoch).")
-    if strategy is not None and strategy not in configs.STRATEGIES:
-        raise ConfigError(f"Unknown --strategy {strategy!r}; use one of: {', '.join(configs.STRATEGIES)}.")
+    """The flags given, checked as configs/train.yaml's settings are (tuner.checks), named as flags."""
+    for value, flag, check in ((epochs, "--epochs", checks.positive_int), (max_restarts, "--max-restarts",
+                               checks.non_negative_int), (val_every, "--val-every", checks.positive_int)):  # fmt: skip
+        if value is not None:
+            check(value, flag)
+    if strategy is not None:
+        checks.choice(strategy, "--strategy", configs.STRATEGIES)
     if config is not None and not Path(config).is_file():
         raise ConfigError(f"Config file {config} does not exist; pass --config with a best.yaml that `tuner probe` wrote.")
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 import dataclasses
 import difflib
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+from tuner import checks
 from tuner import config as configs
 from tuner.data import datasets
 from tuner.errors import ConfigError, StudyError
-from tuner.params import STRIDE, Params
+from tuner.params import Params
 from tuner.study import inputs, selection
 from tuner.study.dominance import StableSizes
 from tuner.study.records import StudyRecord
@@ -24,8 +25,37 @@ BEST_KEYS = ("model", "data", "imgsz", "batch", "mosaic", "mixup")
 OPTIONAL_BEST_KEYS = ("device", "workers", "optimizer", "lr0")
 # Written by `tuner probe` so that `yolo train cfg=best.yaml` trains as train-best would; train-best itself
 # takes these from its settings (configs/train.yaml, flags), so here they are only checked.
-TRAINING_BEST_KEYS = {"epochs": int, "nbs": int, "warmup_epochs": float, "close_mosaic": int, "seed": int,
-                      "deterministic": bool, "plots": bool}  # fmt: skip
+TRAINING_BEST_KEYS = ("epochs", "nbs", "warmup_epochs", "close_mosaic", "seed", "deterministic", "plots")
+BEST_FIX = "fix it, or run `tuner probe` again to rewrite it"
+
+
+def _unit(value: Any, name: str) -> float:
+    return checks.fraction(value, name, low=0.0, high=1.0)
+
+
+def _non_negative(value: Any, name: str) -> float:
+    return checks.fraction(value, name, low=0.0, high=1e9)  # as configs/train.yaml's warmup_epochs
+
+
+# The checks of the settings (tuner.checks) for the values of a best.yaml; device and workers are not checked:
+# train-best takes them from --device and the device itself.
+BEST_CHECKS: dict[str, Callable[[Any, str], Any]] = {
+    "model": checks.text,
+    "data": checks.text,
+    "imgsz": lambda value, name: checks.imgsz_choices(checks.positive_int(value, name))[0],
+    "batch": checks.positive_int,
+    "mosaic": _unit,
+    "mixup": _unit,
+    "optimizer": lambda value, name: checks.choice(value, name, configs.OPTIMIZERS),
+    "lr0": checks.positive_float,
+    "epochs": checks.non_negative_int,
+    "nbs": checks.non_negative_int,
+    "warmup_epochs": _non_negative,
+    "close_mosaic": checks.non_negative_int,
+    "seed": checks.non_negative_int,
+    "deterministic": checks.boolean,
+    "plots": checks.boolean,
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,43 +151,24 @@ def source_from_study(name: str, storage: str | None, studies_dir: Path) -> Sour
 
 
 def _read_best_yaml(path: Path) -> dict[str, Any]:
-    fix = "fix it, or run `tuner probe` again to rewrite it"
+    """best.yaml's values, each checked as the settings are (tuner.checks); a bad one is one line naming the file."""
     try:
         values = configs.read_file(Path(path))
     except ConfigError as exc:
-        raise ConfigError(f"{str(exc).rstrip('.')}; {fix}.") from None
+        raise ConfigError(f"{str(exc).rstrip('.')}; {BEST_FIX}.") from None
     missing = [key for key in BEST_KEYS if key not in values]
     if missing:
-        raise ConfigError(f"{path} has no `{'`, `'.join(missing)}`; {fix}.")
-    known = BEST_KEYS + OPTIONAL_BEST_KEYS + tuple(TRAINING_BEST_KEYS)
+        raise ConfigError(f"{path} has no `{'`, `'.join(missing)}`; {BEST_FIX}.")
+    known = BEST_KEYS + OPTIONAL_BEST_KEYS + TRAINING_BEST_KEYS
     for key in values:
         if key not in known:
             close = difflib.get_close_matches(str(key), known, n=1)
             hint = f"Did you mean `{close[0]}`?" if close else f"It takes {', '.join(known)}."
             raise ConfigError(f"Unknown setting `{key}` in {path}. {hint}")
-    for key in ("imgsz", "batch"):
-        value = values[key]
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise ConfigError(f"The value of `{key}` in {path} is {value!r}, but must be a positive integer; {fix}.")
-    if values["imgsz"] % STRIDE:
-        raise ConfigError(f"The value of `imgsz` in {path} is {values['imgsz']}, but must be a multiple of {STRIDE}; {fix}.")
-    for key in ("mosaic", "mixup"):
-        value = values[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
-            raise ConfigError(f"The value of `{key}` in {path} is {value!r}, but must be a number in [0, 1]; {fix}.")
-    if "optimizer" in values and values["optimizer"] not in configs.OPTIMIZERS:
-        raise ConfigError(f"The value of `optimizer` in {path} is {values['optimizer']!r}, but must be one of: "
-                          f"{', '.join(configs.OPTIMIZERS)}.")
-    lr0 = values.get("lr0", 1.0)
-    if isinstance(lr0, bool) or not isinstance(lr0, (int, float)) or lr0 <= 0:
-        raise ConfigError(f"The value of `lr0` in {path} is {lr0!r}, but must be a number greater than 0.")
-    for key, kind in TRAINING_BEST_KEYS.items():
-        value = values.get(key)
-        wrong_kind = isinstance(value, bool) != (kind is bool) or not isinstance(value, (int, float) if kind is float else kind)
-        if key in values and (wrong_kind or (kind is not bool and value < 0)):
-            what = {int: "an integer of 0 or more", float: "a number of 0 or more", bool: "true or false"}[kind]
-            raise ConfigError(f"The value of `{key}` in {path} is {value!r}, but must be {what}; {fix}.")
-    return values
+    try:
+        return {**values, **{key: check(values[key], key) for key, check in BEST_CHECKS.items() if key in values}}
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {str(exc).rstrip('.')}; {BEST_FIX}.") from None
 
 
 def _check_model(model: str, what: str) -> str:
