@@ -28,7 +28,7 @@ from tuner.process.contract import Cause
 from tuner.process.trial import run_child
 from tuner.train.checkpoints import preflight
 from tuner.train.plan import new_plan
-from tuner.train.source import source_from_config, source_from_study, study_name_for
+from tuner.train.source import DEFAULT_SHARE, fitted_budget, source_from_config, source_from_study, study_name_for
 from tuner.train.run_folder import (
     RunFiles,
     apply_val_every,
@@ -108,10 +108,9 @@ def train_best(
         plan = new_plan(source, settings, now())
         run = _Run(plan, new_state(plan), False, True, settings.max_restarts, settings.plots)
     target = devices.resolve(device or run.plan["device"])
-    given = memory_budget if memory_budget is not None else run.plan["memory_budget"]
-    budget = parse_budget(given, target.total_memory)
+    budget, budget_text = _budget(memory_budget, run.plan, target, screen)
     with locked(run_files):
-        summary = _train(run_files, run, target, budget, describe_budget(given, budget, target.total_memory), screen, runner)
+        summary = _train(run_files, run, target, budget, budget_text, screen, runner)
     print_summary(summary, screen, as_json)
     return 0
 
@@ -126,6 +125,38 @@ def _check_flags(epochs, max_restarts, val_every, strategy, config) -> None:
         checks.choice(strategy, "--strategy", configs.STRATEGIES)
     if config is not None and not Path(config).is_file():
         raise ConfigError(f"Config file {config} does not exist; pass --config with a best.yaml that `tuner probe` wrote.")
+
+
+def _budget(flag: str | None, plan: dict[str, Any], target: devices.Device, screen: Screen) -> tuple[int, str]:
+    """The budget this invocation trains under, and how to say it: --memory-budget, refused where it is more than
+    the device's usable memory (the system would kill the training before the watchdog could); else the study's,
+    fitted to this machine (source.fitted_budget), saying so where that lowered it."""
+    usable = target.total_memory
+    if flag is not None:
+        budget = parse_budget(flag, usable)
+        if budget > usable:
+            raise ConfigError(
+                f"--memory-budget {flag} is {budget / MIB:.0f} MiB, more than the {usable / MIB:.0f} MiB {target.torch} "
+                f"has: the system would kill the training before tuner's watchdog could. Pass a smaller --memory-budget, "
+                f"e.g. {DEFAULT_SHARE:g} ({DEFAULT_SHARE * usable / MIB:.0f} MiB)."
+            )
+        return budget, describe_budget(flag, budget, usable)
+    given = plan["memory_budget"]
+    study_budget = parse_budget(given, usable)
+    budget = fitted_budget(study_budget, plan.get("usable_memory_mb"), usable)
+    if budget == study_budget:
+        return budget, describe_budget(given, budget, usable)
+    studied, ours = plan.get("usable_memory_mb"), f"{usable / MIB:.0f} MiB"
+    why = (f"This machine has {ours} usable memory, less than the {studied:.0f} MiB of the machine the study was "
+           f"measured on" if studied else f"The study recorded no machine memory, and its budget is more than "
+           f"{DEFAULT_SHARE:g} of this machine's {ours}")  # fmt: skip
+    screen.say(
+        f"{why}: training under {budget / MIB:.0f} MiB ({budget / usable:.2f} of {ours}) instead of the study's "
+        f"{study_budget / MIB:.0f} MiB budget, which this machine could not hold; configs that need more step down. "
+        "Pass --memory-budget to choose another.",
+        important=True,
+    )
+    return budget, f"{budget / MIB:.0f} MiB (the study's {study_budget / MIB:.0f} MiB, fitted to {usable / MIB:.0f} MiB usable)"
 
 
 def _continued_run(run_files: RunFiles, settings: configs.TrainSettings, flags: dict[str, Any]) -> _Run:

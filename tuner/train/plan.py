@@ -203,6 +203,7 @@ def new_plan(source: Source, settings: TrainSettings, created: str) -> dict[str,
         "data": source.data,
         "device": source.device,
         "memory_budget": source.memory_budget,
+        "usable_memory_mb": source.usable_memory_mb,  # the study's machine's: train_best fits the budget to this one
         "metric": source.metric,
         "optimizer": source.optimizer,
         "lr0": source.lr0,

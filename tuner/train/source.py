@@ -16,6 +16,7 @@ from tuner import checks
 from tuner import config as configs
 from tuner.data import datasets
 from tuner.errors import ConfigError, StudyError
+from tuner.memory.budget import MIB
 from tuner.params import Params
 from tuner.study import inputs, selection
 from tuner.study.dominance import StableSizes
@@ -27,6 +28,7 @@ OPTIONAL_BEST_KEYS = ("device", "workers", "optimizer", "lr0")
 # takes these from its settings (configs/train.yaml, flags), so here they are only checked.
 TRAINING_BEST_KEYS = ("epochs", "nbs", "warmup_epochs", "close_mosaic", "seed", "deterministic", "plots")
 BEST_FIX = "fix it, or run `tuner probe` again to rewrite it"
+DEFAULT_SHARE = float(configs.DEFAULTS["memory_budget"])  # of usable memory: the budget a probe takes by default
 
 
 def _unit(value: Any, name: str) -> float:
@@ -87,6 +89,7 @@ class Source:
     best: Params
     candidates: tuple[Candidate, ...]
     frontier: StableSizes | None = None  # the study's memory limit (tuner.study.limits), where it mapped one
+    usable_memory_mb: float | None = None  # of the machine the study was measured on, where it recorded it
 
 
 def study_name_for(study_name: str | None, storage: str | None, studies_dir: Path, config: Path | None) -> str:
@@ -118,6 +121,7 @@ def source_from_config(path: Path, name: str, storage: str | None, studies_dir: 
         best=Params.of(values),
         candidates=_candidates(study, record) if study is not None else (),
         frontier=StableSizes.of(record),
+        usable_memory_mb=record.usable_memory_mb,
     )
 
 
@@ -147,6 +151,7 @@ def source_from_study(name: str, storage: str | None, studies_dir: Path) -> Sour
         best=record.best.params,
         candidates=_candidates(study, record),
         frontier=StableSizes.of(record),
+        usable_memory_mb=record.usable_memory_mb,
     )
 
 
@@ -205,6 +210,20 @@ def _try_load_study(name: str, storage: str | None, studies_dir: Path):
 
 def _study_budget(record: StudyRecord) -> str | float:
     return f"{record.budget_mb}MiB" if record.budget_mb else configs.DEFAULTS["memory_budget"]
+
+
+def fitted_budget(budget: int, study_usable_mb: float | None, usable: int) -> int:
+    """The study's budget (bytes) on this machine, with `usable` bytes of usable memory.
+
+    A study stores its budget in MiB, so on a machine with less memory than the study's it could be more than
+    the machine holds (0.7 of 16 GB is 11.2 GB; an 8 GB machine's OS kills the training before the watchdog
+    sees it over). It is kept where this machine has as much memory as the study's; else it is at most the
+    same share of this machine's memory, or the default share where that is more (a budget chosen small on
+    purpose, 3 GB of 16, stays 3 GB on 8), or the default share where the study recorded no machine memory."""
+    if study_usable_mb is not None and usable >= (study_usable_mb - 1) * MIB:  # 1 MiB: the stored figures are rounded
+        return budget
+    share = DEFAULT_SHARE if not study_usable_mb else max(DEFAULT_SHARE, budget / (study_usable_mb * MIB))
+    return min(budget, int(share * usable))
 
 
 def _candidates(study, record: StudyRecord) -> tuple[Candidate, ...]:
