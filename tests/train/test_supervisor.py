@@ -90,5 +90,6 @@ def test_a_memory_budget_over_the_machine_s_memory_is_refused(workdir, tiny_data
     best = write_best_yaml(workdir / "results" / "huge" / "best.yaml", tiny_data)
     runner = FakeRunner(oom_imgsz=10**6, oom_after=0)
     code, _, err = train_with(runner, config=best, epochs=1, memory_budget="1000TB")
-    assert_one_line_error(code, err, "--memory-budget 1000TB", "more than the", "Pass a smaller --memory-budget")
+    assert_one_line_error(code, err, "--memory-budget 1000TB", "more than the device's usable memory",
+                          "Pass a smaller --memory-budget")
     assert not runner.specs and not train_dir(workdir, "huge").exists()

@@ -136,9 +136,9 @@ def _budget(flag: str | None, plan: dict[str, Any], target: devices.Device, scre
         budget = parse_budget(flag, usable)
         if budget > usable:
             raise ConfigError(
-                f"--memory-budget {flag} is {budget / MIB:.0f} MiB, more than the {usable / MIB:.0f} MiB {target.torch} "
-                f"has: the system would kill the training before tuner's watchdog could. Pass a smaller --memory-budget, "
-                f"e.g. {DEFAULT_SHARE:g} ({DEFAULT_SHARE * usable / MIB:.0f} MiB)."
+                f"--memory-budget {flag} is {budget / MIB:.0f} MiB, more than the device's usable memory ({usable / MIB:.0f} "
+                f"MiB on {target.torch}): the system would kill the training before tuner's watchdog could. Pass a smaller "
+                f"--memory-budget, e.g. {DEFAULT_SHARE:g} ({DEFAULT_SHARE * usable / MIB:.0f} MiB)."
             )
         return budget, describe_budget(flag, budget, usable)
     given = plan["memory_budget"]

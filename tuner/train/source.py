@@ -31,8 +31,16 @@ BEST_FIX = "fix it, or run `tuner probe` again to rewrite it"
 DEFAULT_SHARE = float(configs.DEFAULTS["memory_budget"])  # of usable memory: the budget a probe takes by default
 
 
+def _imgsz(value: Any, name: str) -> int:
+    return checks.imgsz_choices(checks.positive_int(value, name))[0]
+
+
 def _unit(value: Any, name: str) -> float:
     return checks.fraction(value, name, low=0.0, high=1.0)
+
+
+def _optimizer(value: Any, name: str) -> str:
+    return checks.choice(value, name, configs.OPTIMIZERS)
 
 
 def _non_negative(value: Any, name: str) -> float:
@@ -44,11 +52,11 @@ def _non_negative(value: Any, name: str) -> float:
 BEST_CHECKS: dict[str, Callable[[Any, str], Any]] = {
     "model": checks.text,
     "data": checks.text,
-    "imgsz": lambda value, name: checks.imgsz_choices(checks.positive_int(value, name))[0],
+    "imgsz": _imgsz,
     "batch": checks.positive_int,
     "mosaic": _unit,
     "mixup": _unit,
-    "optimizer": lambda value, name: checks.choice(value, name, configs.OPTIMIZERS),
+    "optimizer": _optimizer,
     "lr0": checks.positive_float,
     "epochs": checks.non_negative_int,
     "nbs": checks.non_negative_int,

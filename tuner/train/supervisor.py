@@ -236,12 +236,13 @@ class Supervisor:
         )
 
     def _cap_later_stages(self, index: int, reached: Params) -> list[int]:
-        """The later stages (numbered from 1) whose params the step-down to `reached` lowered.
+        """Lower every later stage to no larger in imgsz and batch than `reached`, the config this run steps down
+        to (the largest it knows to fit from here on), keeping the stage's own mosaic and mixup; the stages it
+        lowered, numbered from 1.
 
-        Memory grows with imgsz and batch, so a later stage planned at least as large as the config that ran out
-        would run out too, and its own step-downs would walk the same ladder again (each rung two restarts) before
-        it reached what already trains here: progressive 64/96/128/160 with 128 out of memory stepped down to 96 in
-        stage 3, then spent stage 4's restarts on 160 and 128. The cap keeps each stage's mosaic and mixup."""
+        A later stage that started at its planned size would run out of memory again and walk the same ladder
+        (two restarts a rung): progressive 64/96/128/160 with 128 out of memory stepped down to 96 in stage 3,
+        then spent stage 4's restarts on 160 and on 128, and died with 96 fitting."""
         capped = []
         for number, progress in enumerate(self.state["stages"][index + 1 :], start=index + 2):
             planned = Params.of(progress["params"])
