@@ -22,9 +22,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 
 from tests.conftest import tiny_probe_args
 from tuner import config as configs
-from tuner.commands.train_best import train_best
 from tuner.config import DEFAULTS
-from tuner.errors import TunerError
 from tuner.params import Params
 from tuner.process.contract import ChildResult, EpochRecord, TrainSpec
 from tuner.process.trial import Attempt, classify
@@ -37,7 +35,8 @@ from tuner.train.checkpoints import (
     trim_results_csv,
     verify_checkpoint,
 )
-from tuner.train.plan import Candidate, Source, new_plan, plan_stages, step_down, train_settings
+from tuner.train.plan import new_plan, plan_stages, step_down, train_settings
+from tuner.train.source import Candidate, Source
 
 FAST = ("--device", "cpu", "--no-plots")
 
@@ -341,6 +340,9 @@ class FakeRunner:
         self.oom_after = oom_after
         self.specs: list[TrainSpec] = []
 
+    def runs_out(self, params: Params) -> bool:
+        return params.imgsz >= self.oom_imgsz
+
     def __call__(self, module, spec: TrainSpec, folder, device, budget, timeout, on_epoch) -> Attempt:
         assert module == "tuner.train.stage_child"
         self.specs.append(spec)
@@ -349,29 +351,15 @@ class FakeRunner:
         weights = Path(spec.save_dir) / "weights"
         weights.mkdir(parents=True, exist_ok=True)
         done = checkpoint_epoch(spec.resume)
-        runs_out = spec.params.imgsz >= self.oom_imgsz
+        runs_out = self.runs_out(spec.params)
         stop = self.oom_after if runs_out else spec.epochs
         for epoch in range(done + 1, stop + 1):
             save_checkpoint(weights / "last.pt", epoch)
             on_epoch(fake_record(epoch, spec))
+        if not runs_out:  # the next stage of a two-stage run starts from it
+            save_checkpoint(weights / "best.pt", stop)
         result = halved(spec, max(done, stop)) if runs_out else trained(spec)
         return fake_attempt(spec, folder, result, epochs_done=max(0, stop - done))
-
-
-@pytest.fixture
-def train_with(capsys):
-    """`tuner train-best` in-process with a fake training process; (exit code, stdout, stderr) like run_cli."""
-
-    def run(runner, **options) -> tuple[int, str, str]:
-        try:
-            code = train_best(device="cpu", plots=False, runner=runner, **options)
-        except TunerError as exc:  # reported as tuner.cli.main reports it
-            print(f"tuner: error: {exc}", file=sys.stderr)
-            code = exc.exit_code
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
 
 
 def test_batch_halving_twice_at_the_same_epoch_steps_down_and_continues_from_the_checkpoint(workdir, tiny_data, train_with):
@@ -561,7 +549,8 @@ def test_no_study_is_one_line_and_creates_nothing(workdir, run_cli):
     ("args", "needles"),
     [
         (("--settings", "absent.yaml"), ("absent.yaml does not exist", "--settings")),
-        (("--val-every", "0"), ("--val-every is 0",)),
+        (("--val-every", "0"), ("`--val-every` is 0",)),
+        (("--max-restarts", "-1"), ("`--max-restarts` is -1", "0 or more")),
         (("--settings", "configs/train.yaml"), ("Unknown setting `epoch`", "Did you mean `epochs`?")),
     ],
 )
@@ -572,6 +561,13 @@ def test_bad_train_settings_are_one_line_and_create_nothing(workdir, tiny_data, 
     code, _, err = run_cli("train-best", "--config", best, *args, *FAST)
     assert_one_line_error(code, err, *needles)
     assert not (workdir / "results").exists()
+
+
+def test_flags_are_checked_as_the_settings_are_with_the_close_match(workdir, tiny_data, train_with):
+    best = write_best_yaml(workdir / "results" / "flags" / "best.yaml", tiny_data)
+    code, _, err = train_with(FakeRunner(oom_imgsz=10**6, oom_after=0), config=best, strategy="two_stage")
+    assert_one_line_error(code, err, "`--strategy` is 'two_stage'", "Did you mean 'two-stage'?")
+    assert not (workdir / "results" / "flags" / "train").exists()
 
 
 def test_a_study_without_a_stable_trial_is_refused(workdir, tiny_data, run_cli):
@@ -586,7 +582,10 @@ def test_a_study_without_a_stable_trial_is_refused(workdir, tiny_data, run_cli):
     [
         ("imgsz: [64\n", ["not valid YAML"]),
         ("imgsz: 64\nbatch: 2\n", ["has no `model`"]),
-        ("model: yolov8n.yaml\ndata: DATA\nimgsz: 70\nbatch: 2\nmosaic: 0.5\nmixup: 0\n", ["multiple of 32"]),
+        ("model: yolov8n.yaml\ndata: DATA\nimgsz: 70\nbatch: 2\nmosaic: 0.5\nmixup: 0\n", ["multiple of 32", "try 64"]),
+        ("model: yolov8n.yaml\ndata: DATA\nimgsz: 64\nbatch: 2\nmosaic: 0.5\nmixup: 0\noptimizer: adamw\n",
+         ["`optimizer`", "Did you mean 'AdamW'?", "run `tuner probe` again"]),
+        ("model: yolov8n.yaml\ndata: DATA\nimgsz: 64\nbatch: 2\nmosaic: 1.5\nmixup: 0\n", ["`mosaic`", "[0, 1]"]),
         ("model: yolov8n.yaml\ndata: DATA\nimgsz: 64\nbatch: 2\nmosaic: 0.5\nmixup: 0\nlr: 1\n", ["Unknown setting `lr`", "Did you mean `lr0`?"]),
         ("model: yolov8n.yaml\ndata: /nowhere/data.yaml\nimgsz: 64\nbatch: 2\nmosaic: 0.5\nmixup: 0\n", ["/nowhere/data.yaml", "does not exist"]),
         ("model: yolov8n.yaml\ndata: DATA\nimgsz: 64\nbatch: 2\nmosaic: 0.5\nmixup: 0\nnbs: -2\n", ["`nbs`", "-2", "0 or more"]),

@@ -2,7 +2,8 @@
 
 The command starts a run, continues one, or reports a finished one; the run summary is made here.
 Where the pieces live:
-- tuner.train.plan:        what is trained (the source, the stages of a strategy, step-downs);
+- tuner.train.source:      what is trained from (a study or a best.yaml, checked before anything is written);
+- tuner.train.plan:        what is trained (the stages of a strategy, step-downs);
 - tuner.train.run_folder:  the run's folder, its lock, config.yaml and state.json, and the re-run checks;
 - tuner.train.checkpoints: whether the checkpoint a run continues from is whole, and how many epochs it holds;
 - tuner.train.supervisor:  the stages, each in a watched child process (tuner.train.stage_child), restarts and
@@ -16,6 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from tuner import checks
 from tuner import config as configs
 from tuner import files
 from tuner.errors import ConfigError, TunerError
@@ -25,7 +27,8 @@ from tuner.params import Params
 from tuner.process.contract import Cause
 from tuner.process.trial import run_child
 from tuner.train.checkpoints import preflight
-from tuner.train.plan import new_plan, source_from_config, source_from_study, study_name_for
+from tuner.train.plan import new_plan
+from tuner.train.source import DEFAULT_SHARE, fitted_budget, source_from_config, source_from_study, study_name_for
 from tuner.train.run_folder import (
     RunFiles,
     apply_val_every,
@@ -105,25 +108,55 @@ def train_best(
         plan = new_plan(source, settings, now())
         run = _Run(plan, new_state(plan), False, True, settings.max_restarts, settings.plots)
     target = devices.resolve(device or run.plan["device"])
-    given = memory_budget if memory_budget is not None else run.plan["memory_budget"]
-    budget = parse_budget(given, target.total_memory)
+    budget, budget_text = _budget(memory_budget, run.plan, target, screen)
     with locked(run_files):
-        summary = _train(run_files, run, target, budget, describe_budget(given, budget, target.total_memory), screen, runner)
+        summary = _train(run_files, run, target, budget, budget_text, screen, runner)
     print_summary(summary, screen, as_json)
     return 0
 
 
 def _check_flags(epochs, max_restarts, val_every, strategy, config) -> None:
-    if epochs is not None and epochs <= 0:
-        raise ConfigError(f"--epochs is {epochs}, but must be a positive integer.")
-    if max_restarts is not None and max_restarts < 0:
-        raise ConfigError(f"--max-restarts is {max_restarts}, but must be 0 or more.")
-    if val_every is not None and val_every <= 0:
-        raise ConfigError(f"--val-every is {val_every}, but must be a positive integer (1 validates every epoch).")
-    if strategy is not None and strategy not in configs.STRATEGIES:
-        raise ConfigError(f"Unknown --strategy {strategy!r}; use one of: {', '.join(configs.STRATEGIES)}.")
+    """The flags given, checked as configs/train.yaml's settings are (tuner.checks), named as flags."""
+    for value, flag, check in ((epochs, "--epochs", checks.positive_int), (max_restarts, "--max-restarts",
+                               checks.non_negative_int), (val_every, "--val-every", checks.positive_int)):  # fmt: skip
+        if value is not None:
+            check(value, flag)
+    if strategy is not None:
+        checks.choice(strategy, "--strategy", configs.STRATEGIES)
     if config is not None and not Path(config).is_file():
         raise ConfigError(f"Config file {config} does not exist; pass --config with a best.yaml that `tuner probe` wrote.")
+
+
+def _budget(flag: str | None, plan: dict[str, Any], target: devices.Device, screen: Screen) -> tuple[int, str]:
+    """The budget this invocation trains under, and how to say it: --memory-budget, refused where it is more than
+    the device's usable memory (the system would kill the training before the watchdog could); else the study's,
+    fitted to this machine (source.fitted_budget), saying so where that lowered it."""
+    usable = target.total_memory
+    if flag is not None:
+        budget = parse_budget(flag, usable)
+        if budget > usable:
+            raise ConfigError(
+                f"--memory-budget {flag} is {budget / MIB:.0f} MiB, more than the device's usable memory ({usable / MIB:.0f} "
+                f"MiB on {target.torch}): the system would kill the training before tuner's watchdog could. Pass a smaller "
+                f"--memory-budget, e.g. {DEFAULT_SHARE:g} ({DEFAULT_SHARE * usable / MIB:.0f} MiB)."
+            )
+        return budget, describe_budget(flag, budget, usable)
+    given = plan["memory_budget"]
+    study_budget = parse_budget(given, usable)
+    budget = fitted_budget(study_budget, plan.get("usable_memory_mb"), usable)
+    if budget == study_budget:
+        return budget, describe_budget(given, budget, usable)
+    studied, ours = plan.get("usable_memory_mb"), f"{usable / MIB:.0f} MiB"
+    why = (f"This machine has {ours} usable memory, less than the {studied:.0f} MiB of the machine the study was "
+           f"measured on" if studied else f"The study recorded no machine memory, and its budget is more than "
+           f"{DEFAULT_SHARE:g} of this machine's {ours}")  # fmt: skip
+    screen.say(
+        f"{why}: training under {budget / MIB:.0f} MiB ({budget / usable:.2f} of {ours}) instead of the study's "
+        f"{study_budget / MIB:.0f} MiB budget, which this machine could not hold; configs that need more step down. "
+        "Pass --memory-budget to choose another.",
+        important=True,
+    )
+    return budget, f"{budget / MIB:.0f} MiB (the study's {study_budget / MIB:.0f} MiB, fitted to {usable / MIB:.0f} MiB usable)"
 
 
 def _continued_run(run_files: RunFiles, settings: configs.TrainSettings, flags: dict[str, Any]) -> _Run:
@@ -231,6 +264,7 @@ def print_summary(summary: dict[str, Any], screen: Screen, as_json: bool) -> Non
         lines.append(
             f"  step-down in stage {step['stage']} after epoch {step['epochs_done']}: {Params.of(step['from'])} -> "
             f"{Params.of(step['to'])} ({step['why']})"
+            + (f"; stage(s) {', '.join(map(str, step['capped']))} capped at it" if step.get("capped") else "")
         )
     if summary["batch_halvings"]:
         lines.append(f"  Ultralytics halved the batch {summary['batch_halvings']} time(s); each counted as out of memory.")

@@ -14,7 +14,7 @@ from typing import Any, Iterable
 
 from optuna.trial import FrozenTrial
 
-from tuner.memory.model import RERUN_SPREAD
+from tuner.memory.model import RERUN_SPREAD, Measurement, MemoryModel
 from tuner.params import Params
 from tuner.process.contract import Cause, Outcome
 from tuner.study.records import StudyRecord, TrialRecord
@@ -79,10 +79,40 @@ class StableSizes:
 
     @classmethod
     def of(cls, record: StudyRecord) -> StableSizes | None:
+        """The frontier the pre-flights mapped, lowered to the study's stable limit where kills from outside
+        lowered that limit after the mapping (the stored frontier keeps the budget's)."""
         if not record.limits or record.config is None or record.config.space.imgsz is None:
             return None
         largest = {int(entry["batch"]): entry["imgsz"] for entry in record.limits["frontier"]}
-        return cls(largest, tuple(record.config.space.imgsz))
+        sizes = tuple(record.config.space.imgsz)
+        mapped_at = record.limits.get("stable_limit_mb")
+        if record.stable_limit_mb is not None and mapped_at is not None and record.stable_limit_mb < mapped_at:
+            largest = cls._under(largest, sizes, record, record.stable_limit_mb)
+        return cls(largest, sizes)
+
+    @staticmethod
+    def _under(
+        largest: dict[int, int | None], sizes: tuple[int, ...], record: StudyRecord, limit_mb: float
+    ) -> dict[int, int | None]:
+        """For each batch, the largest imgsz of the mapped frontier that stays under `limit_mb`, judged as the
+        search judges configs after kills from outside (tuner.study.search): on the pre-flights' peaks first (a
+        config at least as large as one that peaked over the limit, less the re-run spread, is over; one no
+        larger than one that peaked under it is under), and where none decides, on the memory model's upper
+        bound at the densest mosaic and mixup; without a model the mapped frontier stands."""
+        measured = [Measurement(**taken) for taken in record.limits.get("preflights") or ()]
+        stored = record.limits.get("model")
+        model = MemoryModel.from_dict(stored) if stored else None
+        space, inside = record.config.space, limit_mb / (1 + RERUN_SPREAD)
+
+        def fits(imgsz: int, batch: int) -> bool:
+            if any(m.imgsz <= imgsz and m.batch <= batch and (m.oom or m.peak_mb >= inside) for m in measured):
+                return False
+            if any(m.imgsz >= imgsz and m.batch >= batch and not m.oom and m.peak_mb < inside for m in measured):
+                return True
+            return model is None or model.upper(imgsz, batch, space.mosaic[1], space.mixup[1]) < limit_mb
+
+        return {batch: max((size for size in sizes if top is not None and size <= top and fits(size, batch)), default=None)
+                for batch, top in largest.items()}  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
         return {"largest": {str(batch): imgsz for batch, imgsz in self.largest.items()}, "sizes": list(self.sizes)}

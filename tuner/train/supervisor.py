@@ -5,10 +5,11 @@ Each attempt is one `python -m tuner.train.stage_child spec.json` run by the `ru
 tuner.process.trial.run_child: the memory watchdog of the probes, the end classified from facts). When it
 dies, the stage continues from its own `weights/last.pt` (never Ultralytics' newest-last.pt-anywhere
 lookup), at most `max_restarts` times per invocation. A config that runs out of memory twice at the
-same point (stage, epochs done, params) steps down instead: to the most accurate stable config of
-the study that is no larger in imgsz and batch, else to the next smaller imgsz, then to half the
-batch (tuner.train.plan.step_down), continuing from the current weights. Ultralytics' silent batch halving
-counts as running out of memory. An error that repeats at the same point ends the run.
+same point (stage, epochs done, params) steps down instead: to the stable config of the study that the
+probe would pick among those no larger in imgsz and batch, else along the memory frontier, else to the next
+smaller imgsz, then to half the batch (tuner.train.plan.step_down), continuing from the current weights; the
+later stages then train no larger in imgsz and batch than the config it stepped down to. Ultralytics' silent
+batch halving counts as running out of memory. An error that repeats at the same point ends the run.
 
 The state is saved (tuner.train.run_folder) after each event, and an epoch is recorded only after the
 training process reported it, which it does once the epoch is in last.pt.
@@ -31,8 +32,9 @@ from tuner.process.contract import STAGE_CHILD, Cause, EpochRecord, Outcome, Tra
 from tuner.process.trial import Attempt, OnEpoch, run_child
 from tuner.study.dominance import StableSizes
 from tuner.train.checkpoints import CheckpointError, catch_up, checkpoint_to_resume, untouched
-from tuner.train.plan import Candidate, step_down, train_settings
+from tuner.train.plan import capped_at, step_down, train_settings
 from tuner.train.run_folder import RunFiles, append_memory, now, save_state
+from tuner.train.source import Candidate
 
 CHECKPOINT = "checkpoint"  # tuner.process.trial's cause for a checkpoint the training process could not use
 
@@ -218,15 +220,37 @@ class Supervisor:
                 "Raise --memory-budget or free memory, then re-run to continue."
             )
         new_params, why = lower
+        progress["params"] = new_params.to_dict()
+        capped = self._cap_later_stages(index, new_params)
         self.state["step_downs"].append(
             {"stage": index + 1, "epochs_done": progress["epochs_done"], "from": params.to_dict(),
-             "to": new_params.to_dict(), "why": why, "after": reason, "at": now()}
+             "to": new_params.to_dict(), "why": why, "after": reason, "capped": capped, "at": now()}
         )  # fmt: skip
-        progress["params"] = new_params.to_dict()
+        later = "" if not capped else (
+            f" Stage{'s' if len(capped) > 1 else ''} {', '.join(map(str, capped))} "
+            f"train{'' if len(capped) > 1 else 's'} no larger in imgsz and batch."
+        )  # fmt: skip
         self.screen.say(
-            f"Step-down: out of memory twice at this point with {params}; continuing with {new_params}, {why}.",
+            f"Step-down: out of memory twice at this point with {params}; continuing with {new_params}, {why}.{later}",
             important=True,
         )
+
+    def _cap_later_stages(self, index: int, reached: Params) -> list[int]:
+        """Lower every later stage to no larger in imgsz and batch than `reached`, the config this run steps down
+        to (the largest it knows to fit from here on), keeping the stage's own mosaic and mixup; the stages it
+        lowered, numbered from 1.
+
+        A later stage that started at its planned size would run out of memory again and walk the same ladder
+        (two restarts a rung): progressive 64/96/128/160 with 128 out of memory stepped down to 96 in stage 3,
+        then spent stage 4's restarts on 160 and on 128, and died with 96 fitting."""
+        capped = []
+        for number, progress in enumerate(self.state["stages"][index + 1 :], start=index + 2):
+            planned = Params.of(progress["params"])
+            lower = capped_at(planned, reached)
+            if lower != planned:
+                progress["params"] = lower.to_dict()
+                capped.append(number)
+        return capped
 
     def _announce(self, index: int, params: Params, resume: Path | None) -> None:
         stage, progress = self.plan["stages"][index], self.state["stages"][index]

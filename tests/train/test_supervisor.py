@@ -1,0 +1,95 @@
+"""The supervisor's step-downs across stages, and the budget a run trains under, with a fake training process
+(tests/train/test_train.py's FakeRunner) and real checkpoints; studies are real SQLite."""
+
+from __future__ import annotations
+
+import json
+
+import optuna
+import pytest
+
+from tests.train.test_train import FakeRunner, assert_one_line_error, make_study, state_of, train_dir, write_best_yaml
+from tuner.memory import device as devices
+from tuner.memory.budget import MIB
+from tuner.params import Params
+
+
+class OomAtBatch(FakeRunner):
+    """Runs out of memory at batch >= `batch`, whatever the imgsz, from the stage's start."""
+
+    def __init__(self, batch: int) -> None:
+        super().__init__(oom_imgsz=0, oom_after=0)
+        self.batch = batch
+
+    def runs_out(self, params: Params) -> bool:
+        return params.batch >= self.batch
+
+
+def test_a_progressive_step_down_holds_for_the_later_stages(workdir, tiny_data, train_with):
+    """Planned 64/96/128/160 where 128 and up run out of memory: stage 3 steps down to 96, and stage 4 starts
+    there instead of at 160 (which would step down to 128, out of memory twice already, and use up the restarts)."""
+    runner = FakeRunner(oom_imgsz=128, oom_after=0)
+    best = write_best_yaml(workdir / "results" / "grow" / "best.yaml", tiny_data, imgsz=160, batch=2)
+    code, _, err = train_with(runner, config=best, epochs=4, strategy="progressive")
+    assert code == 0, err
+    assert [spec.params.imgsz for spec in runner.specs] == [64, 96, 128, 128, 96, 96]
+    summary = json.loads((train_dir(workdir, "grow") / "summary.json").read_text())
+    assert [stage["trained_with"]["imgsz"] for stage in summary["stages"]] == [64, 96, 96, 96]
+    assert [stage["planned"]["imgsz"] for stage in summary["stages"]] == [64, 96, 128, 160]
+    (step,) = summary["step_downs"]
+    assert step["stage"] == 3 and step["capped"] == [4] and summary["restarts"] == 2
+    assert "Stage 4 trains no larger in imgsz and batch" in err
+
+
+def test_a_batch_step_down_in_the_conservative_stage_holds_for_the_fine_tune(workdir, tiny_data, train_with):
+    make_study(workdir, "batch", tiny_data, [({"imgsz": 160, "batch": 8, "mosaic": 0.8, "mixup": 0.2}, 0.6, 1500.0),
+                                            ({"imgsz": 128, "batch": 8, "mosaic": 0.5, "mixup": 0.0}, 0.5, 1200.0),
+                                            ({"imgsz": 96, "batch": 4, "mosaic": 0.5, "mixup": 0.0}, 0.4, 1000.0)])  # fmt: skip
+    runner = OomAtBatch(8)
+    code, _, err = train_with(runner, study_name="batch", epochs=4, strategy="two-stage")
+    assert code == 0, err
+    state = state_of(train_dir(workdir, "batch"))
+    assert [(step["stage"], step["to"]["batch"]) for step in state["step_downs"]] == [(1, 4)]
+    fine_tune = [spec.params for spec in runner.specs if spec.save_dir == str(train_dir(workdir, "batch").resolve())]
+    assert fine_tune == [Params(96, 4, 0.8, 0.2)]  # the best's mosaic and mixup, at the size that worked
+    assert [failure["stage"] for failure in state["failures"]] == [1, 1]
+
+
+def study_on_a_machine_of(workdir, data, name: str, usable_mb: float, budget_mb: float) -> None:
+    """A study as `tuner probe` leaves it on a machine with `usable_mb` of usable memory, under `budget_mb`."""
+    make_study(workdir, name, data, [({"imgsz": 64, "batch": 2, "mosaic": 0.5, "mixup": 0.0}, 0.3, 900.0)])
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///{workdir / 'studies' / f'{name}.db'}")
+    study.set_user_attr("usable_memory_mb", usable_mb)
+    study.set_user_attr("budget_mb", budget_mb)
+    study.set_user_attr("stable_limit_mb", budget_mb * 0.9)
+
+
+def test_a_machine_with_less_memory_than_the_study_s_trains_under_the_study_s_share_of_it(workdir, tiny_data, train_with):
+    """The study's budget is absolute: 0.75 of a machine four times this one's is three times this machine's
+    memory, which no watchdog can hold. train-best trains under 0.75 of this machine's memory, and says so."""
+    usable = devices.resolve("cpu").total_memory
+    study_on_a_machine_of(workdir, tiny_data, "roomy", 4 * usable / MIB, 3 * usable / MIB)
+    runner = FakeRunner(oom_imgsz=10**6, oom_after=0)
+    code, _, err = train_with(runner, study_name="roomy", epochs=1)
+    assert code == 0, err
+    assert [spec.budget for spec in runner.specs] == [pytest.approx(0.75 * usable, rel=1e-3)]
+    assert state_of(train_dir(workdir, "roomy"))["budget_mb"] == pytest.approx(0.75 * usable / MIB, rel=1e-3)
+    assert "less than the" in err and "Pass --memory-budget" in err
+
+
+def test_the_study_s_budget_is_kept_on_a_machine_like_the_study_s(workdir, tiny_data, train_with):
+    usable = devices.resolve("cpu").total_memory
+    study_on_a_machine_of(workdir, tiny_data, "same", round(usable / MIB, 1), round(0.9 * usable / MIB, 1))
+    runner = FakeRunner(oom_imgsz=10**6, oom_after=0)
+    code, _, err = train_with(runner, study_name="same", epochs=1)
+    assert code == 0, err
+    assert runner.specs[0].budget == int(round(0.9 * usable / MIB, 1) * MIB) and "less than the" not in err
+
+
+def test_a_memory_budget_over_the_machine_s_memory_is_refused(workdir, tiny_data, train_with):
+    best = write_best_yaml(workdir / "results" / "huge" / "best.yaml", tiny_data)
+    runner = FakeRunner(oom_imgsz=10**6, oom_after=0)
+    code, _, err = train_with(runner, config=best, epochs=1, memory_budget="1000TB")
+    assert_one_line_error(code, err, "--memory-budget 1000TB", "more than the device's usable memory",
+                          "Pass a smaller --memory-budget")
+    assert not runner.specs and not train_dir(workdir, "huge").exists()
