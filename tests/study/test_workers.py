@@ -169,10 +169,13 @@ def test_a_lease_whose_holder_stopped_renewing_it_is_taken_over(tmp_path, monkey
     monkeypatch.setattr(workers, "LEASE_SETTLE_S", 0.01)
     monkeypatch.setattr(workers, "LEASE_STALE_S", 0.3)
     study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'l.db'}", study_name="l")
-    first, second = workers.Lease(study, "a:1"), workers.Lease(study, "b:2")
+    now = [0.0]
+    first, second = workers.Lease(study, "a:1"), workers.Lease(study, "b:2", clock=lambda: now[0])
     assert first.acquire() and not second.acquire()
     assert second.holder() == "a:1"
-    time.sleep(0.4)  # a:1 died: its beat did not change for longer than LEASE_STALE_S
+    now[0] += 0.29
+    assert second.holder() == "a:1"  # unrenewed, but not for LEASE_STALE_S yet
+    now[0] += 0.02  # a:1 died: its beat has not changed for longer than LEASE_STALE_S on b:2's clock
     assert second.holder() is None and second.acquire() and not first.acquire()
 
 

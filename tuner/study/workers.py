@@ -32,7 +32,7 @@ import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import optuna
 import psutil
@@ -115,8 +115,9 @@ class Lease:
     clocks of other machines do not matter; a lease of a process of this host that no longer runs (a tuner killed
     while it mapped) is free at once."""
 
-    def __init__(self, study: optuna.Study, worker: str | None = None) -> None:
+    def __init__(self, study: optuna.Study, worker: str | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.study = study
+        self.clock = clock  # the reader's own clock, for how long a beat has not changed
         self.worker = worker or worker_id()
         self.token = uuid.uuid4().hex
         self._seen: tuple[object, float] | None = None  # (the beat last read, when it was read, our clock)
@@ -136,7 +137,7 @@ class Lease:
         lease = self._read()
         if lease is None or lease.token == self.token or _gone(lease.worker):
             return None
-        now = time.monotonic()
+        now = self.clock()
         if self._seen is None or self._seen[0] != lease.beat:
             self._seen = (lease.beat, now)
             return lease.worker
