@@ -41,9 +41,10 @@ class FakePreflight:
                        peak, 0.0, 0, 4.0, 0, None, Path(folder) / "log.txt")  # fmt: skip
 
 
-def inputs(tmp_path: Path, budget_mb: float, imgsz=(160, 192, 224, 256, 288, 320, 352, 384), batch=(2, 4, 8, 16)):
-    cfg = config.load(None, {"space": {"imgsz": list(imgsz), "batch": list(batch), "mixup": [0.0, 0.2]},
-                             "safety_margin": 0.1})  # fmt: skip
+def inputs(tmp_path: Path, budget_mb: float, imgsz=(160, 192, 224, 256, 288, 320, 352, 384), batch=(2, 4, 8, 16),
+           mosaic=(0.0, 1.0), mixup=(0.0, 0.2)):  # fmt: skip
+    space = {"imgsz": list(imgsz), "batch": list(batch), "mosaic": list(mosaic), "mixup": list(mixup)}
+    cfg = config.load(None, {"space": space, "safety_margin": 0.1})
     return Inputs(cfg, devices.resolve("cpu"), int(budget_mb * MIB), tmp_path / "d.yaml", "yolov8n.yaml", tmp_path)
 
 

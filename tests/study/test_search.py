@@ -1,11 +1,13 @@
 """The accuracy search inside the memory limit: the frontier, Optuna constraints, pruners that compare only
-with stable trials, stability judged on a config's largest peak. Fake runners stand in for the processes
-(the real ones are tested in test_probe_integration.py and test_limits_integration.py); the study is real SQLite."""
+with stable trials, stability judged on the largest peak of an imgsz x batch, no config probed twice while a
+cell is untried, the race. Fake runners stand in for the processes (the real ones are tested in
+test_probe_integration.py and test_limits_integration.py); the study is real SQLite."""
 
 from __future__ import annotations
 
 import dataclasses
 import io
+import time
 from pathlib import Path
 
 import optuna
@@ -15,20 +17,23 @@ from optuna.trial import TrialState, create_trial
 
 from tests.fakes import FakePreflight, FakeProbe, inputs, quiet
 from tuner.config import Space
+from tuner.memory.model import Frontier, MemoryModel
 from tuner.params import Params
 from tuner.review import findings
 from tuner.review.findings import read
 from tuner.review.report import render_markdown
 from tuner.study import dominance, limits, pruners, records, selection
+from tuner.study.inputs import Inputs
 from tuner.study.open import open_study
 from tuner.study.progress import Progress
-from tuner.study.records import StudyRecord
+from tuner.study.records import StudyRecord, TrialRecord
 from tuner.study.search import CONSTRAINT, Search
 from tuner.study.space import startup_design
 
 
-def searched(tmp_path: Path, n_trials: int, budget_mb: float = 2000, progress=None, space=None, race: int = 0,
-             pruner: str = "halving", **probe) -> tuple[optuna.Study, limits.Limits, FakeProbe]:  # fmt: skip
+def prepared(tmp_path: Path, n_trials: int, budget_mb: float = 2000, space=None, race: int = 0,
+             pruner: str = "halving") -> tuple[optuna.Study, Inputs, limits.Limits]:  # fmt: skip
+    """A new study whose limits the fake pre-flights mapped: what `tuner probe` hands the search."""
     trials = inputs(tmp_path, budget_mb, **(space or {}))
     settings = dataclasses.replace(trials.cfg.probe, race=race)
     cfg = dataclasses.replace(trials.cfg, n_trials=n_trials, probe=settings, pruner=pruner)
@@ -37,9 +42,24 @@ def searched(tmp_path: Path, n_trials: int, budget_mb: float = 2000, progress=No
     record = StudyRecord(config=trials.cfg, device="cpu", budget_mb=budget_mb, stable_limit_mb=trials.stable_limit_mb,
                          limits=found.to_dict())  # fmt: skip
     study, _ = open_study("s", f"sqlite:///{tmp_path / 's.db'}", trials.cfg, record)
+    return study, trials, found
+
+
+def searched(tmp_path: Path, n_trials: int, budget_mb: float = 2000, progress=None, space=None, race: int = 0,
+             pruner: str = "halving", **probe) -> tuple[optuna.Study, limits.Limits, FakeProbe]:  # fmt: skip
+    study, trials, found = prepared(tmp_path, n_trials, budget_mb, space, race, pruner)
     fake = FakeProbe(budget_mb, **probe)
     Search(study, trials, progress or quiet(), found, runner=fake).run()
     return study, found, fake
+
+
+def ran(space: Space, imgsz: int, batch: int, mosaic: float, value: float, peak: float) -> optuna.trial.FrozenTrial:
+    """A probe of `space`'s study that completed at `peak` MiB, as the search records one."""
+    distributions = {"imgsz": CategoricalDistribution(list(space.imgsz)), "batch": CategoricalDistribution(list(space.batch)),
+                     "mosaic": FloatDistribution(*space.mosaic, step=0.05), "mixup": FloatDistribution(*space.mixup, step=0.05)}  # fmt: skip
+    return create_trial(state=TrialState.COMPLETE, value=value, distributions=distributions,
+                        params={"imgsz": imgsz, "batch": batch, "mosaic": mosaic, "mixup": 0.0},
+                        user_attrs={"outcome": "ok", "peak_mem_mb": peak})  # fmt: skip
 
 
 def test_the_search_trains_only_inside_the_frontier_and_tells_the_sampler_what_went_over(tmp_path):
@@ -56,7 +76,7 @@ def test_the_search_trains_only_inside_the_frontier_and_tells_the_sampler_what_w
     assert all(t.constraints[CONSTRAINT] > 0 for t in [*inferred, *over])
     choice = selection.best_stable(trials, limit, None)
     assert choice is not None and choice.peak_mb <= limit
-    assert choice.value >= max(t.value for t in trials if records.is_stable(t, limit)) - 1e-9
+    assert choice.value >= max(t.value for t in trials if records.is_stable(t, limit, trials)) - 1e-9
     stopped = [t for t in trials if t.user_attrs.get("outcome") == "pruned"]
     assert stopped and all(t.user_attrs["epochs_done"] < 3 for t in stopped)  # weak ones cost a short rung, and
     # a probe that trained every epoch is measured: the pruner never throws that away
@@ -269,3 +289,72 @@ def test_a_study_without_a_recorded_best_is_read_with_the_probes_own_pick():
     probe_pick = selection.best_stable(trials, 1800, 0.05, 2000)
     assert probe_pick.params["imgsz"] == 352  # tied, the same headroom: the more accurate
     assert findings.best_config(record, trials).params.imgsz == 352
+
+
+def test_a_config_whose_imgsz_and_batch_ran_over_the_limit_is_inferred_whatever_its_mosaic(tmp_path):
+    # 352/2 at mosaic 0.9 peaked over the stable limit (1800 MiB): 352/2 at mosaic 0.2 has the same tensors
+    study, trials, found = prepared(tmp_path, 4, space={"imgsz": (288, 352), "batch": (2,)})
+    study.add_trial(ran(trials.cfg.space, 352, 2, 0.9, 0.49, peak=1950))
+    study.enqueue_trial({"imgsz": 352, "batch": 2, "mosaic": 0.2, "mixup": 0.0})
+    fake = FakeProbe(2000)
+    study.optimize(Search(study, trials, quiet(), found, runner=fake).objective, n_trials=1)
+    trial = study.get_trials()[-1]
+    assert fake.ran == [] and TrialRecord.of(trial).inferred and TrialRecord.of(trial).inferred_from == 0
+    assert "peaked at 1950 MiB in trial 0, over the stable limit of 1800 MiB" in TrialRecord.of(trial).oom_reason
+
+
+def test_no_config_is_probed_twice_while_a_cell_is_untried(tmp_path):
+    # one mosaic and one mixup: every proposal of a cell is the same config, and TPE proposes some twice
+    space = {"imgsz": (320, 352), "batch": (2, 4), "mosaic": (1.0, 1.0), "mixup": (0.0, 0.0)}
+    study, _, fake = searched(tmp_path, n_trials=8, space=space, pruner="none", noise=0.02)
+    cells = [(p.imgsz, p.batch) for p in fake.ran]
+    assert len(set(cells[:4])) == 4, cells  # every cell runs before any config runs again
+    trials = study.get_trials()
+    skipped = [t for t in trials if "ran this config already" in (TrialRecord.of(t).surplus or "")]
+    assert skipped and all(t.state == TrialState.FAIL and "log" not in t.user_attrs for t in skipped)
+    assert sum(1 for t in trials if t.state == TrialState.COMPLETE and TrialRecord.of(t).repeat_of is None) == 8
+    # the configs run twice measure the noise and count as repeated: two of them cover --repeats 2, so no repeat runs
+    assert len(selection.noise(trials).pairs) == 4 and len(fake.ran) == 8
+
+
+def test_a_single_config_space_measures_the_noise_on_its_own_runs_and_spends_no_repeat(tmp_path):
+    space = {"imgsz": (320,), "batch": (2,), "mosaic": (1.0, 1.0), "mixup": (0.0, 0.0)}
+    study, _, fake = searched(tmp_path, n_trials=4, space=space, pruner="none", noise=0.02)
+    assert len(fake.ran) == 4  # the 4 trials asked for, no repeat on top: the config has 4 runs already
+    noise = selection.noise(study.get_trials())
+    assert len(noise.pairs) == 3 and noise.spread is not None
+
+
+def test_under_a_limit_lowered_by_kills_from_outside_configs_that_ran_decide_before_the_model(tmp_path):
+    # 352/2 ran at 740 MiB under the 760 MiB limit: 320/2, no larger, fits, although the model's bound says 818
+    study, trials, found = prepared(tmp_path, 4, space={"imgsz": (320, 352), "batch": (2, 4)})
+    model = MemoryModel({"const": 600.0, "batch_px": 0.0004}, margin=0.2, median_error=None, max_error=None, points=4)
+    found = dataclasses.replace(found, model=model, frontier=Frontier(found.frontier.entries, ()))  # no pre-flight of 320/2
+    dataclasses.replace(StudyRecord.of(study), outside_kill_mb=845.0, stable_limit_mb=760.0).save(study)
+    study.add_trial(ran(trials.cfg.space, 352, 2, 1.0, 0.3, peak=740))
+    search = Search(study, trials, quiet(), found, runner=FakeProbe(2000))
+    assert model.upper(320, 2, 1.0, 0.2) > 760
+    assert search._over_kill_level(Params(320, 2, 1.0, 0.0)) is None
+    study.add_trial(ran(trials.cfg.space, 320, 4, 1.0, 0.3, peak=800))  # and one no smaller than a config over it does not
+    assert search._over_kill_level(Params(352, 4, 1.0, 0.0)).endswith("imgsz 320 / batch 4 peaked at 800 MiB")
+
+
+def test_a_race_run_that_lost_its_place_below_one_still_held_is_run_again(tmp_path):
+    # the race's first run was orphaned (its worker died, no copy ran) while another worker ran the second: the
+    # race fills the first place again instead of asking for the second, held, forever
+    scores = {(352, 8): (0.50, 0.46), (352, 2): (0.47, 0.45)}
+    study, trials, found = prepared(tmp_path, 2, space={"imgsz": (352,), "batch": (2, 8)}, pruner="none")
+    Search(study, trials, quiet(), found, runner=FakeProbe(2000, scores=scores)).run()  # no race: --race 0
+    first = {t.params["batch"]: t for t in study.get_trials() if TrialRecord.of(t).repeat_of is None}
+    for batch, slot, state in ((2, "race:1", TrialState.FAIL), (8, "race:2", TrialState.COMPLETE)):
+        attrs = {"slot": slot, "repeat_of": first[batch].number, **({"outcome": "ok", "peak_mem_mb": 1000.0} if
+                 state == TrialState.COMPLETE else {})}  # fmt: skip
+        study.add_trial(create_trial(state=state, value=0.47 if state == TrialState.COMPLETE else None,
+                                     params=first[batch].params, distributions=first[batch].distributions, user_attrs=attrs))  # fmt: skip
+    probe = dataclasses.replace(trials.cfg.probe, race=3)
+    racing = dataclasses.replace(trials, cfg=dataclasses.replace(trials.cfg, probe=probe))
+    Search(study, racing, quiet(), found, runner=FakeProbe(2000, scores=scores))._race(time.monotonic() + 5)
+    race = StudyRecord.of(study).race
+    assert race is not None and race.runs == 2 and race.verdict == "separated", race  # race:1 again, then they parted
+    refilled = [t for t in study.get_trials() if TrialRecord.of(t).slot == "race:1" and t.state == TrialState.COMPLETE]
+    assert len(refilled) == 1

@@ -2,6 +2,8 @@ import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
+from tuner.memory.model import Measurement
+from tuner.params import Params
 from tuner.study import dominance, records, selection
 
 DISTRIBUTIONS = {
@@ -12,11 +14,11 @@ DISTRIBUTIONS = {
 }
 
 
-def make(number, imgsz, batch, value=None, peak=None, outcome="ok", state=TrialState.COMPLETE, **attrs):
+def make(number, imgsz, batch, value=None, peak=None, outcome="ok", state=TrialState.COMPLETE, mosaic=0.5, **attrs):
     trial = create_trial(
         state=state,
         value=value if state == TrialState.COMPLETE else None,
-        params={"imgsz": imgsz, "batch": batch, "mosaic": 0.5, "mixup": 0.1},
+        params={"imgsz": imgsz, "batch": batch, "mosaic": mosaic, "mixup": 0.1},
         distributions=DISTRIBUTIONS,
         user_attrs={"outcome": outcome, **({"peak_mem_mb": peak} if peak is not None else {}), **attrs},
     )
@@ -116,13 +118,24 @@ def test_startup_design_covers_every_imgsz_and_both_ends_of_batch():
 
 
 def test_noise_repeats_go_to_distinct_configs():
+    trials = [make(0, 352, 2, 0.194, peak=1080), make(1, 288, 4, 0.159, peak=1120), make(2, 288, 4, 0.158, peak=1110)]
+    trials[2].params["mosaic"] = 0.7  # the same imgsz and batch, another config
+    queued = sorted((t.params["imgsz"], t.number) for t in selection.to_repeat(trials, 3, limit_mb=15000))
+    assert queued == [(288, 1), (288, 2), (352, 0)]
+
+
+def test_a_config_the_sampler_ran_twice_counts_as_repeated_and_its_runs_measure_the_noise():
     trials = [
         make(0, 352, 2, 0.194, peak=1080),
         make(1, 352, 2, 0.191, peak=1077),  # TPE sampled the same config again
         make(2, 288, 4, 0.159, peak=1120),
+        make(3, 352, 2, 0.190, peak=1079),  # and again
     ]
-    queued = sorted((t.params["imgsz"], t.number) for t in selection.to_repeat(trials, 2, limit_mb=15000))
-    assert queued == [(288, 2), (352, 0)]
+    assert selection.noise(trials).pairs == ((0, 1, 0.003), (0, 3, 0.004))
+    assert selection.noise(trials).spread == 0.0035
+    queued = [t.number for t in selection.to_repeat(trials, 2, limit_mb=15000)]
+    assert queued == [2]  # 352/2 has its second run already: the one repeat goes to 288/4
+    assert selection.to_repeat(trials, 1, limit_mb=15000) == []
 
 
 def test_repeats_already_run_count_towards_the_wanted_number():
@@ -139,3 +152,54 @@ def test_room_to_grow_only_at_the_largest_imgsz_searched_and_well_under_the_limi
     assert selection.room_to_grow(288, 1000.0, searched, 2575.0) is None  # not at the edge of the space
     assert selection.room_to_grow(352, 1400.0, searched, 2575.0) is None  # more than half the limit used
     assert selection.room_to_grow(352, None, searched, 2575.0) is None
+
+
+def test_a_config_is_judged_on_the_largest_peak_any_run_of_its_imgsz_and_batch_showed(tmp_path):
+    # 352/2 at mosaic 0.2 peaked 1990 of a 2000 MiB limit, 352/2 at mosaic 0.9 peaked 2150: mosaic changes
+    # pixels, not tensor sizes, so 352/2 does not fit, whichever of them ran first; 288/2 is the pick.
+    for order in ((0, 1), (1, 0)):
+        low, high = order
+        trials = [make(low, 352, 2, 0.50, peak=1990, mosaic=0.2), make(high, 352, 2, 0.49, peak=2150, mosaic=0.9),
+                  make(2, 288, 2, 0.40, peak=1500)]  # fmt: skip
+        assert list(records.stable_configs(trials, 2000)) == [(288, 2, 0.5, 0.1)], order
+        assert not records.is_stable(trials[0], 2000, trials) and records.is_stable(trials[0], 2000)  # alone, it was
+        assert selection.best_stable(trials, 2000, None).params["imgsz"] == 288, order
+        assert [t.number for t in selection.to_repeat(trials, 2, 2000)] == [2], order
+    # an OOM of the same imgsz and batch at another mosaic rules it out too; an inferred one (never ran) does not
+    oom = make(3, 352, 2, peak=2100, outcome="oom", state=TrialState.PRUNED, mosaic=0.9, oom_cause="watchdog")
+    assert list(records.stable_configs([trials[0], oom], 2000)) == []
+    oom.user_attrs["oom_cause"] = "inferred"
+    assert list(records.stable_configs([trials[0], oom], 2000)) == [(352, 2, 0.2, 0.1)]
+    # train-best's step-down candidates read a stored study through the same function
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}", direction="maximize")
+    for trial in trials:
+        study.add_trial(trial)
+    stored = optuna.load_study(study_name=study.study_name, storage=f"sqlite:///{tmp_path / 's.db'}").trials
+    assert list(records.stable_configs(stored, 2000)) == [(288, 2, 0.5, 0.1)]
+
+
+def test_the_pick_weighs_a_configs_memory_by_the_largest_peak_of_its_imgsz_and_batch():
+    # 352/2 at mosaic 0.2 peaked 1000 once, at mosaic 0.9 1400: both are stable, but 352/2 needs 1400, not 1000
+    trials = [make(0, 352, 2, 0.50, peak=1000, mosaic=0.2), make(1, 352, 2, 0.40, peak=1400, mosaic=0.9),
+              make(2, 288, 4, 0.49, peak=1200)]  # fmt: skip
+    choice = selection.best_stable(trials, 2000, spread=0.02, budget_mb=2000)
+    assert choice.params["imgsz"] == 288 and choice.peak_mb == 1200  # tied within the noise, more headroom
+    alone = selection.best_stable([trials[0], trials[2]], 2000, spread=0.02, budget_mb=2000)
+    assert alone.params["imgsz"] == 352 and alone.peak_mb == 1000
+
+
+def measured(imgsz, batch, peak=None, oom=False):
+    return Measurement(imgsz, batch, 1.0, 0.2, peak, oom)
+
+
+def test_configs_that_ran_decide_by_monotonicity_before_any_model():
+    # the limit, lowered by kills from outside, is 760 MiB; 352/2 ran at 740
+    ran = [measured(352, 2, 740), measured(160, 8, 900), measured(288, 4, oom=True)]
+    fits = dominance.measured_fit(Params(320, 2, 0.5, 0.1), ran, 760)
+    assert fits.fits and (fits.by.imgsz, fits.by.batch) == (352, 2)  # a larger config stayed under it
+    over = dominance.measured_fit(Params(224, 8, 0.5, 0.1), ran, 760)
+    assert not over.fits and over.describe() == "imgsz 160 / batch 8 peaked at 900 MiB"  # a smaller one went over
+    assert dominance.measured_fit(Params(352, 4, 0.5, 0.1), ran, 760).describe() == "imgsz 288 / batch 4 ran out of memory"
+    assert dominance.measured_fit(Params(160, 4, 0.5, 0.1), ran, 760) is None  # neither: only a model can say
+    same = dominance.measured_fit(Params(352, 2, 0.5, 0.1), [*ran, measured(352, 2, 770)], 760)
+    assert not same.fits and same.by.peak_mb == 770  # its own imgsz and batch: the largest peak measured decides

@@ -4,12 +4,15 @@ what the pre-flights put under the stable limit (`StableSizes`), for train-best'
 
 mosaic and mixup change pixels, not tensor sizes, so they do not enter the comparison. Only OOMs
 measured against the trial's own budget count (records.EVIDENCE): a SIGKILL from outside is an OOM
-for that trial, but other processes may have caused it, so it rules out no other config.
+for that trial, but other processes may have caused it, so it rules out no other config. Its own
+imgsz x batch is another matter: stability is judged on the largest peak any run of an imgsz x batch
+showed (records.largest_runs), so once one went over the limit no probe of it can be stable.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Iterable
 
 from optuna.trial import FrozenTrial
@@ -17,7 +20,7 @@ from optuna.trial import FrozenTrial
 from tuner.memory.model import RERUN_SPREAD, Measurement, MemoryModel
 from tuner.params import Params
 from tuner.process.contract import Cause, Outcome
-from tuner.study.records import StudyRecord, TrialRecord
+from tuner.study.records import StudyRecord, TrialRecord, largest_runs, ran_over_limit
 
 
 def observed_ooms(trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:
@@ -67,6 +70,92 @@ def inferred_oom(params: dict[str, Any], trials: Iterable[FrozenTrial]) -> Froze
     if not dominated:
         return None
     return min(dominated, key=lambda trial: (trial.params["imgsz"] * trial.params["batch"], trial.number))
+
+
+def over_limit_run(params: Params, trials: Iterable[FrozenTrial], limit_mb: float) -> FrozenTrial | None:
+    """The run of `params`' imgsz x batch with the largest peak, where it went over the stable limit or ran out
+    of memory (records.largest_runs): `params` cannot be stable either, whatever its mosaic and mixup."""
+    run = largest_runs(trials).get(params.size)
+    return run if run is not None and ran_over_limit(run, limit_mb) else None
+
+
+@dataclasses.dataclass(frozen=True)
+class Known:
+    """Why a config will not fit, known without running it, and the trial that shows it (None: no one trial does)."""
+
+    reason: str
+    source: int | None = None
+
+
+def known_oom(params: Params, trials: list[FrozenTrial], limit_mb: float) -> Known | None:
+    """Why `params` will not fit, as the trials show it: an OOM at no larger imgsz and batch, or a run of its own
+    imgsz x batch over the stable limit."""
+    source = inferred_oom(params.to_dict(), trials)
+    if source is not None:
+        return Known(f"inferred: imgsz {source.params['imgsz']} / batch {source.params['batch']} "
+                     f"ran out of memory in trial {source.number}", source.number)  # fmt: skip
+    over = over_limit_run(params, trials, limit_mb)
+    if over is None:
+        return None
+    record = TrialRecord.of(over)
+    what = "ran out of memory" if record.outcome == Outcome.OOM else f"peaked at {record.peak_mem_mb:.0f} MiB"
+    return Known(f"inferred: imgsz {params.imgsz} / batch {params.batch} {what} in trial {over.number}, over the "
+                 f"stable limit of {limit_mb:.0f} MiB", over.number)  # fmt: skip
+
+
+def measurements(preflights: Iterable[Measurement], trials: Iterable[FrozenTrial]) -> list[Measurement]:
+    """The pre-flights, and the probes that trained an epoch or ran out of their own budget (a kill from outside
+    says nothing of other configs), as measurements of their configs."""
+    measured = list(preflights)
+    for trial in trials:
+        record = TrialRecord.of(trial)
+        if (record.outcome in (Outcome.OK, Outcome.PRUNED) and record.peak_mem_mb) or record.is_oom_evidence:
+            params = Params.of(trial.params)
+            measured.append(Measurement(params.imgsz, params.batch, params.mosaic, params.mixup, record.peak_mem_mb,
+                                        oom=record.is_oom_evidence))  # fmt: skip
+    return measured
+
+
+@dataclasses.dataclass(frozen=True)
+class Measured:
+    """What configs already measured say of another by monotonicity alone: whether it fits, and which shows it."""
+
+    fits: bool
+    by: Measurement
+
+    def describe(self) -> str:
+        what = "ran out of memory" if self.by.oom else f"peaked at {self.by.peak_mb:.0f} MiB"
+        return f"imgsz {self.by.imgsz} / batch {self.by.batch} {what}"
+
+
+def _need(measurement: Measurement) -> float:
+    return math.inf if measurement.oom else measurement.peak_mb
+
+
+def measured_fit(params: Params, measured: Iterable[Measurement], limit_mb: float) -> Measured | None:
+    """Whether `params` fits under `limit_mb` as far as measured configs show it (memory grows with imgsz and
+    with batch), or None where they do not and only a model can guess. The first that applies decides:
+
+        1. its own imgsz x batch was measured: the largest peak measured there (an OOM: over any limit);
+        2. a config at least as large in both stayed under the limit: it fits;
+        3. a config no larger in both went over the limit or ran out of memory: it does not.
+    """
+    measured = list(measured)
+    same = [m for m in measured if (m.imgsz, m.batch) == params.size]
+    if same:
+        largest = max(same, key=_need)
+        return Measured(_need(largest) <= limit_mb, largest)
+    larger = [m for m in measured if m.imgsz >= params.imgsz and m.batch >= params.batch and _need(m) <= limit_mb]
+    if larger:  # the nearest of them says so
+        return Measured(True, min(larger, key=_pixels))
+    smaller = [m for m in measured if m.imgsz <= params.imgsz and m.batch <= params.batch and _need(m) > limit_mb]
+    if smaller:
+        return Measured(False, max(smaller, key=_pixels))
+    return None
+
+
+def _pixels(measurement: Measurement) -> tuple[int, int]:
+    return measurement.batch * measurement.imgsz**2, measurement.imgsz
 
 
 @dataclasses.dataclass(frozen=True)

@@ -22,6 +22,7 @@ tuner.study.workers); neither counts towards `n_trials`.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Iterable
 
 import optuna
@@ -95,40 +96,77 @@ class TrialRecord:
         return self.outcome == Outcome.OOM and self.oom_cause in EVIDENCE
 
 
-def is_stable(trial: FrozenTrial, limit_mb: float) -> bool:
-    """Completed with a metric, and its peak memory stayed within the stable limit."""
+def peak_seen(trial: FrozenTrial) -> float | None:
+    """What one run showed its imgsz x batch needs (MiB): its peak, or more than any limit where it ran out of
+    memory; None for a trial that never ran (an inferred OOM) or has no peak."""
+    record = TrialRecord.of(trial)
+    if record.inferred:
+        return None
+    return math.inf if record.outcome == Outcome.OOM else record.peak_mem_mb
+
+
+def largest_runs(trials: Iterable[FrozenTrial]) -> dict[tuple[int, int], FrozenTrial]:
+    """For each imgsz x batch, the run that showed the largest peak (`peak_seen`): what decides stability.
+
+    mosaic and mixup change pixels, not tensor sizes, so every run of one imgsz x batch needs the same memory
+    within the re-run spread, and the largest peak any of them showed is what each needs, whatever order they
+    ran in. (Nor can the memory model show a mosaic or mixup term that would say otherwise: every pre-flight
+    runs at the top of both ranges, so no fit tells such a term apart from batch·imgsz².)
+    """
+    largest: dict[tuple[int, int], FrozenTrial] = {}
+    for trial in trials:
+        seen = peak_seen(trial)
+        if seen is None or not {"imgsz", "batch"} <= trial.params.keys():
+            continue
+        size = (trial.params["imgsz"], trial.params["batch"])
+        if size not in largest or seen > peak_seen(largest[size]):
+            largest[size] = trial
+    return largest
+
+
+def _completed(trial: FrozenTrial) -> bool:
     record = TrialRecord.of(trial)
     return (
         trial.state == TrialState.COMPLETE
         and trial.value is not None
         and record.outcome == Outcome.OK
         and record.peak_mem_mb is not None
-        and record.peak_mem_mb <= limit_mb
     )
+
+
+def _within(trial: FrozenTrial, limit_mb: float, largest: dict[tuple[int, int], FrozenTrial]) -> bool:
+    """Completed, and the largest peak of its imgsz x batch (`largest`, from largest_runs) within the limit."""
+    if not _completed(trial):
+        return False
+    run = largest.get((trial.params["imgsz"], trial.params["batch"]), trial)
+    return max(peak_seen(run), peak_seen(trial)) <= limit_mb
+
+
+def is_stable(trial: FrozenTrial, limit_mb: float, trials: Iterable[FrozenTrial] = ()) -> bool:
+    """Completed with a metric, and no run of its imgsz x batch among `trials` (the study's; it may be among
+    them) nor itself peaked over the stable limit or ran out of memory (`largest_runs`)."""
+    return _within(trial, limit_mb, largest_runs([trial, *trials]))
 
 
 def ran_over_limit(trial: FrozenTrial, limit_mb: float) -> bool:
     """Really ran (not inferred), and ran out of memory or peaked over the stable limit."""
-    record = TrialRecord.of(trial)
-    if record.inferred:
-        return False
-    return record.outcome == Outcome.OOM or (record.peak_mem_mb is not None and record.peak_mem_mb > limit_mb)
+    seen = peak_seen(trial)
+    return seen is not None and seen > limit_mb
 
 
 def stable_configs(trials: Iterable[FrozenTrial], limit_mb: float) -> dict[tuple, list[FrozenTrial]]:
-    """The stable trials of each config (by Params.key) none of whose runs went over the limit.
+    """The stable trials of each config (by Params.key) whose imgsz x batch no run took over the limit.
 
-    The same config peaks several percent apart from run to run, so one run under the limit is not enough:
-    a config is judged on the largest peak seen, and one run over the limit (or out of memory) rules it out.
+    The same imgsz x batch peaks several percent apart from run to run, whatever its mosaic and mixup, so one
+    run under the limit is not enough: a config is judged on the largest peak any run of its imgsz x batch
+    showed, and one run of it over the limit (or out of memory) rules out every config of that imgsz x batch.
     """
-    trials = list(trials)
     trials = [t for t in trials if Params.FIELDS <= t.params.keys()]  # not one another worker is still sampling
-    over = {Params.of(t.params).key for t in trials if ran_over_limit(t, limit_mb)}
+    largest = largest_runs(trials)
     groups: dict[tuple, list[FrozenTrial]] = {}
     for trial in trials:
-        key = Params.of(trial.params).key
-        if key not in over and is_stable(trial, limit_mb):
-            groups.setdefault(key, []).append(trial)
+        if _within(trial, limit_mb, largest):
+            groups.setdefault(Params.of(trial.params).key, []).append(trial)
     return groups
 
 

@@ -3,9 +3,11 @@
 Each trial is one `python -m tuner.study.probe_child` process (tuner.process.trial.run_child) under the memory watchdog;
 its end becomes the trial's record (tuner.study.records) and Optuna state: ok -> COMPLETE, oom and pruned
 -> PRUNED, error -> FAIL. The search stays inside the memory limit the pre-flights mapped
-(tuner.study.limits): a config beyond the frontier, or at least as large as one that ran out of its budget
-(tuner.study.dominance), is recorded as an inferred OOM without a process. Inferred trials cost nothing and
-do not count towards `n_trials`, so the loop goes round until `n_trials` trials really ran.
+(tuner.study.limits): a config beyond the frontier, at least as large as one that ran out of its budget, or
+of an imgsz x batch that already ran over the stable limit (tuner.study.dominance), is recorded as an inferred
+OOM without a process. Inferred trials cost nothing and do not count towards `n_trials`, so the loop goes round
+until `n_trials` trials really ran. Nor is a config already run probed again while an imgsz x batch cell that
+may fit is untried: that trial ends unrun, and the cell is queued in its place.
 
 Every finished trial carries Optuna's `memory_mb` constraint (its peak minus the stable limit; > 0 is
 infeasible), so TPE models a probe that completed over the limit, or never ran, as infeasible rather
@@ -57,6 +59,15 @@ def race_runs(trials: list[FrozenTrial]) -> int:
     again = retried(trials)
     return len({TrialRecord.of(t).slot for t in trials if (TrialRecord.of(t).slot or "").startswith("race:")
                 and holds_place(t, again)})  # fmt: skip
+
+
+def free_race_slot(trials: list[FrozenTrial], race: int) -> str | None:
+    """The first `race:K` place (K up to `race`) that no trial holds. A race run that lost its place (an orphan its
+    heartbeat failed and no copy replaced) leaves a gap below the places still held, and the next run fills it: the
+    count of places held, not the highest number, is what the race has spent."""
+    again = retried(trials)
+    held = {TrialRecord.of(t).slot for t in trials if holds_place(t, again)}
+    return next((f"race:{k}" for k in range(1, race + 1) if f"race:{k}" not in held), None)
 
 
 def main_trials_done(study: optuna.Study) -> int:
@@ -170,10 +181,13 @@ class Search:
         while len(tied) >= 2 and spent < self.cfg.probe.race and decides:
             if deadline is not None and time.monotonic() >= deadline:
                 return
+            slot = free_race_slot(self._trials(), self.cfg.probe.race)
+            if slot is None:  # every place is held (some by trials of other workers): the budget is spent
+                break
             runs = min(tied, key=len)
             original = min(runs, key=lambda t: t.number)
             record = TrialRecord(repeat_of=original.number)
-            if workers.enqueue(self.study, original.params, f"race:{spent + 1}", record):
+            if workers.enqueue(self.study, original.params, slot, record):
                 self.progress.total += 1
             self._drain(deadline)
             spent = race_runs(self._trials())
@@ -220,15 +234,12 @@ class Search:
         seed = self.cfg.seed + trial.number
         TrialRecord(seed=seed, device=self.inputs.device.torch).save(trial)
         self.progress.trial_start(trial.number, params, f" (repeat of trial {repeat_of})" if repeat_of is not None else "")
-        beyond = limits.beyond_frontier(self.limits, params) or self._over_kill_level(params)
-        if beyond is not None:
-            self._infer_oom(trial, beyond)
-        source = dominance.inferred_oom(params.to_dict(), self.study.get_trials(deepcopy=False, states=(TrialState.PRUNED,)))
-        if source is not None:
-            reason = (f"inferred: imgsz {source.params['imgsz']} / batch {source.params['batch']} "
-                      f"ran out of memory in trial {source.number}")  # fmt: skip
-            self._infer_oom(trial, reason, source.number)
+        known = self._known_oom(params, self._trials())
+        if known is not None:
+            self._infer_oom(trial, known.reason, known.source)
         self.inferred_in_a_row = 0
+        if repeat_of is None:
+            self._skip_if_run_already(trial, params)
 
         def on_epoch(record: EpochRecord) -> bool:
             trial.report(record.value, record.epoch)
@@ -244,9 +255,41 @@ class Search:
         self._record(trial, attempt)
         return self._verdict(trial, attempt)
 
+    def _known_oom(self, params: Params, trials: list[FrozenTrial]) -> dominance.Known | None:
+        """Why `params` will not fit, known without a process, the first that applies: the frontier the pre-flights
+        mapped; an OOM at no larger imgsz and batch, or a run of its own imgsz x batch over the stable limit (stability
+        is judged on the largest peak any run of it showed); the limit kills from outside set."""
+        beyond = limits.beyond_frontier(self.limits, params)
+        if beyond is not None:
+            return dominance.Known(beyond)
+        known = dominance.known_oom(params, trials, self.limit_mb)
+        if known is not None:
+            return known
+        killed = self._over_kill_level(params, trials)
+        return dominance.Known(killed) if killed is not None else None
+
+    def _skip_if_run_already(self, trial: optuna.Trial, params: Params) -> None:
+        """A config already run is not probed again while imgsz x batch cells that may fit are untried: the trial
+        ends unrun, counting for nothing, and the untried cell nearest it is queued in its place. TPE has no option
+        against proposing a config twice (Optuna's FAQ checks in the objective), so the objective checks; the cell
+        goes through Optuna's enqueue_trial, as a `cell:` slot that two workers fill once (tuner.study.workers).
+        Once every cell was tried, a config proposed again runs: another seed of it, which the noise counts."""
+        trials = self._trials()
+        earlier = selection.run_already(trials, params, trial.number)
+        cells = selection.untried_cells(self.cfg.space, trials, params) if earlier is not None else []
+        cell = next((cell for cell in cells if self._known_oom(cell, trials) is None), None)
+        if cell is None:
+            return
+        workers.enqueue(self.study, {"imgsz": cell.imgsz, "batch": cell.batch}, f"cell:{cell.imgsz}x{cell.batch}")
+        reason = (f"trial {earlier.number} ran this config already; imgsz {cell.imgsz} / batch {cell.batch}, not tried "
+                  "yet, is queued instead")  # fmt: skip
+        TrialRecord(surplus=reason).save(trial)
+        self.progress.trial_end("skipped", None, None, reason, counted=False)
+        raise Surplus(reason)
+
     def _infer_oom(self, trial: optuna.Trial, reason: str, source: int | None = None) -> None:
-        """Record `trial` as out of memory without running it: trial `source` ran out with less, or the
-        pre-flights put the limit below it."""
+        """Record `trial` as out of memory without running it: trial `source` ran out with less or went over the
+        limit at its imgsz x batch, or the pre-flights (or kills from outside) put the limit below it."""
         TrialRecord(
             outcome=Outcome.OOM, oom_reason=reason, oom_cause=Cause.INFERRED, inferred_from=source, stable=False
         ).save(trial)
@@ -262,35 +305,24 @@ class Search:
             self.study.stop()
         raise optuna.TrialPruned(reason)
 
-    def _over_kill_level(self, params: Params) -> str | None:
-        """Why `params` will not fit under the limit that kills from outside set, where the memory model says so."""
+    def _over_kill_level(self, params: Params, trials: list[FrozenTrial] | None = None) -> str | None:
+        """Why `params` will not fit under the limit that kills from outside set: configs measured say so by
+        monotonicity (dominance.measured_fit), which comes before the memory model, or else the model's bound does."""
         record = StudyRecord.of(self.study)  # one read of the study for both figures
         model, kill_level = self.limits.model, record.outside_kill_mb
-        if kill_level is None or model is None:
+        if kill_level is None:
             return None
         limit = record.stable_limit_mb or self.inputs.stable_limit_mb
-        held = self._held_peak(params)
-        if held is not None:  # measured beats predicted: this imgsz and batch ran, and peaked at `held`
-            if held <= limit:
-                return None
-            return (f"inferred: kills from outside came at about {kill_level:.0f} MiB, so the stable limit is now "
-                    f"{limit:.0f} MiB; imgsz {params.imgsz} / batch {params.batch} peaked at {held:.0f} MiB")  # fmt: skip
-        upper = model.upper(params.imgsz, params.batch, self.cfg.space.mosaic[1], self.cfg.space.mixup[1])
-        if upper <= limit:
+        lowered = f"inferred: kills from outside came at about {kill_level:.0f} MiB, so the stable limit is now {limit:.0f} MiB"
+        measured = dominance.measured_fit(
+            params, dominance.measurements(self.limits.frontier.measurements, self._trials() if trials is None else trials), limit
+        )
+        if measured is not None:
+            return None if measured.fits else f"{lowered}; {measured.describe()}"
+        upper = None if model is None else model.upper(params.imgsz, params.batch, self.cfg.space.mosaic[1], self.cfg.space.mixup[1])
+        if upper is None or upper <= limit:
             return None
-        return (f"inferred: kills from outside came at about {kill_level:.0f} MiB, so the stable limit is now "
-                f"{limit:.0f} MiB; the memory model puts this config at up to {upper:.0f} MiB")  # fmt: skip
-
-    def _held_peak(self, params: Params) -> float | None:
-        """The largest peak measured at this imgsz and batch by a finished probe or a pre-flight, if any ran."""
-        peaks = [m.peak_mb for m in self.limits.frontier.measurements
-                 if (m.imgsz, m.batch) == (params.imgsz, params.batch) and not m.oom and m.peak_mb]  # fmt: skip
-        for trial in self._trials():
-            record = TrialRecord.of(trial)
-            if (trial.params.get("imgsz"), trial.params.get("batch")) == (params.imgsz, params.batch) and \
-                    record.outcome == Outcome.OK and record.peak_mem_mb:  # fmt: skip
-                peaks.append(record.peak_mem_mb)
-        return max(peaks, default=None)
+        return f"{lowered}; the memory model puts this config at up to {upper:.0f} MiB"
 
     def _heed_outside_kills(self) -> None:
         """When SIGKILLs from outside come at a consistent peak, that is the real limit for the rest of the study:

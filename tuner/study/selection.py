@@ -1,14 +1,16 @@
 """The study's noise, the configs to probe again, and the best *stable* config.
 
 Stable: the trial completed and its peak memory stayed within the budget minus the safety margin, and no
-other run of the same config went over it (records.stable_configs: the largest peak seen decides).
+other run of the same imgsz x batch went over it, whatever its mosaic and mixup (records.stable_configs: the
+largest peak seen decides, in whatever order the runs came).
 Noise: the same config probed again with another seed scores differently; the mean absolute
 difference over such pairs is the study's spread. Among stable configs whose mean metric is within
 that spread of the best (less as more runs stand behind the means: `tolerance`), the one with the
 lowest peak memory (the most headroom) is chosen; peaks within MEMORY_TIE of the budget of each other
 count as equal (the same config's peak scatters by several percent from run to run), and among those
 the higher mean metric wins.
-Repeats: the best stable configs not yet repeated, one repeat per config, most accurate first.
+Noise pairs and repeats: every config run twice counts, whether as a noise repeat or because the sampler
+proposed it again. Repeats: the best stable configs run once, one repeat per config, most accurate first.
 Race: while the top configs tie (`contenders`) and the tie decides the pick (`tie_decides`), more seeds for
 them only (tuner.study.search).
 """
@@ -17,14 +19,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections import Counter
 from statistics import mean
 from typing import Any, Iterable
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.params import config_key
-from tuner.study.records import Noise, TrialRecord, stable_configs
+from tuner.config import Space
+from tuner.params import Params, config_key
+from tuner.study.records import Noise, TrialRecord, holds_place, largest_runs, peak_seen, retried, stable_configs
 
 MEMORY_TIE = 0.05  # peaks closer than this fraction of the budget are the same headroom
 ROOM_TO_GROW = 0.5  # a best config at the largest imgsz, peaking below this share of the stable limit
@@ -35,7 +39,7 @@ class Choice:
     trial: optuna.trial.FrozenTrial  # the first trial of the chosen config
     value: float  # mean metric over the config's stable trials
     runs: int
-    peak_mb: float  # the largest peak of its runs
+    peak_mb: float  # the largest peak any run of its imgsz x batch showed
     best_value: float  # the highest mean of any stable config
     spread: float | None
 
@@ -45,13 +49,21 @@ class Choice:
 
 
 def noise(trials: Iterable[FrozenTrial]) -> Noise:
-    """Pairs (original, repeat, |difference|) of completed repeats, and their mean difference."""
+    """Pairs (original, repeat, |difference|) of completed runs of one config, and their mean difference.
+
+    A noise repeat pairs with the trial it repeats; any other run of a config already run (the sampler may
+    propose one config twice) pairs with that config's first completed run: every run with another seed counts.
+    """
     by_number = {trial.number: trial for trial in trials}
+    complete = sorted((t for t in by_number.values() if t.state == TrialState.COMPLETE), key=lambda t: t.number)
+    first: dict[tuple, FrozenTrial] = {}
+    for trial in complete:
+        first.setdefault(config_key(trial.params), trial)
     pairs = []
-    for trial in by_number.values():
+    for trial in complete:
         repeat_of = TrialRecord.of(trial).repeat_of
-        original = by_number.get(repeat_of) if repeat_of is not None else None
-        if original is None or trial.state != TrialState.COMPLETE or original.state != TrialState.COMPLETE:
+        original = by_number.get(repeat_of) if repeat_of is not None else first[config_key(trial.params)]
+        if original is None or original is trial or original.state != TrialState.COMPLETE:
             continue
         pairs.append((original.number, trial.number, round(abs(trial.value - original.value), 6)))
     spread = round(mean(pair[2] for pair in pairs), 6) if pairs else None
@@ -59,15 +71,16 @@ def noise(trials: Iterable[FrozenTrial]) -> Noise:
 
 
 def to_repeat(trials: Iterable[FrozenTrial], wanted: int, limit_mb: float) -> list[FrozenTrial]:
-    """The trials whose configs to probe again with another seed, so that `wanted` configs have a repeat.
+    """The trials whose configs to probe again with another seed, so that `wanted` configs have a second run.
 
-    The most accurate stable originals first, one repeat per config (the sampler may have proposed
-    one config twice), none for a config that was repeated already.
+    The most accurate stable originals first, one repeat per config, none for a config repeated already or
+    completed twice already (the sampler may have proposed one config twice: those runs measure the noise too).
     """
     trials = list(trials)
     repeated = {TrialRecord.of(t).repeat_of for t in trials} - {None}
-    needed = wanted - len(repeated)
-    done = {config_key(t.params) for t in trials if t.number in repeated}
+    completed = Counter(config_key(t.params) for t in trials if t.state == TrialState.COMPLETE)
+    done = {config_key(t.params) for t in trials if t.number in repeated} | {key for key, runs in completed.items() if runs >= 2}
+    needed = wanted - len(done)
     stable = {id(t) for runs in stable_configs(trials, limit_mb).values() for t in runs}
     originals = [t for t in trials if id(t) in stable and TrialRecord.of(t).repeat_of is None]
     chosen = []
@@ -78,6 +91,37 @@ def to_repeat(trials: Iterable[FrozenTrial], wanted: int, limit_mb: float) -> li
             done.add(config_key(original.params))
             chosen.append(original)
     return chosen
+
+
+def run_already(trials: Iterable[FrozenTrial], params: Params, number: int) -> FrozenTrial | None:
+    """A trial other than trial `number` that ran, or runs, the very config `params` (an inferred OOM never ran)."""
+    trials = list(trials)
+    again = retried(trials)
+    return next((t for t in trials if t.number != number and Params.FIELDS <= t.params.keys()
+                 and Params.of(t.params).key == params.key and holds_place(t, again)
+                 and not TrialRecord.of(t).inferred), None)  # fmt: skip
+
+
+def untried_cells(space: Space, trials: Iterable[FrozenTrial], near: Params) -> list[Params]:
+    """The imgsz x batch cells of `space` that no trial ran, runs or waits for, nearest `near` first (in steps of the
+    space's choices; the larger imgsz first among equals), each with `near`'s mosaic and mixup."""
+    trials = list(trials)
+    again = retried(trials)
+    tried = {_cell(trial) for trial in trials if holds_place(trial, again)}
+    sizes, batches = list(space.imgsz), list(space.batch)
+
+    def distance(cell: Params) -> tuple[int, int]:
+        steps = abs(sizes.index(cell.imgsz) - sizes.index(near.imgsz)) + abs(batches.index(cell.batch) - batches.index(near.batch))
+        return steps, -cell.imgsz
+
+    cells = [dataclasses.replace(near, imgsz=imgsz, batch=batch) for imgsz in sizes for batch in batches]
+    return sorted((cell for cell in cells if cell.size not in tried), key=distance)
+
+
+def _cell(trial: FrozenTrial) -> tuple[int, int] | None:
+    """A trial's imgsz x batch; a queued trial has no params yet, only the fixed ones enqueue_trial stored."""
+    params = trial.params or trial.system_attrs.get("fixed_params") or {}
+    return (params["imgsz"], params["batch"]) if {"imgsz", "batch"} <= params.keys() else None
 
 
 def tolerance(spread: float | None, runs: int, best_runs: int) -> float:
@@ -96,22 +140,37 @@ def contenders(trials: Iterable[FrozenTrial], limit_mb: float, spread: float | N
     return [runs for runs in groups if mean(t.value for t in runs) >= best_value - tolerance(spread, len(runs), best_runs)]
 
 
+@dataclasses.dataclass(frozen=True)
+class Summary:
+    """One stable config as the pick weighs it."""
+
+    first: FrozenTrial  # its first trial
+    value: float  # the mean metric of its stable runs
+    peak_mb: float  # the largest peak any run of its imgsz x batch showed (records.largest_runs)
+    runs: int
+
+    @classmethod
+    def of(cls, runs: list[FrozenTrial], largest: dict[tuple[int, int], FrozenTrial]) -> Summary:
+        first = min(runs, key=lambda t: t.number)
+        peak = peak_seen(largest[first.params["imgsz"], first.params["batch"]])
+        return cls(first, mean(t.value for t in runs), peak, len(runs))
+
+
 def best_stable(
     trials: Iterable[optuna.trial.FrozenTrial], limit_mb: float, spread: float | None, budget_mb: float | None = None
 ) -> Choice | None:
-    groups = stable_configs(trials, limit_mb)
-    if not groups:
+    trials = list(trials)
+    largest = largest_runs(trials)
+    summaries = [Summary.of(runs, largest) for runs in stable_configs(trials, limit_mb).values()]
+    if not summaries:
         return None
-    summaries = [
-        (mean(t.value for t in runs), max(TrialRecord.of(t).peak_mem_mb for t in runs), min(runs, key=lambda t: t.number), len(runs))
-        for runs in groups.values()
-    ]
-    best_value, best_runs = max((summary[0], summary[3]) for summary in summaries)
-    close = [summary for summary in summaries if summary[0] >= best_value - tolerance(spread, summary[3], best_runs)]
-    lowest_peak = min(summary[1] for summary in close)
-    same_headroom = [summary for summary in close if summary[1] <= lowest_peak + MEMORY_TIE * (budget_mb or limit_mb)]
-    value, peak, first, runs = max(same_headroom, key=lambda summary: (summary[0], -summary[1]))
-    return Choice(trial=first, value=value, runs=runs, peak_mb=peak, best_value=best_value, spread=spread)
+    best = max(summaries, key=lambda summary: (summary.value, summary.runs))
+    close = [s for s in summaries if s.value >= best.value - tolerance(spread, s.runs, best.runs)]
+    lowest_peak = min(s.peak_mb for s in close)
+    same_headroom = [s for s in close if s.peak_mb <= lowest_peak + MEMORY_TIE * (budget_mb or limit_mb)]
+    pick = max(same_headroom, key=lambda summary: (summary.value, -summary.peak_mb))
+    return Choice(trial=pick.first, value=pick.value, runs=pick.runs, peak_mb=pick.peak_mb, best_value=best.value,
+                  spread=spread)  # fmt: skip
 
 
 def tie_decides(
