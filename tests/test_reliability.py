@@ -104,16 +104,6 @@ def _write(folder: Path, name: str, text: str | bytes) -> Path:
     return path
 
 
-def _zip(path: Path) -> Path:
-    """A zip archive with no checkpoint in it."""
-    import zipfile
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(path, "w") as archive:
-        archive.writestr("notes/readme.txt", "not weights")
-    return path
-
-
 def _probe(tiny: Path, *extra) -> list[str]:
     return tiny_probe_args(tiny, *extra)
 
@@ -140,8 +130,7 @@ MALFORMED = {
     "model file missing": (lambda t, f: _probe(t, "--model", str(f / "missing.pt")), "not found"),
     "model file of random bytes": (lambda t, f: _probe(t, "--model", str(_write(f, "random.pt", random.Random(0).randbytes(50_000)))),
                                    "not a PyTorch checkpoint"),  # fmt: skip
-    "model a zip that is not a checkpoint": (lambda t, f: _probe(t, "--model", str(_zip(f / "notes.pt"))), "not a PyTorch checkpoint"),
-    "seed not a number": (lambda t, f: _probe(t, "--seed", "x"), "--seed"),
+    "model a zip that is not a checkpoint": (lambda t, f: _probe(t, "--model", str(_write(f, "z.pt", b"PK\5\6" + bytes(18)))), "checkpoint"),
     "study name a path": (lambda t, f: _probe(t, "--study-name", "a/b"), "--study-name"),
     "model YAML unknown": (lambda t, f: _probe(t, "--model", "yolov99z.yaml"), "yolov99z.yaml"),
     "config file missing": (lambda t, f: _probe(t, "--config", str(f / "none.yaml")), "none.yaml"),
