@@ -4,6 +4,7 @@ needs a given peak or score quickly (the real processes are tested in the integr
 from __future__ import annotations
 
 import io
+import types
 from pathlib import Path
 
 from tuner import config
@@ -87,3 +88,35 @@ class FakeProbe:
         result = ChildResult("ok", value=value, epochs_done=spec.probe.epochs, batch_used=params.batch,
                              imgsz_used=params.imgsz)  # fmt: skip
         return Attempt(Outcome.OK, None, None, peak, peak, 0.0, 0, 5.0, spec.probe.epochs, result, log)
+
+
+class FakeCuda:
+    """torch.cuda with `cards` (total bytes each), patched in by `install`. As in torch, a call without a device
+    acts on the current card, card 0 until `set_device`; `reserved` (now) and `peaks` (the allocator's high-water
+    mark) per card. Records the fraction each card was capped at."""
+
+    def __init__(self, cards: tuple[int, ...], reserved: dict[int, int] | None = None,
+                 peaks: dict[int, int] | None = None) -> None:  # fmt: skip
+        self.cards, self.current, self.fractions = cards, 0, {}
+        self.reserved, self.peaks = reserved or {}, peaks or {}
+
+    def install(self, monkeypatch, torch) -> FakeCuda:
+        on = self._on
+        calls = {
+            "is_available": lambda: True,
+            "device_count": lambda: len(self.cards),
+            "current_device": lambda: self.current,
+            "set_device": lambda device: setattr(self, "current", on(device)),
+            "get_device_properties": lambda device=None: types.SimpleNamespace(name=f"Fake card {on(device)}",
+                                                                                total_memory=self.cards[on(device)]),
+            "memory_reserved": lambda device=None: self.reserved.get(on(device), 0),
+            "max_memory_reserved": lambda device=None: self.peaks.get(on(device), 0),
+            "set_per_process_memory_fraction": lambda fraction, device=None: self.fractions.update({on(device): fraction}),
+        }  # fmt: skip
+        for name, call in calls.items():
+            monkeypatch.setattr(torch.cuda, name, call)
+        monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+        return self
+
+    def _on(self, device) -> int:
+        return self.current if device is None else int(str(device).removeprefix("cuda:"))

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import zipfile
 
 import optuna
 import pytest
+import torch
 
 from tests.conftest import tiny_probe_args
 from tuner.cli import main
 from tuner.errors import ConfigError
+from tuner.study import inputs
 
 
 def test_help_explains_every_probe_flag(run_cli):
@@ -68,12 +71,46 @@ def assert_one_line_error(code: int, err: str, *needles: str) -> None:
         (["--config", "nope.yaml"], ["nope.yaml does not exist"]),
         (["--probe-fraction", "1.5"], ["probe.fraction"]),
         (["--pruner", "hyperband"], ["pruner", "halving", "median"]),
+        (["--seed", "x"], ["--seed", "invalid int value: 'x'", "tuner probe --help"]),  # argparse's own: not its usage
+        (["--n-trials", "ten"], ["--n-trials", "'ten'"]),
+        (["--safety-margin", "some"], ["--safety-margin", "invalid float value"]),
     ],
 )
 def test_bad_flags(workdir, tiny_data, run_cli, flags, needles):
     code, _, err = run_cli(*tiny_probe_args(tiny_data), *flags)
     assert_one_line_error(code, err, *needles)
     assert not (workdir / "results").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "needles"),
+    [
+        (["train-best", "--epochs", "ten"], ["--epochs", "'ten'", "tuner train-best --help"]),
+        (["train-best", "--strategy", "fast"], ["--strategy", "two-stage"]),
+        # a study name is a file and folder name (results/a/b/ otherwise); --device tpu would stop the probe next
+        (["probe", "--device", "tpu", "--study-name", "a/b"], ["`--study-name` is 'a/b'", "letters, digits"]),
+        (["probe", "--device", "tpu", "--study-name", ".."], ["`--study-name` is '..'"]),
+        (["train-best", "--study-name", "a b"], ["`--study-name` is 'a b'"]),
+        (["report", "--study-name", "../elsewhere"], ["`--study-name` is '../elsewhere'"]),
+        (["dashboard", "--port", "web"], ["--port", "'web'"]),
+        (["probe", "--sed", "1"], ["Unrecognized arguments: --sed"]),
+    ],
+)
+def test_every_commands_bad_values_are_one_line(workdir, run_cli, argv, needles):
+    code, _, err = run_cli(*argv)
+    assert_one_line_error(code, err, *needles)
+    assert not (workdir / "results").exists() and not (workdir / "studies").exists()
+
+
+def test_a_zip_that_is_not_a_checkpoint_is_refused_before_any_process(workdir, tiny_data, run_cli):
+    """torch.load would end the first pre-flight with `Expected hasRecord("version")` (exit 1). The storage
+    that cannot be opened comes after the model's check: it stops the probe if that check lets the file pass."""
+    with zipfile.ZipFile(workdir / "notes.pt", "w") as archive:
+        archive.writestr("notes/readme.txt", "not weights")
+    torch.save({"weights": torch.zeros(2)}, workdir / "saved.pt")
+    assert inputs.model(str(workdir / "saved.pt"), embedded=False) == (workdir / "saved.pt").resolve()
+    code, _, err = run_cli(*tiny_probe_args(tiny_data), "--model", "notes.pt", "--storage", "nosuchdb://nowhere")
+    assert_one_line_error(code, err, "notes.pt is not a PyTorch checkpoint")
 
 
 def test_unknown_key_in_config_file_suggests_the_close_one(workdir, tiny_data, run_cli):

@@ -130,6 +130,8 @@ MALFORMED = {
     "model file missing": (lambda t, f: _probe(t, "--model", str(f / "missing.pt")), "not found"),
     "model file of random bytes": (lambda t, f: _probe(t, "--model", str(_write(f, "random.pt", random.Random(0).randbytes(50_000)))),
                                    "not a PyTorch checkpoint"),  # fmt: skip
+    "model a zip that is not a checkpoint": (lambda t, f: _probe(t, "--model", str(_write(f, "z.pt", b"PK\5\6" + bytes(18)))), "checkpoint"),
+    "study name a path": (lambda t, f: _probe(t, "--study-name", "a/b"), "--study-name"),
     "model YAML unknown": (lambda t, f: _probe(t, "--model", "yolov99z.yaml"), "yolov99z.yaml"),
     "config file missing": (lambda t, f: _probe(t, "--config", str(f / "none.yaml")), "none.yaml"),
     "config key misspelt": (lambda t, f: _probe(t, "--config", str(_write(f, "c.yaml", "n_trails: 5\n"))), "n_trials"),

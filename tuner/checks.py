@@ -4,6 +4,7 @@ naming the setting, the value and what it must be (Optuna's shape: "The value of
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,20 @@ def text(value: Any, name: str) -> str:
     if not isinstance(value, (str, Path)) or not str(value).strip():
         raise ConfigError(f"The value of `{name}` is {value!r}, but must be a path or name.")
     return str(value)
+
+
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def study_name(value: str, name: str) -> str:
+    """A study's name becomes a file and folder name (studies/<name>.db, results/<name>/): no separators, no
+    `..`, nothing a shell or another file system reads otherwise."""
+    if not SAFE_NAME.fullmatch(value):
+        raise ConfigError(
+            f"The value of `{name}` is {value!r}, but must be letters, digits, '.', '_' and '-', starting with a "
+            "letter or digit: it names the study's file and folders."
+        )
+    return value
 
 
 def integer(value: Any, name: str) -> int:

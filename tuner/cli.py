@@ -7,12 +7,12 @@ import sys
 import threading
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from tuner import __version__, checks
 from tuner import config as configs
 from tuner.config import DEFAULTS, STRATEGIES, TRAIN_DEFAULTS
-from tuner.errors import TunerError, outside_cause
+from tuner.errors import ConfigError, TunerError, outside_cause
 
 SPACE, PROBE = DEFAULTS["space"], DEFAULTS["probe"]
 
@@ -43,7 +43,8 @@ def _add_study_options(parser: argparse.ArgumentParser) -> None:
 
 def _study_options(args: argparse.Namespace) -> dict[str, Any]:
     """The arguments of _add_study_options, as every command's call takes them."""
-    return {"study_name": args.study_name, "storage": args.storage, "studies_dir": args.studies_dir,
+    name = None if args.study_name is None else checks.study_name(args.study_name, "--study-name")
+    return {"study_name": name, "storage": args.storage, "studies_dir": args.studies_dir,
             "results_dir": args.results_dir}  # fmt: skip
 
 
@@ -64,9 +65,7 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         help="memory a training may use: 800MB, 3GB, 2.5GiB, or a fraction of the device's usable memory "
         "such as 0.7 (RAM for cpu and mps, the card for cuda; default: 0.7)",
     )
-    group.add_argument(
-        "--config", type=Path, help="YAML file of settings (default: configs/probe.yaml if it exists here)"
-    )
+    group.add_argument("--config", type=Path, help="YAML file of settings (default: configs/probe.yaml if it exists here)")
 
 
 def _add_output_options(parser: argparse.ArgumentParser) -> None:
@@ -132,7 +131,6 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     from tuner.commands.probe import run_probe
 
     checks.positive_int(args.workers, "--workers")
-
     return run_probe(
         configs.load(args.config, _probe_overrides(args)),
         **_study_options(args),
@@ -286,11 +284,7 @@ def _add_report(subparsers) -> None:
 def _cmd_report(args: argparse.Namespace) -> int:
     from tuner.commands.report import run_report
 
-    return run_report(
-        **_study_options(args),
-        quiet=args.quiet,
-        as_json=args.json,
-    )
+    return run_report(**_study_options(args), quiet=args.quiet, as_json=args.json)
 
 
 # ------------------------------------------------------------------------------------------ dashboard
@@ -314,18 +308,22 @@ def _add_dashboard(subparsers) -> None:
 def _cmd_dashboard(args: argparse.Namespace) -> int:
     from tuner.commands.dashboard import run_dashboard
 
-    return run_dashboard(
-        **_study_options(args),
-        host=args.host,
-        port=args.port,
-    )
+    return run_dashboard(**_study_options(args), host=args.host, port=args.port)
 
 
 # ------------------------------------------------------------------------------------------------ main
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's own errors (`--seed x`, an unknown flag or choice) as one ConfigError line, like every other bad
+    value, instead of its whole usage text (which `--help` shows). Subparsers are of the same class."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(f"{message[:1].upper()}{message[1:]}; see `{self.prog} --help`.")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="tuner",
         description="Find the most accurate Ultralytics YOLO training config that fits in memory "
         "(tuner probe), train it without losing runs to OOM kills (tuner train-best), and review the "
@@ -375,7 +373,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     _quiet_storage_errors_in_threads()
     raw = sys.argv[1:] if argv is None else list(argv)
-    args = parser.parse_args(_join_values(raw))
+    try:
+        args = parser.parse_args(_join_values(raw))
+    except ConfigError as exc:  # from _Parser.error: no command has run yet
+        print(f"tuner: error: {exc}", file=sys.stderr)
+        return exc.exit_code
     args.argv = raw
     if not getattr(args, "func", None):
         parser.print_help()

@@ -8,6 +8,7 @@ import types
 import pytest
 import torch
 
+from tests.fakes import FakeCuda
 from tuner.errors import DeviceError
 from tuner.memory import device as devices
 
@@ -83,7 +84,7 @@ def test_mps_is_preferred_and_its_allocator_is_capped_at_the_budget(fake_mps):
     assert high == pytest.approx(0.5)  # 8 GiB of the 16 GiB recommended working set
     assert low <= high  # torch refuses to start otherwise
     assert dev.measured(rss=2 * 2**30, device_bytes=3 * 2**30) == 5 * 2**30  # unified memory: both count
-    assert devices.device_memory("mps") == 3 * 2**30
+    assert devices.device_memory("mps", None) == 3 * 2**30
 
 
 def test_mps_out_of_memory_is_recognised():
@@ -91,30 +92,44 @@ def test_mps_out_of_memory_is_recognised():
     assert devices.oom_reason(exc) == "MPS backend out of memory"
 
 
+GIB = 2**30
+
+
 @pytest.fixture
-def fake_cuda(monkeypatch):
-    calls = {}
-    props = types.SimpleNamespace(name="Fake RTX 3050", total_memory=4 * 2**30)
-    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
-    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: props)
-    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda: 3 * 2**30)
-    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda f: calls.setdefault("fraction", f))
-    return calls
+def fake_cuda(monkeypatch) -> FakeCuda:
+    """Two cards, 4 and 8 GiB; card 1 holds 1 GiB now and held 3 GiB at its peak."""
+    return FakeCuda((4 * GIB, 8 * GIB), reserved={1: GIB}, peaks={1: 3 * GIB}).install(monkeypatch, torch)
 
 
 def test_cuda_budget_is_enforced_by_the_allocator(fake_cuda):
     dev = devices.detect("auto")
-    assert (dev.kind, dev.torch, dev.ultralytics, dev.total_memory) == ("cuda", "cuda:0", "0", 4 * 2**30)
+    assert (dev.kind, dev.torch, dev.ultralytics, dev.total_memory, dev.count) == ("cuda", "cuda:0", "0", 4 * GIB, 2)
     assert devices.detect("cuda:0") == devices.detect("0") == dev
-    with pytest.raises(DeviceError, match="1 CUDA device"):
-        devices.detect("cuda:1")
-    devices.apply_budget("cuda", 2 * 2**30)
-    assert fake_cuda["fraction"] == pytest.approx(0.5)
-    assert dev.measured(rss=10**9, device_bytes=3 * 2**30) == 3 * 2**30  # the card is what the budget bounds
-    assert devices.device_memory("cuda") == 3 * 2**30
+    with pytest.raises(DeviceError, match="2 CUDA device"):
+        devices.detect("cuda:2")
+    index = devices.select("cuda", "0")
+    devices.apply_budget("cuda", 2 * GIB, index)
+    assert fake_cuda.fractions == {0: pytest.approx(0.5)}
+    assert dev.measured(rss=10**9, device_bytes=3 * GIB) == 3 * GIB  # the card is what the budget bounds
+
+
+def test_cuda_card_n_is_the_one_capped_and_read(fake_cuda):
+    """--device cuda:1: torch's calls without a device act on card 0 until Ultralytics' select_device() makes
+    card 1 current, inside model.train(), after the budget was applied."""
+    dev = devices.detect("cuda:1")
+    assert (dev.ultralytics, dev.total_memory) == ("1", 8 * GIB)
+    index = devices.select("cuda", dev.ultralytics)
+    devices.apply_budget("cuda", 2 * GIB, index)
+    assert (index, fake_cuda.current) == (1, 1)
+    assert fake_cuda.fractions == {1: pytest.approx(0.25)}  # 2 GiB of card 1's 8, card 0 untouched
+    assert devices.device_memory("cuda", index) == 3 * GIB
+
+
+def test_cuda_memory_is_the_allocators_high_water_mark(fake_cuda):
+    """A fast card's peak can last less than the 0.1 s between readings: the allocator's own peak cannot miss it."""
+    fake_cuda.current = 1
+    assert devices.device_memory("cuda", 1) == 3 * GIB  # not the 1 GiB reserved now
+    assert devices.select("cpu", "cpu") is None and devices.device_memory("cpu", None) == 0
 
 
 @pytest.mark.parametrize(

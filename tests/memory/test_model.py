@@ -9,7 +9,7 @@ import random
 
 import pytest
 
-from tuner.memory.model import Frontier, Measurement, MemoryModel, bisect_frontier, fit, frontier_from_model
+from tuner.memory.model import Frontier, Measurement, MemoryModel, bisect_frontier, fit
 
 SIZES = [160, 224, 320, 416, 512, 640]
 BATCHES = [2, 4, 8, 16]
@@ -222,22 +222,6 @@ def true_frontier(limit_mb, peak_of=law):
         batch: max((imgsz for imgsz in GRID_SIZES if peak_of(imgsz, batch) < limit_mb), default=None)
         for batch in GRID_BATCHES
     }
-
-
-def test_frontier_from_model_is_the_largest_imgsz_with_upper_under_the_limit():
-    model = fit(measured(noise=0.03))
-    frontier = frontier_from_model(model, GRID_SIZES, GRID_BATCHES, 3000)
-    for batch, imgsz in frontier.items():
-        assert imgsz is None or model.upper(imgsz, batch) < 3000
-        larger = [size for size in GRID_SIZES if imgsz is None or size > imgsz]
-        assert all(model.upper(size, batch) >= 3000 for size in larger)
-        assert imgsz is None or imgsz <= true_frontier(3000)[batch]  # predicted stable: really stable
-    assert list(frontier.values()) == sorted(frontier.values(), reverse=True)
-
-
-def test_frontier_from_model_says_none_where_nothing_fits():
-    frontier = frontier_from_model(fit(measured()), GRID_SIZES, [1, 256], 1000)
-    assert frontier[1] is not None and frontier[256] is None
 
 
 class FakeDevice:

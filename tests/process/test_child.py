@@ -8,7 +8,14 @@ import subprocess
 import sys
 import time
 
+import pytest
+import torch
+
+from tests.fakes import FakeCuda
+from tuner.params import Params
+from tuner.process import child
 from tuner.process.child import PARENT_ENV
+from tuner.process.contract import ChildSpec
 
 
 def test_a_process_whose_tuner_died_before_it_looked_exits_at_once():
@@ -39,3 +46,16 @@ def test_a_training_process_ends_right_after_writing_its_result(tmp_path):
     assert done.returncode == 0
     assert json.loads((tmp_path / "result.json").read_text())["status"] == "ok"
     assert not marker.exists()  # the interpreter's shutdown never ran
+
+
+def test_a_training_on_cuda_card_n_caps_and_reads_card_n(tmp_path, monkeypatch):
+    """--device cuda:1: Ultralytics makes card 1 current only inside model.train(); the budget and the readings come
+    first, and torch's calls without a device would cap and read card 0."""
+    cards = FakeCuda((8 * 2**30, 4 * 2**30), reserved={0: 2**30, 1: 2**30}, peaks={1: 3 * 2**30}).install(monkeypatch, torch)
+    monkeypatch.setattr(child, "import_ultralytics", lambda kind: None)
+    monkeypatch.setattr(child.DeviceMemoryReporter, "start", lambda reporter: reporter)  # read on demand, no thread
+    spec = ChildSpec(model="m.pt", data="d.yaml", device="1", device_kind="cuda", budget=2 * 2**30,
+                     params=Params(64, 2, 0.5, 0.0), metric="x", folder=str(tmp_path))  # fmt: skip
+    training = child.Training(spec)
+    assert cards.current == 1 and cards.fractions == {1: pytest.approx(0.5)}  # 2 GiB of card 1's 4; card 0 untouched
+    assert training.device_peak() == 3 * 2**30  # card 1's high-water mark, not what it or card 0 holds now

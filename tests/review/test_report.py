@@ -203,7 +203,7 @@ def test_report_md_says_what_was_found_and_what_to_run(study):
     assert "Trial 6 (imgsz 160, batch 8): pruned: stopped by the pruner after epoch 1 at mAP50-95 0.1000" in text
     assert "Trial 7 (imgsz 288, batch 2): error: RuntimeError: bad label file" in text
     assert "moved mAP50-95 by 0.0100 on average (1 pair(s): trials 2/8: 0.0100)" in text
-    assert "1 stable config(s) score within 0.0100 of the best stable 0.4200" in text
+    assert "No other stable config scores within the noise of the most accurate one (0.4150): it is the pick." in text
     assert "![frontier](frontier.png)" in text
 
 
@@ -240,7 +240,8 @@ def test_memory_grid_plot_draws_one_cell_per_config_and_the_budget(study, tmp_pa
     assert plot.path.exists()
     assert plot.counts == {"cells": 12, "labels": 12, "budget_lines": 1, "preflight_lines": 0}
     frontier = {batch: grid.imgsz[0] for batch in grid.batch}
-    mapped = plots.plot_memory_grid(grid, tmp_path / "mapped.png", frontier, {(grid.imgsz[0], grid.batch[0]): 700.0})
+    grid = dataclasses.replace(grid, frontier=frontier, preflights={(grid.imgsz[0], grid.batch[0]): 700.0})
+    mapped = plots.plot_memory_grid(grid, tmp_path / "mapped.png")
     assert mapped.counts == {"cells": 12, "labels": 12, "budget_lines": 0, "preflight_lines": 1}
 
 

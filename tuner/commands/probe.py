@@ -19,12 +19,13 @@ from tuner.memory import device as devices
 from tuner.memory.budget import MIB, describe_budget, parse_budget
 from tuner.memory.device import Device
 from tuner.params import Params
+from tuner.review import findings
 from tuner.study import derive, inputs, limits, selection
 from tuner.study import workers as tuner_workers
 from tuner.study.inputs import Inputs
 from tuner.study.open import mapped_limits, open_study
 from tuner.study.progress import Progress
-from tuner.study.records import Best, StudyRecord, TrialRecord
+from tuner.study.records import Best, StudyRecord
 from tuner.study.search import Search
 from tuner.study.selection import Choice
 from tuner.study.storage import default_study_name, storage_url
@@ -201,16 +202,12 @@ def train_settings_or_defaults(progress: Progress) -> configs.TrainSettings:
 
 
 def probe_summary(study_name: str, trials, record: StudyRecord, best_yaml: Path | None, hint: str | None) -> dict[str, Any]:
-    """The end of a probe in numbers: trials per outcome, the noise, the best stable config."""
-    counts: dict[str, int] = {}
-    for trial in trials:
-        outcome = TrialRecord.of(trial).outcome
-        key = outcome.value if outcome is not None else trial.state.name.lower()
-        counts[key] = counts.get(key, 0) + 1
+    """The end of a probe in numbers: trials per outcome (counted as report.md and `tuner report --json` count
+    them), the noise, the best stable config."""
     best = record.best
     return {
         "study": study_name,
-        "counts": counts,
+        "counts": findings.count_outcomes(trials),
         "noise": record.noise.spread,
         "best": None
         if best is None
@@ -229,7 +226,7 @@ def print_probe_summary(summary: dict[str, Any], progress: Progress, as_json: bo
     if as_json:
         print(json.dumps(summary, indent=2))
         return
-    counts = ", ".join(f"{count} {outcome}" for outcome, count in sorted(summary["counts"].items()))
+    counts = ", ".join(f"{count} {outcome}" for outcome, count in summary["counts"].items() if count)
     lines = [f"Study {summary['study']}: {counts}."]
     if summary["noise"] is not None:
         lines.append(f"Noise: repeated configs differ by {summary['noise']:.3f} on average.")

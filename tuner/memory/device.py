@@ -1,7 +1,7 @@
 """Devices behind one interface: which one to use, how much memory it has, how to cap and read it.
 
-The parent (tuner) calls `resolve()`; the trial process calls `apply_budget()`, `device_memory()`
-and `oom_reason()`. `resolve()` looks for an accelerator in a short-lived child process
+The parent (tuner) calls `resolve()`; the trial process calls `select()`, `apply_budget()`,
+`device_memory()` and `oom_reason()`. `resolve()` looks for an accelerator in a short-lived child process
 (`python -m tuner.memory.device auto`, which runs `detect()`): importing torch costs the importing process
 about 600 MB for as long as it lives, memory the trials would lack on a tight machine.
 
@@ -13,8 +13,8 @@ What the budget bounds, per device (the quantity `measured()` returns):
 - mps:  RSS plus `torch.mps.driver_allocated_memory()` (unified memory: both come from the same RAM);
         the MPS allocator's high watermark is also set to the budget, so MPS raises a clean
         "MPS backend out of memory" there instead of swapping until macOS kills the process.
-- cuda: the card's memory reserved by PyTorch; `set_per_process_memory_fraction` makes CUDA raise
-        `torch.OutOfMemoryError` at the budget.
+- cuda: the card's memory reserved by PyTorch (its high-water mark); `set_per_process_memory_fraction`
+        makes CUDA raise `torch.OutOfMemoryError` at the budget.
 """
 
 from __future__ import annotations
@@ -163,24 +163,43 @@ def main(argv: list[str] | None = None) -> int:
 # ------------------------------------------------------------------------- inside the trial process
 
 
-def apply_budget(kind: str, budget: int) -> None:
-    """Make the allocator itself stop at the budget where the device allows it (CUDA)."""
+def select(kind: str, device: str) -> int | None:
+    """Make the spec's CUDA card (`device` as Ultralytics takes it: "1") this process's current one, and return
+    its index (None off CUDA).
+
+    Ultralytics' select_device() does the same (torch.cuda.set_device(N) for an explicit single card), but only
+    inside model.train(): the budget is applied and memory read before that, and torch's calls without a device
+    act on the current one, card 0, however `--device cuda:N` read.
+    """
+    if kind != "cuda":
+        return None
+    import torch
+
+    index = int(device)
+    torch.cuda.set_device(index)
+    return index
+
+
+def apply_budget(kind: str, budget: int, index: int | None) -> None:
+    """Make the allocator itself stop at the budget where the device allows it (CUDA card `index`)."""
     if kind != "cuda":
         return  # cpu: the watchdog; mps: the watermark env set by the parent
     import torch
 
-    total = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
-    torch.cuda.set_per_process_memory_fraction(min(1.0, budget / total))
+    total = torch.cuda.get_device_properties(index).total_memory
+    torch.cuda.set_per_process_memory_fraction(min(1.0, budget / total), device=index)
 
 
-def device_memory(kind: str) -> int:
-    """Bytes the device holds for this process now (0 on cpu)."""
+def device_memory(kind: str, index: int | None) -> int:
+    """Bytes the device holds for this process (0 on cpu). On CUDA the caching allocator's high-water mark
+    on card `index` (max_memory_reserved): a fast card's peak can last less than the reporter's interval, so
+    sampling the memory reserved now would miss it; on MPS the driver's allocation now."""
     if kind == "cpu":
         return 0
     import torch
 
     if kind == "cuda":
-        return int(torch.cuda.memory_reserved())
+        return int(torch.cuda.max_memory_reserved(device=index))
     return int(torch.mps.driver_allocated_memory())
 
 

@@ -228,16 +228,6 @@ def fit(measurements: Iterable[Measurement]) -> MemoryModel | None:
     )
 
 
-def frontier_from_model(model: MemoryModel, sizes: Iterable[int], batches: Iterable[int], limit_mb: float,
-                        *, mosaic: float = 1.0, mixup: float = 0.0) -> dict[int, int | None]:
-    """For each batch, the largest imgsz the model predicts stable (its `upper` under the limit), or None."""
-    sizes = list(sizes)
-    return {
-        batch: max((imgsz for imgsz in sizes if model.upper(imgsz, batch, mosaic, mixup) < limit_mb), default=None)
-        for batch in batches
-    }
-
-
 @dataclass(frozen=True)
 class FrontierEntry:
     """The largest stable imgsz of one batch (None: not even the smallest). `peak_mem_mb` was measured there,

@@ -4,7 +4,8 @@
 - device memory: the parent's watchdog sees RSS itself, but device memory (CUDA reserved, MPS
   driver-allocated) only this process can read; `DeviceMemoryReporter` writes it to a small file;
 - Ultralytics imported offline (tuner.offline), and on CUDA without its AMP self-test download;
-- the budget applied to the allocator where the device allows it (tuner.memory.device.apply_budget);
+- the spec's CUDA card made current before anything touches it, and the budget applied to the
+  allocator where the device allows it (tuner.memory.device.select, apply_budget);
 - Ultralytics' silent batch halving after an OOM stopped at the next epoch start (`BatchHalved`);
 - one `EpochRecord` per finished epoch appended to progress.jsonl;
 - the end classified into a `ChildResult` (ok / oom / error), and an "ok" that trained fewer
@@ -60,10 +61,12 @@ def exit_with_parent(interval: float = 0.5) -> None:
 
 
 class DeviceMemoryReporter:
-    """Writes this process's device memory to `path` every `interval` s and keeps the peak."""
+    """Writes this process's device memory to `path` every `interval` s and keeps the peak (on CUDA card
+    `index`, the allocator's own high-water mark: see tuner.memory.device.device_memory)."""
 
-    def __init__(self, kind: str, path: Path, interval: float = 0.1) -> None:
+    def __init__(self, kind: str, index: int | None, path: Path, interval: float = 0.1) -> None:
         self.kind = kind
+        self.index = index
         self.path = path
         self.interval = interval
         self.peak = 0
@@ -74,7 +77,7 @@ class DeviceMemoryReporter:
         return self
 
     def read(self) -> int:
-        current = devices.device_memory(self.kind)
+        current = devices.device_memory(self.kind, self.index)
         self.peak = max(self.peak, current)
         return current
 
@@ -92,9 +95,12 @@ class Training:
 
     def __init__(self, spec: ChildSpec) -> None:
         self.spec = spec
-        self.reporter = DeviceMemoryReporter(spec.device_kind, spec.files.device_bytes).start()
         import_ultralytics(spec.device_kind)
-        devices.apply_budget(spec.device_kind, spec.budget)
+        # The card first: the cap and the readings name it, and torch's default is card 0 until
+        # Ultralytics' select_device() makes it current, inside model.train().
+        index = devices.select(spec.device_kind, spec.device)
+        devices.apply_budget(spec.device_kind, spec.budget, index)
+        self.reporter = DeviceMemoryReporter(spec.device_kind, index, spec.files.device_bytes).start()
         self.started = time.monotonic()
         self.epochs_done = 0
         self.batch_used = spec.params.batch

@@ -18,6 +18,7 @@ from optuna.trial import FrozenTrial, TrialState
 from tuner.params import Params
 from tuner.process.contract import Outcome
 from tuner.study import selection
+from tuner.study.limits import Limits
 from tuner.study.records import Best, StudyRecord, TrialRecord
 from tuner.study.storage import sqlite_path, storage_url
 
@@ -39,6 +40,7 @@ _STATE_OUTCOMES = {
 }
 # A cell shows the most telling outcome of the trials that tried its imgsz and batch.
 _CELL_PRIORITY = ("oom", "ok", "pruned", "inferred", "error", "running")
+_TELLING = ("oom", "ok", "pruned", "inferred")  # what a cell's trials say about its memory (error, running: nothing)
 TOP_N = 5
 PARAMS = tuple(field.name for field in dataclasses.fields(Params))  # imgsz, batch, mosaic, mixup
 
@@ -72,17 +74,37 @@ class Cell:
 
 @dataclasses.dataclass(frozen=True)
 class MemoryGrid:
-    """imgsz rows x batch columns of the search space, with what each config did to memory."""
+    """imgsz rows x batch columns of the search space, with what each config did to memory: in its trials, and
+    where the study mapped its limits (tuner.study.limits), in its pre-flights."""
 
     imgsz: tuple[int, ...]
     batch: tuple[int, ...]
     cells: dict[tuple[int, int], Cell]
     budget_mb: float | None
     stable_limit_mb: float | None
+    frontier: dict[int, int | None] | None = None  # batch -> the largest imgsz its pre-flights put under the limit
+    preflights: dict[tuple[int, int], float | None] = dataclasses.field(default_factory=dict)  # peak MiB, None: OOM
+
+    def fits(self, imgsz: int, batch: int) -> bool:
+        """Within the stable limit: by the trials of the config where they ran (or were inferred out of memory),
+        else by the pre-flights' frontier (a config no larger than one whose pre-flight fitted fits too)."""
+        cell = self.cells[(imgsz, batch)]
+        if cell.status in _TELLING or self.frontier is None:
+            return cell.fits
+        largest = self.frontier.get(batch)
+        return largest is not None and imgsz <= largest
 
     def largest_fitting_batch(self, imgsz: int) -> int | None:
-        fitting = [batch for batch in self.batch if self.cells[(imgsz, batch)].fits]
+        fitting = [batch for batch in self.batch if self.fits(imgsz, batch)]
         return max(fitting) if fitting else None
+
+    def label(self, imgsz: int, batch: int) -> str:
+        """The cell's label; a config no trial tried shows its pre-flight's peak, if it had one."""
+        cell = self.cells[(imgsz, batch)]
+        if cell.status != "not tried" or (imgsz, batch) not in self.preflights:
+            return cell.label
+        peak = self.preflights[(imgsz, batch)]
+        return "pre-flight: OOM" if peak is None else f"pre-flight {peak:.0f} MiB"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,7 +231,16 @@ def memory_grid(record: StudyRecord, trials: Sequence[FrozenTrial]) -> MemoryGri
         (size, count): _cell(by_config.get((size, count), []), limit) for size in imgsz for count in batch
     }
     budget = record.budget_mb
-    return MemoryGrid(tuple(imgsz), tuple(batch), cells, None if budget is None else float(budget), limit)
+    frontier, preflights = _preflights(record)
+    return MemoryGrid(tuple(imgsz), tuple(batch), cells, None if budget is None else float(budget), limit, frontier, preflights)
+
+
+def _preflights(record: StudyRecord) -> tuple[dict[int, int | None] | None, dict[tuple[int, int], float | None]]:
+    """The frontier the pre-flights mapped (None: not mapped) and each pre-flight's peak (None: out of memory)."""
+    if not record.limits:
+        return None, {}
+    mapped = Limits.from_dict(record.limits).frontier
+    return mapped.largest(), {(taken.imgsz, taken.batch): None if taken.oom else taken.peak_mb for taken in mapped.measurements}
 
 
 def _cell(trials: list[FrozenTrial], limit_mb: float | None) -> Cell:

@@ -66,23 +66,18 @@ def _count(ax, gid: str) -> int:
     return offsets + sum(1 for a in [*ax.patches, *ax.texts] if a.get_gid() == gid)
 
 
-def plot_memory_grid(
-    grid: MemoryGrid,
-    path: Path,
-    frontier: dict[int, int | None] | None = None,
-    preflights: dict[tuple[int, int], float | None] | None = None,
-) -> Plot:
+def plot_memory_grid(grid: MemoryGrid, path: Path) -> Plot:
     """imgsz rows x batch columns, each cell coloured by outcome and annotated with peak memory.
 
-    Where the study mapped its limits, `frontier` (each batch's largest imgsz the pre-flights put under the
+    Where the study mapped its limits, `grid.frontier` (each batch's largest imgsz the pre-flights put under the
     stable limit) is drawn as a dashed staircase, cells beyond it are marked, and untried cells show their
-    pre-flight's peak (`preflights`: (imgsz, batch) -> MiB, None for an OOM). Without it, the stable limit is
-    drawn from the trials as a staircase: left of it, each imgsz's batches that fit within it.
+    pre-flight's peak. Without it, the stable limit is drawn from the trials as a staircase: left of it, each
+    imgsz's batches that fit within it.
     """
     from matplotlib.patches import Patch, Rectangle
 
     plt = _pyplot()
-    preflights = preflights or {}
+    frontier = grid.frontier
     colours = {**CELL_COLOURS, "beyond the frontier": BEYOND_COLOUR}
     fig, ax = plt.subplots(figsize=(1.5 * max(len(grid.batch), 1) + 2.5, 0.8 * max(len(grid.imgsz), 1) + 1.8))
     for row, size in enumerate(grid.imgsz):
@@ -95,11 +90,7 @@ def plot_memory_grid(
                 Rectangle((column, row), 1, 1, facecolor=colour, edgecolor="white", linewidth=2,
                           hatch="//" if status in ("inferred", "beyond the frontier") else None, gid="cell")
             )  # fmt: skip
-            label = cell.label
-            if cell.status == "not tried" and (size, count) in preflights:
-                peak = preflights[(size, count)]
-                label = "pre-flight: OOM" if peak is None else f"pre-flight {peak:.0f} MiB"
-            ax.text(column + 0.5, row + 0.5, label.replace(" (", "\n("), ha="center", va="center",
+            ax.text(column + 0.5, row + 0.5, grid.label(size, count).replace(" (", "\n("), ha="center", va="center",
                     fontsize=8, gid="cell-label")  # fmt: skip
     preflight_lines = _draw_preflight_frontier(ax, grid, frontier) if frontier is not None else 0
     budget_lines = _draw_trial_staircase(ax, grid) if frontier is None else 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+from statistics import mean
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,6 @@ from typing import Any
 from optuna.trial import FrozenTrial
 
 from tuner import files
-from tuner.params import config_key
 from tuner.review import findings, plots
 from tuner.review.findings import BestConfig, Findings, MemoryGrid, param_cells, trial_outcome, trial_reason
 from tuner.study import records, selection
@@ -41,21 +41,11 @@ def write_report(found: Findings, results_dir: Path) -> dict[str, Path]:
     return written
 
 
-def _preflights(found: Findings) -> tuple[dict[int, int | None] | None, dict[tuple[int, int], float | None]]:
-    """The frontier the pre-flights mapped and each pre-flight's peak (None: out of memory), for frontier.png."""
-    from tuner.study.limits import Limits
-
-    if not found.record.limits:
-        return None, {}
-    mapped = Limits.from_dict(found.record.limits).frontier
-    return mapped.largest(), {(taken.imgsz, taken.batch): None if taken.oom else taken.peak_mb for taken in mapped.measurements}
-
-
 def write_plots(found: Findings, out_dir: Path) -> dict[str, Path]:
     grid = found.grid
     points = findings.trial_points(found.trials, grid.stable_limit_mb)
     written = {
-        "frontier.png": plots.plot_memory_grid(grid, out_dir / "frontier.png", *_preflights(found)).path,
+        "frontier.png": plots.plot_memory_grid(grid, out_dir / "frontier.png").path,
         "accuracy_vs_memory.png": plots.plot_accuracy_vs_memory(
             points, out_dir / "accuracy_vs_memory.png", metric_name=found.metric_name, budget_mb=grid.budget_mb,
             stable_limit_mb=grid.stable_limit_mb, best_trial=found.best.trial if found.best else None,
@@ -186,14 +176,18 @@ def outcome_table(counts: dict[str, int]) -> str:
 def grid_section(grid: MemoryGrid) -> str:
     if not grid.imgsz or not grid.batch:
         return "No imgsz or batch tried yet."
-    rows = [[size, *(grid.cells[(size, count)].label for count in grid.batch)] for size in grid.imgsz]
+    rows = [[size, *(grid.label(size, count) for count in grid.batch)] for size in grid.imgsz]
     table = _table(["imgsz \\ batch", *grid.batch], rows)
     limit = "the stable limit" + ("" if grid.stable_limit_mb is None else f" of {grid.stable_limit_mb:.0f} MiB")
     walls = ", ".join(f"imgsz {size}: {grid.largest_fitting_batch(size) or 'none'}" for size in grid.imgsz)
+    untried, judged = "", ""
+    if grid.frontier is not None:  # one frontier, as frontier.png draws it: the pre-flights tell where no trial ran
+        untried = " pre-flight: no trial ran it, its pre-flight peaked there (Memory limits, below)."
+        judged = " (by the trials, and where no trial ran a config by the pre-flights' frontier)"
     return (
         "Peak memory of each imgsz and batch tried (the highest when tried more than once). \"over limit\": "
         f"finished, but above {limit}; OOM: ran out of memory; inferred: skipped, because a config no larger "
-        f"had run out of memory.\n\n{table}\n\nLargest batch within {limit}: {walls}."
+        f"had run out of memory.{untried}\n\n{table}\n\nLargest batch within {limit}{judged}: {walls}."
     )
 
 
@@ -262,16 +256,21 @@ def noise_text(noise: Noise, trials: Sequence[FrozenTrial], grid: MemoryGrid, me
         f"Re-running a config with another seed moved {metric_name} by {spread:.4f} on average "
         f"({len(pairs)} pair(s): {pair_text}). Configs closer than that are not reliably better or worse."
     )
-    limit = grid.stable_limit_mb
-    stable = [trial for trial in trials if limit is not None and records.is_stable(trial, limit)]
-    if stable:
-        top = max(trial.value for trial in stable)
-        close = {config_key(t.params) for t in stable if t.value >= top - spread}
-        text += (
-            f" {len(close)} stable config(s) score within {spread:.4f} of the best stable {top:.4f}; among "
-            "those, tuner picks the one with the lowest peak memory (the most headroom)."
-        )
-    return text
+    tied = selection.contenders(trials, grid.stable_limit_mb, spread) if grid.stable_limit_mb is not None else []
+    return f"{text} {tie_text(tied, trials, grid, spread)}" if tied else text
+
+
+def tie_text(tied: Sequence[Sequence[FrozenTrial]], trials: Sequence[FrozenTrial], grid: MemoryGrid, spread: float) -> str:
+    """What the pick rule (tuner.study.selection.best_stable) makes of the stable configs that tie with the most
+    accurate one (`tied`, selection.contenders: the most accurate first), as the pick and the race line say it."""
+    top = mean(trial.value for trial in tied[0])
+    if len(tied) == 1:
+        return f"No other stable config scores within the noise of the most accurate one ({top:.4f}): it is the pick."
+    head = f"{len(tied)} stable configs score within the noise of the most accurate one ({top:.4f})"
+    same = f"peaks within {selection.MEMORY_TIE:.0%} of the budget count as the same memory"
+    if selection.tie_decides(trials, grid.stable_limit_mb, spread, grid.budget_mb):
+        return f"{head}; tuner picks the one with the most memory headroom among them ({same}, and of those the most accurate)."
+    return f"{head}; none of the others needs clearly less memory ({same}), so the most accurate is the pick."
 
 
 def _table(header: Sequence[Any], rows: Sequence[Sequence[Any]]) -> str:

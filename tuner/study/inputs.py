@@ -66,14 +66,28 @@ def _check_weights(path: Path) -> None:
     try:
         with open(path, "rb") as handle:
             head = handle.read(2)
+        is_checkpoint = _torch_archive(path) if zipfile.is_zipfile(path) else head[:1] == b"\x80"  # pickle: PROTO
     except OSError as exc:
         raise ConfigError(f"Model weights {path} cannot be read ({exc.strerror}); check the file's permissions.") from None
-    if zipfile.is_zipfile(path) or head[:1] == b"\x80":  # pickle protocol 2+ starts with PROTO (0x80)
+    if is_checkpoint:
         return
     raise ConfigError(
-        f"Model weights {path} is not a PyTorch checkpoint (neither a zip archive nor a pickle); pass the .pt that "
-        "Ultralytics saved (e.g. runs/detect/train/weights/best.pt) or a model YAML such as yolov8n.yaml."
+        f"Model weights {path} is not a PyTorch checkpoint (neither torch.save's zip archive nor a pickle); pass the "
+        ".pt that Ultralytics saved (e.g. runs/detect/train/weights/best.pt) or a model YAML such as yolov8n.yaml."
     )
+
+
+def _torch_archive(path: Path) -> bool:
+    """A zip as torch.save writes it: a data.pkl and a version record in the folder of its first entry (what
+    torch.load looks for; any other zip ends in every trial with torch's `Expected hasRecord("version")`)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except zipfile.BadZipFile:
+        return False
+    folder = names[0].split("/")[0] + "/" if names else ""
+    inside = {name.removeprefix(folder) for name in names if folder != "/" and name.startswith(folder)}
+    return "data.pkl" in inside and bool({"version", ".data/version"} & inside)
 
 
 def _shipped_model_yaml(name: str) -> bool:

@@ -1,0 +1,90 @@
+"""The read model says one thing everywhere: one memory frontier (pre-flights and trials), the pick rule in
+force in the noise paragraph, one count of outcomes for the console, report.md and the JSON. Real SQLite studies."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.distributions import CategoricalDistribution
+from optuna.trial import TrialState, create_trial
+
+from tests.fakes import FakePreflight, inputs, quiet
+from tests.review.test_report import DISTRIBUTIONS, NAME, STUDY_ATTRS, _ok, build_study
+from tuner.commands.probe import print_probe_summary, probe_summary
+from tuner.review import findings, report
+from tuner.study import limits
+from tuner.study.progress import Progress
+from tuner.study.records import StudyRecord
+from tuner.study.storage import storage_url
+
+pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")  # set_metric_names
+
+
+def _mapped_study(workdir: Path) -> optuna.Study:
+    """A study whose pre-flights mapped imgsz 160-224 x batch 16, 64 (batch 64 stops at imgsz 192), and whose
+    trials ran only imgsz 160 / batch 16 (stable) and 224 / 64 (out of memory): no trial at imgsz 192."""
+    probe = inputs(workdir, 2000, imgsz=(160, 192, 224), batch=(16, 64))
+    mapped = limits.map_limits(probe, quiet(), runner=FakePreflight(2000))
+    assert mapped.frontier.largest() == {16: 224, 64: 192}
+    study = optuna.create_study(study_name="mapped", storage=f"sqlite:///{workdir / 'mapped.db'}", direction="maximize")
+    StudyRecord(config=probe.cfg, device="cpu", budget_mb=2000.0, stable_limit_mb=probe.stable_limit_mb,
+                limits=mapped.to_dict()).save(study)  # fmt: skip
+    space = {**DISTRIBUTIONS, "imgsz": CategoricalDistribution((160, 192, 224)), "batch": CategoricalDistribution((16, 64))}
+    for (imgsz, batch), state, value, attrs in [
+        ((160, 16), TrialState.COMPLETE, 0.3, {"outcome": "ok", "peak_mem_mb": 800.0}),
+        ((224, 64), TrialState.PRUNED, None, {"outcome": "oom", "oom_cause": "watchdog", "peak_mem_mb": 2100.0}),
+    ]:
+        params = {"imgsz": imgsz, "batch": batch, "mosaic": 0.5, "mixup": 0.1}
+        study.add_trial(create_trial(state=state, params=params, distributions=space, value=value, user_attrs=attrs))
+    return study
+
+
+def test_the_memory_frontier_is_one_of_pre_flights_and_trials(workdir):
+    """report.md said "imgsz 192: none" beside a limits table whose pre-flight of 192 / 64 fitted."""
+    found = findings.read(_mapped_study(workdir), Path("results"))
+    grid = found.grid
+    assert [grid.largest_fitting_batch(size) for size in grid.imgsz] == [64, 64, 16]  # the trial's OOM: not 64 at 224
+    assert grid.label(192, 64) == "pre-flight 1544 MiB" and grid.label(224, 64) == "OOM at 2100 MiB"
+    assert grid.label(160, 64) == "not tried"  # no trial and no pre-flight: inside the frontier by monotonicity
+    text = report.grid_section(grid)
+    assert "| 192 | pre-flight 836 MiB | pre-flight 1544 MiB |" in text
+    assert "imgsz 160: 64, imgsz 192: 64, imgsz 224: 16." in text
+
+
+def _tied_study(workdir: Path, second_peak: float) -> findings.Findings:
+    """Config A (imgsz 224, 2 runs, mean 0.415, peak 1320 MiB) ties within the noise with B (imgsz 160, 0.412)."""
+    trials = [_ok(224, 4, 0.42, 1300.0), _ok(160, 4, 0.412, second_peak), _ok(224, 4, 0.41, 1320.0, repeat_of=0)]
+    attrs = {**STUDY_ATTRS, "noise": {"pairs": [[0, 2, 0.01]], "spread": 0.01}, "best": None}
+    study = build_study(storage_url(None, Path("studies"), NAME), trials=trials, attrs=attrs)
+    return findings.read(study, Path("results"))
+
+
+@pytest.mark.parametrize(
+    ("second_peak", "picked", "says", "not_said"),
+    [
+        (1250.0, 0, "so the most accurate is the pick", "most memory headroom"),  # peaks within 5% of the budget
+        (700.0, 1, "the one with the most memory headroom", "the most accurate is the pick"),
+    ],
+)
+def test_the_noise_paragraph_follows_the_pick_rule(workdir, second_peak, picked, says, not_said):
+    """The paragraph said the tied config with the lowest peak is picked, where the pick was the most accurate."""
+    found = _tied_study(workdir, second_peak)
+    assert found.best.trial == picked
+    text = report.noise_text(found.record.noise, found.trials, found.grid, found.metric_name)
+    assert "2 stable configs score within the noise of the most accurate one (0.4150)" in text
+    assert says in text and not_said not in text and "lowest peak memory" not in text
+
+
+def test_console_report_and_json_count_outcomes_alike(workdir):
+    """probe_summary counted an inferred OOM as "oom", report.md as "inferred"."""
+    study = build_study(storage_url(None, Path("studies"), NAME))
+    trials = study.get_trials()
+    summary = probe_summary(NAME, trials, StudyRecord.of(study), None, None)
+    assert summary["counts"] == findings.count_outcomes(trials)
+    assert (summary["counts"]["oom"], summary["counts"]["inferred"]) == (1, 1)
+    stream = io.StringIO()
+    print_probe_summary(summary, Progress(1, 1, "mAP50-95", stream=stream), as_json=False)
+    assert f"Study {NAME}: 5 ok, 1 pruned, 1 oom, 1 inferred, 1 error, 1 running." in stream.getvalue()
