@@ -222,7 +222,7 @@ def _add_train_best(subparsers) -> None:
     group.add_argument("--device", help="auto, mps, cuda, cuda:N, N or cpu (default: the study's device)")
     group.add_argument(
         "--memory-budget",
-        help="memory the training may use, e.g. 800MB, 3GB or 0.7 of usable memory (default: the study's budget)",
+        help="memory the training may use, e.g. 800MB, 3GB or 0.7 of usable memory (default: the study's budget; on a machine with less memory, the same share of it)",
     )
     group.add_argument(
         "--max-restarts",

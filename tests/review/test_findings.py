@@ -12,7 +12,7 @@ from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState, create_trial
 
 from tests.fakes import FakePreflight, inputs, quiet
-from tests.review.test_report import DISTRIBUTIONS, NAME, STUDY_ATTRS, _ok, build_study
+from tests.review.test_report import DISTRIBUTIONS, NAME, STUDY_ATTRS, TRIALS, _ok, build_study
 from tuner.commands.probe import print_probe_summary, probe_summary
 from tuner.review import findings, report
 from tuner.study import limits
@@ -88,3 +88,14 @@ def test_console_report_and_json_count_outcomes_alike(workdir):
     stream = io.StringIO()
     print_probe_summary(summary, Progress(1, 1, "mAP50-95", stream=stream), as_json=False)
     assert f"Study {NAME}: 5 ok, 1 pruned, 1 oom, 1 inferred, 1 error, 1 running." in stream.getvalue()
+
+
+def test_trials_that_never_ran_or_were_orphaned_are_not_counted_as_errors(workdir):
+    """A surplus trial (its place filled, or its config run while a cell was untried) and an orphan failed by its
+    heartbeat both end FAIL without an outcome: neither is an error of the config, and the counts say what they are."""
+    trials = [*TRIALS[:3], (TrialState.FAIL, (160, 2), None, {"surplus": "the config ran already in trial 0"}),
+              (TrialState.FAIL, (224, 4), None, {"worker": "host:1"})]  # fmt: skip
+    study = build_study(storage_url(None, Path("studies"), NAME), trials=trials)
+    counts = findings.count_outcomes(study.get_trials())
+    assert (counts["not run"], counts["orphaned"], counts["error"]) == (1, 1, 0)
+    assert set(counts) == set(findings.OUTCOME_MEANINGS)

@@ -145,7 +145,8 @@ def _trial(study: optuna.Study, number: int) -> optuna.Trial:
 
 def test_outcomes_distinguish_inferred_ooms_and_running_trials(study):
     counts = findings.count_outcomes(study.get_trials())
-    assert counts == {"ok": 5, "pruned": 1, "oom": 1, "inferred": 1, "error": 1, "running": 1, "waiting": 0}
+    assert counts == {"ok": 5, "pruned": 1, "oom": 1, "inferred": 1, "error": 1, "not run": 0, "orphaned": 0, "running": 1,
+                      "waiting": 0}
 
 
 def test_report_suggests_larger_sizes_only_when_the_best_is_at_the_edge_with_memory_to_spare(study):
@@ -382,3 +383,13 @@ def test_cli_report_with_several_studies_asks_which(workdir, run_cli):
     code, _, err = run_cli("report")
     assert code == 2 and err.count("\n") == 1
     assert "2 studies in studies/: a-yolov8n-cpu, b-yolov8n-cpu. Pass --study-name" in err
+
+
+def test_the_top_table_judges_a_run_on_the_largest_peak_its_imgsz_and_batch_showed(workdir):
+    # trial 0 (224/4) peaked under the limit, trial 1 (224/4 at another mosaic) over it: 224/4 is not stable,
+    # and the table says so for both, as the pick does (selection.best_stable), whatever order they ran in.
+    trials = [_ok(224, 4, 0.42, 1300.0), _ok(224, 4, 0.40, 1850.0), _ok(160, 4, 0.35, 900.0)]
+    study = build_study(storage_url(None, Path("studies"), NAME), trials=trials)
+    text = report.top_table(study.get_trials(), 1800.0, "mAP50-95")
+    assert "| 1 | 0 | 224 | 4 | 0 | 0.1 | 0.4200 | 1300 MiB | no |" in text
+    assert "| 3 | 2 | 160 | 4 | 0.2 | 0.1 | 0.3500 | 900 MiB | yes |" in text

@@ -27,9 +27,9 @@ def make(number, imgsz, batch, value=None, peak=None, outcome="ok", state=TrialS
 
 
 def test_stable_means_completed_and_under_the_limit():
-    assert records.is_stable(make(0, 160, 2, 0.3, peak=900), limit_mb=1000)
-    assert not records.is_stable(make(0, 160, 2, 0.3, peak=1001), limit_mb=1000)
-    assert not records.is_stable(make(0, 160, 2, peak=900, outcome="oom", state=TrialState.PRUNED), 1000)
+    assert records.is_stable(make(0, 160, 2, 0.3, peak=900), 1000, ())
+    assert not records.is_stable(make(0, 160, 2, 0.3, peak=1001), 1000, ())
+    assert not records.is_stable(make(0, 160, 2, peak=900, outcome="oom", state=TrialState.PRUNED), 1000, ())
 
 
 def test_best_is_the_most_accurate_stable_config():
@@ -162,7 +162,7 @@ def test_a_config_is_judged_on_the_largest_peak_any_run_of_its_imgsz_and_batch_s
         trials = [make(low, 352, 2, 0.50, peak=1990, mosaic=0.2), make(high, 352, 2, 0.49, peak=2150, mosaic=0.9),
                   make(2, 288, 2, 0.40, peak=1500)]  # fmt: skip
         assert list(records.stable_configs(trials, 2000)) == [(288, 2, 0.5, 0.1)], order
-        assert not records.is_stable(trials[0], 2000, trials) and records.is_stable(trials[0], 2000)  # alone, it was
+        assert not records.is_stable(trials[0], 2000, trials) and records.is_stable(trials[0], 2000, ())  # alone, it was
         assert selection.best_stable(trials, 2000, None).params["imgsz"] == 288, order
         assert [t.number for t in selection.to_repeat(trials, 2, 2000)] == [2], order
     # an OOM of the same imgsz and batch at another mosaic rules it out too; an inferred one (never ran) does not

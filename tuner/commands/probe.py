@@ -161,7 +161,7 @@ def _finish(study, cfg, device, record: StudyRecord, url: str, results_dir: Path
 
 
 def _write_report(study: optuna.Study, results_dir: Path, url: str, progress: Progress) -> None:
-    from tuner.review import dashboard, findings, report
+    from tuner.review import dashboard, report
 
     found = findings.read(study, results_dir, url)
     written = report.write_report(found, results_dir)

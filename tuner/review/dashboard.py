@@ -101,7 +101,7 @@ def _top_unstable(found: Findings) -> optuna.trial.FrozenTrial | None:
     if not complete or limit is None:
         return None
     top = max(complete, key=lambda trial: trial.value)
-    return None if records.is_stable(top, limit) else top
+    return None if records.is_stable(top, limit, found.trials) else top
 
 
 def save_notes(found: Findings, url: str) -> None:

@@ -28,6 +28,8 @@ OUTCOME_MEANINGS = {
     "oom": "ran out of memory (watchdog kill, kill from outside, or Ultralytics halving the batch)",
     "inferred": "not run: a config no larger in imgsz and batch had run out of memory",
     "error": "failed for another reason; see its log",
+    "not run": "never run: another trial had filled its place, or its config had run while a cell was untried",
+    "orphaned": "left running by a tuner that died, failed by its heartbeat; its config was run again",
     "running": "still running (or left behind by a tuner that died)",
     "waiting": "queued, not started",
 }
@@ -164,7 +166,7 @@ def read(study: optuna.Study, results_dir: Path, url: str | None = None) -> Find
 
 
 def trial_outcome(trial: FrozenTrial) -> str:
-    """ok, pruned, oom, inferred (an OOM that was never run), error, running or waiting."""
+    """ok, pruned, oom, inferred (an OOM that was never run), error, not run, orphaned, running or waiting."""
     if trial.state in (TrialState.RUNNING, TrialState.WAITING):
         return _STATE_OUTCOMES[trial.state]
     record = TrialRecord.of(trial)
@@ -172,6 +174,8 @@ def trial_outcome(trial: FrozenTrial) -> str:
         return "inferred"
     if record.outcome is not None:
         return record.outcome.value
+    if trial.state == TrialState.FAIL:  # failed without a result: it never ran, or its tuner died under it
+        return "not run" if record.surplus else "orphaned"
     return _STATE_OUTCOMES[trial.state]
 
 

@@ -113,7 +113,7 @@ def setting_lines(record: StudyRecord) -> str:
         if config is not None and record.stable_limit_mb is not None:
             line += f"; stable limit {record.stable_limit_mb:.0f} MiB (safety margin {config.safety_margin:.0%})"
         if record.outside_kill_mb is not None:
-            line += (f". Trials were killed from outside at about {record.outside_kill_mb:.0f} MiB, below the budget: "
+            line += (f". Trials or pre-flights were killed from outside at about {record.outside_kill_mb:.0f} MiB, below the budget: "
                      "the stable limit was lowered to the safety margin below that for the rest of the study")  # fmt: skip
         lines.append(line)
     if config is not None:
@@ -218,7 +218,7 @@ def top_table(trials: Sequence[FrozenTrial], limit_mb: float | None, metric_name
     for rank, trial in enumerate(top, start=1):
         record = TrialRecord.of(trial)
         peak, repeat = record.peak_mem_mb, record.repeat_of
-        stable = records.is_stable(trial, limit_mb) if limit_mb is not None else None
+        stable = records.is_stable(trial, limit_mb, trials) if limit_mb is not None else None
         rows.append([
             rank, trial.number if repeat is None else f"{trial.number} (repeat of {repeat})",
             *param_cells(trial.params), _fmt(trial.value, 4), "?" if peak is None else f"{peak:.0f} MiB",

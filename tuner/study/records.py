@@ -142,9 +142,10 @@ def _within(trial: FrozenTrial, limit_mb: float, largest: dict[tuple[int, int], 
     return max(peak_seen(run), peak_seen(trial)) <= limit_mb
 
 
-def is_stable(trial: FrozenTrial, limit_mb: float, trials: Iterable[FrozenTrial] = ()) -> bool:
+def is_stable(trial: FrozenTrial, limit_mb: float, trials: Iterable[FrozenTrial]) -> bool:
     """Completed with a metric, and no run of its imgsz x batch among `trials` (the study's; it may be among
-    them) nor itself peaked over the stable limit or ran out of memory (`largest_runs`)."""
+    them) nor itself peaked over the stable limit or ran out of memory (`largest_runs`). `trials` has no
+    default: a run judged alone can look stable while another run of its imgsz x batch went over."""
     return _within(trial, limit_mb, largest_runs([trial, *trials]))
 
 
