@@ -266,7 +266,7 @@ def test_train_best_killed_while_writing_a_checkpoint_continues_from_the_last_wh
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["epochs"] == 3 and summary["restarts"] == 1
     assert csv_epochs(folder / "results.csv") == [1, 2, 3]
-    assert state_of(folder)["finished"]
+    assert state_of(folder).finished
     import zipfile
 
     for name in ("last.pt", "best.pt"):

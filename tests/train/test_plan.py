@@ -47,7 +47,7 @@ def test_after_kills_from_outside_the_frontier_is_the_lowered_limit_s(tmp_path):
     new, _ = step_down(Params(384, 16, 1.0, 0.2), (), frontier)
     assert new.imgsz == 192  # not 352, over the real limit
     stages = plan_stages(dataclasses.replace(source(Params(160, 16, 0.5, 0.1)), frontier=frontier), settings("progressive", 4))
-    assert stages[-1]["params"]["imgsz"] == 192  # grows to the lowered frontier, not to 384
+    assert stages[-1].params.imgsz == 192  # grows to the lowered frontier, not to 384
 
 
 def test_the_step_down_ladder_is_the_order_the_probe_picks_in(workdir, tiny_data):
@@ -71,8 +71,8 @@ def test_the_conservative_stage_is_the_next_stable_config_of_the_study():
     the best (B, smaller than A in imgsz and batch), with the mosaic and mixup it was measured with."""
     ladder = (candidate(352, 8, 0.60, 0), candidate(352, 16, 0.58, 3), candidate(256, 4, 0.55, 1))
     first, second = plan_stages(source(Params(352, 8, 0.5, 0.1), ladder), settings("two-stage", 40))
-    assert first["params"] == candidate(256, 4, 0.55, 1).params.to_dict() and first["nbs"] == 4
-    assert second["params"] == Params(352, 8, 0.5, 0.1).to_dict() and second["nbs"] == 8
+    assert first.params == candidate(256, 4, 0.55, 1).params and first.nbs == 4
+    assert second.params == Params(352, 8, 0.5, 0.1) and second.nbs == 8
 
 
 def test_without_a_smaller_stable_config_the_conservative_stage_keeps_the_best_size():
@@ -80,4 +80,4 @@ def test_without_a_smaller_stable_config_the_conservative_stage_keeps_the_best_s
     size was measured, so the conservative stage keeps it and trains with lighter augmentation."""
     ladder = (candidate(192, 8, 0.60, 0), candidate(160, 16, 0.50, 1))
     first, _ = plan_stages(source(Params(192, 8, 0.8, 0.2), ladder), settings("two-stage", 40))
-    assert first["params"] == Params(192, 8, 0.4, 0.0).to_dict()
+    assert first.params == Params(192, 8, 0.4, 0.0)

@@ -49,10 +49,10 @@ def test_a_batch_step_down_in_the_conservative_stage_holds_for_the_fine_tune(wor
     code, _, err = train_with(runner, study_name="batch", epochs=4, strategy="two-stage")
     assert code == 0, err
     state = state_of(train_dir(workdir, "batch"))
-    assert [(step["stage"], step["to"]["batch"]) for step in state["step_downs"]] == [(1, 4)]
+    assert [(step.stage, step.to_params.batch) for step in state.step_downs] == [(1, 4)]
     fine_tune = [spec.params for spec in runner.specs if spec.save_dir == str(train_dir(workdir, "batch").resolve())]
     assert fine_tune == [Params(96, 4, 0.8, 0.2)]  # the best's mosaic and mixup, at the size that worked
-    assert [failure["stage"] for failure in state["failures"]] == [1, 1]
+    assert [failure.stage for failure in state.failures] == [1, 1]
 
 
 def study_on_a_machine_of(workdir, data, name: str, usable_mb: float, budget_mb: float) -> None:
@@ -73,7 +73,7 @@ def test_a_machine_with_less_memory_than_the_study_s_trains_under_the_study_s_sh
     code, _, err = train_with(runner, study_name="roomy", epochs=1)
     assert code == 0, err
     assert [spec.budget for spec in runner.specs] == [pytest.approx(0.75 * usable, rel=1e-3)]
-    assert state_of(train_dir(workdir, "roomy"))["budget_mb"] == pytest.approx(0.75 * usable / MIB, rel=1e-3)
+    assert state_of(train_dir(workdir, "roomy")).budget_mb == pytest.approx(0.75 * usable / MIB, rel=1e-3)
     assert "less than the" in err and "Pass --memory-budget" in err
 
 

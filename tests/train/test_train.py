@@ -36,6 +36,7 @@ from tuner.train.checkpoints import (
     verify_checkpoint,
 )
 from tuner.train.plan import new_plan, plan_stages, step_down, train_settings
+from tuner.train.records import RunState
 from tuner.train.source import Candidate, Source
 
 FAST = ("--device", "cpu", "--no-plots")
@@ -82,8 +83,12 @@ def train_dir(workdir: Path, name: str) -> Path:
     return workdir / "results" / name / "train"
 
 
-def state_of(folder: Path) -> dict:
-    return json.loads((folder / "state.json").read_text())
+def state_of(folder: Path) -> RunState:
+    return RunState.from_json(json.loads((folder / "state.json").read_text()))
+
+
+def write_state(folder: Path, state: RunState) -> None:
+    (folder / "state.json").write_text(json.dumps(state.to_json()))
 
 
 def csv_epochs(path: Path) -> list[int]:
@@ -101,7 +106,7 @@ def progress_records(folder: Path) -> list[list[dict]]:
 def epochs_recorded(folder: Path, stage: int = 0) -> int:
     """Epochs that state.json says are done (0 before the run has one); it is never read half-written."""
     try:
-        return state_of(folder)["stages"][stage]["epochs_done"]
+        return state_of(folder).stages[stage].epochs_done
     except FileNotFoundError:
         return 0
 
@@ -161,7 +166,7 @@ def test_best_yaml_arguments_are_what_a_single_stage_run_trains_with():
 
     cpu, best = devices.resolve("cpu"), Params(416, 2, 0.75, 0.05)
     run = new_plan(source(best, lr0=0.0003), settings(), "now")
-    trained = {**run["stages"][0]["params"], **train_settings(run["stages"][0], run, cpu, plots=True)}
+    trained = {**run.stages[0].params.to_dict(), **train_settings(run.stages[0], run.optimizer, run.seed, cpu, plots=True)}
     assert best_yaml_arguments(best, "AdamW", 0.0003, cpu, settings()) == trained
     assert trained["nbs"] == 2 and trained["warmup_epochs"] == 3.0 and trained["close_mosaic"] == 10
 
@@ -203,38 +208,37 @@ def test_step_down_with_a_memory_frontier_goes_to_its_largest_smaller_imgsz_then
 def test_progressive_plan_grows_to_the_largest_imgsz_the_frontier_allows_at_the_planned_batch():
     base = source(Params(352, 4, 0.5, 0.1), (candidate(352, 4, 0.6, 1), candidate(288, 8, 0.5, 2)))
     stages = plan_stages(dataclasses.replace(base, frontier=FRONTIER), settings("progressive", 8))
-    assert [s["params"]["imgsz"] for s in stages] == [352, 384, 416, 448]  # to 448, which no probe tried
-    assert {s["params"]["batch"] for s in stages} == {4}
+    assert [s.params.imgsz for s in stages] == [352, 384, 416, 448]  # to 448, which no probe tried
+    assert {s.params.batch for s in stages} == {4}
     run = new_plan(dataclasses.replace(base, frontier=FRONTIER), settings("progressive", 8), "now")
-    assert StableSizes.from_dict(run["frontier"]) == FRONTIER  # the supervisor's step-downs read it from the plan
+    assert StableSizes.from_dict(run.to_json()["frontier"]) == FRONTIER  # the supervisor's step-downs read it from the plan
 
 
 def test_two_stage_plan_fine_tunes_the_best_config_from_stage_one_at_a_tenth_of_lr0():
     stages = plan_stages(source(Params(352, 8, 0.8, 0.2), lr0=0.01), settings("two-stage", 40))
     first, second = stages
-    assert [s["epochs"] for s in stages] == [30, 10]
-    assert (first["params"]["imgsz"], first["params"]["mosaic"], first["params"]["mixup"]) == (288, 0.4, 0.0)
-    assert second["params"] == Params(352, 8, 0.8, 0.2).to_dict()
-    assert second["init"] == "previous best.pt" and second["lr0"] == pytest.approx(0.001)
-    assert (first["folder"], second["folder"]) == ("stages/1-conservative", ".")
+    assert [s.epochs for s in stages] == [30, 10]
+    assert (first.params.imgsz, first.params.mosaic, first.params.mixup) == (288, 0.4, 0.0)
+    assert second.params == Params(352, 8, 0.8, 0.2)
+    assert second.init == "previous best.pt" and second.lr0 == pytest.approx(0.001)
+    assert (first.folder, second.folder) == ("stages/1-conservative", ".")
 
 
 def test_progressive_plan_grows_imgsz_up_to_the_largest_stable_one():
     ladder = (candidate(288, 8, 0.6, 1), candidate(352, 4, 0.5, 2))
     stages = plan_stages(source(Params(288, 8, 0.5, 0.1), ladder), settings("progressive", 10))
-    assert [s["params"]["imgsz"] for s in stages] == [256, 288, 320, 352]
-    assert {s["params"]["batch"] for s in stages} == {4}  # the stable batch at the largest imgsz
-    assert [s["epochs"] for s in stages] == [2, 2, 3, 3] and sum(s["epochs"] for s in stages) == 10
-    assert [s["init"] for s in stages] == ["model", "previous last.pt", "previous last.pt", "previous last.pt"]
-    assert stages[-1]["folder"] == "." and stages[0]["folder"] == "stages/1-imgsz-256"
+    assert [s.params.imgsz for s in stages] == [256, 288, 320, 352]
+    assert {s.params.batch for s in stages} == {4}  # the stable batch at the largest imgsz
+    assert [s.epochs for s in stages] == [2, 2, 3, 3] and sum(s.epochs for s in stages) == 10
+    assert [s.init for s in stages] == ["model", "previous last.pt", "previous last.pt", "previous last.pt"]
+    assert stages[-1].folder == "." and stages[0].folder == "stages/1-imgsz-256"
 
 
 @pytest.mark.parametrize("batch", [2, 16])
 def test_a_stage_steps_once_per_batch_at_the_study_lr0(batch):
     """The lr decision: nbs = the planned batch (no accumulation to 64), lr0 never rescaled for the batch."""
-    plan = {"optimizer": "SGD", "seed": 0}
     stage = plan_stages(source(Params(160, batch, 0.5, 0.0), lr0=0.002), settings())[0]
-    arguments = train_settings(stage, plan, type("D", (), {"kind": "cpu"})(), plots=False)
+    arguments = train_settings(stage, "SGD", 0, type("D", (), {"kind": "cpu"})(), plots=False)
     assert arguments["lr0"] == 0.002 and arguments["nbs"] == batch
 
 
@@ -404,10 +408,10 @@ def test_an_oom_right_after_a_checkpoint_counts_at_the_checkpoint_epoch(workdir,
     code, _, err = train_with(runner, config=best, epochs=4)
     assert code == 0, err
     state = state_of(train_dir(workdir, "lag"))
-    assert [f["epochs_done"] for f in state["failures"]] == [2, 2]
-    (step,) = state["step_downs"]
-    assert (step["epochs_done"], step["from"]["imgsz"], step["to"]["imgsz"]) == (2, 128, 96)
-    assert "Restart 1/5: continuing from epoch 2" in err and state["restarts"] == 2
+    assert [f.epochs_done for f in state.failures] == [2, 2]
+    (step,) = state.step_downs
+    assert (step.epochs_done, step.from_params.imgsz, step.to_params.imgsz) == (2, 128, 96)
+    assert "Restart 1/5: continuing from epoch 2" in err and state.restarts == 2
     assert [s.params.imgsz for s in specs] == [128, 128, 96]
 
 
@@ -432,7 +436,7 @@ def test_an_unusable_checkpoint_reported_by_the_training_process_is_left_untouch
     code, _, err = train_with(runner, config=best, epochs=3)
     assert_one_line_error(code, err.splitlines()[-1], "cannot be loaded", "left untouched", "restore it")
     assert len(specs) == 2 and [(weights / "last.pt").read_bytes()] == given
-    assert state_of(train_dir(workdir, "unloadable"))["restarts"] == 1
+    assert state_of(train_dir(workdir, "unloadable")).restarts == 1
 
 
 def test_an_epoch_that_was_not_validated_is_shown_and_recorded_as_such(workdir, tiny_data, train_with):
@@ -457,7 +461,7 @@ def test_restarts_stop_at_max_restarts_and_keep_the_run(workdir, tiny_data, trai
     code, _, err = train_with(FakeRunner(oom_imgsz=1, oom_after=0), config=best, epochs=2, max_restarts=1)
     assert code == 1 and "re-run the same command to continue" in err
     state = state_of(train_dir(workdir, "stuck"))
-    assert state["restarts"] == 1 and len(state["failures"]) == 2 and not state["finished"]
+    assert state.restarts == 1 and len(state.failures) == 2 and not state.finished
 
 
 def test_configs_train_yaml_shapes_a_new_run_and_a_rerun_applies_only_its_flags(workdir, tiny_data, train_with):
@@ -642,11 +646,11 @@ def test_probe_then_train_best_trains_writes_its_files_and_a_finished_run_does_n
     # Killed after Ultralytics' final evaluation stripped last.pt, before tuner recorded the end: resuming that
     # file would start a new default training; the training process sees it is done instead.
     state = state_of(folder)
-    state["finished"] = state["stages"][0]["finished"] = False
-    (folder / "state.json").write_text(json.dumps(state))
+    write_state(folder, dataclasses.replace(state.with_stage(0, dataclasses.replace(state.stages[0], finished=False)),
+                                            finished=False))  # fmt: skip
     code, _, err = run_cli("train-best", *FAST)
     assert code == 0 and "had trained all its epochs" in err, err
-    assert state_of(folder)["finished"] and csv_epochs(folder / "results.csv") == [1, 2]
+    assert state_of(folder).finished and csv_epochs(folder / "results.csv") == [1, 2]
     assert progress_records(folder)[-1] == []
 
 
@@ -705,16 +709,15 @@ def test_killing_tuner_itself_then_running_it_again_continues_the_run(workdir, t
     assert not alive  # the training process does not outlive the tuner that started it
     done = checkpoint_facts(folder / "weights" / "last.pt").epochs_done  # what the checkpoint holds, via torch
     state = state_of(folder)
-    assert 1 <= state["stages"][0]["epochs_done"] <= done < 3
+    assert 1 <= state.stages[0].epochs_done <= done < 3
     # The state is recorded after the checkpoint: a kill in between leaves it an epoch behind. Make that so.
-    state["stages"][0]["epochs_done"] = done - 1
-    (folder / "state.json").write_text(json.dumps(state))
+    write_state(folder, state.with_stage(0, dataclasses.replace(state.stages[0], epochs_done=done - 1)))
 
     code, _, err = run_cli("train-best", "--config", best, *FAST)
     assert code == 0, err
     assert f"Continuing the run in {Path('results') / 'again' / 'train'} after {done} of 3 epochs" in err
     state = state_of(folder)
-    assert state["finished"] and state["invocations"] == 2 and state["restarts"] == 0
+    assert state.finished and state.invocations == 2 and state.restarts == 0
     assert csv_epochs(folder / "results.csv") == [1, 2, 3]
     assert progress_records(folder)[-1][0]["epoch"] == done + 1
     ledger.kill("train-best (tuner itself)")
@@ -733,7 +736,7 @@ def test_repeated_oom_steps_down_to_the_next_stable_config_and_training_finishes
     summary = json.loads((folder / "summary.json").read_text())
     assert [(s["from"]["imgsz"], s["from"]["batch"], s["to"]["imgsz"], s["to"]["batch"]) for s in summary["step_downs"]] == [(416, 16, 64, 2)]
     state = state_of(folder)
-    assert [(f["outcome"], f["epochs_done"]) for f in state["failures"]] == [("oom", 0), ("oom", 0)]
+    assert [(f.outcome, f.epochs_done) for f in state.failures] == [("oom", 0), ("oom", 0)]
     assert "Step-down" in err and summary["restarts"] == 2 and summary["epochs"] == 2
     assert summary["stages"][0]["trained_with"]["imgsz"] == 64
     assert csv_epochs(folder / "results.csv") == [1, 2]

@@ -4,6 +4,7 @@ The command starts a run, continues one, or reports a finished one; the run summ
 Where the pieces live:
 - tuner.train.source:      what is trained from (a study or a best.yaml, checked before anything is written);
 - tuner.train.plan:        what is trained (the stages of a strategy, step-downs);
+- tuner.train.records:     the plan and the run state as config.yaml and state.json keep them;
 - tuner.train.run_folder:  the run's folder, its lock, config.yaml and state.json, and the re-run checks;
 - tuner.train.checkpoints: whether the checkpoint a run continues from is whole, and how many epochs it holds;
 - tuner.train.supervisor:  the stages, each in a watched child process (tuner.train.stage_child), restarts and
@@ -28,6 +29,7 @@ from tuner.process.contract import Cause
 from tuner.process.trial import run_child
 from tuner.train.checkpoints import preflight
 from tuner.train.plan import new_plan
+from tuner.train.records import RunPlan, RunState
 from tuner.train.source import DEFAULT_SHARE, fitted_budget, source_from_config, source_from_study, study_name_for
 from tuner.train.run_folder import (
     RunFiles,
@@ -35,7 +37,6 @@ from tuner.train.run_folder import (
     check_inputs_exist,
     check_no_foreign_run,
     check_rerun,
-    epochs_done,
     load_run,
     locked,
     new_state,
@@ -46,12 +47,12 @@ from tuner.train.run_folder import (
 from tuner.train.supervisor import Runner, Screen, Supervisor, duration
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class _Run:
     """A run about to train: its plan and state, and the settings this invocation trains it with."""
 
-    plan: dict[str, Any]
-    state: dict[str, Any]
+    plan: RunPlan
+    state: RunState
     existing: bool
     plan_changed: bool  # config.yaml is (re)written before training
     max_restarts: int
@@ -92,8 +93,8 @@ def train_best(
     run_files = RunFiles(Path(results_dir) / name / "train")
     if run_files.config.exists():
         run = _continued_run(run_files, settings, flags)
-        if run.state["finished"]:
-            screen.say(f"The run in {run_files.root} is finished ({epochs_done(run.state)} epochs); nothing to do.",
+        if run.state.finished:
+            screen.say(f"The run in {run_files.root} is finished ({run.state.epochs_done} epochs); nothing to do.",
                        important=True)  # fmt: skip
             print_summary(run_summary(run_files, run.plan, run.state), screen, as_json)
             return 0
@@ -107,7 +108,7 @@ def train_best(
             source = source_from_study(name, storage, Path(studies_dir))
         plan = new_plan(source, settings, now())
         run = _Run(plan, new_state(plan), False, True, settings.max_restarts, settings.plots)
-    target = devices.resolve(device or run.plan["device"])
+    target = devices.resolve(device or run.plan.device)
     budget, budget_text = _budget(memory_budget, run.plan, target, screen)
     with locked(run_files):
         summary = _train(run_files, run, target, budget, budget_text, screen, runner)
@@ -127,7 +128,7 @@ def _check_flags(epochs, max_restarts, val_every, strategy, config) -> None:
         raise ConfigError(f"Config file {config} does not exist; pass --config with a best.yaml that `tuner probe` wrote.")
 
 
-def _budget(flag: str | None, plan: dict[str, Any], target: devices.Device, screen: Screen) -> tuple[int, str]:
+def _budget(flag: str | None, plan: RunPlan, target: devices.Device, screen: Screen) -> tuple[int, str]:
     """The budget this invocation trains under, and how to say it: --memory-budget, refused where it is more than
     the device's usable memory (the system would kill the training before the watchdog could); else the study's,
     fitted to this machine (source.fitted_budget), saying so where that lowered it."""
@@ -141,12 +142,12 @@ def _budget(flag: str | None, plan: dict[str, Any], target: devices.Device, scre
                 f"--memory-budget, e.g. {DEFAULT_SHARE:g} ({DEFAULT_SHARE * usable / MIB:.0f} MiB)."
             )
         return budget, describe_budget(flag, budget, usable)
-    given = plan["memory_budget"]
+    given = plan.memory_budget
     study_budget = parse_budget(given, usable)
-    budget = fitted_budget(study_budget, plan.get("usable_memory_mb"), usable)
+    budget = fitted_budget(study_budget, plan.usable_memory_mb, usable)
     if budget == study_budget:
         return budget, describe_budget(given, budget, usable)
-    studied, ours = plan.get("usable_memory_mb"), f"{usable / MIB:.0f} MiB"
+    studied, ours = plan.usable_memory_mb, f"{usable / MIB:.0f} MiB"
     why = (f"This machine has {ours} usable memory, less than the {studied:.0f} MiB of the machine the study was "
            f"measured on" if studied else f"The study recorded no machine memory, and its budget is more than "
            f"{DEFAULT_SHARE:g} of this machine's {ours}")  # fmt: skip
@@ -161,17 +162,17 @@ def _budget(flag: str | None, plan: dict[str, Any], target: devices.Device, scre
 
 def _continued_run(run_files: RunFiles, settings: configs.TrainSettings, flags: dict[str, Any]) -> _Run:
     """The run in `run_files` with this invocation's flags applied and its checkpoint checked (unless finished)."""
-    plan, state = load_run(run_files)
-    plan_changed = check_rerun(plan, state, run_files, flags["epochs"], flags["strategy"])
-    if state["finished"]:
-        return _Run(plan, state, True, plan_changed, 0, False)
+    saved_plan, state = load_run(run_files)
+    plan = check_rerun(saved_plan, state, run_files, flags["epochs"], flags["strategy"])
+    if state.finished:
+        return _Run(plan, state, True, plan != saved_plan, 0, False)
     check_inputs_exist(plan, run_files)
-    preflight(run_files, plan, state)
-    plan_changed |= apply_val_every(plan, flags["val_every"])
-    saved = plan.get("settings") or {}
-    max_restarts = saved.get("max_restarts", settings.max_restarts) if flags["max_restarts"] is None else flags["max_restarts"]
-    plots = saved.get("plots", settings.plots) if flags["plots"] is None else flags["plots"]
-    return _Run(plan, state, True, plan_changed, max_restarts, plots)
+    state = preflight(run_files, plan, state)
+    plan = apply_val_every(plan, flags["val_every"])
+    saved = plan.settings or settings  # a plan made before configs/train.yaml: this invocation's settings
+    max_restarts = saved.max_restarts if flags["max_restarts"] is None else flags["max_restarts"]
+    plots = saved.plots if flags["plots"] is None else flags["plots"]
+    return _Run(plan, state, True, plan != saved_plan, max_restarts, plots)
 
 
 def _train(
@@ -181,24 +182,23 @@ def _train(
     plan, state = run.plan, run.state
     if run.existing:  # re-read under the lock: another invocation may have moved it on
         _, state = load_run(run_files)
-        if state["finished"]:
+        if state.finished:
             raise TunerError(f"The run in {run_files.root} was finished by another tuner meanwhile; nothing to do.")
-        preflight(run_files, plan, state)
-    state["invocations"] += 1
-    state["budget_mb"] = round(budget / MIB, 1)
+        state = preflight(run_files, plan, state)
+    state = dataclasses.replace(state, invocations=state.invocations + 1, budget_mb=round(budget / MIB, 1))
     if run.plan_changed:  # config.yaml first: it marks a run that a re-run continues
         save_plan(run_files, plan)
     save_state(run_files, state)
     screen.say(
-        (f"Continuing the run in {run_files.root} after {epochs_done(state)} of {plan['epochs']} epochs" if run.existing
-         else f"Training {plan['study']!r} into {run_files.root}: {plan['epochs']} epochs, strategy {plan['strategy']}")
-        + f"\nFrom {plan['origin']}; device {target.torch} ({target.name}), memory budget {budget_text}",
+        (f"Continuing the run in {run_files.root} after {state.epochs_done} of {plan.epochs} epochs" if run.existing
+         else f"Training {plan.study!r} into {run_files.root}: {plan.epochs} epochs, strategy {plan.strategy}")
+        + f"\nFrom {plan.origin}; device {target.torch} ({target.name}), memory budget {budget_text}",
     )  # fmt: skip
     supervisor = Supervisor(
         run_files, plan, state, target, budget, max_restarts=run.max_restarts, plots=run.plots, screen=screen, runner=runner
     )
     supervisor.run()
-    summary = run_summary(run_files, plan, state)
+    summary = run_summary(run_files, plan, supervisor.state)
     files.write_json(run_files.summary, summary)
     return summary
 
@@ -206,38 +206,38 @@ def _train(
 # ------------------------------------------------------------------------------------------ summary
 
 
-def run_summary(run_files: RunFiles, plan: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
+def run_summary(run_files: RunFiles, plan: RunPlan, state: RunState) -> dict[str, Any]:
     """What a run trained and how it went: summary.json, and what is printed at its end."""
-    final = state["stages"][-1]
-    weights = run_files.stage_dir(plan["stages"][-1]) / "weights"
+    final = state.stages[-1]
+    weights = run_files.stage_dir(plan.stages[-1]) / "weights"
     return {
-        "study": plan["study"],
-        "strategy": plan["strategy"],
-        "finished": state["finished"],
-        "epochs": epochs_done(state),
-        "epochs_planned": plan["epochs"],
-        "metric": plan["metric"],
-        "metrics": final["final_metrics"] or final["last_metrics"],
+        "study": plan.study,
+        "strategy": plan.strategy,
+        "finished": state.finished,
+        "epochs": state.epochs_done,
+        "epochs_planned": plan.epochs,
+        "metric": plan.metric,
+        "metrics": final.final_metrics or final.last_metrics,
         "stages": [
             {
-                "name": stage["name"],
+                "name": stage.name,
                 "folder": str(run_files.stage_dir(stage)),
-                "epochs": progress["epochs_done"],
-                "planned": stage["params"],
-                "trained_with": progress["params"],
-                "init": stage["init"],
-                "lr0": stage["lr0"],
-                "metrics": progress["final_metrics"] or progress["last_metrics"],
+                "epochs": progress.epochs_done,
+                "planned": stage.params.to_dict(),
+                "trained_with": progress.params.to_dict(),
+                "init": stage.init,
+                "lr0": stage.lr0,
+                "metrics": progress.final_metrics or progress.last_metrics,
             }
-            for stage, progress in zip(plan["stages"], state["stages"])
+            for stage, progress in zip(plan.stages, state.stages)
         ],
-        "restarts": state["restarts"],
-        "step_downs": state["step_downs"],
-        "batch_halvings": sum(1 for f in state["failures"] if f["cause"] == Cause.BATCH_HALVING),
-        "failures": len(state["failures"]),
-        "peak_mem_mb": state["peak_mem_mb"],
-        "budget_mb": state["budget_mb"],
-        "wall_s": state["wall_s"],
+        "restarts": state.restarts,
+        "step_downs": [step.to_json() for step in state.step_downs],
+        "batch_halvings": sum(1 for failure in state.failures if failure.cause == Cause.BATCH_HALVING),
+        "failures": len(state.failures),
+        "peak_mem_mb": state.peak_mem_mb,
+        "budget_mb": state.budget_mb,
+        "wall_s": state.wall_s,
         "weights": {"best": str(weights / "best.pt"), "last": str(weights / "last.pt")},
         "results_csv": str(weights.parent / "results.csv"),
         "config": str(run_files.config),

@@ -28,6 +28,7 @@ from tuner import files
 from tuner.errors import TunerError
 
 if TYPE_CHECKING:
+    from tuner.train.records import RunPlan, RunState, StageProgress
     from tuner.train.run_folder import RunFiles
 
 
@@ -109,35 +110,37 @@ def checkpoint_epochs(path: Path) -> int | None:
         return None
 
 
-def catch_up(progress: dict[str, Any], last: Path) -> None:
-    """A stage's `epochs_done` catches up with its last.pt, which may be an epoch ahead of state.json."""
-    if last.exists():
-        progress["epochs_done"] = max(progress["epochs_done"], checkpoint_epochs(last) or 0)
+def catch_up(progress: StageProgress, last: Path) -> StageProgress:
+    """The stage with its `epochs_done` caught up with its last.pt, which may be an epoch ahead of state.json."""
+    if not last.exists():
+        return progress
+    return dataclasses.replace(progress, epochs_done=max(progress.epochs_done, checkpoint_epochs(last) or 0))
 
 
-def checkpoint_to_resume(last: Path, progress: dict[str, Any], root: Path) -> Path | None:
-    """The stage's own last.pt if it has one (checked whole, `epochs_done` caught up with it), None for a
+def checkpoint_to_resume(last: Path, progress: StageProgress, root: Path) -> Path | None:
+    """The stage's own last.pt if it has one (checked whole; `catch_up` then reads its epochs), None for a
     stage that starts from its init."""
     if last.exists():
         verify_checkpoint(last, root)
-        catch_up(progress, last)
         return last
-    if progress["epochs_done"] > 0:
+    if progress.epochs_done > 0:
         raise CheckpointError(
-            f"{last} is missing, but {progress['epochs_done']} epochs were trained into it; restore it, or move "
+            f"{last} is missing, but {progress.epochs_done} epochs were trained into it; restore it, or move "
             f"{root} away to train from scratch."
         )
     return None
 
 
-def preflight(run_files: RunFiles, plan: dict[str, Any], state: dict[str, Any]) -> None:
+def preflight(run_files: RunFiles, plan: RunPlan, state: RunState) -> RunState:
     """Before anything is written: the checkpoint the run would continue from must be whole.
 
-    The state's epochs done catch up with it (see checkpoint_epochs)."""
-    for stage, progress in zip(plan["stages"], state["stages"]):
-        if not progress["finished"]:
-            checkpoint_to_resume(run_files.last_pt(stage), progress, run_files.root)
-            return
+    The state is returned with its epochs done caught up with it (see checkpoint_epochs)."""
+    for index, (stage, progress) in enumerate(zip(plan.stages, state.stages)):
+        if not progress.finished:
+            last = run_files.last_pt(stage)
+            checkpoint_to_resume(last, progress, run_files.root)
+            return state.with_stage(index, catch_up(progress, last))
+    return state
 
 
 # ---------------------------------------------------------------------- the training process's side

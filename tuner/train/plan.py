@@ -1,7 +1,7 @@
 """What `tuner train-best` trains: the stages of a strategy, and step-downs (the source, a study or a
 best.yaml, is resolved in tuner.train.source).
 
-A plan is plain data, saved as the run's config.yaml before the first epoch; a re-run trains with
+A plan (tuner.train.records.RunPlan) is saved as the run's config.yaml before the first epoch; a re-run trains with
 that file (changed only by the flags passed to it), not with whatever the study, configs/train.yaml
 or the defaults say by then.
 
@@ -26,13 +26,14 @@ from tuner.errors import ConfigError
 from tuner.memory import device as devices
 from tuner.params import STRIDE, Params
 from tuner.study.dominance import StableSizes
+from tuner.train.records import RunPlan, Stage
 from tuner.train.source import Candidate, Source
 
 MIN_IMGSZ = 64  # below 2 strides YOLO's BatchNorm runs on single values
 SEED = 0
 
 
-def plan_stages(source: Source, settings: TrainSettings) -> list[dict[str, Any]]:
+def plan_stages(source: Source, settings: TrainSettings) -> tuple[Stage, ...]:
     """The stages a strategy spends `settings.epochs` on; the last one trains into the run folder itself."""
     strategy = settings.strategy
     if strategy == "single":
@@ -43,12 +44,13 @@ def plan_stages(source: Source, settings: TrainSettings) -> list[dict[str, Any]]
         stages = _progressive(source, settings)
     else:
         raise ConfigError(f"Unknown --strategy {strategy!r}; use one of: {', '.join(configs.STRATEGIES)}.")
-    for index, stage in enumerate(stages):
-        stage["folder"] = "." if index == len(stages) - 1 else f"stages/{index + 1}-{stage['name']}"
-    return stages
+    return tuple(
+        dataclasses.replace(stage, folder="." if index == len(stages) - 1 else f"stages/{index + 1}-{stage.name}")
+        for index, stage in enumerate(stages)
+    )
 
 
-def _two_stage(source: Source, settings: TrainSettings) -> list[dict[str, Any]]:
+def _two_stage(source: Source, settings: TrainSettings) -> list[Stage]:
     """A conservative stage, then a fine-tune of its best.pt with the best config at a fraction of lr0."""
     epochs = settings.epochs
     if epochs < 2:
@@ -76,7 +78,7 @@ def _conservative(source: Source) -> Params:
     return dataclasses.replace(lighter, imgsz=max(MIN_IMGSZ, source.best.imgsz - 2 * STRIDE))
 
 
-def _progressive(source: Source, settings: TrainSettings) -> list[dict[str, Any]]:
+def _progressive(source: Source, settings: TrainSettings) -> list[Stage]:
     """imgsz grows in blocks, STRIDE apart, up to the largest the study allows; each block starts from the last."""
     epochs, final = settings.epochs, _largest_stable(source)
     blocks = range(settings.progressive_blocks - 1, -1, -1)
@@ -99,18 +101,19 @@ def _progressive(source: Source, settings: TrainSettings) -> list[dict[str, Any]
 
 def _stage(
     name: str, epochs: int, params: Params, init: str, lr0: float, warmup: float, settings: TrainSettings
-) -> dict[str, Any]:
-    return {
-        "name": name,
-        "epochs": epochs,
-        "params": params.to_dict(),
-        "init": init,
-        "lr0": lr0,
-        "nbs": params.batch,  # one optimizer step per planned batch, kept after a step-down (see the docstring)
-        "warmup_epochs": warmup,
-        "close_mosaic": close_mosaic(settings.close_mosaic, epochs),
-        "val_every": settings.val_every,
-    }
+) -> Stage:
+    return Stage(
+        name=name,
+        epochs=epochs,
+        params=params,
+        init=init,
+        lr0=lr0,
+        nbs=params.batch,  # one optimizer step per planned batch, kept after a step-down (see the docstring)
+        warmup_epochs=warmup,
+        close_mosaic=close_mosaic(settings.close_mosaic, epochs),
+        val_every=settings.val_every,
+        folder=".",  # plan_stages sets it, knowing which stage is the last
+    )
 
 
 def close_mosaic(setting: int, epochs: int) -> int:
@@ -168,16 +171,17 @@ def capped_at(params: Params, reached: Params) -> Params:
     return dataclasses.replace(params, imgsz=min(params.imgsz, reached.imgsz), batch=min(params.batch, reached.batch))
 
 
-def train_settings(stage: dict[str, Any], plan: dict[str, Any], device: devices.Device, plots: bool) -> dict[str, Any]:
-    """The Ultralytics arguments of a stage besides its params (which change on a step-down)."""
+def train_settings(stage: Stage, optimizer: str, seed: int, device: devices.Device, plots: bool) -> dict[str, Any]:
+    """The Ultralytics arguments of a stage besides its params (which change on a step-down), with the plan's
+    optimizer and seed."""
     return {
-        "epochs": stage["epochs"],
-        "optimizer": plan["optimizer"],
-        "lr0": stage["lr0"],
-        "nbs": stage["nbs"],
-        "warmup_epochs": stage["warmup_epochs"],
-        "close_mosaic": stage["close_mosaic"],
-        "seed": plan["seed"],
+        "epochs": stage.epochs,
+        "optimizer": optimizer,
+        "lr0": stage.lr0,
+        "nbs": stage.nbs,
+        "warmup_epochs": stage.warmup_epochs,
+        "close_mosaic": stage.close_mosaic,
+        "seed": seed,
         "deterministic": True,
         "workers": 0 if device.kind == "cpu" else 2,  # Ultralytics forces 0 on cpu and mps anyway
         "plots": plots,
@@ -189,30 +193,30 @@ def best_yaml_arguments(
 ) -> dict[str, Any]:
     """The Ultralytics arguments train-best would train `best` with in a single stage (for best.yaml)."""
     stage = _stage("best", settings.epochs, best, "model", lr0, settings.warmup_epochs, settings)
-    return {**best.to_dict(), **train_settings(stage, {"optimizer": optimizer, "seed": SEED}, device, settings.plots)}
+    return {**best.to_dict(), **train_settings(stage, optimizer, SEED, device, settings.plots)}
 
 
-def new_plan(source: Source, settings: TrainSettings, created: str) -> dict[str, Any]:
+def new_plan(source: Source, settings: TrainSettings, created: str) -> RunPlan:
     """The resolved config of a new run, as saved to config.yaml."""
-    return {
-        "study": source.study,
-        "origin": source.origin,
-        "strategy": settings.strategy,
-        "epochs": settings.epochs,
-        "model": source.model,
-        "data": source.data,
-        "device": source.device,
-        "memory_budget": source.memory_budget,
-        "usable_memory_mb": source.usable_memory_mb,  # the study's machine's: train_best fits the budget to this one
-        "metric": source.metric,
-        "optimizer": source.optimizer,
-        "lr0": source.lr0,
-        "seed": SEED,
-        "settings": dataclasses.asdict(settings),
-        "best": source.best.to_dict(),
-        "candidates": [candidate.to_dict() for candidate in source.candidates],
-        "frontier": source.frontier.to_dict() if source.frontier else None,
-        "stages": plan_stages(source, settings),
-        "tuner_version": __version__,
-        "created": created,
-    }
+    return RunPlan(
+        study=source.study,
+        origin=source.origin,
+        strategy=settings.strategy,
+        epochs=settings.epochs,
+        model=source.model,
+        data=source.data,
+        device=source.device,
+        memory_budget=source.memory_budget,
+        usable_memory_mb=source.usable_memory_mb,  # the study's machine's: train_best fits the budget to this one
+        metric=source.metric,
+        optimizer=source.optimizer,
+        lr0=source.lr0,
+        seed=SEED,
+        settings=settings,
+        best=source.best,
+        candidates=source.candidates,
+        frontier=source.frontier,
+        stages=plan_stages(source, settings),
+        tuner_version=__version__,
+        created=created,
+    )

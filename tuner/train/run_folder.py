@@ -12,25 +12,26 @@ Everything of a run lives in `<results-dir>/<study-name>/train/`:
     attempts/NNN/   one folder per training process: spec.json, progress.jsonl, result.json, log.txt
     summary.json    the final summary (tuner.commands.train_best)
 
-config.yaml, state.json and summary.json are written through tuner.files (temp file + rename), so a
-kill never leaves one half-written. Nothing here touches a checkpoint (tuner.train.checkpoints does).
+config.yaml and state.json are a `RunPlan` and a `RunState` (tuner.train.records, the one schema of both);
+they and summary.json are written through tuner.files (temp file + rename), so a kill never leaves one
+half-written. Nothing here touches a checkpoint (tuner.train.checkpoints does).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import fcntl
 import json
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 from tuner import __version__, files
 from tuner import config as configs
 from tuner.errors import ConfigError, TunerError
 from tuner.train.plan import close_mosaic
-
-STATE_VERSION = 1
+from tuner.train.records import STATE_VERSION, RunPlan, RunState, Stage
 
 
 class RunFiles:
@@ -44,10 +45,10 @@ class RunFiles:
         self.memory = self.root / "memory.csv"
         self.lock = self.root / ".lock"
 
-    def stage_dir(self, stage: dict[str, Any]) -> Path:
-        return (self.root / stage["folder"]).resolve()
+    def stage_dir(self, stage: Stage) -> Path:
+        return (self.root / stage.folder).resolve()
 
-    def last_pt(self, stage: dict[str, Any]) -> Path:
+    def last_pt(self, stage: Stage) -> Path:
         """The stage's own checkpoint: what a restart continues from (never Ultralytics' newest last.pt anywhere)."""
         return self.stage_dir(stage) / "weights" / "last.pt"
 
@@ -76,65 +77,48 @@ def now() -> str:
 # ---------------------------------------------------------------------------------- plan and state
 
 
-def new_state(plan: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "version": STATE_VERSION,
-        "finished": False,
-        "stages": [
-            {"name": stage["name"], "epochs_done": 0, "params": dict(stage["params"]), "finished": False,
-             "final_metrics": None, "last_metrics": None}
-            for stage in plan["stages"]
-        ],  # fmt: skip
-        "restarts": 0,
-        "attempts": 0,
-        "invocations": 0,
-        "step_downs": [],
-        "failures": [],
-        "peak_mem_mb": 0.0,
-        "budget_mb": None,
-        "wall_s": 0.0,
-        "updated": now(),
-    }
+def new_state(plan: RunPlan) -> RunState:
+    return RunState.new(plan, now())
 
 
-def load_run(run_files: RunFiles) -> tuple[dict[str, Any], dict[str, Any]]:
+def load_run(run_files: RunFiles) -> tuple[RunPlan, RunState]:
     """The saved plan and state of an existing run; a damaged one is reported, never replaced."""
     fix = f"restore it, or move {run_files.root} away to train from scratch"
     try:
-        plan = configs.read_file(run_files.config)
-        if not run_files.state.exists() and "stages" in plan:
-            return plan, new_state(plan)  # stopped between the two first writes: nothing trained yet
-        state = json.loads(run_files.state.read_text())
+        values = configs.read_file(run_files.config)
+        state = json.loads(run_files.state.read_text()) if run_files.state.exists() else None
     except (ConfigError, OSError, json.JSONDecodeError) as exc:
         raise ConfigError(f"The run in {run_files.root} cannot be read ({str(exc).rstrip('.')}); {fix}.") from None
-    if not isinstance(state, dict) or state.get("version") != STATE_VERSION or "stages" not in plan:
+    if state is not None and (not isinstance(state, dict) or state.get("version") != STATE_VERSION):
         raise ConfigError(f"{run_files.state} is not a state file of this tuner version; {fix}.")
-    return plan, state
+    try:
+        plan = RunPlan.from_json(values, run_files.config.name)
+        if state is None:
+            return plan, new_state(plan)  # stopped between the two first writes: nothing trained yet
+        return plan, RunState.from_json(state, run_files.state.name)
+    except ConfigError as exc:  # a key missing, unknown or of the wrong type: hand-edited or damaged
+        raise ConfigError(f"The run in {run_files.root} cannot be read: {exc}; {fix}.") from None
 
 
-def save_plan(run_files: RunFiles, plan: dict[str, Any]) -> None:
+def save_plan(run_files: RunFiles, plan: RunPlan) -> None:
     header = [
-        f"Resolved config of `tuner train-best` for study {plan['study']!r} (tuner {__version__}).",
+        f"Resolved config of `tuner train-best` for study {plan.study!r} (tuner {__version__}).",
         "Written before the first epoch; re-running the command continues the run with this file.",
     ]
-    files.write_yaml(run_files.config, plan, header)
+    files.write_yaml(run_files.config, plan.to_json(), header)
 
 
-def save_state(run_files: RunFiles, state: dict[str, Any]) -> None:
-    files.write_json(run_files.state, state)
+def save_state(run_files: RunFiles, state: RunState) -> None:
+    files.write_json(run_files.state, state.to_json())
 
 
-def epochs_done(state: dict[str, Any]) -> int:
-    return sum(stage["epochs_done"] for stage in state["stages"])
-
-
-def append_memory(run_files: RunFiles, stage: dict[str, Any], epoch: int, peak_mb: float | None) -> None:
+def append_memory(run_files: RunFiles, stage: Stage, epoch: int, peak_mb: float | None) -> None:
     """One row per epoch of the final stage (the one training into the run folder itself).
 
     An append-only log like progress.jsonl, not a state file: a row cut short by a kill is one
     missing point of a plot.
     """
-    if stage["folder"] not in ("", "."):
+    if stage.folder not in ("", "."):
         return
     new = not run_files.memory.exists()
     with open(run_files.memory, "a") as handle:
@@ -146,55 +130,51 @@ def append_memory(run_files: RunFiles, stage: dict[str, Any], epoch: int, peak_m
 # ---------------------------------------------------------------------------------- re-run checks
 
 
-def check_rerun(plan, state, run_files: RunFiles, epochs: int | None, strategy: str | None) -> bool:
-    """Flags given to a re-run must fit the run; returns whether the plan's epochs changed.
+def check_rerun(plan: RunPlan, state: RunState, run_files: RunFiles, epochs: int | None, strategy: str | None) -> RunPlan:
+    """Flags given to a re-run must fit the run; returns the plan with the epochs of --epochs.
 
     Only flags count here: configs/train.yaml and the defaults shaped the run when it began.
     """
     root = run_files.root
-    if strategy is not None and strategy != plan["strategy"]:
+    if strategy is not None and strategy != plan.strategy:
         raise ConfigError(
-            f"The run in {root} trains with --strategy {plan['strategy']}; re-run without --strategy, "
+            f"The run in {root} trains with --strategy {plan.strategy}; re-run without --strategy, "
             "or pass another --results-dir for a new run."
         )
-    done = epochs_done(state)
-    if epochs is None or epochs == plan["epochs"]:
-        return False
+    done = state.epochs_done
+    if epochs is None or epochs == plan.epochs:
+        return plan
     if epochs < done:
         raise ConfigError(
             f"--epochs {epochs} is below the {done} epochs the run in {root} has already trained; "
             f"pass --epochs {done} or more (or leave it out), or another --results-dir for a new run."
         )
-    if state["finished"]:
+    if state.finished:
         raise ConfigError(
-            f"The run in {root} finished its {plan['epochs']} epochs; a finished run cannot be extended "
+            f"The run in {root} finished its {plan.epochs} epochs; a finished run cannot be extended "
             "(Ultralytics stripped its optimizer state). Pass another --results-dir for a new run."
         )
-    if plan["strategy"] != "single":
+    if plan.strategy != "single":
         raise ConfigError(
-            f"The run in {root} is a {plan['strategy']} run planned for {plan['epochs']} epochs; only a "
+            f"The run in {root} is a {plan.strategy} run planned for {plan.epochs} epochs; only a "
             f"single-stage run can change --epochs. Leave --epochs out, or pass another --results-dir."
         )
-    plan["epochs"] = epochs
-    stage = plan["stages"][0]
-    stage["epochs"] = epochs
-    stage["close_mosaic"] = close_mosaic((plan.get("settings") or configs.TRAIN_DEFAULTS)["close_mosaic"], epochs)
-    return True
+    setting = plan.settings.close_mosaic if plan.settings else configs.TRAIN_DEFAULTS["close_mosaic"]
+    stage = dataclasses.replace(plan.stages[0], epochs=epochs, close_mosaic=close_mosaic(setting, epochs))
+    return dataclasses.replace(plan, epochs=epochs, stages=(stage, *plan.stages[1:]))
 
 
-def apply_val_every(plan: dict[str, Any], val_every: int | None) -> bool:
-    """--val-every on a re-run applies from the next epoch on; returns whether the plan changed."""
-    if val_every is None or (plan.get("settings") or {}).get("val_every", 1) == val_every:
-        return False
-    plan.setdefault("settings", {})["val_every"] = val_every
-    for stage in plan["stages"]:
-        stage["val_every"] = val_every
-    return True
+def apply_val_every(plan: RunPlan, val_every: int | None) -> RunPlan:
+    """--val-every on a re-run applies from the next epoch on; returns the plan with it."""
+    if val_every is None or (plan.settings.val_every if plan.settings else 1) == val_every:
+        return plan
+    settings = dataclasses.replace(plan.settings, val_every=val_every) if plan.settings else None
+    stages = tuple(dataclasses.replace(stage, val_every=val_every) for stage in plan.stages)
+    return dataclasses.replace(plan, settings=settings, stages=stages)
 
 
-def check_inputs_exist(plan: dict[str, Any], run_files: RunFiles) -> None:
-    for key in ("data", "model"):
-        value = str(plan[key])
+def check_inputs_exist(plan: RunPlan, run_files: RunFiles) -> None:
+    for key, value in (("data", plan.data), ("model", plan.model)):
         if (key == "data" or value.lower().endswith(".pt")) and not Path(value).is_file():
             raise ConfigError(
                 f"The run in {run_files.root} trains on {key} {value}, which no longer exists; restore it, or move "

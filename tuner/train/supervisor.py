@@ -11,17 +11,19 @@ smaller imgsz, then to half the batch (tuner.train.plan.step_down), continuing f
 later stages then train no larger in imgsz and batch than the config it stepped down to. Ultralytics' silent
 batch halving counts as running out of memory. An error that repeats at the same point ends the run.
 
-The state is saved (tuner.train.run_folder) after each event, and an epoch is recorded only after the
-training process reported it, which it does once the epoch is in last.pt.
+The state (tuner.train.records.RunState, frozen: each event replaces it) is saved (tuner.train.run_folder)
+after each event, and an epoch is recorded only after the training process reported it, which it does once
+the epoch is in last.pt.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 from tuner import config as configs
 from tuner.errors import TunerError
@@ -30,11 +32,10 @@ from tuner.memory.device import Device
 from tuner.params import Params
 from tuner.process.contract import STAGE_CHILD, Cause, EpochRecord, Outcome, TrainSpec
 from tuner.process.trial import Attempt, OnEpoch, run_child
-from tuner.study.dominance import StableSizes
 from tuner.train.checkpoints import CheckpointError, catch_up, checkpoint_to_resume, untouched
 from tuner.train.plan import capped_at, step_down, train_settings
+from tuner.train.records import Failure, RunPlan, RunState, StageProgress, StepDown
 from tuner.train.run_folder import RunFiles, append_memory, now, save_state
-from tuner.train.source import Candidate
 
 CHECKPOINT = "checkpoint"  # tuner.process.trial's cause for a checkpoint the training process could not use
 
@@ -67,13 +68,15 @@ def duration(seconds: float) -> str:
 
 
 class Supervisor:
-    """Runs the stages of a run in order, each in a watched child process, until all are finished."""
+    """Runs the stages of a run in order, each in a watched child process, until all are finished.
+
+    `state` is the run's state as it is now: each event replaces it (it is frozen), and `save` writes it."""
 
     def __init__(
         self,
         run_files: RunFiles,
-        plan: dict[str, Any],
-        state: dict[str, Any],
+        plan: RunPlan,
+        state: RunState,
         device: Device,
         budget: int,
         *,
@@ -92,39 +95,43 @@ class Supervisor:
         self.screen = screen
         self.runner = runner
         self.restarts = 0  # this invocation's; the state keeps the run's total
-        self.candidates = tuple(
-            Candidate(Params.of(c), c.get("value"), c.get("peak_mem_mb"), c.get("trial")) for c in plan["candidates"]
-        )
-        self.frontier = StableSizes.from_dict(plan.get("frontier"))  # absent in plans made before tuner mapped limits
         self.started = time.monotonic()
-        self.wall_before = state["wall_s"]
+        self.wall_before = state.wall_s
 
     def save(self) -> None:
-        self.state["wall_s"] = round(self.wall_before + time.monotonic() - self.started, 2)
-        self.state["updated"] = now()
+        wall_s = round(self.wall_before + time.monotonic() - self.started, 2)
+        self.state = dataclasses.replace(self.state, wall_s=wall_s, updated=now())
         save_state(self.run_files, self.state)
 
+    def _change(self, **changes) -> None:
+        self.state = dataclasses.replace(self.state, **changes)
+
+    def _set_stage(self, index: int, progress: StageProgress) -> None:
+        self.state = self.state.with_stage(index, progress)
+
     def run(self) -> None:
-        for index in range(len(self.plan["stages"])):
-            if not self.state["stages"][index]["finished"]:
+        for index in range(len(self.plan.stages)):
+            if not self.state.stages[index].finished:
                 self._train_stage(index)
-        self.state["finished"] = True
+        self._change(finished=True)
         self.save()
 
     def _train_stage(self, index: int) -> None:
-        progress = self.state["stages"][index]
-        last = self.run_files.last_pt(self.plan["stages"][index])
+        last = self.run_files.last_pt(self.plan.stages[index])
         while True:
-            resume = checkpoint_to_resume(last, progress, self.run_files.root)
-            params = Params.of(progress["params"])
+            resume = checkpoint_to_resume(last, self.state.stages[index], self.run_files.root)
+            self._set_stage(index, catch_up(self.state.stages[index], last))
+            params = self.state.stages[index].params
             self._announce(index, params, resume)
             attempt = self._attempt(index, params, resume)
             if attempt.cause == CHECKPOINT:
                 raise CheckpointError(f"{attempt.reason}: {untouched(last, self.run_files.root)}.")
             if attempt.outcome == Outcome.OK and attempt.result is not None:
-                progress["finished"] = True
-                progress["epochs_done"] = max(progress["epochs_done"], attempt.result.epochs_done)
-                progress["final_metrics"] = attempt.result.final_metrics or progress["last_metrics"]
+                progress = self.state.stages[index]  # as the attempt's epochs left it
+                self._set_stage(index, dataclasses.replace(
+                    progress, finished=True, epochs_done=max(progress.epochs_done, attempt.result.epochs_done),
+                    final_metrics=attempt.result.final_metrics or progress.last_metrics,
+                ))  # fmt: skip
                 self.save()
                 if attempt.result.already_done:
                     self.screen.say(f"{self.label(index)} had trained all its epochs before the last stop.")
@@ -132,10 +139,10 @@ class Supervisor:
             self._after_failure(index, params, attempt)
 
     def _init_weights(self, index: int) -> str:
-        init = self.plan["stages"][index]["init"]
+        init = self.plan.stages[index].init
         if init == "model":
-            return str(self.plan["model"])
-        previous = self.run_files.stage_dir(self.plan["stages"][index - 1]) / "weights" / init.split()[-1]
+            return str(self.plan.model)
+        previous = self.run_files.stage_dir(self.plan.stages[index - 1]) / "weights" / init.split()[-1]
         if not previous.is_file():
             raise CheckpointError(
                 f"{previous} is missing, but stage {index + 1} starts from it; restore it, or move "
@@ -144,48 +151,57 @@ class Supervisor:
         return str(previous)
 
     def _spec(self, index: int, params: Params, resume: Path | None) -> TrainSpec:
-        stage = self.plan["stages"][index]
-        settings = train_settings(stage, self.plan, self.device, self.plots)
+        stage = self.plan.stages[index]
+        settings = train_settings(stage, self.plan.optimizer, self.plan.seed, self.device, self.plots)
         return TrainSpec(
             model=self._init_weights(index),
-            data=self.plan["data"],
+            data=self.plan.data,
             device=self.device.ultralytics,
             device_kind=self.device.kind,
             budget=self.budget,
             params=params,
-            metric=self.plan["metric"],
+            metric=self.plan.metric,
             workers=settings["workers"],
             settings=settings,
             save_dir=str(self.run_files.stage_dir(stage)),
             resume=str(resume) if resume else None,
-            val_every=stage.get("val_every", 1),
+            val_every=stage.val_every,
         )
 
     def _attempt(self, index: int, params: Params, resume: Path | None) -> Attempt:
         spec = self._spec(index, params, resume)
-        self.state["attempts"] += 1
+        self._change(attempts=self.state.attempts + 1)
         self.save()
-        folder = self.run_files.attempt_dir(self.state["attempts"])
+        folder = self.run_files.attempt_dir(self.state.attempts)
         on_epoch = _EpochRecorder(self, index)
         attempt = self.runner(STAGE_CHILD, spec, folder, self.device, self.budget, math.inf, on_epoch)
-        self.state["peak_mem_mb"] = max(self.state["peak_mem_mb"], attempt.peak_mb)
+        self._change(peak_mem_mb=max(self.state.peak_mem_mb, attempt.peak_mb))
         self.save()
         return attempt
 
+    def record_epoch(self, index: int, record: EpochRecord) -> None:
+        """An epoch the training process reported (it is in last.pt): recorded and saved."""
+        progress = self.state.stages[index]
+        metrics = record.metrics or progress.last_metrics  # None for an epoch that --val-every did not validate
+        self._set_stage(index, dataclasses.replace(progress, epochs_done=record.epoch, last_metrics=metrics))
+        self._change(peak_mem_mb=max(self.state.peak_mem_mb, record.peak_mb or 0.0))
+        self.save()
+
     def _after_failure(self, index: int, params: Params, attempt: Attempt) -> None:
         """Record a training process that died, then restart it as it was, step down, or give up."""
-        progress = self.state["stages"][index]
-        last = self.run_files.last_pt(self.plan["stages"][index])
-        catch_up(progress, last)  # it died in the epoch after its checkpoint, which state.json may lag behind
-        outcome = Outcome(attempt.outcome).value
-        point = (index + 1, progress["epochs_done"], params.to_dict(), outcome)
-        same_point = [f for f in self.state["failures"] if (f["stage"], f["epochs_done"], f["params"], f["outcome"]) == point]
-        self.state["failures"].append(
-            {"stage": index + 1, "epochs_done": progress["epochs_done"], "params": params.to_dict(),
-             "outcome": outcome, "cause": attempt.cause, "reason": attempt.reason,
-             "peak_mem_mb": attempt.peak_mb, "log": str(attempt.log), "at": now()}
+        last = self.run_files.last_pt(self.plan.stages[index])
+        # it died in the epoch after its checkpoint, which state.json may lag behind
+        progress = catch_up(self.state.stages[index], last)
+        self._set_stage(index, progress)
+        outcome = Outcome(attempt.outcome)
+        failure = Failure(
+            stage=index + 1, epochs_done=progress.epochs_done, params=params, outcome=outcome,
+            cause=None if attempt.cause is None else Cause(attempt.cause), reason=attempt.reason,
+            peak_mem_mb=attempt.peak_mb, log=str(attempt.log), at=now(),
         )  # fmt: skip
-        where = f"{self.label(index)} after epoch {progress['epochs_done']}"
+        same_point = [earlier for earlier in self.state.failures if earlier.point == failure.point]
+        self._change(failures=(*self.state.failures, failure))
+        where = f"{self.label(index)} after epoch {progress.epochs_done}"
         self.screen.say(f"Training process died in {where} ({outcome}: {attempt.reason}).", important=True)
         if attempt.cause == Cause.BATCH_HALVING:
             self.screen.say(f"Warning: {attempt.reason}; counted as out of memory.", important=True)
@@ -198,21 +214,22 @@ class Supervisor:
             )
         if outcome == Outcome.OOM and same_point:
             self._step_down(index, params, attempt.reason, where)
-        elif outcome == Outcome.ERROR and any(f["reason"] == attempt.reason for f in same_point):
+        elif outcome == Outcome.ERROR and any(earlier.reason == attempt.reason for earlier in same_point):
             self.save()
             raise TrainFailed(
                 f"{where}: the training process failed twice the same way: {attempt.reason}. See {attempt.log}; "
                 "fix the cause, then re-run to continue from the checkpoint."
             )
         self.restarts += 1
-        self.state["restarts"] += 1
+        self._change(restarts=self.state.restarts + 1)
         self.save()
-        start = f"epoch {progress['epochs_done']} of {last}" if progress["epochs_done"] else "the stage's start"
+        done = self.state.stages[index].epochs_done
+        start = f"epoch {done} of {last}" if done else "the stage's start"
         self.screen.say(f"Restart {self.restarts}/{self.max_restarts}: continuing from {start}.", important=True)
 
     def _step_down(self, index: int, params: Params, reason: str | None, where: str) -> None:
-        progress = self.state["stages"][index]
-        lower = step_down(params, self.candidates, self.frontier)
+        progress = self.state.stages[index]
+        lower = step_down(params, self.plan.candidates, self.plan.frontier)
         if lower is None:
             self.save()
             raise TrainFailed(
@@ -220,12 +237,11 @@ class Supervisor:
                 "Raise --memory-budget or free memory, then re-run to continue."
             )
         new_params, why = lower
-        progress["params"] = new_params.to_dict()
+        self._set_stage(index, dataclasses.replace(progress, params=new_params))
         capped = self._cap_later_stages(index, new_params)
-        self.state["step_downs"].append(
-            {"stage": index + 1, "epochs_done": progress["epochs_done"], "from": params.to_dict(),
-             "to": new_params.to_dict(), "why": why, "after": reason, "capped": capped, "at": now()}
-        )  # fmt: skip
+        step = StepDown(stage=index + 1, epochs_done=progress.epochs_done, from_params=params, to_params=new_params,
+                        why=why, after=reason, capped=capped, at=now())  # fmt: skip
+        self._change(step_downs=(*self.state.step_downs, step))
         later = "" if not capped else (
             f" Stage{'s' if len(capped) > 1 else ''} {', '.join(map(str, capped))} "
             f"train{'' if len(capped) > 1 else 's'} no larger in imgsz and batch."
@@ -235,7 +251,7 @@ class Supervisor:
             important=True,
         )
 
-    def _cap_later_stages(self, index: int, reached: Params) -> list[int]:
+    def _cap_later_stages(self, index: int, reached: Params) -> tuple[int, ...]:
         """Lower every later stage to no larger in imgsz and batch than `reached`, the config this run steps down
         to (the largest it knows to fit from here on), keeping the stage's own mosaic and mixup; the stages it
         lowered, numbered from 1.
@@ -244,25 +260,25 @@ class Supervisor:
         (two restarts a rung): progressive 64/96/128/160 with 128 out of memory stepped down to 96 in stage 3,
         then spent stage 4's restarts on 160 and on 128, and died with 96 fitting."""
         capped = []
-        for number, progress in enumerate(self.state["stages"][index + 1 :], start=index + 2):
-            planned = Params.of(progress["params"])
-            lower = capped_at(planned, reached)
-            if lower != planned:
-                progress["params"] = lower.to_dict()
-                capped.append(number)
-        return capped
+        for later in range(index + 1, len(self.state.stages)):
+            progress = self.state.stages[later]
+            lower = capped_at(progress.params, reached)
+            if lower != progress.params:
+                self._set_stage(later, dataclasses.replace(progress, params=lower))
+                capped.append(later + 1)
+        return tuple(capped)
 
     def _announce(self, index: int, params: Params, resume: Path | None) -> None:
-        stage, progress = self.plan["stages"][index], self.state["stages"][index]
+        stage, progress = self.plan.stages[index], self.state.stages[index]
         if resume is None:
-            self.screen.say(f"{self.label(index)}: training {stage['epochs']} epochs with {params} "
+            self.screen.say(f"{self.label(index)}: training {stage.epochs} epochs with {params} "
                             f"(from {self._init_weights(index)})")  # fmt: skip
         else:
-            self.screen.say(f"{self.label(index)}: continuing after epoch {progress['epochs_done']}/{stage['epochs']} "
+            self.screen.say(f"{self.label(index)}: continuing after epoch {progress.epochs_done}/{stage.epochs} "
                             f"from {resume} with {params}")  # fmt: skip
 
     def label(self, index: int) -> str:
-        return f"stage {index + 1}/{len(self.plan['stages'])} {self.plan['stages'][index]['name']}"
+        return f"stage {index + 1}/{len(self.plan.stages)} {self.plan.stages[index].name}"
 
 
 class _EpochRecorder:
@@ -271,28 +287,22 @@ class _EpochRecorder:
     def __init__(self, supervisor: Supervisor, index: int) -> None:
         self.supervisor = supervisor
         self.index = index
-        self.stage = supervisor.plan["stages"][index]
-        self.progress = supervisor.state["stages"][index]
+        self.stage = supervisor.plan.stages[index]
         self.started = time.monotonic()
-        self.first_epoch = self.progress["epochs_done"]
+        self.first_epoch = supervisor.state.stages[index].epochs_done
 
     def __call__(self, record: EpochRecord) -> bool:
-        supervisor, state = self.supervisor, self.supervisor.state
-        self.progress["epochs_done"] = record.epoch
-        if record.metrics:  # None for an epoch that --val-every did not validate
-            self.progress["last_metrics"] = record.metrics
-        state["peak_mem_mb"] = max(state["peak_mem_mb"], record.peak_mb or 0.0)
-        supervisor.save()
-        append_memory(supervisor.run_files, self.stage, record.epoch, record.peak_mb)
-        supervisor.screen.say(self._line(record))
+        self.supervisor.record_epoch(self.index, record)
+        append_memory(self.supervisor.run_files, self.stage, record.epoch, record.peak_mb)
+        self.supervisor.screen.say(self._line(record))
         return False  # a train-best stage is never pruned
 
     def _line(self, record: EpochRecord) -> str:
         supervisor = self.supervisor
-        epochs = record.epochs or self.stage["epochs"]
+        epochs = record.epochs or self.stage.epochs
         per_epoch = (time.monotonic() - self.started) / max(1, record.epoch - self.first_epoch)
         left = (epochs - record.epoch) * per_epoch
-        metric = configs.METRIC_NAMES.get(supervisor.plan["metric"], "metric")
+        metric = configs.METRIC_NAMES.get(supervisor.plan.metric, "metric")
         value = f"{metric} {record.value:.4f}" if record.value is not None else "not validated"
         memory = f" | mem {record.peak_mb:.0f}/{supervisor.budget / MIB:.0f} MiB" if record.peak_mb else ""
         return (
