@@ -204,14 +204,15 @@ def test_a_model_that_looks_like_a_checkpoint_but_is_not_stops_at_the_first_pref
     broken = workdir / "broken.pt"
     import zipfile
 
-    with zipfile.ZipFile(broken, "w") as archive:  # passes the quick look: a zip archive, as torch saves
-        archive.writestr("notes.txt", "this is not a checkpoint")
+    with zipfile.ZipFile(broken, "w") as archive:  # passes the look: a zip with the records torch.save writes
+        archive.writestr("broken/data.pkl", "this is not a pickle")
+        archive.writestr("broken/version", "3\n")
     args = tiny_probe_args(tiny_data, "--n-trials", "5")
     args[args.index("--model") + 1] = str(broken)
     code, _, err = run_cli(*args)
     assert code == 1
     last = err.strip().splitlines()[-1]
-    assert last.startswith("tuner: error: The pre-flight of imgsz 64 batch") and "failed: RuntimeError" in last
+    assert last.startswith("tuner: error: The pre-flight of imgsz 64 batch") and "failed: UnpicklingError" in last
     assert load(workdir, "data-broken-cpu").trials == []  # stopped before any trial, not after 5 failures
 
 

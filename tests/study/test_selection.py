@@ -203,3 +203,14 @@ def test_configs_that_ran_decide_by_monotonicity_before_any_model():
     assert dominance.measured_fit(Params(160, 4, 0.5, 0.1), ran, 760) is None  # neither: only a model can say
     same = dominance.measured_fit(Params(352, 2, 0.5, 0.1), [*ran, measured(352, 2, 770)], 760)
     assert not same.fits and same.by.peak_mb == 770  # its own imgsz and batch: the largest peak measured decides
+
+
+def test_one_kill_from_outside_does_not_rule_out_its_imgsz_and_batch():
+    # other processes may have caused it: the killed run showed only the peak it reached (the reliability suite's
+    # random kills of 64/2 left no stable config when a kill counted as over any limit)
+    done = make(0, 160, 2, 0.3, peak=943)
+    killed = make(1, 160, 2, peak=824, outcome="oom", state=TrialState.PRUNED, mosaic=0.6, oom_cause="os-kill")
+    assert records.is_stable(done, 15000, [done, killed])
+    assert selection.best_stable([done, killed], 15000, None).trial.number == 0
+    watched = make(2, 160, 2, peak=824, outcome="oom", state=TrialState.PRUNED, mosaic=0.6, oom_cause="watchdog")
+    assert not records.is_stable(done, 15000, [done, watched])  # out of its own budget: that is evidence

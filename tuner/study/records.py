@@ -98,11 +98,14 @@ class TrialRecord:
 
 def peak_seen(trial: FrozenTrial) -> float | None:
     """What one run showed its imgsz x batch needs (MiB): its peak, or more than any limit where it ran out of
-    memory; None for a trial that never ran (an inferred OOM) or has no peak."""
+    memory (not inferred, nor killed from outside); None for a trial that never ran or has no peak.
+
+    A kill from outside is not such evidence (other processes may have caused it): that run showed only the peak
+    it reached before the kill. Consistent kills set a limit of their own (tuner.study.dominance.kill_level)."""
     record = TrialRecord.of(trial)
     if record.inferred:
         return None
-    return math.inf if record.outcome == Outcome.OOM else record.peak_mem_mb
+    return math.inf if record.outcome == Outcome.OOM and record.oom_cause != Cause.OS_KILL else record.peak_mem_mb
 
 
 def largest_runs(trials: Iterable[FrozenTrial]) -> dict[tuple[int, int], FrozenTrial]:
