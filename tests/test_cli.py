@@ -94,6 +94,8 @@ def test_bad_flags(workdir, tiny_data, run_cli, flags, needles):
         (["report", "--study-name", "../elsewhere"], ["`--study-name` is '../elsewhere'"]),
         (["dashboard", "--port", "web"], ["--port", "'web'"]),
         (["probe", "--sed", "1"], ["Unrecognized arguments: --sed"]),
+        (["probe", "--probe-images", "200"], ["`--probe-images` takes two sizes, TRAIN,VAL"]),
+        (["probe", "--probe-images", "200,-1"], ["`probe.val_images` is -1"]),
     ],
 )
 def test_every_commands_bad_values_are_one_line(workdir, run_cli, argv, needles):
@@ -174,13 +176,14 @@ def test_console_script_runs_as_a_real_process(workdir):
 
 def test_pruner_flag_overrides_the_config_file_and_reaches_the_study_pruner(tmp_path):
     from tuner import config as configs
-    from tuner.cli import _probe_overrides, build_parser
+    from tuner.cli import build_parser
+    from tuner.config import probe_overrides
     from tuner.study import pruners
 
     file = tmp_path / "probe.yaml"
     file.write_text("pruner: none\n")
-    assert configs.load(file, _probe_overrides(build_parser().parse_args(["probe"]))).pruner == "none"
-    cfg = configs.load(file, _probe_overrides(build_parser().parse_args(["probe", "--pruner", "median"])))
+    assert configs.load(file, probe_overrides(build_parser().parse_args(["probe"]))).pruner == "none"
+    cfg = configs.load(file, probe_overrides(build_parser().parse_args(["probe", "--pruner", "median"])))
     assert cfg.pruner == "median"
     made = pruners.make(cfg, 1000.0)
     assert isinstance(made, pruners.StableOnly) and isinstance(made.inner, optuna.pruners.MedianPruner)

@@ -117,3 +117,12 @@ def test_bad_train_settings_name_the_problem(tmp_path, text, message):
     assert message in str(info.value) and "\n" not in str(info.value)
     with pytest.raises(ConfigError, match="pass --settings with an existing YAML file"):
         config.load_train(tmp_path / "absent.yaml", {})
+
+
+def test_probe_images_set_the_samples_sizes_and_belong_to_the_studys_identity():
+    from tuner.cli import build_parser
+
+    cfg = config.load(None, config.probe_overrides(build_parser().parse_args(["probe", "--probe-images", "300,0"])))
+    assert (cfg.probe.train_images, cfg.probe.val_images) == (300, 0)
+    default = config.load(None, {})
+    assert config.identity(cfg.to_dict()) != config.identity(default.to_dict())  # another sample: another study

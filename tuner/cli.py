@@ -103,7 +103,8 @@ def _add_probe(subparsers) -> None:
     search.add_argument("--mixup", help=f"mixup range LOW,HIGH within [0, 1] (default: {_csv(SPACE['mixup'])})")
     search.add_argument("--probe-epochs", type=int, help=f"epochs each probe trains (default: {PROBE['epochs']})")
     search.add_argument("--probe-fraction", type=float, help=f"fraction of the train split each probe uses (default: {PROBE['fraction']})")
-    search.add_argument("--trial-timeout", type=float, help=f"seconds before a probe is stopped as an error (default: {PROBE['trial_timeout']:g})")
+    search.add_argument("--probe-images", help=f"TRAIN,VAL: the most train and val images a probe uses, a fixed stratified sample of each split, 0 for all (default: {PROBE['train_images']},{PROBE['val_images']})")
+    search.add_argument("--trial-timeout", help=f"seconds before a probe is stopped as an error, or auto: 4x its time as the pre-flights predict it, at least 120 s (default: {PROBE['trial_timeout']})")
     search.add_argument("--repeats", type=int, help=f"how many top configs are probed again with another seed to measure noise (default: {PROBE['repeats']})")
     search.add_argument("--race", type=int, help=f"while the top configs tie within the noise and the tie decides the pick (a tied config needs less memory than the most accurate), up to this many more probes of them with new seeds (default: {PROBE['race']})")
     search.add_argument("--safety-margin", type=float, help=f"headroom below the budget a stable config keeps (default: {DEFAULTS['safety_margin']})")
@@ -132,7 +133,7 @@ def _cmd_probe(args: argparse.Namespace) -> int:
 
     checks.positive_int(args.workers, "--workers")
     return run_probe(
-        configs.load(args.config, _probe_overrides(args)),
+        configs.load(args.config, configs.probe_overrides(args)),
         **_study_options(args),
         quiet=args.quiet,
         as_json=args.json,
@@ -141,46 +142,6 @@ def _cmd_probe(args: argparse.Namespace) -> int:
         worker=args.worker,
         argv=args.argv,
     )
-
-
-def _choices(text: str, flag: str) -> list[int] | str:
-    return configs.AUTO if text.strip() == configs.AUTO else configs.parse_list(text, flag, int)
-
-
-def _probe_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """Only the flags the user passed, nested like the config file."""
-    top = {
-        "data": args.data,
-        "model": args.model,
-        "device": args.device,
-        "memory_budget": args.memory_budget,
-        "n_trials": args.n_trials,
-        "timeout": args.timeout,
-        "safety_margin": args.safety_margin,
-        "seed": args.seed,
-        "pruner": args.pruner,
-    }
-    sections = {
-        "space": {
-            "imgsz": args.imgsz and _choices(args.imgsz, "--imgsz"),
-            "batch": args.batch and _choices(args.batch, "--batch"),
-            "mosaic": args.mosaic and configs.parse_list(args.mosaic, "--mosaic", float),
-            "mixup": args.mixup and configs.parse_list(args.mixup, "--mixup", float),
-        },
-        "probe": {
-            "epochs": args.probe_epochs,
-            "fraction": args.probe_fraction,
-            "trial_timeout": args.trial_timeout,
-            "repeats": args.repeats,
-            "race": args.race,
-        },
-    }
-    out: dict[str, Any] = {key: value for key, value in top.items() if value is not None}
-    for section, flags in sections.items():
-        passed = {key: value for key, value in flags.items() if value is not None}
-        if passed:
-            out[section] = passed
-    return out
 
 
 # ----------------------------------------------------------------------------------------- train-best

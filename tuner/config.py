@@ -43,10 +43,12 @@ DEFAULTS: dict[str, Any] = {
     "probe": {
         "epochs": 3,
         "fraction": 1.0,
+        "train_images": 200,  # tuner.data.sample: a probe trains on at most this many train images (0: all)
+        "val_images": 100,  # and validates on at most this many val images (0: all)
         "optimizer": "AdamW",
         "lr0": 0.0003,
         "warmup_epochs": 0.0,
-        "trial_timeout": 600.0,
+        "trial_timeout": "auto",  # tuner.study.cost: a multiple of the probe's time as the pre-flights predict it
         "repeats": 2,
         "race": 2,
     },
@@ -101,10 +103,12 @@ class ProbeSettings:
 
     epochs: int
     fraction: float
+    train_images: int  # the size of the study's sample of the train split; 0 for the whole split
+    val_images: int
     optimizer: str
     lr0: float
     warmup_epochs: float
-    trial_timeout: float
+    trial_timeout: float | str  # seconds, or "auto"
     repeats: int
     race: int  # more seeds for the top configs while they tie within the noise, at most this many runs
 
@@ -142,7 +146,7 @@ class ProbeConfig:
 # Settings that define what the study measures; a resumed study may not change them. The safety margin sets the
 # stable limit its frontier was mapped under (tuner.study.limits).
 IDENTITY_KEYS = ("model", "data", "metric", "space", "safety_margin")
-IDENTITY_PROBE_KEYS = ("epochs", "fraction", "optimizer", "lr0", "warmup_epochs")
+IDENTITY_PROBE_KEYS = ("epochs", "fraction", "train_images", "val_images", "optimizer", "lr0", "warmup_epochs")
 
 
 def identity(config: dict[str, Any]) -> dict[str, Any]:
@@ -253,10 +257,12 @@ def _build(raw: dict[str, Any]) -> ProbeConfig:
         probe=ProbeSettings(
             epochs=checks.positive_int(probe["epochs"], "probe.epochs"),
             fraction=checks.fraction(probe["fraction"], "probe.fraction", low=0.0, high=1.0, low_open=True),
+            train_images=checks.non_negative_int(probe["train_images"], "probe.train_images"),
+            val_images=checks.non_negative_int(probe["val_images"], "probe.val_images"),
             optimizer=checks.choice(probe["optimizer"], "probe.optimizer", OPTIMIZERS),
             lr0=checks.positive_float(probe["lr0"], "probe.lr0"),
             warmup_epochs=checks.fraction(probe["warmup_epochs"], "probe.warmup_epochs", low=0.0, high=1e9),
-            trial_timeout=checks.positive_float(probe["trial_timeout"], "probe.trial_timeout"),
+            trial_timeout=_timeout(probe["trial_timeout"]),
             repeats=checks.non_negative_int(probe["repeats"], "probe.repeats"),
             race=checks.non_negative_int(probe["race"], "probe.race"),
         ),
@@ -329,3 +335,65 @@ def parse_list(text: str, flag: str, kind: type) -> list[Any]:
     except ValueError:
         example = "160,224,288" if kind is int else "0,0.5"
         raise ConfigError(f"`{flag}` must be comma-separated numbers like {example}; got {text!r}.") from None
+
+
+def _choices(text: str, flag: str) -> list[int] | str:
+    return AUTO if text.strip() == AUTO else parse_list(text, flag, int)
+
+
+def _probe_images(text: str) -> dict[str, int]:
+    sizes = parse_list(text, "--probe-images", int)
+    if len(sizes) != 2:
+        raise ConfigError(f"`--probe-images` takes two sizes, TRAIN,VAL (e.g. 200,100; 0 for a whole split); got {text!r}.")
+    return {"train_images": sizes[0], "val_images": sizes[1]}
+
+
+def probe_overrides(args: Any) -> dict[str, Any]:
+    """The `tuner probe` flags the user passed (an argparse namespace; None where not passed), nested like the
+    config file: what `load` takes as `overrides`."""
+    top = {
+        "data": args.data,
+        "model": args.model,
+        "device": args.device,
+        "memory_budget": args.memory_budget,
+        "n_trials": args.n_trials,
+        "timeout": args.timeout,
+        "safety_margin": args.safety_margin,
+        "seed": args.seed,
+        "pruner": args.pruner,
+    }
+    sections = {
+        "space": {
+            "imgsz": args.imgsz and _choices(args.imgsz, "--imgsz"),
+            "batch": args.batch and _choices(args.batch, "--batch"),
+            "mosaic": args.mosaic and parse_list(args.mosaic, "--mosaic", float),
+            "mixup": args.mixup and parse_list(args.mixup, "--mixup", float),
+        },
+        "probe": {
+            "epochs": args.probe_epochs,
+            "fraction": args.probe_fraction,
+            **(_probe_images(args.probe_images) if args.probe_images else {}),
+            "trial_timeout": args.trial_timeout,
+            "repeats": args.repeats,
+            "race": args.race,
+        },
+    }
+    out: dict[str, Any] = {key: value for key, value in top.items() if value is not None}
+    for section, flags in sections.items():
+        passed = {key: value for key, value in flags.items() if value is not None}
+        if passed:
+            out[section] = passed
+    return out
+
+
+def _timeout(value: Any) -> float | str:
+    """`auto`, or seconds greater than 0."""
+    if value == AUTO:
+        return AUTO
+    if isinstance(value, str):  # the flag's text
+        try:
+            value = float(value)
+        except ValueError:
+            raise ConfigError(f"The value of `probe.trial_timeout` is {value!r}, but must be seconds greater than 0 "
+                              "or auto.") from None
+    return checks.positive_float(value, "probe.trial_timeout")

@@ -42,6 +42,7 @@ from tuner.memory.budget import parse_budget
 from tuner.params import Params
 from tuner.process.contract import PROBE_CHILD, Outcome
 from tuner.process.trial import run_child
+from tuner.study import cost
 from tuner.study import inputs as tuner_inputs
 from tuner.study.inputs import Inputs
 from tuner.study.space import suggest
@@ -105,7 +106,7 @@ def run_plain(args: argparse.Namespace, workdir: Path) -> dict:
     def objective(trial: optuna.Trial) -> float:
         params = Params.of(suggest(trial, cfg.space))
         attempt = run_child(PROBE_CHILD, trials.spec(params, cfg.seed + trial.number), workdir / "plain" /
-                            f"trial-{trial.number:04d}", device, budget, cfg.probe.trial_timeout)  # fmt: skip
+                            f"trial-{trial.number:04d}", device, budget, cost.trial_timeout(cfg.probe.trial_timeout, None))  # fmt: skip
         durations.append((attempt.duration_s, attempt.outcome.value))
         trial.set_user_attr("peak_mem_mb", attempt.peak_mb)
         trial.set_user_attr("outcome", attempt.outcome.value)
@@ -150,7 +151,7 @@ def run_grid(args: argparse.Namespace, workdir: Path) -> float | None:
         for batch in cfg.space.batch:
             params = Params(imgsz, batch, sum(cfg.space.mosaic) / 2, sum(cfg.space.mixup) / 2)
             attempt = run_child(PROBE_CHILD, trials.spec(params, cfg.seed), workdir / "grid" / f"{imgsz}-{batch}",
-                                device, budget, cfg.probe.trial_timeout)  # fmt: skip
+                                device, budget, cost.trial_timeout(cfg.probe.trial_timeout, None))  # fmt: skip
             print(f"grid {params}: {attempt.outcome.value} {attempt.value} peak {attempt.peak_mb:.0f} MiB", flush=True)
             if attempt.outcome == Outcome.OK and attempt.peak_mb <= trials.stable_limit_mb:
                 best = attempt.value if best is None else max(best, attempt.value)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import signal
 import subprocess
@@ -306,3 +307,25 @@ def test_kernel_kills_at_a_consistent_level_lower_the_limit_and_larger_configs_a
     assert best["imgsz"] == 64
     ledger.kill("kernel OOM kills at a container limit below the budget", len(kills))
     ledger.checked(len(study.trials))
+
+
+def test_probes_train_and_validate_on_the_studys_sample_and_preflights_on_the_whole_splits(workdir, tiny_data, run_cli):
+    code, _, err = run_cli(*tiny_probe_args(tiny_data, "--n-trials", "2", "--probe-images", "4,2"))
+    assert code == 0, err
+    assert "Probes train on 4 of 8 train images and validate on 2 of 4 val images" in err
+    assert re.search(r"A probe takes about \d+-\d+ s \(1 epoch\(s\)\), as the pre-flights' speeds predict it", err), err
+    study = load(workdir)
+    folder = workdir / "studies" / "data-yolov8n-cpu"
+    sample_yaml = (folder / "sample" / "data.yaml").resolve()  # absolute: each probe runs in a folder of its own
+    assert study.user_attrs["sample"]["data_yaml"] == str(sample_yaml)
+    specs = {path.parent.name: json.loads(path.read_text()) for path in folder.rglob("spec.json")}
+    probes = [spec for spec in specs.values() if not spec["preflight_batches"]]
+    preflights = [spec for spec in specs.values() if spec["preflight_batches"]]
+    assert len(probes) == 2 and preflights
+    assert {spec["data"] for spec in probes} == {str(sample_yaml)}  # the same sample for every trial
+    assert {spec["data"] for spec in preflights} == {study.user_attrs["data_path"]}  # the densest batch of it all
+    for trial in study.trials:
+        log = Path(trial.user_attrs["log"]).read_text()
+        assert re.search(r"train: .* 4 images", log) and re.search(r"val: .* 2 images", log), log[-2000:]
+    report = (workdir / "results" / "data-yolov8n-cpu" / "report.md").read_text()
+    assert "Probes train on 4 of 8 train images" in report

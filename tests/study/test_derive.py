@@ -67,11 +67,12 @@ def test_a_choice_the_user_gave_wins(tmp_path):
 
 @pytest.mark.parametrize("flag", ["--imgsz", "--batch"])
 def test_auto_on_the_command_line_overrides_a_config_file(tmp_path, flag):
-    from tuner.cli import _probe_overrides, build_parser
+    from tuner.cli import build_parser
+    from tuner.config import probe_overrides
 
     args = build_parser().parse_args(["probe", flag, "auto"])
     file = tmp_path / "probe.yaml"
     file.write_text("space:\n  imgsz: [320]\n  batch: [4]\n")
-    cfg = config.load(file, _probe_overrides(args))
+    cfg = config.load(file, probe_overrides(args))
     assert getattr(cfg.space, flag.lstrip("-")) is None
     assert cfg.to_dict()["space"][flag.lstrip("-")] == "auto"

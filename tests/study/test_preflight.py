@@ -176,19 +176,22 @@ def test_the_validation_batch_of_a_preflight_is_the_largest_not_the_first():
 def test_a_finished_preflight_says_what_it_trained_in_fields_of_its_result(tmp_path, monkeypatch):
     """The counts travel as typed fields of result.json, not as text for the parent to parse."""
     monkeypatch.setattr(probe_child, "OneBatch", lambda loader: SimpleNamespace(shape=(4, 96, 64)))
-    preflight = probe_child.Preflight(batches=3)
+    times = iter([10.0, 10.5, 11.1, 12.0, 12.3])  # three batches ended, the validation batch started and ended
+    preflight = probe_child.Preflight(batches=3, clock=lambda: next(times))
     trainer = SimpleNamespace(stop=False, train_loader=[None] * 4, test_loader=None, validator=SimpleNamespace(),
                               wdir=tmp_path / "weights")  # fmt: skip
     for _ in range(3):
         preflight.on_train_batch_end(trainer)
     assert trainer.stop
     preflight.on_train_epoch_end(trainer)
+    preflight.on_val_batch_start(trainer.validator)
     preflight.on_val_batch_end(trainer.validator)
     with pytest.raises(child.EndedEarly) as ended:
         preflight.on_train_end(trainer)
     result = probe_child.ended_preflight(ChildResult("ok", message=str(ended.value)), preflight)
     read = ChildResult.from_json(json.loads(json.dumps(result.to_json())))  # as the parent reads result.json
-    assert read.preflight == PreflightCounts(trained=3, per_epoch=4, validated=1, images=4, height=96, width=64)
+    assert read.preflight == PreflightCounts(trained=3, per_epoch=4, validated=1, images=4, height=96, width=64,
+                                             train_batch_s=0.55, val_batch_s=0.3)  # the first batch's start left out
     assert read.message is None
     oom = ChildResult("oom", message="CUDA out of memory")
     assert probe_child.ended_preflight(oom, preflight) == oom

@@ -20,10 +20,10 @@ from tuner.memory.budget import MIB, describe_budget, parse_budget
 from tuner.memory.device import Device
 from tuner.params import Params
 from tuner.review import findings
-from tuner.study import derive, inputs, limits, selection
+from tuner.study import cost, derive, inputs, limits, selection
 from tuner.study import workers as tuner_workers
 from tuner.study.inputs import Inputs
-from tuner.study.open import mapped_limits, open_study
+from tuner.study.open import mapped_limits, open_study, probe_sample
 from tuner.study.progress import Progress
 from tuner.study.records import Best, StudyRecord
 from tuner.study.search import Search
@@ -72,9 +72,11 @@ def run_probe(
     url = storage_url(storage, studies_dir, name)
     record = _new_record(cfg, device, budget, model, data_yaml, space_from_data=bool(space_notes))
     study, created = open_study(name, url, cfg, record)
+    sample = probe_sample(study, data_yaml, Path(studies_dir) / name / "sample", cfg)
     progress = Progress(cfg.n_trials + cfg.probe.repeats, budget, cfg.metric_name, quiet=quiet)
     _say_start(progress, name, url, cfg, device, budget, record, space_notes, workers if shared else 1, worker)
-    trials = Inputs(cfg, device, budget, data_yaml, model, Path(studies_dir) / name)
+    progress.say(sample.describe())
+    trials = Inputs(cfg, device, budget, data_yaml, model, Path(studies_dir) / name, sample)
     found = mapped_limits(study, trials, progress, queue_design=not limits_only, created=created)
     if worker:
         Search(study, trials, progress, found).run()
@@ -86,8 +88,23 @@ def run_probe(
             progress.say(limits.describe(found), important=True)
         return 0
     progress.say(limits.describe(found))
+    progress.say(_probe_costs(trials, found))
     _search_with_workers(Search(study, trials, progress, found), workers, argv, Path(studies_dir) / name, layout)
     return _finish(study, cfg, device, record, url, Path(results_dir), progress, as_json)
+
+
+def _probe_costs(trials: Inputs, found: limits.Limits) -> str:
+    """What a probe will cost, as the pre-flights' speeds predict it, from the smallest config to the frontier's largest."""
+    speed = cost.fit_speed(found.frontier.measurements)
+    if speed is None:
+        return f"Probe timeout: {cost.trial_timeout(trials.cfg.probe.trial_timeout, None):.0f} s (no pre-flight timed its batches)."
+    largest = [Params(entry.imgsz, entry.batch, 1.0, 0.0) for entry in found.frontier.entries if entry.imgsz is not None]
+    smallest = Params(min(trials.cfg.space.imgsz), min(trials.cfg.space.batch), 1.0, 0.0)
+    seconds = [trials.probe_seconds(params, speed) for params in (smallest, *largest)]
+    timeout = ("each gets 4x its prediction as its timeout, at least 120 s" if trials.cfg.probe.trial_timeout == cost.AUTO
+               else f"timeout {float(trials.cfg.probe.trial_timeout):.0f} s")  # fmt: skip
+    return (f"A probe takes about {min(seconds):.0f}-{max(seconds):.0f} s ({trials.cfg.probe.epochs} epoch(s)), "
+            f"as the pre-flights' speeds predict it; {timeout}.")
 
 
 def _new_record(cfg, device, budget: int, model: str | Path, data_yaml: Path, space_from_data: bool) -> StudyRecord:
@@ -219,6 +236,7 @@ def probe_summary(study_name: str, trials, record: StudyRecord, best_yaml: Path 
             "best_yaml": str(best_yaml),
         },
         "hint": hint,
+        "sample": None if record.sample is None else record.sample.to_dict(),
     }
 
 

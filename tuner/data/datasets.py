@@ -188,10 +188,24 @@ def _split_images(entries: list[Path], split: str, yaml_path: Path) -> list[str]
 
 def train_images(data_yaml: Path) -> list[str]:
     """The train images of a checked (resolved) dataset YAML, found the way Ultralytics finds them."""
+    return split_images(data_yaml, "train")
+
+
+def split_images(data_yaml: Path, split: str) -> list[str]:
+    """The images of one split of a checked (resolved) dataset YAML, sorted, found the way Ultralytics finds them."""
     data = yaml.safe_load(Path(data_yaml).read_text(encoding="utf-8"))
     root = Path(data.get("path") or Path(data_yaml).parent)
-    entries = _split_entries(data["train"], "train", Path(data_yaml), root)
-    return sorted(_split_images(entries, "train", Path(data_yaml)))
+    entries = _split_entries(data[split], split, Path(data_yaml), root)
+    return sorted(_split_images(entries, split, Path(data_yaml)))
+
+
+def label_classes(image: str) -> set[int]:
+    """The classes an image's label file names (none for a background image without one)."""
+    try:
+        text = Path(_label_paths([image])[0]).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return set()
+    return {int(float(line.split()[0])) for line in text.splitlines() if line.split()}
 
 
 def _label_paths(images: list[str]) -> list[str]:

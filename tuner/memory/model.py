@@ -38,6 +38,8 @@ class Measurement:
     peak_mb: float | None = None
     oom: bool = False
     seconds: float | None = None  # how long the pre-flight took (not used by the model)
+    batch_s: float | None = None  # seconds per training batch and per validation batch (tuner.study.cost)
+    val_batch_s: float | None = None
 
     def __post_init__(self) -> None:
         if not self.oom and self.peak_mb is None:

@@ -178,6 +178,8 @@ class PreflightCounts:
     images: int  # in the validation batch
     height: int  # of the validation batch's images, padded
     width: int
+    train_batch_s: float | None = None  # seconds a training batch took, the first (the loader's start) left out
+    val_batch_s: float | None = None  # seconds the validation batch took
 
 
 @dataclasses.dataclass(frozen=True)

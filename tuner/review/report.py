@@ -123,6 +123,8 @@ def setting_lines(record: StudyRecord) -> str:
             f"- Metric {config.metric_name} (`{config.metric}`) after {config.probe.epochs} "
             f"probe epoch(s) on fraction {config.probe.fraction} of the train split"
         )
+    if record.sample is not None:
+        lines.append(f"- {record.sample.describe()}")
         space = config.space
         lines.append(
             f"- Space: imgsz {list(space.imgsz)}, batch {list(space.batch)}, mosaic {list(space.mosaic)}, "

@@ -9,16 +9,21 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import math
 import re
 import zipfile
 from pathlib import Path
+from typing import Iterable
 
 from tuner.config import ProbeConfig
 from tuner.data import base_model, datasets, shapes
+from tuner.data.sample import Sample
 from tuner.errors import ConfigError
 from tuner.memory.device import Device
+from tuner.memory.model import Measurement
 from tuner.params import Params
 from tuner.process.contract import ProbeSpec
+from tuner.study import cost
 
 DEFAULT_MODEL = "yolov8n.yaml"
 
@@ -111,16 +116,19 @@ class Inputs:
     data_yaml: Path
     model: Path | str
     trials_dir: Path
+    sample: Sample | None = None  # the study's sample of the splits (tuner.data.sample); None: the whole data
 
     @property
     def stable_limit_mb(self) -> float:
         return self.budget * (1 - self.cfg.safety_margin) / 2**20
 
-    def spec(self, params: Params, seed: int) -> ProbeSpec:
-        """What one probe trial process is told to do (see tuner.study.probe_child)."""
+    def spec(self, params: Params, seed: int, preflight_batches: int = 0) -> ProbeSpec:
+        """What one probe trial process is told to do (see tuner.study.probe_child). A probe trains on the study's
+        sample; a pre-flight (`preflight_batches` > 0) on the whole data, whose densest batch the full training meets."""
+        data = self.data_yaml if preflight_batches or self.sample is None else self.sample.data_yaml
         return ProbeSpec(
             model=str(self.model),
-            data=str(self.data_yaml),
+            data=str(data),
             device=self.device.ultralytics,
             device_kind=self.device.kind,
             budget=self.budget,
@@ -129,4 +137,21 @@ class Inputs:
             workers=0 if self.device.kind == "cpu" else 2,
             probe=self.cfg.probe,
             seed=seed,
+            preflight_batches=preflight_batches,
         )
+
+    def probe_timeout(self, params: Params, preflights: Iterable[Measurement]) -> float:
+        """How long a probe of `params` may run (tuner.study.cost): with `probe.trial_timeout: auto`, a multiple
+        of its time as the pre-flights' speeds predict it over the study's sample."""
+        speed = cost.fit_speed(preflights)
+        predicted = None if speed is None else self.probe_seconds(params, speed)
+        return cost.trial_timeout(self.cfg.probe.trial_timeout, predicted)
+
+    def probe_seconds(self, params: Params, speed: cost.Speed) -> float:
+        train = self.sample.train_images if self.sample else self.sample_sizes()[0]
+        val = self.sample.val_images if self.sample else self.sample_sizes()[1]
+        return cost.probe_seconds(params, speed, math.ceil(train * self.cfg.probe.fraction), val, self.cfg.probe.epochs)
+
+    def sample_sizes(self) -> tuple[int, int]:
+        """The images of each split a probe passes over, where no sample was drawn (the whole splits)."""
+        return len(datasets.split_images(self.data_yaml, "train")), len(datasets.split_images(self.data_yaml, "val"))

@@ -25,6 +25,7 @@ from tuner.params import Params
 from tuner.process.contract import PROBE_CHILD, Cause, Outcome
 from tuner.process.trial import Attempt, run_child
 from tuner.study import dominance
+from tuner.study import cost
 from tuner.study.inputs import Inputs
 from tuner.study.progress import Progress
 
@@ -151,14 +152,16 @@ class Preflight:
         oom = attempt.outcome == Outcome.OOM
         verdict = f"out of memory ({attempt.reason})" if oom else f"peak {attempt.peak_mb:.0f} MiB{_done(attempt)}"
         self._say(params, attempt, verdict)
+        speed = attempt.result.preflight if attempt.result is not None else None
         return Measurement(params.imgsz, params.batch, params.mosaic, params.mixup, attempt.peak_mb, oom,
-                           round(attempt.duration_s, 1))  # fmt: skip
+                           round(attempt.duration_s, 1), speed and speed.train_batch_s, speed and speed.val_batch_s)  # fmt: skip
 
     def _run(self, params: Params, again: bool = False) -> Attempt:
         inputs = self.inputs
-        spec = dataclasses.replace(inputs.spec(params, inputs.cfg.seed), preflight_batches=PREFLIGHT_BATCHES)
+        spec = inputs.spec(params, inputs.cfg.seed, preflight_batches=PREFLIGHT_BATCHES)
         folder = inputs.trials_dir / "preflight" / f"imgsz{params.imgsz}-batch{params.batch}{'-again' if again else ''}"
-        return self.runner(PROBE_CHILD, spec, folder, inputs.device, inputs.budget, inputs.cfg.probe.trial_timeout)
+        timeout = cost.trial_timeout(inputs.cfg.probe.trial_timeout, None)  # a few batches: no prediction needed
+        return self.runner(PROBE_CHILD, spec, folder, inputs.device, inputs.budget, timeout)
 
     def _killed_twice(self, params: Params, first: Attempt, again: Attempt) -> Measurement:
         """Both runs of `params` were killed from outside: at one peak, the machine's limit (the config does not

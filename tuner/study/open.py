@@ -10,11 +10,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import optuna
 
 from tuner import config as configs
+from tuner.data import sample as samples
 from tuner.errors import ConfigError, StudyFailed
 from tuner.study import limits, pruners
 from tuner.study import workers as tuner_workers
@@ -135,3 +137,14 @@ def _map(study: optuna.Study, trials: Inputs, progress: Progress, queue_design: 
     StudyRecord(limits=found.to_dict(), outside_kill_mb=found.outside_kill_mb,
                 stable_limit_mb=round(found.stable_limit_mb, 1)).save(study, *changed)  # fmt: skip
     return found
+
+
+def probe_sample(study: optuna.Study, data_yaml: Path, folder: Path, cfg: configs.ProbeConfig) -> samples.Sample:
+    """The images every probe of the study trains and validates on: the sample stored on the study (drawn by its
+    first run, so a continued study and every worker use the same), else drawn now into `folder` and stored."""
+    stored = StudyRecord.of(study).sample
+    if stored is not None and Path(stored.data_yaml).is_file():
+        return stored
+    sample = samples.make(data_yaml, folder, cfg.probe.train_images, cfg.probe.val_images, cfg.seed)
+    StudyRecord(sample=sample).save(study, "sample")
+    return sample

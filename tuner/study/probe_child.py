@@ -19,6 +19,7 @@ the OOM that ended it.
 from __future__ import annotations
 
 import dataclasses
+import time
 import shutil
 from typing import Any, Callable, NoReturn
 
@@ -75,24 +76,29 @@ class Preflight:
     way (an exception, the watchdog's kill, Ultralytics' batch halving) ends it as it ends a probe.
     """
 
-    def __init__(self, batches: int) -> None:
+    def __init__(self, batches: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.batches = batches
+        self.clock = clock
         self.trained = 0
         self.per_epoch = 0  # training batches in an epoch
         self.validated = 0
         self.validation: OneBatch | None = None
+        self.batch_ends: list[float] = []  # when each training batch ended (time.monotonic)
+        self.val_times: list[float] = []  # when the validation batch started and ended
 
     def callbacks(self) -> dict[str, Callable]:
         return {
             "on_pretrain_routine_start": skip_final_eval,
             "on_train_batch_end": self.on_train_batch_end,
             "on_train_epoch_end": self.on_train_epoch_end,
+            "on_val_batch_start": self.on_val_batch_start,
             "on_val_batch_end": self.on_val_batch_end,
             "on_train_end": self.on_train_end,
         }
 
     def on_train_batch_end(self, trainer) -> None:
         self.trained += 1
+        self.batch_ends.append(self.clock())
         if self.trained >= self.batches:
             trainer.stop = True
 
@@ -101,8 +107,12 @@ class Preflight:
         self.validation = OneBatch(trainer.test_loader)
         trainer.validator.dataloader = self.validation
 
+    def on_val_batch_start(self, validator) -> None:
+        self.val_times = [self.clock()]
+
     def on_val_batch_end(self, validator) -> None:
         self.validated += 1
+        self.val_times.append(self.clock())
 
     def on_train_end(self, trainer) -> None:
         if not self.validated:
@@ -116,7 +126,10 @@ class Preflight:
     def counts(self) -> PreflightCounts:
         """What it trained and validated, for its result (tuner.process.contract.ChildResult.preflight)."""
         images, height, width = self.validation.shape if self.validation else (0, 0, 0)
-        return PreflightCounts(self.trained, self.per_epoch, self.validated, images, height, width)
+        ends = self.batch_ends
+        train_s = round((ends[-1] - ends[0]) / (len(ends) - 1), 4) if len(ends) > 1 else None
+        val_s = round(self.val_times[-1] - self.val_times[0], 4) if len(self.val_times) == 2 else None
+        return PreflightCounts(self.trained, self.per_epoch, self.validated, images, height, width, train_s, val_s)
 
     def describe(self) -> str:
         done = self.counts()

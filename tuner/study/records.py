@@ -29,6 +29,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner import config as configs
+from tuner.data.sample import Sample
 from tuner.params import Params
 from tuner.process.contract import EVIDENCE, Cause, Outcome
 
@@ -320,6 +321,7 @@ class StudyRecord:
     limits: dict[str, Any] | None = None  # what the pre-flights found (tuner.study.limits.Limits.to_dict)
     mapping: dict[str, Any] | None = None  # a mapping under way: the pre-flights so far (tuner.study.limits.Mapping)
     mapping_lease: MappingLease | None = None  # who maps the limits while they are mapped (tuner.study.workers)
+    sample: Sample | None = None  # the images every probe trains and validates on (tuner.data.sample)
 
     @classmethod
     def of(cls, study: optuna.Study) -> StudyRecord:
@@ -330,6 +332,7 @@ class StudyRecord:
         attrs["best"] = Best.of(attrs.get("best"))
         attrs["race"] = Race.of(attrs.get("race"))
         attrs["mapping_lease"] = MappingLease.of(attrs.get("mapping_lease"))
+        attrs["sample"] = Sample.from_dict(attrs["sample"]) if attrs.get("sample") else None
         record = _from_attrs(cls, attrs)
         if record.stable_limit_mb is None and record.budget_mb is not None and record.config is not None:
             record = dataclasses.replace(record, stable_limit_mb=record.budget_mb * (1 - record.config.safety_margin))
@@ -355,4 +358,5 @@ class StudyRecord:
         out["best"] = None if self.best is None else self.best.to_dict()
         out["race"] = None if self.race is None else self.race.to_dict()
         out["mapping_lease"] = None if self.mapping_lease is None else self.mapping_lease.to_dict()
+        out["sample"] = None if self.sample is None else self.sample.to_dict()
         return out

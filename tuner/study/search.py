@@ -250,7 +250,7 @@ class Search:
         folder = self.inputs.trials_dir / f"trial-{trial.number:04d}"
         attempt = self.runner(
             PROBE_CHILD, self.inputs.spec(params, seed), folder, self.inputs.device, self.inputs.budget,
-            self.cfg.probe.trial_timeout, on_epoch,
+            self.inputs.probe_timeout(params, self.limits.frontier.measurements), on_epoch,
         )  # fmt: skip
         self._record(trial, attempt)
         return self._verdict(trial, attempt)
