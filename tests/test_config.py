@@ -126,3 +126,11 @@ def test_probe_images_set_the_samples_sizes_and_belong_to_the_studys_identity():
     assert (cfg.probe.train_images, cfg.probe.val_images) == (300, 0)
     default = config.load(None, {})
     assert config.identity(cfg.to_dict()) != config.identity(default.to_dict())  # another sample: another study
+
+
+def test_a_study_stored_before_the_probes_sample_reads_as_trained_on_the_whole_splits():
+    stored = config.load(None, {}).to_dict()
+    del stored["probe"]["train_images"], stored["probe"]["val_images"]
+    old = config.from_stored(stored)
+    assert (old.probe.train_images, old.probe.val_images) == (0, 0)
+    assert config.identity(old.to_dict()) != config.identity(config.load(None, {}).to_dict())  # refused, not mixed

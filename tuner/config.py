@@ -171,8 +171,11 @@ def load(config_file: Path | None, overrides: dict[str, Any]) -> ProbeConfig:
 
 
 def from_stored(stored: dict[str, Any]) -> ProbeConfig:
-    """The config a study stored (`ProbeConfig.to_dict()`), on top of today's defaults for keys it lacks."""
+    """The config a study stored (`ProbeConfig.to_dict()`), on top of today's defaults for keys it lacks, except
+    where a missing key meant something else: a study stored before probes trained on a sample of the splits
+    trained on the whole splits (0), so a run with today's sample is another study, not more trials of it."""
     merged = copy.deepcopy(DEFAULTS)
+    merged["probe"].update({key: 0 for key in ("train_images", "val_images") if key not in stored.get("probe", {})})
     _merge(merged, _known(stored, DEFAULTS), source="the study's stored config")
     return _build(merged)
 

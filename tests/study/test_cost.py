@@ -90,3 +90,11 @@ def test_each_probe_gets_the_timeout_its_predicted_time_gives_it(tmp_path):
         expected = cost.TIMEOUT_FACTOR * cost.probe_seconds(params, speed, 200, 100, trials.cfg.probe.epochs)
         assert timeout == pytest.approx(max(cost.TIMEOUT_FLOOR_S, expected))
     assert len({round(timeout) for _, timeout in given}) > 1  # sized to each config, not one constant
+
+
+def test_probes_that_share_the_device_with_other_workers_get_the_slowdown_allowed_for(tmp_path):
+    alone = dataclasses.replace(inputs(tmp_path, 2000), sample=Sample("s.yaml", 200, 100, 960, 96))
+    shared = dataclasses.replace(alone, sharing=2)
+    preflights = [timed(160, 8), timed(320, 4)]
+    params = Params(640, 8, 1.0, 0.0)
+    assert shared.probe_timeout(params, preflights) == pytest.approx(cost.SHARED_SLOWDOWN * alone.probe_timeout(params, preflights))

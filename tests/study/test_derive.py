@@ -47,6 +47,8 @@ def test_large_images_raise_the_top_imgsz_to_their_size_rounded_up_and_at_most_1
     assert derive.imgsz_choices(derive.DataShape(10, 4000))[-1] == 1280
     assert derive.imgsz_choices(derive.DataShape(10, None))[-1] == 640  # no readable image: Ultralytics' default
     assert derive.batch_choices(derive.DataShape(1, 640)) == (1,)
+    assert derive.batch_choices(derive.DataShape(960, 640), probe_images=40) == (1, 2, 4, 8, 16, 32)  # the probes' sample
+    assert derive.batch_choices(derive.DataShape(960, 640), probe_images=0)[-1] == 64
 
 
 def test_mixed_sizes_follow_the_usual_size_and_say_so(tmp_path):

@@ -62,7 +62,7 @@ def run_probe(
     if shared:  # one device for all the workers: each trial gets its share of the budget
         budget //= workers
     data_yaml = inputs.dataset(cfg.data)
-    space, space_notes = derive.resolve(cfg.space, data_yaml)
+    space, space_notes = derive.resolve(cfg.space, data_yaml, cfg.probe.train_images)
     cfg = dataclasses.replace(cfg, space=space)
     model = inputs.model(cfg.model, embedded=cfg.data is None)
     name = study_name or default_study_name(cfg.data, cfg.model, device.kind)
@@ -76,7 +76,7 @@ def run_probe(
     progress = Progress(cfg.n_trials + cfg.probe.repeats, budget, cfg.metric_name, quiet=quiet)
     _say_start(progress, name, url, cfg, device, budget, record, space_notes, workers if shared else 1, worker)
     progress.say(sample.describe())
-    trials = Inputs(cfg, device, budget, data_yaml, model, Path(studies_dir) / name, sample)
+    trials = Inputs(cfg, device, budget, data_yaml, model, Path(studies_dir) / name, sample, workers if shared else 1)
     found = mapped_limits(study, trials, progress, queue_design=not limits_only, created=created)
     if worker:
         Search(study, trials, progress, found).run()

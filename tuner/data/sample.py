@@ -55,8 +55,8 @@ class Sample:
 
 def draw(images: Sequence[str], size: int, seed: int, classes_of=datasets.label_classes) -> list[str]:
     """`size` of `images` (all of them when `size` is 0 or not smaller), sorted: first, for each class the images
-    hold, rarest first, the first image in a seeded shuffle that holds one and is not chosen yet (until `size` is
-    reached), then the rest of that shuffle. The same images, size and seed give the same sample."""
+    hold, rarest first, the first image in a seeded shuffle that holds it, unless an image already chosen does (until `size`
+    is reached), then the rest of that shuffle. The same images, size and seed give the same sample."""
     if size <= 0 or size >= len(images):
         return sorted(images)
     order = sorted(images)

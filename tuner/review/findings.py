@@ -26,7 +26,7 @@ OUTCOME_MEANINGS = {
     "ok": "finished every probe epoch",
     "pruned": "stopped early by the pruner: its metric was low",
     "oom": "ran out of memory (watchdog kill, kill from outside, or Ultralytics halving the batch)",
-    "inferred": "not run: a config no larger in imgsz and batch had run out of memory",
+    "inferred": "not run: known not to fit (a config no larger ran out of memory, a run of its imgsz and batch went over the limit, or the frontier or a kill level puts it beyond)",
     "error": "failed for another reason; see its log",
     "not run": "never run: another trial had filled its place, or its config had run while a cell was untried",
     "orphaned": "left running by a tuner that died, failed by its heartbeat; its config was run again",

@@ -188,8 +188,8 @@ def grid_section(grid: MemoryGrid) -> str:
         judged = " (by the trials, and where no trial ran a config by the pre-flights' frontier)"
     return (
         "Peak memory of each imgsz and batch tried (the highest when tried more than once). \"over limit\": "
-        f"finished, but above {limit}; OOM: ran out of memory; inferred: skipped, because a config no larger "
-        f"had run out of memory.{untried}\n\n{table}\n\nLargest batch within {limit}{judged}: {walls}."
+        f"finished, but above {limit}; OOM: ran out of memory; inferred: skipped, known not to fit "
+        f"(see the outcome table).{untried}\n\n{table}\n\nLargest batch within {limit}{judged}: {walls}."
     )
 
 

@@ -24,6 +24,7 @@ START_S = 20.0  # a probe process's start: imports (about 2 s), the model's buil
 TIMEOUT_FACTOR = 4.0  # batches scatter, a poor model validates slower (NMS over many boxes), the machine is shared
 TIMEOUT_FLOOR_S = 120.0
 FALLBACK_TIMEOUT_S = 600.0  # where no pre-flight timed its batches (a study mapped by an older tuner)
+SHARED_SLOWDOWN = 4.0  # per other worker on the device: the pre-flights ran alone (two on 2 CPU cores: over 7x, README)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +77,12 @@ def probe_seconds(params: Params, speed: Speed, train_images: int, val_images: i
     val_batches = math.ceil(val_images / (2 * params.batch))
     per_epoch = train_batches * speed.batch_s(params) + val_batches * speed.val_batch_s(params)
     return START_S + epochs * per_epoch
+
+
+def contention(sharing: int) -> float:
+    """How much slower a probe runs beside `sharing` - 1 other workers' probes on one device than the pre-flights
+    (alone, under the mapping lease) timed it: an allowance, not a measurement."""
+    return 1.0 if sharing <= 1 else SHARED_SLOWDOWN * (sharing - 1)
 
 
 def trial_timeout(setting: float | str, predicted_s: float | None) -> float:

@@ -67,18 +67,21 @@ def imgsz_choices(shape: DataShape) -> tuple[int, ...]:
     return tuple(range(SMALLEST_IMGSZ, top + 1, STRIDE))
 
 
-def batch_choices(shape: DataShape) -> tuple[int, ...]:
-    largest = max(1, min(LARGEST_BATCH, shape.n_train))
+def batch_choices(shape: DataShape, probe_images: int = 0) -> tuple[int, ...]:
+    """Powers of 2 up to 64, the train split's size, and the probes' sample of it (`probe_images`, 0: the whole
+    split): a batch larger than the images a probe trains on would train as a smaller one."""
+    images = min(shape.n_train, probe_images) if probe_images else shape.n_train
+    largest = max(1, min(LARGEST_BATCH, images))
     return tuple(2**power for power in range(largest.bit_length()) if 2**power <= largest)
 
 
-def resolve(space: Space, data_yaml: Path) -> tuple[Space, list[str]]:
+def resolve(space: Space, data_yaml: Path, probe_images: int = 0) -> tuple[Space, list[str]]:
     """`space` with the choices the user left out (None) derived from the data, and what to tell the user."""
     if space.imgsz is not None and space.batch is not None:
         return space, []
     shape = read_shape(data_yaml)
     imgsz = space.imgsz if space.imgsz is not None else imgsz_choices(shape)
-    batch = space.batch if space.batch is not None else batch_choices(shape)
+    batch = space.batch if space.batch is not None else batch_choices(shape, probe_images)
     notes = [f"Search space from the data ({shape.n_train} train images{_usual(shape)}): "
              f"imgsz {_span(imgsz)}, batch {', '.join(map(str, batch))}"]  # fmt: skip
     if shape.mixed and space.imgsz is None:

@@ -3,7 +3,7 @@ in both as one that ran out of memory will too, and is not worth a process start
 what the pre-flights put under the stable limit (`StableSizes`), for train-best's step-downs.
 
 mosaic and mixup change pixels, not tensor sizes, so they do not enter the comparison. Only OOMs
-measured against the trial's own budget count (records.EVIDENCE): a SIGKILL from outside is an OOM
+measured against the trial's own budget count (tuner.process.contract.EVIDENCE): a SIGKILL from outside is an OOM
 for that trial, but other processes may have caused it, so it rules out no other config. Its own
 imgsz x batch is another matter: stability is judged on the largest peak any run of an imgsz x batch
 showed (records.largest_runs), so once one went over the limit no probe of it can be stable.

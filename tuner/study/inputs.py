@@ -117,6 +117,7 @@ class Inputs:
     model: Path | str
     trials_dir: Path
     sample: Sample | None = None  # the study's sample of the splits (tuner.data.sample); None: the whole data
+    sharing: int = 1  # workers whose trials share this device at once (tuner.study.workers, "shared")
 
     @property
     def stable_limit_mb(self) -> float:
@@ -144,7 +145,7 @@ class Inputs:
         """How long a probe of `params` may run (tuner.study.cost): with `probe.trial_timeout: auto`, a multiple
         of its time as the pre-flights' speeds predict it over the study's sample."""
         speed = cost.fit_speed(preflights)
-        predicted = None if speed is None else self.probe_seconds(params, speed)
+        predicted = None if speed is None else self.probe_seconds(params, speed) * cost.contention(self.sharing)
         return cost.trial_timeout(self.cfg.probe.trial_timeout, predicted)
 
     def probe_seconds(self, params: Params, speed: cost.Speed) -> float:

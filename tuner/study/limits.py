@@ -3,12 +3,12 @@
 A pre-flight (tuner.study.probe_child with `preflight_batches`) trains a config for a few batches and validates
 one batch, in the same isolated process and under the same watchdog as a probe, and so measures its
 peak in seconds instead of a probe's minutes. It trains the worst case of the config: mosaic and
-mixup at the top of their ranges, which build the densest batches. `memory_model.bisect_frontier`
+mixup at the top of their ranges, which build the densest batches. `tuner.memory.model.bisect_frontier`
 decides which configs to pre-flight (monotonicity in imgsz and batch decides the rest), and a
 memory model is fitted to the peaks it measured. `tuner probe --limits-only` stops here: the
 frontier (for each batch, the largest imgsz under the stable limit) and the model are stored in the
 study (tuner.study.records), printed, and reported. A config is on the inside when its pre-flight peak stays
-under the stable limit by the re-run spread (memory_model.RERUN_SPREAD): re-runs of one config peak up
+under the stable limit by the re-run spread (tuner.memory.model.RERUN_SPREAD): re-runs of one config peak up
 to that much apart, and a config measured just under the limit once went over it in its probe.
 """
 
