@@ -214,3 +214,14 @@ def test_one_kill_from_outside_does_not_rule_out_its_imgsz_and_batch():
     assert selection.best_stable([done, killed], 15000, None).trial.number == 0
     watched = make(2, 160, 2, peak=824, outcome="oom", state=TrialState.PRUNED, mosaic=0.6, oom_cause="watchdog")
     assert not records.is_stable(done, 15000, [done, watched])  # out of its own budget: that is evidence
+
+
+def test_a_config_left_out_of_the_pick_still_counts_for_the_memory_of_its_imgsz_and_batch():
+    # train-best's step-down ladder picks again among the rest: the 352/2 run at mosaic 0.2 peaked 1500, so the
+    # other 352/2 config needs that much too, not the 900 its own run showed
+    trials = [make(0, 352, 2, 0.50, peak=1500, mosaic=0.2), make(1, 352, 2, 0.45, peak=900, mosaic=0.9),
+              make(2, 160, 2, 0.30, peak=700)]  # fmt: skip
+    first = selection.best_stable(trials, 2000, None)
+    assert first.trial.number == 0
+    second = selection.best_stable(trials, 2000, None, exclude=frozenset({Params.of(first.params).key}))
+    assert second.trial.number == 1 and second.peak_mb == 1500

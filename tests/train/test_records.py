@@ -356,3 +356,18 @@ def test_a_step_down_is_replaced_not_changed():
         step.capped = (1, 2)
     with pytest.raises(ConfigError, match="step has no `from`"):
         StepDown.from_json({key: value for key, value in step.to_json().items() if key != "from"}, "step")
+
+
+def test_a_plan_without_train_settings_takes_val_every_from_its_stages_and_back():
+    """A plan older than its train settings: --val-every 3 then --val-every 1 goes back to 1 (the stages hold it),
+    and the partial `settings: {val_every: N}` an older tuner wrote into such a plan still loads."""
+    from tuner.train.run_folder import apply_val_every
+
+    plan = yaml.safe_load(CONFIG_YAML)
+    del plan["settings"]
+    loaded = RunPlan.from_json(plan)
+    every_third = apply_val_every(loaded, 3)
+    assert [stage.val_every for stage in every_third.stages] == [3, 3]
+    assert [stage.val_every for stage in apply_val_every(every_third, 1).stages] == [1, 1]
+    plan["settings"] = {"val_every": 3}
+    assert RunPlan.from_json(plan).settings is None

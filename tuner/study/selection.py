@@ -157,11 +157,16 @@ class Summary:
 
 
 def best_stable(
-    trials: Iterable[optuna.trial.FrozenTrial], limit_mb: float, spread: float | None, budget_mb: float | None = None
+    trials: Iterable[optuna.trial.FrozenTrial], limit_mb: float, spread: float | None, budget_mb: float | None = None,
+    exclude: frozenset[tuple] = frozenset(),
 ) -> Choice | None:
+    """The most accurate stable config, a tie within the noise going to more memory headroom. `exclude` (config
+    keys) leaves configs out of the choice but not out of the evidence: their runs still count for the memory of
+    their imgsz x batch (train-best's step-down ladder picks again among the rest)."""
     trials = list(trials)
     largest = largest_runs(trials)
-    summaries = [Summary.of(runs, largest) for runs in stable_configs(trials, limit_mb).values()]
+    configs = stable_configs(trials, limit_mb)
+    summaries = [Summary.of(runs, largest) for key, runs in configs.items() if key not in exclude]
     if not summaries:
         return None
     best = max(summaries, key=lambda summary: (summary.value, summary.runs))

@@ -154,7 +154,11 @@ def _frontier(values: Any, where: str) -> StableSizes | None:
 
 
 def _settings(values: Any, where: str) -> TrainSettings | None:
-    return None if values is None else TrainSettings(**_fields(_schema(TrainSettings), values, where))
+    """A plan's train settings; None for a plan older than them, and for the partial `{val_every: N}` an older
+    tuner's --val-every wrote into such a plan (its stages hold the same val_every)."""
+    if values is None or (isinstance(values, dict) and set(values) <= {"val_every"}):
+        return None
+    return TrainSettings(**_fields(_schema(TrainSettings), values, where))
 
 
 @dataclasses.dataclass(frozen=True)

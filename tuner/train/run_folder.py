@@ -166,7 +166,7 @@ def check_rerun(plan: RunPlan, state: RunState, run_files: RunFiles, epochs: int
 
 def apply_val_every(plan: RunPlan, val_every: int | None) -> RunPlan:
     """--val-every on a re-run applies from the next epoch on; returns the plan with it."""
-    if val_every is None or (plan.settings.val_every if plan.settings else 1) == val_every:
+    if val_every is None or all(stage.val_every == val_every for stage in plan.stages):  # the stages train with it
         return plan
     settings = dataclasses.replace(plan.settings, val_every=val_every) if plan.settings else None
     stages = tuple(dataclasses.replace(stage, val_every=val_every) for stage in plan.stages)

@@ -242,8 +242,9 @@ def _candidates(study, record: StudyRecord) -> tuple[Candidate, ...]:
     limit = record.stable_limit_mb if record.stable_limit_mb is not None else float("inf")
     spread = selection.noise(trials).spread
     ladder: list[Candidate] = []
-    while (choice := selection.best_stable(trials, limit, spread, record.budget_mb)) is not None:
-        picked = Params.of(choice.params)
-        ladder.append(Candidate(picked, choice.value, choice.peak_mb, choice.trial.number))
-        trials = [trial for trial in trials if Params.of(trial.params).key != picked.key]
+    picked: frozenset[tuple] = frozenset()  # left out of the next pick, but their runs still tell the memory
+    while (choice := selection.best_stable(trials, limit, spread, record.budget_mb, exclude=picked)) is not None:
+        params = Params.of(choice.params)
+        ladder.append(Candidate(params, choice.value, choice.peak_mb, choice.trial.number))
+        picked |= {params.key}
     return tuple(ladder)
