@@ -99,3 +99,15 @@ def test_trials_that_never_ran_or_were_orphaned_are_not_counted_as_errors(workdi
     counts = findings.count_outcomes(study.get_trials())
     assert (counts["not run"], counts["orphaned"], counts["error"]) == (1, 1, 0)
     assert set(counts) == set(findings.OUTCOME_MEANINGS)
+
+
+def test_a_cell_is_judged_on_the_largest_peak_of_its_runs_and_one_kill_from_outside_does_not_decide_it(workdir):
+    """As the pick judges it: 224/4 ran ok at 1300 MiB and was pruned at 1900 (over the 1800 limit), so it does not
+    fit; 160/4 ran ok and was once killed from outside, which says nothing of its memory."""
+    trials = [_ok(224, 4, 0.42, 1300.0), (TrialState.PRUNED, (224, 4), None, {"outcome": "pruned", "peak_mem_mb": 1900.0}),
+              _ok(160, 4, 0.35, 900.0), (TrialState.PRUNED, (160, 4), None, {"outcome": "oom", "oom_cause": "os-kill",
+                                                                             "peak_mem_mb": 850.0})]  # fmt: skip
+    grid = findings.read(build_study(storage_url(None, Path("studies"), NAME), trials=trials), Path("results"),
+                         storage_url(None, Path("studies"), NAME)).grid  # fmt: skip
+    assert not grid.fits(224, 4) and grid.label(224, 4) == "ok 1900 MiB (over limit)"
+    assert grid.fits(160, 4) and grid.label(160, 4) == "ok 900 MiB"

@@ -16,7 +16,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.params import Params
-from tuner.process.contract import Outcome
+from tuner.process.contract import Cause, Outcome
 from tuner.study import selection
 from tuner.study.limits import Limits
 from tuner.study.records import Best, StudyRecord, TrialRecord
@@ -248,10 +248,16 @@ def _preflights(record: StudyRecord) -> tuple[dict[int, int | None] | None, dict
 
 
 def _cell(trials: list[FrozenTrial], limit_mb: float | None) -> Cell:
-    outcomes = {trial_outcome(trial) for trial in trials}
+    """What a cell's trials say, as the pick judges it (tuner.study.records.largest_runs): a kill from outside
+    decides the cell only where nothing else ran there, and the largest peak any run showed decides the limit."""
+    told = [t for t in trials if TrialRecord.of(t).oom_cause != Cause.OS_KILL] or trials
+    outcomes = {trial_outcome(trial) for trial in told}
     status = next((outcome for outcome in _CELL_PRIORITY if outcome in outcomes), "not tried")
-    peaks = [peak for t in trials if trial_outcome(t) == status and (peak := TrialRecord.of(t).peak_mem_mb) is not None]
-    peak = max(peaks) if peaks else None
+    seen = [peak for t in trials if (peak := TrialRecord.of(t).peak_mem_mb) is not None and not TrialRecord.of(t).inferred]
+    peak = max(seen) if seen and status in ("ok", "pruned") else None
+    if peak is None:
+        peaks = [peak for t in told if trial_outcome(t) == status and (peak := TrialRecord.of(t).peak_mem_mb) is not None]
+        peak = max(peaks) if peaks else None
     over = status in ("ok", "pruned") and limit_mb is not None and peak is not None and peak > limit_mb
     return Cell(status, peak, over)
 
