@@ -3,13 +3,14 @@ needs a given peak or score quickly (the real processes are tested in the integr
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import types
 from pathlib import Path
 
 from tuner import config
 from tuner.memory import device as devices
-from tuner.process.contract import ChildResult, EpochRecord, Outcome
+from tuner.process.contract import ChildResult, EpochRecord, Outcome, PreflightCounts
 from tuner.process.trial import Attempt
 from tuner.study.inputs import Inputs
 from tuner.study.progress import Progress
@@ -120,3 +121,23 @@ class FakeCuda:
 
     def _on(self, device) -> int:
         return self.current if device is None else int(str(device).removeprefix("cuda:"))
+
+
+def batch_s(imgsz: int, batch: int) -> float:
+    return 0.05 + 2e-6 * batch * imgsz**2
+
+
+def val_batch_s(imgsz: int, batch: int) -> float:
+    return 0.02 + 1e-6 * 2 * batch * imgsz**2
+
+
+class TimedPreflight(FakePreflight):
+    """FakePreflight whose finished pre-flights timed their batches, as the real one does."""
+
+    def __call__(self, module, spec, folder, device, budget, timeout, on_epoch=None):
+        attempt = super().__call__(module, spec, folder, device, budget, timeout, on_epoch)
+        if attempt.outcome.value != "ok":
+            return attempt
+        counts = PreflightCounts(3, 4, 1, 2, 64, 64, batch_s(spec.params.imgsz, spec.params.batch),
+                                 val_batch_s(spec.params.imgsz, spec.params.batch))  # fmt: skip
+        return dataclasses.replace(attempt, result=ChildResult("ok", preflight=counts))

@@ -3,6 +3,7 @@ force in the noise paragraph, one count of outcomes for the console, report.md a
 
 from __future__ import annotations
 
+import csv
 import io
 from pathlib import Path
 
@@ -13,6 +14,8 @@ from optuna.trial import TrialState, create_trial
 
 from tests.fakes import FakePreflight, inputs, quiet
 from tests.review.test_report import DISTRIBUTIONS, NAME, STUDY_ATTRS, TRIALS, _ok, build_study
+from tuner.data.sample import Sample
+from tuner.params import Params
 from tuner.commands.probe import print_probe_summary, probe_summary
 from tuner.review import findings, report
 from tuner.study import limits
@@ -111,3 +114,28 @@ def test_a_cell_is_judged_on_the_largest_peak_of_its_runs_and_one_kill_from_outs
                          storage_url(None, Path("studies"), NAME)).grid  # fmt: skip
     assert not grid.fits(224, 4) and grid.label(224, 4) == "ok 1900 MiB (over limit)"
     assert grid.fits(160, 4) and grid.label(160, 4) == "ok 900 MiB"
+
+
+def test_report_and_trials_csv_predict_each_stable_configs_full_training(workdir):
+    """From the pre-flights' timed batches over the whole splits (the study's sample says how large they are), times
+    the epochs train-best plans: what the trade between accuracy and time needs."""
+    from tests.fakes import TimedPreflight, batch_s, val_batch_s
+
+    probe = inputs(workdir, 2000, imgsz=(160, 192, 224), batch=(16, 64))
+    mapped = limits.map_limits(probe, quiet(), runner=TimedPreflight(2000))
+    study = optuna.create_study(study_name="timed", storage=f"sqlite:///{workdir / 'timed.db'}", direction="maximize")
+    StudyRecord(config=probe.cfg, device="cpu", budget_mb=2000.0, stable_limit_mb=probe.stable_limit_mb, limits=mapped.to_dict(),
+                sample=Sample("s.yaml", 200, 100, 960, 96)).save(study)  # fmt: skip
+    space = {**DISTRIBUTIONS, "imgsz": CategoricalDistribution((160, 192, 224)), "batch": CategoricalDistribution((16, 64))}
+    for (imgsz, batch), value, peak in [((160, 16), 0.3, 800.0), ((224, 64), 0.4, 1900.0)]:  # the second over the limit
+        params = {"imgsz": imgsz, "batch": batch, "mosaic": 0.5, "mixup": 0.1}
+        study.add_trial(create_trial(state=TrialState.COMPLETE, params=params, distributions=space, value=value,
+                                     user_attrs={"outcome": "ok", "peak_mem_mb": peak}))  # fmt: skip
+    found = findings.read(study, Path("results"))
+    expected = 20 + 40 * (60 * batch_s(160, 16) + 3 * val_batch_s(160, 16))  # 960 / 16 and 96 / 32 batches, 40 epochs
+    assert found.planned_epochs == 40 and found.training_seconds(Params(160, 16, 0.5, 0.1)) == pytest.approx(expected, rel=1e-3)
+    table = report.top_table(study.get_trials(), found.record.stable_limit_mb, "mAP50-95", found)
+    assert "full training (40 epochs), predicted" in table
+    assert f"| 800 MiB | yes | {expected / 60:.0f} min |" in table and "| 1900 MiB | no | - |" in table
+    rows = list(csv.DictReader(io.StringIO(report.trials_csv(study.get_trials(), "mAP50-95", found))))
+    assert rows[0]["train_s_predicted"] == str(round(expected)) and rows[1]["train_s_predicted"] == ""

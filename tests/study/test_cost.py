@@ -8,23 +8,14 @@ import math
 
 import pytest
 
-from tests.fakes import FakePreflight, FakeProbe, inputs, quiet
+from tests.fakes import FakeProbe, TimedPreflight, batch_s, inputs, quiet, val_batch_s
 from tuner.data.sample import Sample
 from tuner.memory.model import Measurement
 from tuner.params import Params
-from tuner.process.contract import ChildResult, PreflightCounts
 from tuner.study import cost, limits
 from tuner.study.open import open_study
 from tuner.study.records import StudyRecord
 from tuner.study.search import Search
-
-
-def batch_s(imgsz: int, batch: int) -> float:
-    return 0.05 + 2e-6 * batch * imgsz**2
-
-
-def val_batch_s(imgsz: int, batch: int) -> float:
-    return 0.02 + 1e-6 * 2 * batch * imgsz**2
 
 
 def timed(imgsz: int, batch: int) -> Measurement:
@@ -53,18 +44,6 @@ def test_the_timeout_is_a_multiple_of_the_predicted_time_or_the_setting():
     assert cost.trial_timeout("auto", 10.0) == cost.TIMEOUT_FLOOR_S
     assert cost.trial_timeout("auto", None) == cost.FALLBACK_TIMEOUT_S
     assert cost.trial_timeout(900.0, 10.0) == 900.0
-
-
-class TimedPreflight(FakePreflight):
-    """FakePreflight whose finished pre-flights timed their batches, as the real one does."""
-
-    def __call__(self, module, spec, folder, device, budget, timeout, on_epoch=None):
-        attempt = super().__call__(module, spec, folder, device, budget, timeout, on_epoch)
-        if attempt.outcome.value != "ok":
-            return attempt
-        counts = PreflightCounts(3, 4, 1, 2, 64, 64, batch_s(spec.params.imgsz, spec.params.batch),
-                                 val_batch_s(spec.params.imgsz, spec.params.batch))  # fmt: skip
-        return dataclasses.replace(attempt, result=ChildResult("ok", preflight=counts))
 
 
 def test_each_probe_gets_the_timeout_its_predicted_time_gives_it(tmp_path):

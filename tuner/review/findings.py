@@ -17,7 +17,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tuner.params import Params
 from tuner.process.contract import Cause, Outcome
-from tuner.study import selection
+from tuner.errors import TunerError
+from tuner.study import cost, selection
 from tuner.study.limits import Limits
 from tuner.study.records import Best, StudyRecord, TrialRecord
 from tuner.study.storage import sqlite_path, storage_url
@@ -140,10 +141,20 @@ class Findings:
     grid: MemoryGrid
     best: BestConfig | None
     command: str  # the exact train-best command
+    speed: cost.Speed | None = None  # the pre-flights' speed law (tuner.study.cost), where they timed their batches
+    planned_epochs: int = 40  # of the full training, as train-best would run it from here
 
     @property
     def counts(self) -> dict[str, int]:
         return count_outcomes(self.trials)
+
+    def training_seconds(self, params: Params) -> float | None:
+        """The predicted wall time of the full training of `params` on the whole splits, validation included (None
+        where the pre-flights timed no batches or the study stored no sample, so the splits' sizes are unknown)."""
+        sample = self.record.sample
+        if self.speed is None or sample is None:
+            return None
+        return cost.probe_seconds(params, self.speed, sample.train_total, sample.val_total, self.planned_epochs)
 
 
 def read(study: optuna.Study, results_dir: Path, url: str | None = None) -> Findings:
@@ -159,7 +170,19 @@ def read(study: optuna.Study, results_dir: Path, url: str | None = None) -> Find
         grid=memory_grid(record, trials),
         best=best_config(record, trials),
         command=train_best_command(study.study_name, Path(results_dir), url),
+        speed=cost.fit_speed(Limits.from_dict(record.limits).frontier.measurements) if record.limits else None,
+        planned_epochs=_planned_epochs(),
     )
+
+
+def _planned_epochs() -> int:
+    """The epochs train-best would plan from here (configs/train.yaml, if here); its default where that is malformed."""
+    from tuner import config as configs
+
+    try:
+        return configs.load_train(None, {}).epochs
+    except TunerError:
+        return configs.TRAIN_DEFAULTS["epochs"]
 
 
 # --------------------------------------------------------------------------------------- reading trials

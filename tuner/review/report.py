@@ -16,6 +16,7 @@ from typing import Any
 from optuna.trial import FrozenTrial
 
 from tuner import files
+from tuner.params import Params
 from tuner.review import findings, plots
 from tuner.review.findings import BestConfig, Findings, MemoryGrid, param_cells, trial_outcome, trial_reason
 from tuner.study import records, selection
@@ -24,7 +25,7 @@ from tuner.study.records import Noise, StudyRecord, TrialRecord
 CSV_COLUMNS = (
     "number", "state", "outcome", "imgsz", "batch", "mosaic", "mixup", "value", "peak_mem_mb",
     "peak_rss_mb", "peak_device_mb", "stable", "duration_s", "epochs_done", "imgsz_used", "batch_used",
-    "seed", "repeat_of", "inferred_from", "device", "reason", "log",
+    "seed", "repeat_of", "inferred_from", "device", "reason", "log", "train_s_predicted",
 )  # fmt: skip
 
 
@@ -36,7 +37,7 @@ def write_report(found: Findings, results_dir: Path) -> dict[str, Path]:
     out_dir = Path(results_dir) / found.study_name
     written = write_plots(found, out_dir)
     markdown = render_markdown(found, [path.name for path in written.values()])
-    written["trials.csv"] = files.write_text(out_dir / "trials.csv", trials_csv(found.trials, found.metric_name))
+    written["trials.csv"] = files.write_text(out_dir / "trials.csv", trials_csv(found.trials, found.metric_name, found))
     written["report.md"] = files.write_text(out_dir / "report.md", markdown)
     return written
 
@@ -61,7 +62,11 @@ def write_plots(found: Findings, out_dir: Path) -> dict[str, Path]:
     return written
 
 
-def trials_csv(trials: Iterable[FrozenTrial], metric_name: str) -> str:
+def trials_csv(trials: Iterable[FrozenTrial], metric_name: str, found: Findings | None = None) -> str:
+    """One row per trial; `train_s_predicted` (with `found`): the full training's predicted seconds, for every stable
+    config (tuner.review.findings.Findings.training_seconds)."""
+    trials = list(trials)
+    limit = found.record.stable_limit_mb if found is not None else None
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
     writer.writeheader()
@@ -78,6 +83,9 @@ def trials_csv(trials: Iterable[FrozenTrial], metric_name: str) -> str:
             duration_s="" if duration is None else round(duration, 1),
             reason=trial_reason(trial, metric_name),
         )
+        if limit is not None and records.is_stable(trial, limit, trials):
+            predicted = found.training_seconds(Params.of(trial.params))
+            row["train_s_predicted"] = "" if predicted is None else round(predicted)
         writer.writerow(row)
     return buffer.getvalue()
 
@@ -93,7 +101,7 @@ def render_markdown(found: Findings, images: Sequence[str]) -> str:
         "## Trials by outcome\n\n" + outcome_table(found.counts),
         "## Memory frontier\n\n" + grid_section(grid),
         *([f"## Memory limits\n\n{limits_section(found.record.limits)}"] if found.record.limits else []),
-        f"## Top configs by {metric_name}\n\n" + top_table(trials, grid.stable_limit_mb, metric_name),
+        f"## Top configs by {metric_name}\n\n" + top_table(trials, grid.stable_limit_mb, metric_name, found),
         "## Pruned, out of memory, inferred, failed\n\n" + stopped_list(trials, metric_name),
         "## Noise\n\n" + noise_text(found.record.noise, trials, grid, metric_name)
         + (f"\n\nRace: {found.record.race.describe()}" if found.record.race else ""),
@@ -212,10 +220,12 @@ def limits_section(stored: dict[str, Any]) -> str:
     )
 
 
-def top_table(trials: Sequence[FrozenTrial], limit_mb: float | None, metric_name: str) -> str:
+def top_table(trials: Sequence[FrozenTrial], limit_mb: float | None, metric_name: str, found: Findings | None = None) -> str:
+    """The top configs; with a prediction of it (`found.training_seconds`), each stable one's full training time."""
     top = findings.top_trials(trials)
     if not top:
         return "No trial has completed yet."
+    predicting = found is not None and found.speed is not None and found.record.sample is not None
     rows = []
     for rank, trial in enumerate(top, start=1):
         record = TrialRecord.of(trial)
@@ -226,7 +236,13 @@ def top_table(trials: Sequence[FrozenTrial], limit_mb: float | None, metric_name
             *param_cells(trial.params), _fmt(trial.value, 4), "?" if peak is None else f"{peak:.0f} MiB",
             {True: "yes", False: "no", None: "?"}[stable],
         ])  # fmt: skip
-    return _table(["rank", "trial", "imgsz", "batch", "mosaic", "mixup", metric_name, "peak memory", "stable"], rows)
+        if predicting:
+            seconds = found.training_seconds(Params.of(trial.params)) if stable else None
+            rows[-1].append("-" if seconds is None else f"{seconds / 60:.0f} min")
+    header = ["rank", "trial", "imgsz", "batch", "mosaic", "mixup", metric_name, "peak memory", "stable"]
+    if predicting:
+        header.append(f"full training ({found.planned_epochs} epochs), predicted")
+    return _table(header, rows)
 
 
 def stopped_list(trials: Sequence[FrozenTrial], metric_name: str) -> str:
