@@ -74,6 +74,7 @@ def assert_one_line_error(code: int, err: str, *needles: str) -> None:
         (["--seed", "x"], ["--seed", "invalid int value: 'x'", "tuner probe --help"]),  # argparse's own: not its usage
         (["--n-trials", "ten"], ["--n-trials", "'ten'"]),
         (["--safety-margin", "some"], ["--safety-margin", "invalid float value"]),
+        (["--trial-timeout", "soon"], ["`probe.trial_timeout` is 'soon'", "or auto"]),
     ],
 )
 def test_bad_flags(workdir, tiny_data, run_cli, flags, needles):

@@ -123,3 +123,15 @@ def range(value: Any, name: str) -> tuple[float, float]:
     if low > high:
         raise ConfigError(f"`{name}` range is [{low:g}, {high:g}], but low must not exceed high.")
     return (low, high)
+
+
+def seconds_or_auto(value: Any, name: str) -> float | str:
+    """`auto`, or seconds greater than 0 (a flag's text included)."""
+    if value == "auto":
+        return "auto"
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise ConfigError(f"The value of `{name}` is {value!r}, but must be seconds greater than 0 or auto.") from None
+    return positive_float(value, name)

@@ -265,7 +265,7 @@ def _build(raw: dict[str, Any]) -> ProbeConfig:
             optimizer=checks.choice(probe["optimizer"], "probe.optimizer", OPTIMIZERS),
             lr0=checks.positive_float(probe["lr0"], "probe.lr0"),
             warmup_epochs=checks.fraction(probe["warmup_epochs"], "probe.warmup_epochs", low=0.0, high=1e9),
-            trial_timeout=_timeout(probe["trial_timeout"]),
+            trial_timeout=checks.seconds_or_auto(probe["trial_timeout"], "probe.trial_timeout"),
             repeats=checks.non_negative_int(probe["repeats"], "probe.repeats"),
             race=checks.non_negative_int(probe["race"], "probe.race"),
         ),
@@ -387,16 +387,3 @@ def probe_overrides(args: Any) -> dict[str, Any]:
         if passed:
             out[section] = passed
     return out
-
-
-def _timeout(value: Any) -> float | str:
-    """`auto`, or seconds greater than 0."""
-    if value == AUTO:
-        return AUTO
-    if isinstance(value, str):  # the flag's text
-        try:
-            value = float(value)
-        except ValueError:
-            raise ConfigError(f"The value of `probe.trial_timeout` is {value!r}, but must be seconds greater than 0 "
-                              "or auto.") from None
-    return checks.positive_float(value, "probe.trial_timeout")
