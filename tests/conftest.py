@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Callable
 
@@ -129,14 +130,8 @@ def heartbeat_age(storage: optuna.storages.RDBStorage, trial_id: int) -> float |
         row = connection.execute(query, {"trial": trial_id}).first()
     if row is None:
         return None
-    now, beat = (value if not isinstance(value, str) else _sql_time(value) for value in row)
+    now, beat = (datetime.fromisoformat(value) if isinstance(value, str) else value for value in row)  # SQLite: text
     return (now.replace(tzinfo=None) - beat.replace(tzinfo=None)).total_seconds()
-
-
-def _sql_time(text: str):
-    from datetime import datetime
-
-    return datetime.fromisoformat(text)
 
 
 def has_loaded_torch(process: psutil.Process) -> bool:

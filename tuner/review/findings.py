@@ -15,9 +15,10 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from tuner import config as configs
+from tuner.errors import TunerError
 from tuner.params import Params
 from tuner.process.contract import Cause, Outcome
-from tuner.errors import TunerError
 from tuner.study import cost, selection
 from tuner.study.limits import Limits
 from tuner.study.records import Best, StudyRecord, TrialRecord
@@ -177,8 +178,6 @@ def read(study: optuna.Study, results_dir: Path, url: str | None = None) -> Find
 
 def _planned_epochs() -> int:
     """The epochs train-best would plan from here (configs/train.yaml, if here); its default where that is malformed."""
-    from tuner import config as configs
-
     try:
         return configs.load_train(None, {}).epochs
     except TunerError:
