@@ -13,6 +13,7 @@ trainings in `--workdir` are reused, so an interrupted run continues where it st
 
     python tests/benchmarks/bench_fidelity.py --workdir /tmp/bench-fidelity                  # ~1-1.5 h on 2 CPU cores
     python tests/benchmarks/bench_fidelity.py --workdir /tmp/bench-fidelity --epochs 10     # a quicker look
+    python tests/benchmarks/bench_fidelity.py --workdir /tmp/fidelity-thin --kind thin --epochs 30   # another kind
 """
 
 from __future__ import annotations
@@ -70,7 +71,21 @@ def spearman(xs: list[float], ys: list[float]) -> float:
     return cov / var if var else 0.0
 
 
-def probe_metrics(config: tuple, workdir: Path, budget_text: str) -> list[float | None]:
+def inputs_of(kind: str, workdir: Path) -> tuple[Path, Path | str]:
+    """The data.yaml and base model of `kind`: the embedded shapes with their base checkpoint, or a kind of
+    tests/benchmarks/kinds.py (96 train / 32 val images) with that same checkpoint, pretrained on shapes at imgsz 256,
+    another resolution and another kind than the data's."""
+    cfg = configs.load(None, {})
+    base = tuner_inputs.model(cfg.model, embedded=True)
+    if kind == "shapes":
+        return tuner_inputs.dataset(None), base
+    sys.path.insert(0, str(Path(__file__).parent))
+    import kinds
+
+    return kinds.build(kind, workdir / "data", 96, 32), base
+
+
+def probe_metrics(config: tuple, workdir: Path, budget_text: str, kind: str = "shapes") -> list[float | None]:
     """The probe's metric of `config` for each seed (None where the probe did not finish)."""
     cached = workdir / "probes" / ("%d-%d-%g-%g.json" % config)
     if cached.exists():
@@ -78,7 +93,7 @@ def probe_metrics(config: tuple, workdir: Path, budget_text: str) -> list[float 
     cfg = configs.load(None, {"memory_budget": budget_text, "probe": {"trial_timeout": 7200}})  # accuracy, not time
     device = devices.resolve("cpu")
     budget = parse_budget(cfg.memory_budget, device.total_memory)
-    data, model = tuner_inputs.dataset(None), tuner_inputs.model(cfg.model, embedded=True)
+    data, model = inputs_of(kind, workdir)
     trials = Inputs(cfg, device, budget, data, model, workdir / "probes")
     params = Params(*config)
     values = []
@@ -92,15 +107,15 @@ def probe_metrics(config: tuple, workdir: Path, budget_text: str) -> list[float 
     return values
 
 
-def full_metric(config: tuple, workdir: Path, epochs: int, budget_text: str) -> tuple[float | None, float]:
+def full_metric(config: tuple, workdir: Path, epochs: int, budget_text: str, kind: str = "shapes") -> tuple[float | None, float]:
     """mAP50-95 of `config` after `epochs` of train-best, and the wall seconds it took (reused when done)."""
     name = "full-%d-%d-%g-%g" % config
     summary_file = workdir / "results" / name / "train" / "summary.json"
     if not summary_file.exists():
         imgsz, batch, mosaic, mixup = config
         cfg = configs.load(None, {})
-        model = tuner_inputs.model(cfg.model, embedded=True)
-        recipe = {"model": str(model), "data": str(tuner_inputs.dataset(None)), "optimizer": cfg.probe.optimizer,
+        data, model = inputs_of(kind, workdir)
+        recipe = {"model": str(model), "data": str(data), "optimizer": cfg.probe.optimizer,
                   "lr0": cfg.probe.lr0, "imgsz": imgsz, "batch": batch, "mosaic": mosaic, "mixup": mixup}  # fmt: skip
         config_yaml = workdir / f"{name}.yaml"
         config_yaml.write_text(yaml.safe_dump(recipe))
@@ -122,13 +137,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", type=Path, required=True)
     parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--kind", choices=("shapes", "thin", "dense"), default="shapes",
+                        help="the embedded shapes, or a kind of tests/benchmarks/kinds.py")
     parser.add_argument("--memory-budget", default="16GB", help="room enough for every config: this measures accuracy")
     args = parser.parse_args(argv)
     (args.workdir / "probes").mkdir(parents=True, exist_ok=True)
     rows = []
     for config in CONFIGS:
-        probes = probe_metrics(config, args.workdir, args.memory_budget)
-        full, seconds = full_metric(config, args.workdir, args.epochs, args.memory_budget)
+        probes = probe_metrics(config, args.workdir, args.memory_budget, args.kind)
+        full, seconds = full_metric(config, args.workdir, args.epochs, args.memory_budget, args.kind)
         rows.append({"config": config, "probes": probes, "full": full, "full_s": seconds})
         print(f"{config}: probe {probes}, {args.epochs} epochs {full} ({seconds:.0f} s)", flush=True)
     (args.workdir / "bench_fidelity.json").write_text(json.dumps(rows, indent=2))
@@ -136,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     noise = [abs(r["probes"][0] - r["probes"][1]) for r in usable]
     means = [sum(r["probes"]) / len(r["probes"]) for r in usable]
     rho = spearman(means, [r["full"] for r in usable])
-    print(f"\nEmbedded dataset, 2 CPU cores; probe: default settings, seeds {SEEDS}; full: train-best, {args.epochs} epochs\n")
+    print(f"\n{args.kind} dataset, 2 CPU cores; probe: default settings, seeds {SEEDS}; full: train-best, {args.epochs} epochs\n")
     print("| imgsz / batch / mosaic / mixup | probe mAP50-95 (seeds) | probe mean | full mAP50-95 | full wall |")
     print("|---|---|---|---|---|")
     for row in rows:
