@@ -89,7 +89,7 @@ METRIC_NAMES = {
 @dataclasses.dataclass(frozen=True)
 class Space:
     """The search space: imgsz and batch are choices (None: derived from the data, see tuner.study.derive),
-    mosaic and mixup are [low, high] ranges."""
+    mosaic and mixup are [low, high] ranges. Evenly spaced imgsz are searched as an ordered grid (tuner.study.space)."""
 
     imgsz: tuple[int, ...] | None
     batch: tuple[int, ...] | None

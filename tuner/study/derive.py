@@ -17,6 +17,7 @@ from typing import Sequence
 from tuner.config import Space
 from tuner.data import datasets
 from tuner.params import STRIDE
+from tuner.study.space import grid_step
 
 SMALLEST_IMGSZ = 160
 DEFAULT_TOP_IMGSZ = 640
@@ -97,7 +98,7 @@ def _usual(shape: DataShape) -> str:
 
 
 def _span(sizes: Sequence[int]) -> str:
-    steps = {later - earlier for earlier, later in zip(sizes, sizes[1:])}
-    if len(sizes) > 3 and len(steps) == 1:
-        return f"{sizes[0]}-{sizes[-1]} in steps of {steps.pop()} ({len(sizes)} sizes)"
+    step = grid_step(sizes)
+    if len(sizes) > 3 and step is not None:
+        return f"{sizes[0]}-{sizes[-1]} in steps of {step} ({len(sizes)} sizes)"
     return ", ".join(map(str, sizes))

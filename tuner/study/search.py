@@ -224,12 +224,13 @@ class Search:
     def objective(self, trial: optuna.Trial) -> float:
         self.ours.append(trial.number)
         TrialRecord(worker=self.worker).save(trial)
-        surplus = workers.surplus_reason(trial, self._trials(), self.cfg.n_trials)
+        trials = self._trials()
+        surplus = workers.surplus_reason(trial, trials, self.cfg.n_trials)
         if surplus is not None:
             TrialRecord(surplus=surplus).save(trial)
             raise Surplus(surplus)
         self.progress.done = main_trials_done(self.study)
-        params = Params.of(space.suggest(trial, self.cfg.space))
+        params = Params.of(space.suggest(trial, self.cfg.space, trials))
         repeat_of = TrialRecord.of(trial).repeat_of
         seed = self.cfg.seed + trial.number
         TrialRecord(seed=seed, device=self.inputs.device.torch).save(trial)

@@ -1,25 +1,64 @@
-"""The search space as Optuna suggestions: imgsz and batch are choices, mosaic and mixup ranges, and the
-startup design that spreads a fresh study's first trials over it (a point of it is `tuner.params.Params`).
+"""The search space as Optuna suggestions: imgsz an ordered grid (or choices), batch choices, mosaic and mixup
+ranges, and the startup design that spreads a fresh study's first trials over it (a point of it is
+`tuner.params.Params`).
+
+imgsz is suggested as an int in its grid's steps when the sizes are evenly spaced (a derived space always is:
+tuner.study.derive), so TPE knows that 416 lies between 384 and 448 and can propose a size between two good ones
+instead of proposing the best size tried again; an irregular list (--imgsz 320,416,640) stays categorical. A
+study whose trials already hold a categorical imgsz (one an older tuner started) keeps it: Optuna refuses another
+kind of distribution for a parameter the study holds ("Cannot set different distribution kind to the same
+parameter name").
+
+batch stays categorical. Its useful values are powers of 2 (or whatever list the user gave), and every reader
+(records, dominance, the memory model, train-best, optuna-dashboard) wants the batch itself: an int on a log
+scale would propose 3, 5, 7, and the exponent under another name would put 3 where 8 is meant in the dashboard
+and in every record. Its few choices are cut further by the memory frontier, and what batch trades is mostly
+memory, which the pre-flights map without the sampler.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterable, Sequence
 
 import optuna
+from optuna.distributions import CategoricalDistribution, IntDistribution
+from optuna.trial import FrozenTrial
 
 from tuner.config import Space
 
 STEP = 0.05  # mosaic/mixup in steps of 0.05 where the range allows: readable, and repeats match exactly
 
 
-def suggest(trial: optuna.Trial, space: Space) -> dict[str, Any]:
+def grid_step(choices: Sequence[int]) -> int | None:
+    """The step between `choices` (sorted, as config checks them) when at least two are evenly spaced, else None."""
+    steps = {later - earlier for earlier, later in zip(choices, choices[1:])}
+    return steps.pop() if len(steps) == 1 and min(steps) > 0 else None
+
+
+def imgsz_distribution(choices: Sequence[int], trials: Iterable[FrozenTrial] = ()) -> IntDistribution | CategoricalDistribution:
+    """How imgsz is suggested: an int in the grid's steps where `choices` are evenly spaced, categorical for an
+    irregular list or where the study's `trials` already hold it categorical (Optuna refuses a change of kind)."""
+    held = next((t.distributions["imgsz"] for t in trials if "imgsz" in t.distributions), None)
+    step = grid_step(choices)
+    if step is None or isinstance(held, CategoricalDistribution):
+        return CategoricalDistribution(list(choices))
+    return IntDistribution(choices[0], choices[-1], step=step)
+
+
+def suggest(trial: optuna.Trial, space: Space, trials: Iterable[FrozenTrial] = ()) -> dict[str, Any]:
+    """One point of `space` for `trial`; `trials` are the study's, to keep the kind of imgsz its trials hold."""
     return {
-        "imgsz": trial.suggest_categorical("imgsz", list(space.imgsz)),
+        "imgsz": _suggest_imgsz(trial, imgsz_distribution(space.imgsz, trials)),
         "batch": trial.suggest_categorical("batch", list(space.batch)),
         "mosaic": _suggest_range(trial, "mosaic", space.mosaic),
         "mixup": _suggest_range(trial, "mixup", space.mixup),
     }
+
+
+def _suggest_imgsz(trial: optuna.Trial, distribution: IntDistribution | CategoricalDistribution) -> int:
+    if isinstance(distribution, IntDistribution):
+        return trial.suggest_int("imgsz", distribution.low, distribution.high, step=distribution.step)
+    return trial.suggest_categorical("imgsz", distribution.choices)
 
 
 def _suggest_range(trial: optuna.Trial, name: str, bounds: tuple[float, float]) -> float:
@@ -36,6 +75,7 @@ def startup_design(space: Space, count: int, largest: dict[int, int | None] | No
     largest stable imgsz, None where none is): cells beyond it are left out, and each imgsz is paired only
     with batches it fits. mosaic and mixup are left to the sampler.
     """
+
     def fits(imgsz: int, batch: int) -> bool:
         return largest is None or (largest.get(batch) is not None and imgsz <= largest[batch])
 
