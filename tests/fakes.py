@@ -84,7 +84,7 @@ class FakeProbe:
             if (params.imgsz, params.batch) in self.scores:
                 runs = sum((p.imgsz, p.batch) == (params.imgsz, params.batch) for p in self.ran)
                 value = self.scores[params.imgsz, params.batch][runs - 1]
-            if on_epoch(EpochRecord(epoch, value, params.imgsz, params.batch, 1.0)):
+            if on_epoch(timed_epoch(EpochRecord(epoch, value, params.imgsz, params.batch, 1.0))):
                 return Attempt(Outcome.PRUNED, "pruned", None, peak, peak, 0.0, None, 2.0, epoch, None, log)
         result = ChildResult("ok", value=value, epochs_done=spec.probe.epochs, batch_used=params.batch,
                              imgsz_used=params.imgsz)  # fmt: skip
@@ -141,3 +141,16 @@ class TimedPreflight(FakePreflight):
         counts = PreflightCounts(3, 4, 1, 2, 64, 64, batch_s(spec.params.imgsz, spec.params.batch),
                                  val_batch_s(spec.params.imgsz, spec.params.batch))  # fmt: skip
         return dataclasses.replace(attempt, result=ChildResult("ok", preflight=counts))
+
+
+TRAIN_BATCHES, VAL_BATCHES = 10, 5  # a fake probe's batches over the study's sample
+
+
+def timed_epoch(record: EpochRecord) -> EpochRecord:
+    """`record` with the training and validation it timed, as the probe child reports them: `batch_s` and
+    `val_batch_s` a batch, the first epoch twice as slow (the loaders' start)."""
+    slow = 2.0 if record.epoch == 1 else 1.0
+    return dataclasses.replace(
+        record, train_s=slow * TRAIN_BATCHES * batch_s(record.imgsz, record.batch), train_batches=TRAIN_BATCHES,
+        val_s=slow * VAL_BATCHES * val_batch_s(record.imgsz, record.batch), val_batches=VAL_BATCHES,
+    )  # fmt: skip

@@ -18,7 +18,8 @@ import yaml
 from optuna.trial import TrialState
 
 from tests.conftest import has_loaded_torch, heartbeat_age, tiny_probe_args, trial_processes, wait_until
-from tuner.study.records import StudyRecord
+from tuner.study import training_time
+from tuner.study.records import StudyRecord, TrialRecord
 
 pytestmark = pytest.mark.integration
 
@@ -327,5 +328,15 @@ def test_probes_train_and_validate_on_the_studys_sample_and_preflights_on_the_wh
     for trial in study.trials:
         log = Path(trial.user_attrs["log"]).read_text()
         assert re.search(r"train: .* 4 images", log) and re.search(r"val: .* 2 images", log), log[-2000:]
+        # training and validation timed apart over the sample's batches, carried over to the whole splits' (8, 4)
+        epoch = json.loads(Path(trial.user_attrs["log"]).with_name("progress.jsonl").read_text().splitlines()[0])
+        batch = trial.params["batch"]
+        assert epoch["train_batches"] == -(-4 // batch) and epoch["val_batches"] == 1 and epoch["val_s"] > 0
+        per_epoch = -(-8 // batch) * epoch["train_s"] / epoch["train_batches"] + epoch["val_s"]  # 4 val: 1 batch
+        predicted = TrialRecord.of(trial).prediction
+        assert predicted.epochs == 40 and predicted.epoch_s == pytest.approx(per_epoch, abs=0.01)
+    best_yaml = (workdir / "results" / "data-yolov8n-cpu" / "best.yaml").read_text()
+    assert training_time.from_comment(best_yaml).epochs == 40  # the pick's, for train-best
+    assert re.search(r"Predicted full training: about \d+ (s|min) for 40 epochs", err), err
     report = (workdir / "results" / "data-yolov8n-cpu" / "report.md").read_text()
     assert "Probes train on 4 of 8 train images" in report

@@ -139,3 +139,24 @@ def test_report_and_trials_csv_predict_each_stable_configs_full_training(workdir
     assert f"| 800 MiB | yes | {expected / 60:.0f} min |" in table and "| 1900 MiB | no | - |" in table
     rows = list(csv.DictReader(io.StringIO(report.trials_csv(study.get_trials(), "mAP50-95", found))))
     assert rows[0]["train_s_predicted"] == str(round(expected)) and rows[1]["train_s_predicted"] == ""
+
+
+def test_a_config_its_probe_timed_is_predicted_from_its_probe_not_from_the_preflights(workdir):
+    """The probe's own epochs (TrialRecord.prediction) decide where it has them, scaled to the epochs planned now;
+    a trial without them falls back on the pre-flights' speeds (none here: no prediction)."""
+    space = {**DISTRIBUTIONS, "imgsz": CategoricalDistribution((160, 224)), "batch": CategoricalDistribution((16,))}
+    study = optuna.create_study(study_name="probed", storage=f"sqlite:///{workdir / 'probed.db'}", direction="maximize")
+    probe = inputs(workdir, 2000, imgsz=(160, 224), batch=(16,))
+    StudyRecord(config=probe.cfg, device="cpu", budget_mb=2000.0, stable_limit_mb=1800.0).save(study)
+    timed = {"train_s_predicted": 620.0, "train_epochs_predicted": 20, "train_epoch_s_predicted": 30.0}
+    for imgsz, extra in ((160, timed), (224, {})):
+        study.add_trial(create_trial(state=TrialState.COMPLETE, distributions=space, value=0.3 + imgsz / 1000,
+                                     params={"imgsz": imgsz, "batch": 16, "mosaic": 0.5, "mixup": 0.1},
+                                     user_attrs={"outcome": "ok", "peak_mem_mb": 800.0, **extra}))  # fmt: skip
+    found = findings.read(study, Path("results"))
+    trials = study.get_trials()
+    assert found.predicted(trials[0]) == 20 + 40 * 30.0 and found.predicted(trials[1]) is None
+    table = report.top_table(trials, 1800.0, "mAP50-95", found)
+    assert "full training (40 epochs), predicted" in table and "| 20 min |" in table and "| - |" in table
+    rows = list(csv.DictReader(io.StringIO(report.trials_csv(trials, "mAP50-95", found))))
+    assert [row["train_s_predicted"] for row in rows] == ["1220", ""]

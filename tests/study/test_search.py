@@ -358,3 +358,23 @@ def test_a_race_run_that_lost_its_place_below_one_still_held_is_run_again(tmp_pa
     assert race is not None and race.runs == 2 and race.verdict == "separated", race  # race:1 again, then they parted
     refilled = [t for t in study.get_trials() if TrialRecord.of(t).slot == "race:1" and t.state == TrialState.COMPLETE]
     assert len(refilled) == 1
+
+
+def test_every_ok_probe_stores_its_configs_full_training_as_the_probe_timed_it(tmp_path):
+    """Seconds per batch from the probe's own epochs (the first, slower one left out) over the whole splits the
+    sample was drawn from, times the epochs train-best plans; a pruned or out-of-memory probe predicts nothing."""
+    from tests.fakes import TRAIN_BATCHES, VAL_BATCHES, batch_s, val_batch_s
+    from tuner.data.sample import Sample
+
+    study, trials, found = prepared(tmp_path, n_trials=6, budget_mb=1000)
+    trials = dataclasses.replace(trials, sample=Sample("s.yaml", 200, 100, 960, 96), planned_epochs=30)
+    Search(study, trials, quiet(), found, runner=FakeProbe(1000, excess=1.2)).run()
+    ok = [t for t in study.get_trials() if t.user_attrs.get("outcome") == "ok"]
+    assert ok and all("train_s_predicted" not in t.user_attrs for t in study.get_trials() if t not in ok)
+    for trial in ok:
+        imgsz, batch = trial.params["imgsz"], trial.params["batch"]
+        epoch_s = -(-960 // batch) * batch_s(imgsz, batch) + -(-96 // (2 * batch)) * val_batch_s(imgsz, batch)
+        prediction = TrialRecord.of(trial).prediction
+        assert prediction.epochs == 30 and prediction.epoch_s == pytest.approx(epoch_s, abs=0.01)
+        assert prediction.seconds == pytest.approx(20 + 30 * epoch_s, abs=0.5)
+    assert (TRAIN_BATCHES, VAL_BATCHES) == (10, 5)  # the sample's batches: per-batch seconds, not per-epoch, carry over

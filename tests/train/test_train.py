@@ -456,6 +456,26 @@ def test_an_epoch_that_was_not_validated_is_shown_and_recorded_as_such(workdir, 
     assert summary["metrics"] == {"mAP50-95": 0.3}  # the last validated epoch's
 
 
+def test_train_best_starts_from_the_probes_prediction_and_then_shows_measured_epochs(workdir, tiny_data, train_with):
+    """best.yaml's comment carries the pick's prediction (30 s an epoch, 40 planned): train-best scales it to its own
+    epochs, says it at the start, gives it as the stage's ETA until an epoch is measured, and keeps it in the plan."""
+    from tuner.study import training_time
+    from tuner.study.training_time import Prediction
+
+    best = write_best_yaml(workdir / "results" / "timed" / "best.yaml", tiny_data)
+    comment = "".join(f"# {line}\n" for line in training_time.comment_lines(Prediction.of(30.0, 40)))
+    best.write_text(comment + best.read_text())
+    code, _, err = train_with(FakeRunner(oom_imgsz=10**6, oom_after=0), config=best, epochs=3)
+    assert code == 0, err
+    lines = err.splitlines()
+    assert "Predicted: about 2 min for 3 epochs" in err  # 20 s to start + 3 x 30 s
+    start = next(i for i, line in enumerate(lines) if "training 3 epochs" in line)
+    assert lines[start].endswith("| ETA 1.5 min (predicted)")  # 3 epochs x 30 s
+    assert "epoch 1/3" in lines[start + 1] and "(predicted)" not in lines[start + 1]  # measured from here on
+    plan = yaml.safe_load((train_dir(workdir, "timed") / "config.yaml").read_text())
+    assert Prediction.from_json(plan["prediction"]) == Prediction.of(30.0, 3)
+
+
 def test_restarts_stop_at_max_restarts_and_keep_the_run(workdir, tiny_data, train_with):
     best = write_best_yaml(workdir / "results" / "stuck" / "best.yaml", tiny_data, imgsz=64, batch=4)
     code, _, err = train_with(FakeRunner(oom_imgsz=1, oom_after=0), config=best, epochs=2, max_restarts=1)

@@ -20,7 +20,7 @@ from tuner.memory.budget import MIB, describe_budget, parse_budget
 from tuner.memory.device import Device
 from tuner.params import Params
 from tuner.review import findings
-from tuner.study import cost, derive, inputs, limits, selection
+from tuner.study import cost, derive, inputs, limits, selection, training_time
 from tuner.study import workers as tuner_workers
 from tuner.study.inputs import Inputs
 from tuner.study.open import mapped_limits, open_study, probe_sample
@@ -28,6 +28,7 @@ from tuner.study.progress import Progress
 from tuner.study.records import Best, StudyRecord
 from tuner.study.search import Search
 from tuner.study.selection import Choice
+from tuner.study.training_time import Prediction
 from tuner.study.storage import default_study_name, storage_url
 from tuner.train import plan
 
@@ -76,7 +77,8 @@ def run_probe(
     progress = Progress(cfg.n_trials + cfg.probe.repeats, budget, cfg.metric_name, quiet=quiet)
     _say_start(progress, name, url, cfg, device, budget, record, space_notes, workers if shared else 1, worker)
     progress.say(sample.describe())
-    trials = Inputs(cfg, device, budget, data_yaml, model, Path(studies_dir) / name, sample, workers if shared else 1)
+    trials = Inputs(cfg, device, budget, data_yaml, model, Path(studies_dir) / name, sample, workers if shared else 1,
+                    training_time.planned_epochs())  # fmt: skip
     found = mapped_limits(study, trials, progress, queue_design=not limits_only, created=created)
     if worker:
         Search(study, trials, progress, found).run()
@@ -164,7 +166,8 @@ def _finish(study, cfg, device, record: StudyRecord, url: str, results_dir: Path
     best = None
     if choice is not None:
         settings = train_settings_or_defaults(progress)
-        write_best_yaml(best_yaml, choice, cfg, device, study.study_name, record, settings)
+        predicted = selection.pick_prediction(trials, choice.trial.number, settings.epochs)
+        write_best_yaml(best_yaml, choice, cfg, device, study.study_name, record, settings, predicted)
         best = Best(choice.trial.number, Params.of(choice.params), choice.value, choice.peak_mb, choice.runs, str(best_yaml))
     record = dataclasses.replace(record, noise=noise, best=best)
     record.save(study, "noise", "best")
@@ -188,10 +191,11 @@ def _write_report(study: optuna.Study, results_dir: Path, url: str, progress: Pr
 
 def write_best_yaml(
     path: Path, choice: Choice, cfg: ProbeConfig, device: Device, name: str, study: StudyRecord,
-    settings: configs.TrainSettings,
+    settings: configs.TrainSettings, predicted: Prediction | None = None,
 ) -> None:
     """The best stable config as the Ultralytics training arguments train-best would use, with what it
-    scored in a comment header: `yolo train cfg=best.yaml` trains what the probe measured."""
+    scored in a comment header: `yolo train cfg=best.yaml` trains what the probe measured. Its full training's
+    predicted time (`predicted`) is a comment too, which train-best reads back (tuner.study.training_time)."""
     params = Params.of(choice.params)
     spread = f", noise +/-{choice.spread:.3f}" if choice.spread is not None else ""
     header = [
@@ -203,6 +207,7 @@ def write_best_yaml(
         f"Train it: tuner train-best --study-name {name}",
         "These are the Ultralytics training arguments train-best uses for a single-stage run of "
         f"{settings.epochs} epochs: yolo train cfg=<this file> trains the same way.",
+        *(training_time.comment_lines(predicted) if predicted is not None else []),
     ]
     arguments = plan.best_yaml_arguments(params, cfg.probe.optimizer, cfg.probe.lr0, device, settings)
     body = {"model": study.model_path, "data": study.data_path, "device": device.ultralytics, **arguments}
@@ -222,6 +227,7 @@ def probe_summary(study_name: str, trials, record: StudyRecord, best_yaml: Path 
     """The end of a probe in numbers: trials per outcome (counted as report.md and `tuner report --json` count
     them), the noise, the best stable config."""
     best = record.best
+    predicted = None if best is None else selection.pick_prediction(trials, best.trial, training_time.planned_epochs())
     return {
         "study": study_name,
         "counts": findings.count_outcomes(trials),
@@ -234,6 +240,7 @@ def probe_summary(study_name: str, trials, record: StudyRecord, best_yaml: Path 
             "value": best.value,
             "peak_mem_mb": best.peak_mem_mb,
             "best_yaml": str(best_yaml),
+            "train_predicted": None if predicted is None else predicted.to_json(),
         },
         "hint": hint,
         "sample": None if record.sample is None else record.sample.to_dict(),
@@ -259,6 +266,9 @@ def print_probe_summary(summary: dict[str, Any], progress: Progress, as_json: bo
             f"Best stable config: {Params.of(best['params'])} -> {best['value']:.4f}, "
             f"peak {best['peak_mem_mb']:.0f} MiB (trial {best['trial']})."
         )
+        predicted = Prediction.from_json(best.get("train_predicted"))
+        if predicted is not None:
+            lines.append(f"Predicted full training: {predicted.describe()} (as its probe timed it).")
         lines.append(f"Written to {best['best_yaml']}. Next: tuner train-best --study-name {summary['study']}")
         if summary.get("hint"):
             lines.append(f"Note: {summary['hint']}")

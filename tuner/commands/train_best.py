@@ -194,6 +194,9 @@ def _train(
          else f"Training {plan.study!r} into {run_files.root}: {plan.epochs} epochs, strategy {plan.strategy}")
         + f"\nFrom {plan.origin}; device {target.torch} ({target.name}), memory budget {budget_text}",
     )  # fmt: skip
+    if plan.prediction is not None and not state.epochs_done:
+        predicted = plan.prediction.for_epochs(plan.epochs)
+        screen.say(f"Predicted: {predicted.describe()} (as the probe timed {plan.best}; measured epochs follow).")
     supervisor = Supervisor(
         run_files, plan, state, target, budget, max_restarts=run.max_restarts, plots=run.plots, screen=screen, runner=runner
     )

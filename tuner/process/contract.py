@@ -157,6 +157,10 @@ class EpochRecord:
     nbs: int | None = None
     lr0: float | None = None
     peak_mb: float | None = None  # added by the parent: its watchdog's peak so far
+    train_s: float | None = None  # a probe: seconds its training batches took this epoch (validation not included)
+    train_batches: int | None = None  # ... and how many they were
+    val_s: float | None = None  # seconds its validation took this epoch
+    val_batches: int | None = None  # ... over how many batches (of twice the batch)
 
     @classmethod
     def from_json(cls, values: dict[str, Any]) -> EpochRecord:

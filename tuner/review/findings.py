@@ -15,11 +15,9 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner import config as configs
-from tuner.errors import TunerError
 from tuner.params import Params
 from tuner.process.contract import Cause, Outcome
-from tuner.study import cost, selection
+from tuner.study import cost, selection, training_time
 from tuner.study.limits import Limits
 from tuner.study.records import Best, StudyRecord, TrialRecord
 from tuner.study.storage import sqlite_path, storage_url
@@ -157,6 +155,14 @@ class Findings:
             return None
         return cost.probe_seconds(params, self.speed, sample.train_total, sample.val_total, self.planned_epochs)
 
+    def predicted(self, trial: FrozenTrial) -> float | None:
+        """The full training's predicted seconds for the config of `trial` over the planned epochs: as its probe
+        timed it (TrialRecord.prediction, tuner.study.training_time), else as the pre-flights' speeds predict it."""
+        prediction = TrialRecord.of(trial).prediction
+        if prediction is not None:
+            return prediction.for_epochs(self.planned_epochs).seconds
+        return self.training_seconds(Params.of(trial.params))
+
 
 def read(study: optuna.Study, results_dir: Path, url: str | None = None) -> Findings:
     """`url` (the study's storage URL) is used only to spell the train-best command exactly."""
@@ -172,16 +178,8 @@ def read(study: optuna.Study, results_dir: Path, url: str | None = None) -> Find
         best=best_config(record, trials),
         command=train_best_command(study.study_name, Path(results_dir), url),
         speed=cost.fit_speed(Limits.from_dict(record.limits).frontier.measurements) if record.limits else None,
-        planned_epochs=_planned_epochs(),
+        planned_epochs=training_time.planned_epochs(),
     )
-
-
-def _planned_epochs() -> int:
-    """The epochs train-best would plan from here (configs/train.yaml, if here); its default where that is malformed."""
-    try:
-        return configs.load_train(None, {}).epochs
-    except TunerError:
-        return configs.TRAIN_DEFAULTS["epochs"]
 
 
 # --------------------------------------------------------------------------------------- reading trials

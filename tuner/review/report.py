@@ -16,7 +16,6 @@ from typing import Any
 from optuna.trial import FrozenTrial
 
 from tuner import files
-from tuner.params import Params
 from tuner.review import findings, plots
 from tuner.review.findings import BestConfig, Findings, MemoryGrid, param_cells, trial_outcome, trial_reason
 from tuner.study import records, selection
@@ -64,7 +63,7 @@ def write_plots(found: Findings, out_dir: Path) -> dict[str, Path]:
 
 def trials_csv(trials: Iterable[FrozenTrial], metric_name: str, found: Findings | None = None) -> str:
     """One row per trial; `train_s_predicted` (with `found`): the full training's predicted seconds, for every stable
-    config (tuner.review.findings.Findings.training_seconds)."""
+    config (tuner.review.findings.Findings.predicted: as its probe timed it, else the pre-flights)."""
     trials = list(trials)
     limit = found.record.stable_limit_mb if found is not None else None
     buffer = io.StringIO()
@@ -84,7 +83,7 @@ def trials_csv(trials: Iterable[FrozenTrial], metric_name: str, found: Findings 
             reason=trial_reason(trial, metric_name),
         )
         if limit is not None and records.is_stable(trial, limit, trials):
-            predicted = found.training_seconds(Params.of(trial.params))
+            predicted = found.predicted(trial)
             row["train_s_predicted"] = "" if predicted is None else round(predicted)
         writer.writerow(row)
     return buffer.getvalue()
@@ -221,11 +220,12 @@ def limits_section(stored: dict[str, Any]) -> str:
 
 
 def top_table(trials: Sequence[FrozenTrial], limit_mb: float | None, metric_name: str, found: Findings | None = None) -> str:
-    """The top configs; with a prediction of it (`found.training_seconds`), each stable one's full training time."""
+    """The top configs; with a prediction of it (`found.predicted`), each stable one's full training time."""
     top = findings.top_trials(trials)
     if not top:
         return "No trial has completed yet."
-    predicting = found is not None and found.speed is not None and found.record.sample is not None
+    from_preflights = found is not None and found.speed is not None and found.record.sample is not None
+    predicting = found is not None and (from_preflights or any(TrialRecord.of(trial).prediction for trial in top))
     rows = []
     for rank, trial in enumerate(top, start=1):
         record = TrialRecord.of(trial)
@@ -237,7 +237,7 @@ def top_table(trials: Sequence[FrozenTrial], limit_mb: float | None, metric_name
             {True: "yes", False: "no", None: "?"}[stable],
         ])  # fmt: skip
         if predicting:
-            seconds = found.training_seconds(Params.of(trial.params)) if stable else None
+            seconds = found.predicted(trial) if stable else None
             rows[-1].append("-" if seconds is None else f"{seconds / 60:.0f} min")
     header = ["rank", "trial", "imgsz", "batch", "mosaic", "mixup", metric_name, "peak memory", "stable"]
     if predicting:

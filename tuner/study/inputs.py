@@ -15,15 +15,16 @@ import zipfile
 from pathlib import Path
 from typing import Iterable
 
-from tuner.config import ProbeConfig
+from tuner.config import TRAIN_DEFAULTS, ProbeConfig
 from tuner.data import base_model, datasets, shapes
 from tuner.data.sample import Sample
 from tuner.errors import ConfigError
 from tuner.memory.device import Device
 from tuner.memory.model import Measurement
 from tuner.params import Params
-from tuner.process.contract import ProbeSpec
-from tuner.study import cost
+from tuner.process.contract import EpochRecord, ProbeSpec
+from tuner.study import cost, training_time
+from tuner.study.training_time import Prediction
 
 DEFAULT_MODEL = "yolov8n.yaml"
 
@@ -118,6 +119,7 @@ class Inputs:
     trials_dir: Path
     sample: Sample | None = None  # the study's sample of the splits (tuner.data.sample); None: the whole data
     sharing: int = 1  # workers whose trials share this device at once (tuner.study.workers, "shared")
+    planned_epochs: int = TRAIN_DEFAULTS["epochs"]  # of the full training train-best would plan (training_time)
 
     @property
     def stable_limit_mb(self) -> float:
@@ -152,6 +154,13 @@ class Inputs:
         train = self.sample.train_images if self.sample else self.sample_sizes()[0]
         val = self.sample.val_images if self.sample else self.sample_sizes()[1]
         return cost.probe_seconds(params, speed, math.ceil(train * self.cfg.probe.fraction), val, self.cfg.probe.epochs)
+
+    def full_training(self, params: Params, epochs: Iterable[EpochRecord]) -> Prediction | None:
+        """The full training of `params` on the whole splits for train-best's planned epochs, from the epochs its
+        probe timed (tuner.study.training_time); None where the probe timed none, or no sample says the splits' sizes."""
+        if self.sample is None:
+            return None
+        return training_time.predict(epochs, params.batch, self.sample.train_total, self.sample.val_total, self.planned_epochs)
 
     def sample_sizes(self) -> tuple[int, int]:
         """The images of each split a probe passes over, where no sample was drawn (the whole splits)."""

@@ -194,6 +194,46 @@ def batch_shape(dataset, index: int) -> tuple[int, int]:
     return dataset.imgsz, dataset.imgsz
 
 
+class EpochTimer:
+    """The callbacks that time each epoch's training and validation, apart, with their batch counts: what a full
+    training's time is predicted from (tuner.study.training_time)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.marks: dict[str, float] = {}
+        self.train_batches = 0
+        self.val_batches = 0
+
+    def callbacks(self) -> dict[str, Callable]:
+        return {
+            "on_train_epoch_start": lambda trainer: self._mark("train_start"),
+            "on_train_epoch_end": self.on_train_epoch_end,
+            "on_val_start": lambda validator: self._mark("val_start"),
+            "on_val_end": self.on_val_end,
+        }
+
+    def _mark(self, name: str) -> None:
+        self.marks[name] = self.clock()
+
+    def on_train_epoch_end(self, trainer) -> None:
+        self._mark("train_end")
+        self.train_batches = len(trainer.train_loader)
+
+    def on_val_end(self, validator) -> None:
+        self._mark("val_end")
+        self.val_batches = len(validator.dataloader)
+
+    def epoch(self) -> dict[str, Any]:
+        """The epoch that just ended, as EpochRecord's timing fields (none that it did not time)."""
+        marks, out = self.marks, {}
+        if {"train_start", "train_end"} <= marks.keys() and self.train_batches:
+            out.update(train_s=round(marks["train_end"] - marks["train_start"], 3), train_batches=self.train_batches)
+        if {"val_start", "val_end"} <= marks.keys() and self.val_batches:
+            out.update(val_s=round(marks["val_end"] - marks["val_start"], 3), val_batches=self.val_batches)
+        self.marks = {}
+        return out
+
+
 def run(spec: ProbeSpec) -> ChildResult:
     training = child.Training(spec)
     if spec.preflight_batches > 0:
@@ -202,11 +242,13 @@ def run(spec: ProbeSpec) -> ChildResult:
         return ended_preflight(result, preflight)
     import torch
 
+    timer = EpochTimer()
+
     def on_fit_epoch_end(trainer) -> None:
         value = float(trainer.metrics.get(spec.metric, float("nan")))
-        training.record(trainer, value, threads=torch.get_num_threads())
+        training.record(trainer, value, threads=torch.get_num_threads(), **timer.epoch())
 
-    callbacks = {"on_pretrain_routine_start": skip_final_eval, "on_fit_epoch_end": on_fit_epoch_end}
+    callbacks = {**timer.callbacks(), "on_pretrain_routine_start": skip_final_eval, "on_fit_epoch_end": on_fit_epoch_end}
     result = training.train(spec.model, train_arguments(spec), callbacks, spec.probe.epochs)
     if result.status != "ok":
         return result

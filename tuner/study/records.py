@@ -32,6 +32,7 @@ from tuner import config as configs
 from tuner.data.sample import Sample
 from tuner.params import Params
 from tuner.process.contract import EVIDENCE, Cause, Outcome
+from tuner.study.training_time import Prediction
 
 
 def _from_attrs(cls, attrs: dict[str, Any]):
@@ -68,6 +69,9 @@ class TrialRecord:
     worker: str | None = None  # host:pid of the tuner process that ran it (tuner.study.workers)
     slot: str | None = None  # the place in the study's plan an enqueued trial fills: startup:K, repeat:N, race:K
     surplus: str | None = None  # never run: why another trial already filled its place
+    train_s_predicted: float | None = None  # an ok probe: its config's full training, as the probe timed it
+    train_epochs_predicted: int | None = None  # ... for so many epochs (train-best's plan when the probe ran)
+    train_epoch_s_predicted: float | None = None  # ... of so many seconds each (tuner.study.training_time)
 
     def __post_init__(self) -> None:
         if self.outcome is not None and not isinstance(self.outcome, Outcome):  # unknown text: no outcome
@@ -86,6 +90,14 @@ class TrialRecord:
     def save(self, trial: optuna.Trial) -> None:
         for key, value in self.attrs().items():
             trial.set_user_attr(key, value)
+
+    @property
+    def prediction(self) -> Prediction | None:
+        """Its config's full training as its probe timed it; None where it has no such prediction."""
+        if self.train_s_predicted is None:
+            return None
+        return Prediction.from_json({"seconds": self.train_s_predicted, "epochs": self.train_epochs_predicted,
+                                     "epoch_s": self.train_epoch_s_predicted})  # fmt: skip
 
     @property
     def inferred(self) -> bool:

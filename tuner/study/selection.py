@@ -29,6 +29,7 @@ from optuna.trial import FrozenTrial, TrialState
 from tuner.config import Space
 from tuner.params import Params, config_key
 from tuner.study.records import Noise, TrialRecord, holds_place, largest_runs, peak_seen, retried, stable_configs
+from tuner.study.training_time import Prediction
 
 MEMORY_TIE = 0.05  # peaks closer than this fraction of the budget are the same headroom
 ROOM_TO_GROW = 0.5  # a best config at the largest imgsz, peaking below this share of the stable limit
@@ -205,3 +206,15 @@ def room_to_grow(imgsz: int, peak_mb: float | None, searched: Iterable[int], sta
         f"the stable limit ({stable_limit_mb:.0f} MiB): larger sizes may be more accurate and still fit. "
         f"Try `tuner probe --imgsz {wider} --study-name <new name>`."
     )
+
+
+def pick_prediction(trials: Iterable[FrozenTrial], number: int, epochs: int) -> Prediction | None:
+    """The full training of trial `number`'s config for `epochs` epochs, as its probe timed it, else as another run of
+    the same config did; None where none of them was timed."""
+    trials = list(trials)
+    pick = next((trial for trial in trials if trial.number == number), None)
+    if pick is None:
+        return None
+    same = [pick, *(t for t in trials if t.number != number and t.params == pick.params)]
+    found = next((record.prediction for record in map(TrialRecord.of, same) if record.prediction), None)
+    return None if found is None else found.for_epochs(epochs)

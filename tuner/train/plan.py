@@ -219,4 +219,5 @@ def new_plan(source: Source, settings: TrainSettings, created: str) -> RunPlan:
         stages=plan_stages(source, settings),
         tuner_version=__version__,
         created=created,
+        prediction=source.prediction.for_epochs(settings.epochs) if source.prediction else None,
     )

@@ -24,6 +24,7 @@ from tuner.errors import ConfigError
 from tuner.params import Params
 from tuner.process.contract import Cause, Outcome
 from tuner.study.dominance import StableSizes
+from tuner.study.training_time import Prediction
 from tuner.train.source import Candidate
 
 STATE_VERSION = 1
@@ -185,10 +186,15 @@ class RunPlan:
     stages: tuple[Stage, ...]
     tuner_version: str
     created: str
+    prediction: Prediction | None = None  # the best's full training as its probe timed it (tuner.study.training_time)
 
     def to_json(self) -> dict[str, Any]:
+        """The plan as config.yaml holds it; `prediction` only where it has one (a plan of today without is as it was)."""
+        plain = _plain(self)
+        prediction = plain.pop("prediction")
         return {
-            **_plain(self),
+            **plain,
+            **({"prediction": prediction.to_json()} if prediction else {}),
             "settings": dataclasses.asdict(self.settings) if self.settings else None,
             "best": self.best.to_dict(),
             "candidates": [candidate.to_dict() for candidate in self.candidates],
@@ -198,7 +204,8 @@ class RunPlan:
 
     @classmethod
     def from_json(cls, values: Any, where: str = "config.yaml") -> RunPlan:
-        legacy = {"usable_memory_mb": None, "settings": None, "frontier": None}  # what older tuners did not write
+        # what older tuners did not write
+        legacy = {"usable_memory_mb": None, "settings": None, "frontier": None, "prediction": None}
         fields = _fields(_schema(cls), values, where, legacy)
         return cls(**{
             **fields,
@@ -207,6 +214,7 @@ class RunPlan:
             "candidates": _each(_candidate, fields["candidates"], f"{where}.candidates"),
             "frontier": _frontier(fields["frontier"], f"{where}.frontier"),
             "stages": _each(Stage.from_json, fields["stages"], f"{where}.stages"),
+            "prediction": Prediction.from_json(fields["prediction"]) if fields["prediction"] else None,
         })  # fmt: skip
 
 

@@ -18,9 +18,10 @@ from tuner.data import datasets
 from tuner.errors import ConfigError, StudyError
 from tuner.memory.budget import MIB
 from tuner.params import Params
-from tuner.study import inputs, selection
+from tuner.study import inputs, selection, training_time
 from tuner.study.dominance import StableSizes
 from tuner.study.records import StudyRecord
+from tuner.study.training_time import Prediction
 
 BEST_KEYS = ("model", "data", "imgsz", "batch", "mosaic", "mixup")
 OPTIONAL_BEST_KEYS = ("device", "workers", "optimizer", "lr0")
@@ -98,6 +99,7 @@ class Source:
     candidates: tuple[Candidate, ...]
     frontier: StableSizes | None = None  # the study's memory limit (tuner.study.limits), where it mapped one
     usable_memory_mb: float | None = None  # of the machine the study was measured on, where it recorded it
+    prediction: Prediction | None = None  # the best's full training as its probe timed it (tuner.study.training_time)
 
 
 def study_name_for(study_name: str | None, storage: str | None, studies_dir: Path, config: Path | None) -> str:
@@ -130,7 +132,11 @@ def source_from_config(path: Path, name: str, storage: str | None, studies_dir: 
         candidates=_candidates(study, record) if study is not None else (),
         frontier=StableSizes.of(record),
         usable_memory_mb=record.usable_memory_mb,
+        prediction=training_time.from_comment(Path(path).read_text()),
     )
+
+
+TRAIN_EPOCHS = configs.TRAIN_DEFAULTS["epochs"]  # what a study's prediction is scaled to; the plan scales it to its own
 
 
 def source_from_study(name: str, storage: str | None, studies_dir: Path) -> Source:
@@ -160,6 +166,7 @@ def source_from_study(name: str, storage: str | None, studies_dir: Path) -> Sour
         candidates=_candidates(study, record),
         frontier=StableSizes.of(record),
         usable_memory_mb=record.usable_memory_mb,
+        prediction=selection.pick_prediction(study.get_trials(deepcopy=False), record.best.trial, TRAIN_EPOCHS),
     )
 
 

@@ -269,13 +269,16 @@ class Supervisor:
         return tuple(capped)
 
     def _announce(self, index: int, params: Params, resume: Path | None) -> None:
+        """The stage's start; until its first epoch ends, its ETA is the probe's prediction (train-best's plan)."""
         stage, progress = self.plan.stages[index], self.state.stages[index]
+        left = stage.epochs - progress.epochs_done
+        eta = f" | ETA {duration(left * self.plan.prediction.epoch_s)} (predicted)" if self.plan.prediction and left else ""
         if resume is None:
             self.screen.say(f"{self.label(index)}: training {stage.epochs} epochs with {params} "
-                            f"(from {self._init_weights(index)})")  # fmt: skip
+                            f"(from {self._init_weights(index)}){eta}")  # fmt: skip
         else:
             self.screen.say(f"{self.label(index)}: continuing after epoch {progress.epochs_done}/{stage.epochs} "
-                            f"from {resume} with {params}")  # fmt: skip
+                            f"from {resume} with {params}{eta}")  # fmt: skip
 
     def label(self, index: int) -> str:
         return f"stage {index + 1}/{len(self.plan.stages)} {self.plan.stages[index].name}"
