@@ -155,6 +155,7 @@ def tiny_probe_args(data_yaml: Path, *extra: str) -> list[str]:
         "--batch", "2,4",
         "--probe-epochs", "1",
         "--repeats", "0",
+        "--probe-budget", "none",  # a tiny probe's plan is not for the default budget to cut (tests/study/test_budget.py)
         *extra,
     ]
 

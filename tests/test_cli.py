@@ -75,6 +75,8 @@ def assert_one_line_error(code: int, err: str, *needles: str) -> None:
         (["--n-trials", "ten"], ["--n-trials", "'ten'"]),
         (["--safety-margin", "some"], ["--safety-margin", "invalid float value"]),
         (["--trial-timeout", "soon"], ["`probe.trial_timeout` is 'soon'", "or auto"]),
+        (["--probe-budget", "soon"], ["`probe.budget` is 'soon'", "6m, 90s, 1h30m", "15%", "or none"]),
+        (["--probe-budget=-5%"], ["`probe.budget` is '-5%'"]),
     ],
 )
 def test_bad_flags(workdir, tiny_data, run_cli, flags, needles):

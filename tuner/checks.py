@@ -4,6 +4,7 @@ naming the setting, the value and what it must be (Optuna's shape: "The value of
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -135,3 +136,46 @@ def seconds_or_auto(value: Any, name: str) -> float | str:
         except ValueError:
             raise ConfigError(f"The value of `{name}` is {value!r}, but must be seconds greater than 0 or auto.") from None
     return positive_float(value, name)
+
+
+NONE = "none"  # an unbounded probe budget
+_DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?$")
+
+
+def probe_budget(value: Any, name: str = "probe.budget") -> float | str:
+    """`value` as the setting holds it: seconds (a float > 0), a share ("15%"), or "none"; one line on a bad one."""
+    fix = (f"The value of `{name}` is {value!r}, but must be a duration (6m, 90s, 1h30m, or seconds), a share of the "
+           "full training (15%), or none.")  # fmt: skip
+    if isinstance(value, bool):
+        raise ConfigError(fix)
+    if value is None or value == 0 or str(value).strip().lower() in (NONE, "0"):
+        return NONE
+    if isinstance(value, (int, float)):
+        if not 0 < value < math.inf:
+            raise ConfigError(fix)
+        return float(value)
+    text = str(value).strip().lower().replace(" ", "")
+    if text.endswith("%"):
+        try:
+            share = float(text[:-1])
+        except ValueError:
+            raise ConfigError(fix) from None
+        if not 0 < share <= 1000:  # nan fails too
+            raise ConfigError(fix)
+        return f"{share:g}%"
+    seconds = _seconds(text)
+    if seconds is None or not 0 < seconds < math.inf:
+        raise ConfigError(fix)
+    return seconds
+
+
+def _seconds(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    match = _DURATION.match(text)
+    if not text or match is None:
+        return None
+    hours, mins, secs = (float(part) if part else 0.0 for part in match.groups())
+    return hours * 3600 + mins * 60 + secs

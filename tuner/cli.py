@@ -105,6 +105,7 @@ def _add_probe(subparsers) -> None:
     search.add_argument("--probe-fraction", type=float, help=f"fraction of the train split each probe uses (default: {PROBE['fraction']})")
     search.add_argument("--probe-images", help=f"TRAIN,VAL: the most train and val images a probe uses, a fixed stratified sample of each split, 0 for all (default: {PROBE['train_images']},{PROBE['val_images']})")
     search.add_argument("--trial-timeout", help=f"seconds before a probe is stopped as an error, or auto: 4x its time as the pre-flights predict it, at least 120 s (default: {PROBE['trial_timeout']})")
+    search.add_argument("--probe-budget", help=f"what the probe may spend: a duration (6m, 90s, 1h30m, seconds), a share of the full training it plans (15%%: of train-best's epochs at the startup design's median config), or none (default: {str(PROBE['budget']).replace('%', '%%')})")
     search.add_argument("--repeats", type=int, help=f"how many top configs are probed again with another seed to measure noise (default: {PROBE['repeats']})")
     search.add_argument("--race", type=int, help=f"while the top configs tie within the noise and the tie decides the pick (a tied config needs less memory than the most accurate), up to this many more probes of them with new seeds (default: {PROBE['race']})")
     search.add_argument("--safety-margin", type=float, help=f"headroom below the budget a stable config keeps (default: {DEFAULTS['safety_margin']})")

@@ -51,6 +51,7 @@ DEFAULTS: dict[str, Any] = {
         "trial_timeout": "auto",  # tuner.study.cost: a multiple of the probe's time as the pre-flights predict it
         "repeats": 2,
         "race": 2,
+        "budget": "15%",  # tuner.study.probe_budget: a duration, a share of the full training, or none
     },
     "heartbeat_interval": 10,
     "grace_period": 30,
@@ -111,6 +112,7 @@ class ProbeSettings:
     trial_timeout: float | str  # seconds, or "auto"
     repeats: int
     race: int  # more seeds for the top configs while they tie within the noise, at most this many runs
+    budget: float | str = "15%"  # seconds, a share of the full training ("15%"), or "none" (tuner.study.probe_budget)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -268,6 +270,7 @@ def _build(raw: dict[str, Any]) -> ProbeConfig:
             trial_timeout=checks.seconds_or_auto(probe["trial_timeout"], "probe.trial_timeout"),
             repeats=checks.non_negative_int(probe["repeats"], "probe.repeats"),
             race=checks.non_negative_int(probe["race"], "probe.race"),
+            budget=checks.probe_budget(probe["budget"], "probe.budget"),
         ),
         heartbeat_interval=checks.positive_int(raw["heartbeat_interval"], "heartbeat_interval"),
         grace_period=checks.positive_int(raw["grace_period"], "grace_period"),
@@ -379,6 +382,7 @@ def probe_overrides(args: Any) -> dict[str, Any]:
             "trial_timeout": args.trial_timeout,
             "repeats": args.repeats,
             "race": args.race,
+            "budget": args.probe_budget,
         },
     }
     out: dict[str, Any] = {key: value for key, value in top.items() if value is not None}

@@ -59,7 +59,8 @@ def network_guard(workdir, monkeypatch) -> Path:
     guard.mkdir()
     (guard / "sitecustomize.py").write_text(SOCKET_GUARD)
     log = workdir / "net.log"
-    monkeypatch.setenv("PYTHONPATH", str(guard))
+    # the guard first, then the caller's path: a worktree run with PYTHONPATH=<its checkout> keeps its own tuner
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(guard), os.environ.get("PYTHONPATH")])))
     monkeypatch.setenv("TUNER_NET_LOG", str(log))
     # the guard works: a plain connection attempt is recorded
     probe = subprocess.run([sys.executable, "-c", "import socket; socket.create_connection(('192.0.2.1', 80))"])
@@ -340,3 +341,21 @@ def test_probes_train_and_validate_on_the_studys_sample_and_preflights_on_the_wh
     assert re.search(r"Predicted full training: about \d+ (s|min) for 40 epochs", err), err
     report = (workdir / "results" / "data-yolov8n-cpu" / "report.md").read_text()
     assert "Probes train on 4 of 8 train images" in report
+
+
+def test_a_tiny_probe_budget_cuts_the_plan_before_the_first_trial_and_says_so(workdir, tiny_data, run_cli):
+    """A 1 s budget: the plan keeps the startup design only (two cells: imgsz 64 at batch 2 and 4), says what it
+    cut before any trial, stores the plan, and the summary gives the probe's cost."""
+    code, _, err = run_cli(*tiny_probe_args(tiny_data, "--n-trials", "4", "--repeats", "1", "--race", "1",
+                                            "--probe-budget", "1s"))  # fmt: skip
+    assert code == 0, err
+    plan_line = next(line for line in err.splitlines() if line.startswith("Plan: "))
+    assert plan_line.startswith("Plan: 2 probes, about ") and "budget 1 s: 2 main trials, 1 repeat and the race cut" in plan_line
+    assert err.index("Plan: ") < err.index("trial 0")  # before the first trial
+    study = load(workdir)
+    assert study.user_attrs["probe_plan"]["n_trials"] == 2 and study.user_attrs["probe_plan"]["cut"]
+    ran = [t for t in study.trials if t.user_attrs.get("outcome")]
+    assert 1 <= len(ran) <= 2 and not any(t.user_attrs.get("repeat_of") is not None for t in ran)
+    assert re.search(r"^Probe: \d+ s", err, re.MULTILINE), err
+    report = (workdir / "results" / "data-yolov8n-cpu" / "report.md").read_text()
+    assert "## Probe cost" in report and plan_line in report

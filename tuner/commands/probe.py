@@ -20,13 +20,13 @@ from tuner.memory.budget import MIB, describe_budget, parse_budget
 from tuner.memory.device import Device
 from tuner.params import Params
 from tuner.review import findings
-from tuner.study import cost, derive, inputs, limits, selection, training_time
+from tuner.study import cost, derive, inputs, limits, probe_budget, selection, space, training_time
 from tuner.study import workers as tuner_workers
 from tuner.study.inputs import Inputs
 from tuner.study.open import mapped_limits, open_study, probe_sample
 from tuner.study.progress import Progress
 from tuner.study.records import Best, StudyRecord
-from tuner.study.search import Search
+from tuner.study.search import Search, startup_trials
 from tuner.study.selection import Choice
 from tuner.study.training_time import Prediction
 from tuner.study.storage import default_study_name, storage_url
@@ -80,8 +80,11 @@ def run_probe(
     trials = Inputs(cfg, device, budget, data_yaml, model, Path(studies_dir) / name, sample, workers if shared else 1,
                     training_time.planned_epochs())  # fmt: skip
     found = mapped_limits(study, trials, progress, queue_design=not limits_only, created=created)
+    plan = None if limits_only else fit_plan(trials, found)
+    if plan is not None:
+        trials = dataclasses.replace(trials, cfg=fitted(trials.cfg, plan))
     if worker:
-        Search(study, trials, progress, found).run()
+        Search(study, trials, progress, found, plan=plan).run()
         return 0
     if limits_only:
         if as_json:
@@ -91,7 +94,11 @@ def run_probe(
         return 0
     progress.say(limits.describe(found))
     progress.say(_probe_costs(trials, found))
-    _search_with_workers(Search(study, trials, progress, found), workers, argv, Path(studies_dir) / name, layout)
+    progress.say(plan.describe(), important=bool(plan.cut))
+    StudyRecord(probe_plan=plan.to_json()).save(study, "probe_plan")
+    progress.total = plan.n_trials + plan.repeats
+    search = Search(study, trials, progress, found, plan=plan)
+    _search_with_workers(search, workers, argv, Path(studies_dir) / name, layout)
     return _finish(study, cfg, device, record, url, Path(results_dir), progress, as_json)
 
 
@@ -107,6 +114,30 @@ def _probe_costs(trials: Inputs, found: limits.Limits) -> str:
                else f"timeout {float(trials.cfg.probe.trial_timeout):.0f} s")  # fmt: skip
     return (f"A probe takes about {min(seconds):.0f}-{max(seconds):.0f} s ({trials.cfg.probe.epochs} epoch(s)), "
             f"as the pre-flights' speeds predict it; {timeout}.")
+
+
+def fit_plan(trials: Inputs, found: limits.Limits) -> probe_budget.Plan:
+    """The study's probes fitted to `probe.budget` by their predicted times (tuner.study.probe_budget): the startup
+    design's cells each at its pre-flights' prediction over the sample; a share is of the full training (train-best's
+    epochs over the whole splits) of the design's median cell."""
+    cfg, speed = trials.cfg, cost.fit_speed(found.frontier.measurements)
+    design = [Params(cell["imgsz"], cell["batch"], 1.0, 0.0) for cell in
+              space.startup_design(cfg.space, startup_trials(cfg), found.frontier.largest())]  # fmt: skip
+    if speed is None or not design:
+        return probe_budget.fit(cfg.probe.budget, [], cfg.n_trials, cfg.probe.repeats, cfg.probe.race)
+    median = sorted(design, key=lambda params: (params.imgsz, params.batch))[len(design) // 2]
+    reference = None
+    if trials.sample is not None:
+        seconds = cost.probe_seconds(median, speed, trials.sample.train_total, trials.sample.val_total, trials.planned_epochs)
+        reference = (f"{median.imgsz}/{median.batch}", round(seconds, 1), trials.planned_epochs)
+    design_s = [trials.probe_seconds(params, speed) for params in design]
+    return probe_budget.fit(cfg.probe.budget, design_s, cfg.n_trials, cfg.probe.repeats, cfg.probe.race, reference)
+
+
+def fitted(cfg: ProbeConfig, plan: probe_budget.Plan) -> ProbeConfig:
+    """`cfg` with the trials, repeats and race runs `plan` keeps."""
+    probe = dataclasses.replace(cfg.probe, repeats=plan.repeats, race=plan.race)
+    return dataclasses.replace(cfg, n_trials=plan.n_trials, probe=probe)
 
 
 def _new_record(cfg, device, budget: int, model: str | Path, data_yaml: Path, space_from_data: bool) -> StudyRecord:
@@ -228,6 +259,7 @@ def probe_summary(study_name: str, trials, record: StudyRecord, best_yaml: Path 
     them), the noise, the best stable config."""
     best = record.best
     predicted = None if best is None else selection.pick_prediction(trials, best.trial, training_time.planned_epochs())
+    spent = probe_budget.spent(trials) + float((record.limits or {}).get("seconds") or 0.0)  # the pre-flights too
     return {
         "study": study_name,
         "counts": findings.count_outcomes(trials),
@@ -244,7 +276,15 @@ def probe_summary(study_name: str, trials, record: StudyRecord, best_yaml: Path 
         },
         "hint": hint,
         "sample": None if record.sample is None else record.sample.to_dict(),
+        "plan": record.probe_plan,
+        "cost": cost_summary(spent, predicted),
     }
+
+
+def cost_summary(spent_s: float, predicted: training_time.Prediction | None) -> dict[str, Any]:
+    """What the probe spent (its trials and pre-flights) against the pick's predicted full training."""
+    training_s = None if predicted is None else predicted.seconds
+    return {"probe_s": round(spent_s, 1), "training_s": training_s, "line": probe_budget.cost_line(spent_s, training_s)}
 
 
 def print_probe_summary(summary: dict[str, Any], progress: Progress, as_json: bool) -> None:
@@ -272,4 +312,5 @@ def print_probe_summary(summary: dict[str, Any], progress: Progress, as_json: bo
         lines.append(f"Written to {best['best_yaml']}. Next: tuner train-best --study-name {summary['study']}")
         if summary.get("hint"):
             lines.append(f"Note: {summary['hint']}")
+    lines.append(summary["cost"]["line"])
     progress.say("\n".join(lines), important=True)

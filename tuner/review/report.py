@@ -18,7 +18,7 @@ from optuna.trial import FrozenTrial
 from tuner import files
 from tuner.review import findings, plots
 from tuner.review.findings import BestConfig, Findings, MemoryGrid, param_cells, trial_outcome, trial_reason
-from tuner.study import records, selection
+from tuner.study import probe_budget, records, selection
 from tuner.study.records import Noise, StudyRecord, TrialRecord
 
 CSV_COLUMNS = (
@@ -97,6 +97,7 @@ def render_markdown(found: Findings, images: Sequence[str]) -> str:
     sections = [
         f"# Study `{found.study_name}`\n\n{setting_lines(found.record)}",
         "## Best stable config\n\n" + best_section(found.best, metric_name, found.command) + grow_hint(found),
+        "## Probe cost\n\n" + cost_section(found),
         "## Trials by outcome\n\n" + outcome_table(found.counts),
         "## Memory frontier\n\n" + grid_section(grid),
         *([f"## Memory limits\n\n{limits_section(found.record.limits)}"] if found.record.limits else []),
@@ -108,6 +109,16 @@ def render_markdown(found: Findings, images: Sequence[str]) -> str:
         + "\n\nEvery trial, one row each: [trials.csv](trials.csv).",
     ]  # fmt: skip
     return "\n\n".join(sections) + "\n"
+
+
+def cost_section(found: Findings) -> str:
+    """The plan fitted to the probe budget (tuner.study.probe_budget), and what the probe spent (trials and
+    pre-flights) against the pick's predicted full training."""
+    plan = probe_budget.Plan.from_json(found.record.probe_plan)
+    spent = probe_budget.spent(found.trials) + float((found.record.limits or {}).get("seconds") or 0.0)
+    pick = found.best and selection.pick_prediction(found.trials, found.best.trial, found.planned_epochs)
+    lines = [plan.describe()] if plan is not None else []
+    return "\n\n".join([*lines, probe_budget.cost_line(spent, pick.seconds if pick else None)])
 
 
 def setting_lines(record: StudyRecord) -> str:

@@ -334,6 +334,7 @@ class StudyRecord:
     mapping: dict[str, Any] | None = None  # a mapping under way: the pre-flights so far (tuner.study.limits.Mapping)
     mapping_lease: MappingLease | None = None  # who maps the limits while they are mapped (tuner.study.workers)
     sample: Sample | None = None  # the images every probe trains and validates on (tuner.data.sample)
+    probe_plan: dict[str, Any] | None = None  # the probes fitted to the budget (tuner.study.probe_budget.Plan.to_json)
 
     @classmethod
     def of(cls, study: optuna.Study) -> StudyRecord:

@@ -27,7 +27,7 @@ from tuner.errors import StudyFailed
 from tuner.params import Params
 from tuner.process.contract import PROBE_CHILD, Cause, EpochRecord, Outcome
 from tuner.process.trial import Attempt, run_child
-from tuner.study import dominance, limits, selection, space, workers
+from tuner.study import dominance, limits, probe_budget, selection, space, workers
 from tuner.study.inputs import Inputs
 from tuner.study.progress import Progress
 from tuner.study.records import Race, StudyRecord, TrialRecord
@@ -74,7 +74,7 @@ class Search:
 
     def __init__(
         self, study: optuna.Study, inputs: Inputs, progress: Progress, found: limits.Limits, runner: limits.Runner = run_child,
-        worker: str | None = None,
+        worker: str | None = None, plan: probe_budget.Plan | None = None,
     ) -> None:
         self.study = study
         self.inputs = inputs
@@ -87,6 +87,8 @@ class Search:
         self.runner = runner
         self.worker = worker or workers.worker_id()
         self.waiting_said = False
+        self.plan = plan  # the probes fitted to the budget (tuner.study.probe_budget): its deadline is kept
+        self.deadline: float | None = None
 
     @property
     def limit_mb(self) -> float:
@@ -99,7 +101,7 @@ class Search:
         return StudyRecord.of(self.study).outside_kill_mb
 
     def run(self) -> None:
-        deadline = time.monotonic() + self.cfg.timeout if self.cfg.timeout else None
+        deadline = self.deadline = probe_budget.deadline(self.plan, self._trials(), self.cfg.timeout)
         if not self.study.get_trials(deepcopy=False):  # limits mapped by --limits-only: the design is not queued yet
             enqueue_startup(self.study, self.cfg, self.limits)
         done = main_trials_done(self.study)
@@ -201,7 +203,7 @@ class Search:
             n_trials=n_trials,
             timeout=timeout,
             catch=(ProbeFailed, Surplus),
-            callbacks=[self._stop_on_repeated_errors, self._stop_when_places_taken],
+            callbacks=[self._stop_on_repeated_errors, self._stop_when_places_taken, self._stop_at_deadline],
             gc_after_trial=False,
         )
 
@@ -372,6 +374,10 @@ class Search:
         """Ask for no new main trial once other workers hold every place left (Optuna's MaxTrialsCallback,
         counting running trials too)."""
         if workers.is_main(frozen) and workers.places_taken(self._trials()) >= self.cfg.n_trials:
+            study.stop()
+
+    def _stop_at_deadline(self, study: optuna.Study, frozen: FrozenTrial) -> None:
+        if _past(self.deadline):  # the probe budget (or --timeout) is spent: no trial starts after this one
             study.stop()
 
     def _stop_on_repeated_errors(self, study: optuna.Study, frozen: FrozenTrial) -> None:

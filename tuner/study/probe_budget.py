@@ -1,0 +1,155 @@
+"""The probe's budget: how much of the full training it may spend deciding, fitted before the first trial, kept.
+
+`probe.budget` (`--probe-budget`, checked by tuner.checks.probe_budget) is a duration ("6m", "90s", "1h30m", or seconds), a share of the full training
+("15%", the default), or "none" (0: unbounded). A share is of the reference training: the full training (train-best's
+planned epochs over the whole splits) of the startup design's median cell, as the pre-flights' speeds predict it
+(tuner.study.cost). The plan then fits the study into the budget by its probes' predicted times: the startup
+design's cells each at its own prediction, every other probe (main trials the sampler proposes, repeats, race
+runs) at their mean. Over the budget, the race is cut first, then repeats, then main trials, never below the
+startup design (without it the sampler models nothing). The budget is then a deadline: no trial starts once the
+probe has spent it, over every run of the study (a continued study counts the trials' durations so far).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Iterable, Sequence
+
+from optuna.trial import FrozenTrial
+
+from tuner.checks import NONE
+from tuner.study.records import TrialRecord
+from tuner.study.training_time import minutes
+
+
+def share_of(setting: float | str) -> float | None:
+    """The share of the full training a setting asks for (0.15 for "15%"); None for a duration or none."""
+    return float(setting[:-1]) / 100 if isinstance(setting, str) and setting.endswith("%") else None
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """The study's probes fitted to its budget: what runs, what it is predicted to cost, what was cut."""
+
+    setting: float | str  # as the setting holds it (tuner.checks.probe_budget)
+    budget_s: float | None  # None: unbounded
+    n_trials: int
+    repeats: int
+    race: int
+    seconds: float | None  # the plan's predicted cost; None where no pre-flight timed its batches
+    reference: str | None = None  # the reference training's config, "480/4"
+    reference_s: float | None = None  # its full training's predicted seconds
+    epochs: int | None = None  # of the reference training
+    cut: tuple[str, ...] = ()  # what was cut, "2 repeats", "the race"
+
+    @property
+    def probes(self) -> int:
+        return self.n_trials + self.repeats + self.race
+
+    def describe(self) -> str:
+        """The plan in one line: `Plan: 8 probes, about 6 min, 11% of a 40-epoch training at 480/4 (about 55 min);
+        budget 15% (8 min): 2 repeats and the race cut.`"""
+        line = f"Plan: {self.probes} probes"
+        if self.seconds is not None:
+            line += f", about {minutes(self.seconds)}"
+            if self.reference_s:
+                line += (f", {100 * self.seconds / self.reference_s:.0f}% of a {self.epochs}-epoch training at "
+                         f"{self.reference} (about {minutes(self.reference_s)})")  # fmt: skip
+        line += f"; {self.budget_text()}"
+        return line + (": " + _joined(self.cut) + " cut." if self.cut else ".")
+
+    def budget_text(self) -> str:
+        if self.budget_s is None:
+            return "no probe budget" if self.setting == NONE else f"budget {self.setting}, but no prediction to plan by"
+        if isinstance(self.setting, str):
+            return f"budget {self.setting} ({minutes(self.budget_s)})"
+        return f"budget {minutes(self.budget_s)}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "cut": list(self.cut)}
+
+    @classmethod
+    def from_json(cls, values: dict[str, Any] | None) -> Plan | None:
+        if not values:
+            return None
+        names = {field.name for field in dataclasses.fields(cls)}
+        known = {key: value for key, value in values.items() if key in names}
+        return cls(**{**known, "cut": tuple(known.get("cut") or ())})
+
+
+def _joined(parts: Sequence[str]) -> str:
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+def _plural(count: int, one: str) -> str:
+    return f"{count} {one}" + ("" if count == 1 else "s")
+
+
+def fit(
+    setting: float | str, design_s: Sequence[float], n_trials: int, repeats: int, race: int,
+    reference: tuple[str, float, int] | None = None,
+) -> Plan:  # fmt: skip
+    """The plan for `n_trials` main trials, `repeats` and `race` runs under `setting`, from the startup design's
+    predicted probe times `design_s` (empty where no pre-flight timed its batches); `reference` is the reference
+    training (its config, predicted seconds, epochs), which a share is of."""
+    label, reference_s, epochs = reference or (None, None, None)
+    share = share_of(setting)
+    budget_s = None if setting == NONE else (share * reference_s if share is not None and reference_s else None)
+    if budget_s is None and isinstance(setting, float):
+        budget_s = setting
+    if not design_s:
+        return Plan(setting, budget_s, n_trials, repeats, race, None, label, reference_s, epochs)
+    each = sum(design_s) / len(design_s)
+    floor = min(len(design_s), n_trials)
+
+    def cost(trials: int, again: int, raced: int) -> float:
+        return sum(design_s[:trials]) + max(0, trials - len(design_s)) * each + (again + raced) * each
+
+    counts = {"race": race, "repeats": repeats, "trials": n_trials}
+    if budget_s is not None:
+        for key, low in (("race", 0), ("repeats", 0), ("trials", floor)):
+            while counts[key] > low and cost(counts["trials"], counts["repeats"], counts["race"]) > budget_s:
+                counts[key] -= 1
+    cut = []
+    if n_trials > counts["trials"]:
+        cut.append(_plural(n_trials - counts["trials"], "main trial"))
+    if repeats > counts["repeats"]:
+        cut.append(_plural(repeats - counts["repeats"], "repeat"))
+    if race > counts["race"]:
+        cut.append("the race" if counts["race"] == 0 else _plural(race - counts["race"], "race run"))
+    seconds = cost(counts["trials"], counts["repeats"], counts["race"])
+    return Plan(setting, budget_s, counts["trials"], counts["repeats"], counts["race"], round(seconds, 1), label,
+                reference_s, epochs, tuple(cut))  # fmt: skip
+
+
+def deadline_s(plan: Plan | None, spent_s: float) -> float | None:
+    """Seconds left to the probe under `plan`, once `spent_s` went on its trials; None where it is unbounded.
+
+    The startup design always gets its predicted time: a plan that is over the budget with the design alone keeps
+    the design (never below it), and its deadline follows the plan, not the budget."""
+    if plan is None or plan.budget_s is None:
+        return None
+    return max(plan.budget_s, plan.seconds or 0.0) - spent_s
+
+
+def spent(trials: Iterable[FrozenTrial]) -> float:
+    """Seconds the study's probes have taken so far, over every run of it: its trials' durations."""
+    return sum(TrialRecord.of(trial).duration_s or 0.0 for trial in trials)
+
+
+def deadline(plan: Plan | None, trials: Iterable[FrozenTrial], timeout: float | None) -> float | None:
+    """When (time.monotonic) no more trial may start: the budget's deadline (`deadline_s` after what `trials` spent)
+    or `timeout` seconds from now, whichever is earlier; None where neither bounds it."""
+    now = time.monotonic()
+    left = deadline_s(plan, spent(trials))
+    ends = [now + value for value in (timeout, left) if value is not None]
+    return min(ends) if ends else None
+
+
+def cost_line(spent_s: float, training_s: float | None) -> str:
+    """`Probe: 7 min, 12% of the pick's predicted 58 min training.` (the share where the pick's training is known)."""
+    line = f"Probe: {minutes(spent_s)}"
+    if training_s:
+        line += f", {100 * spent_s / training_s:.0f}% of the pick's predicted {minutes(training_s)} training"
+    return line + "."
