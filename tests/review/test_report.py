@@ -16,6 +16,8 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
+from tuner import config as configs
+from tuner.data.sample import Sample
 from tuner.review import findings, plots, report
 from tuner.study.records import StudyRecord
 from tuner.study.storage import open_storage, sqlite_path, storage_url
@@ -393,3 +395,13 @@ def test_the_top_table_judges_a_run_on_the_largest_peak_its_imgsz_and_batch_show
     text = report.top_table(study.get_trials(), 1800.0, "mAP50-95")
     assert "| 1 | 0 | 224 | 4 | 0 | 0.1 | 0.4200 | 1300 MiB | no |" in text
     assert "| 3 | 2 | 160 | 4 | 0.2 | 0.1 | 0.3500 | 900 MiB | yes |" in text
+
+
+def test_settings_show_the_sample_without_a_config_and_the_space_without_a_sample():
+    sample = Sample("data.yaml", 64, 32, 960, 96)
+    only_sample = report.setting_lines(StudyRecord(sample=sample))
+    assert "Probes train on 64 of 960 train images" in only_sample and "Space:" not in only_sample
+    config = configs.load(None, {})
+    config = dataclasses.replace(config, space=dataclasses.replace(config.space, imgsz=(320, 416), batch=(2, 4)))
+    only_config = report.setting_lines(StudyRecord(config=config))
+    assert f"- Space: imgsz {list(config.space.imgsz)}" in only_config

@@ -143,6 +143,7 @@ def setting_lines(record: StudyRecord) -> str:
         )
     if record.sample is not None:
         lines.append(f"- {record.sample.describe()}")
+    if config is not None:
         space = config.space
         lines.append(
             f"- Space: imgsz {list(space.imgsz)}, batch {list(space.batch)}, mosaic {list(space.mosaic)}, "
