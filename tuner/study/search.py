@@ -27,10 +27,10 @@ from tuner.errors import StudyFailed
 from tuner.params import Params
 from tuner.process.contract import PROBE_CHILD, Cause, EpochRecord, Outcome
 from tuner.process.trial import Attempt, run_child
-from tuner.study import dominance, limits, selection, space, workers
+from tuner.study import dominance, limits, pruners, selection, space, workers
 from tuner.study.inputs import Inputs
 from tuner.study.progress import Progress
-from tuner.study.records import Race, StudyRecord, TrialRecord, holds_place, retried
+from tuner.study.records import Race, StudyRecord, TrialRecord
 
 SAME_ERROR_STOP = 2  # stop when the first trials of a run all fail with the same message
 MAX_INFERRED_IN_A_ROW = 30  # the sampler keeps proposing configs known not to fit: the space is used up
@@ -52,22 +52,6 @@ def _past(deadline: float | None) -> bool:
 def startup_trials(cfg: ProbeConfig) -> int:
     """Trials before TPE models the results: the startup design (see space.startup_design)."""
     return max(2, min(len(cfg.space.imgsz), cfg.n_trials // 2))
-
-
-def race_runs(trials: list[FrozenTrial]) -> int:
-    """Runs spent racing over the whole study: trials of a `race:K` slot that ran or run (not surplus, not orphans)."""
-    again = retried(trials)
-    return len({TrialRecord.of(t).slot for t in trials if (TrialRecord.of(t).slot or "").startswith("race:")
-                and holds_place(t, again)})  # fmt: skip
-
-
-def free_race_slot(trials: list[FrozenTrial], race: int) -> str | None:
-    """The first `race:K` place (K up to `race`) that no trial holds. A race run that lost its place (an orphan its
-    heartbeat failed and no copy replaced) leaves a gap below the places still held, and the next run fills it: the
-    count of places held, not the highest number, is what the race has spent."""
-    again = retried(trials)
-    held = {TrialRecord.of(t).slot for t in trials if holds_place(t, again)}
-    return next((f"race:{k}" for k in range(1, race + 1) if f"race:{k}" not in held), None)
 
 
 def main_trials_done(study: optuna.Study) -> int:
@@ -171,7 +155,7 @@ class Search:
         with more memory headroom than the most accurate one is chosen for it (selection.tie_decides). Tied configs
         that need the same memory are not raced: the most accurate is picked either way, and more seeds could only
         re-rank them within the noise (configs that differ only in mosaic or mixup: README, calibration)."""
-        spent = race_runs(self.study.get_trials(deepcopy=False))
+        spent = workers.race_runs(self.study.get_trials(deepcopy=False))
         tied, decides = self._standing()
         if len(tied) < 2 or spent >= self.cfg.probe.race:
             return
@@ -181,7 +165,7 @@ class Search:
         while len(tied) >= 2 and spent < self.cfg.probe.race and decides:
             if deadline is not None and time.monotonic() >= deadline:
                 return
-            slot = free_race_slot(self._trials(), self.cfg.probe.race)
+            slot = workers.free_race_slot(self._trials(), self.cfg.probe.race)
             if slot is None:  # every place is held (some by trials of other workers): the budget is spent
                 break
             runs = min(tied, key=len)
@@ -190,7 +174,7 @@ class Search:
             if workers.enqueue(self.study, original.params, slot, record):
                 self.progress.total += 1
             self._drain(deadline)
-            spent = race_runs(self._trials())
+            spent = workers.race_runs(self._trials())
             tied, decides = self._standing()
         verdict = "separated" if len(tied) < 2 else "still tied" if decides else "settled"
         race = Race(tuple(min(t.number for t in runs) for runs in tied), spent, verdict)
@@ -345,12 +329,13 @@ class Search:
 
     def _record(self, trial: optuna.Trial, attempt: Attempt) -> None:
         outcome, limit = attempt.outcome, self.limit_mb
+        reason = (pruners.explained(self.study, trial.number) or attempt.reason) if outcome == Outcome.PRUNED else attempt.reason
         TrialRecord(
             outcome=outcome,
             oom_reason=attempt.reason if outcome == Outcome.OOM else None,
             oom_cause=attempt.cause if outcome == Outcome.OOM else None,
             error=attempt.reason if outcome == Outcome.ERROR else None,
-            pruned_reason=attempt.reason if outcome == Outcome.PRUNED else None,
+            pruned_reason=reason if outcome == Outcome.PRUNED else None,
             peak_mem_mb=attempt.peak_mb,
             peak_rss_mb=attempt.peak_rss_mb,
             peak_device_mb=attempt.peak_device_mb,
@@ -363,7 +348,7 @@ class Search:
         ).save(trial)
         over = attempt.peak_mb - limit
         trial.set_constraint(CONSTRAINT, max(over, 1.0) if outcome == Outcome.OOM else over)
-        self.progress.trial_end(outcome.value, attempt.value, attempt.peak_mb, attempt.reason)
+        self.progress.trial_end(outcome.value, attempt.value, attempt.peak_mb, reason)
         if attempt.cause == Cause.OS_KILL:
             self._heed_outside_kills()
 

@@ -90,6 +90,22 @@ def surplus_reason(trial: FrozenTrial | optuna.Trial, trials: list[FrozenTrial],
     return None
 
 
+def race_runs(trials: list[FrozenTrial]) -> int:
+    """Runs spent racing over the whole study: trials of a `race:K` slot that ran or run (not surplus, not orphans)."""
+    again = retried(trials)
+    return len({TrialRecord.of(t).slot for t in trials if (TrialRecord.of(t).slot or "").startswith("race:")
+                and holds_place(t, again)})  # fmt: skip
+
+
+def free_race_slot(trials: list[FrozenTrial], race: int) -> str | None:
+    """The first `race:K` place (K up to `race`) that no trial holds. A race run that lost its place (an orphan its
+    heartbeat failed and no copy replaced) leaves a gap below the places still held, and the next run fills it: the
+    count of places held, not the highest number, is what the race has spent."""
+    again = retried(trials)
+    held = {TrialRecord.of(t).slot for t in trials if holds_place(t, again)}
+    return next((f"race:{k}" for k in range(1, race + 1) if f"race:{k}" not in held), None)
+
+
 def open_work(trials: Iterable[FrozenTrial]) -> tuple[int, int]:
     """(running, waiting) trials of the study: work some worker still has to finish."""
     states = [t.state for t in trials]
