@@ -7,7 +7,9 @@ or peaked over the limit. Running trials stay in (their peak is not known yet).
 
 `halving` (the default) is successive halving over probe epochs (`Halving`: rungs at 1, 3, 9, ...
 epochs) whose cut allows for the probe's noise: a weak config costs one short rung, and the best third of
-each rung, with those within the noise of it, train on to full length. `median` is Optuna's MedianPruner.
+each rung, with those within the noise of it, train on to full length; a probe behind the cut trains on too
+where its projection to the last probe epoch is not behind the cut's (larger imgsz fine-tunes start lower and
+climb faster). `median` is Optuna's MedianPruner.
 tuner.study.search never stops a probe at its last epoch (it is measured by then) nor a noise repeat.
 """
 
