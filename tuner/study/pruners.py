@@ -83,11 +83,12 @@ class Projection(NamedTuple):
     basis: str  # what says so, for the reason text: "measured", "its own slope", "the climb of ..."
 
 
-def climb_near(imgsz: int, step: int, finished: Sequence[FrozenTrial], last: int) -> Projection | None:
-    """How much a probe of `imgsz` gains from epoch `step` to epoch `last`, as the `finished` probes did: the mean
-    climb of those at its imgsz, or interpolated linearly in imgsz between the nearest below and above (the
-    smallest's below every one). None on fewer than MIN_CURVES curves, or above every finished imgsz: larger
-    fine-tunes climb faster (README, "the pruner"), so nothing says how fast this one climbs."""
+def by_neighbours(imgsz: int, step: int, value: float, finished: Sequence[FrozenTrial], last: int) -> Projection | None:
+    """Where a probe of `imgsz` at `value` after epoch `step` ends at epoch `last`, climbing as the `finished` probes
+    did from `step` on: the mean climb of those at its imgsz, or interpolated linearly in imgsz between the nearest
+    below and above (the smallest's below every one). None on fewer than MIN_CURVES curves, or above every finished
+    imgsz: larger fine-tunes climb faster (README, "Promising configs get the full probe"), so nothing says how
+    fast this one climbs."""
     climbs: dict[int, list[float]] = {}
     for other in finished:
         values = measured(other)
@@ -99,16 +100,16 @@ def climb_near(imgsz: int, step: int, finished: Sequence[FrozenTrial], last: int
     above = min(size for size in mean if size >= imgsz)
     below = max((size for size in mean if size <= imgsz), default=above)
     if below == above:
-        return Projection(mean[above], f"the climb of finished probes at imgsz {above}")
+        return Projection(value + mean[above], f"the climb of finished probes at imgsz {above}")
     weight = (imgsz - below) / (above - below)
     climb = mean[below] + weight * (mean[above] - mean[below])
-    return Projection(climb, f"the climb of finished probes at imgsz {below} and {above}")
+    return Projection(value + climb, f"the climb of finished probes at imgsz {below} and {above}")
 
 
 def projection(trial: FrozenTrial, finished: Sequence[FrozenTrial], last: int) -> Projection | None:
     """Where `trial` ends at epoch `last`, from all it measured so far: its value there once it got there; from two
     epochs or more, its own slope over its last two, continued linearly; from one, that value plus the climb
-    the `finished` probes nearest its imgsz made from that epoch on (`climb_near`). None where nothing says."""
+    the `finished` probes nearest its imgsz made from that epoch on (`by_neighbours`). None where nothing says."""
     values = measured(trial)
     if not values:
         return None
@@ -121,8 +122,7 @@ def projection(trial: FrozenTrial, finished: Sequence[FrozenTrial], last: int) -
         slope = (values[step] - values[before]) / (step - before)
         return Projection(values[step] + slope * (last - step), "its own slope")
     imgsz = trial.params.get("imgsz")
-    climb = None if imgsz is None else climb_near(imgsz, step, finished, last)
-    return None if climb is None else Projection(values[step] + climb.value, climb.basis)
+    return None if imgsz is None else by_neighbours(imgsz, step, values[step], finished, last)
 
 
 @dataclasses.dataclass(frozen=True)
