@@ -80,6 +80,7 @@ def test_the_search_trains_only_inside_the_frontier_and_tells_the_sampler_what_w
     stopped = [t for t in trials if t.user_attrs.get("outcome") == "pruned"]
     assert stopped and all(t.user_attrs["epochs_done"] < 3 for t in stopped)  # weak ones cost a short rung, and
     # a probe that trained every epoch is measured: the pruner never throws that away
+    assert all(t.user_attrs["pruned_reason"].startswith("pruned at epoch 1: ") for t in stopped)  # and why, in its record
 
 
 def test_kills_from_outside_at_a_consistent_peak_become_the_limit_for_the_rest_of_the_study(tmp_path):
@@ -219,10 +220,10 @@ def would_prune(pruner: optuna.pruners.BasePruner) -> bool:
     """Whether `pruner` stops a probe at 0.5 after epoch 1 in a study of accurate probes over the stable limit
     (1000 MiB) and less accurate ones under it."""
     study = optuna.create_study(direction="maximize", pruner=pruner)
-    for value in (0.9, 0.9, 0.9, 0.9):  # accurate, but over the limit: no config anyone can train
-        study.add_trial(finished(352, 16, value, peak=1500))
-    for value in (0.3, 0.35, 0.4):
-        study.add_trial(finished(160, 2, value, peak=800))
+    for imgsz, batch, value, peak in [*[(352, 16, 0.9, 1500)] * 4, (160, 2, 0.3, 800), (160, 2, 0.35, 800), (160, 2, 0.4, 800)]:
+        trial = finished(imgsz, batch, value, peak)  # accurate over the limit (no config anyone can train), or not
+        trial.intermediate_values = {epoch: value for epoch in (1, 2, 3)}  # flat to the last epoch: halving's projection
+        study.add_trial(trial)
     running = study.ask({"imgsz": DISTRIBUTIONS["imgsz"], "batch": DISTRIBUTIONS["batch"]})
     running.report(0.5, 1)  # better than every stable trial, worse than the unstable ones
     return running.should_prune()

@@ -7,14 +7,18 @@ or peaked over the limit. Running trials stay in (their peak is not known yet).
 
 `halving` (the default) is successive halving over probe epochs (`Halving`: rungs at 1, 3, 9, ...
 epochs) whose cut allows for the probe's noise: a weak config costs one short rung, and the best third of
-each rung, with those within the noise of it, train on to full length. `median` is Optuna's MedianPruner.
+each rung, with those within the noise of it, train on to full length; a probe behind the cut trains on too
+where its projection to the last probe epoch is not behind the cut's (larger imgsz fine-tunes start lower and
+climb faster). `median` is Optuna's MedianPruner.
 tuner.study.search never stops a probe at its last epoch (it is measured by then) nor a noise repeat.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import Any, Sequence
+import statistics
+from typing import Any, NamedTuple, Sequence
 
 import optuna
 from optuna.study import StudyDirection
@@ -30,6 +34,7 @@ from tuner.study.records import StudyRecord, TrialRecord
 # 3 epochs ahead (512/1: 0.203 against 448/2's 0.242, then 0.2739 against 0.2736); of the 1259 pairs more than
 # 20% apart after epoch 1, none ended in the other order.
 NOISE_MARGIN = 0.2
+MIN_CURVES = 3  # finished probe curves needed before their climb projects a probe's first epoch
 
 
 def comparable(trial: FrozenTrial, limit_mb: float) -> bool:
@@ -68,8 +73,81 @@ class StableOnly(optuna.pruners.BasePruner):
         return self.inner.prune(StableView(study, limit), trial)  # type: ignore[arg-type]
 
 
+def measured(trial: FrozenTrial) -> dict[int, float]:
+    """The epochs `trial` reported, with their values, where they are numbers."""
+    return {step: value for step, value in trial.intermediate_values.items() if not math.isnan(value)}
+
+
+class Projection(NamedTuple):
+    value: float  # the metric at the probe's last epoch
+    basis: str  # what says so, for the reason text: "measured", "its own slope", "the climb of ..."
+
+
+def by_neighbours(imgsz: int, step: int, value: float, finished: Sequence[FrozenTrial], last: int) -> Projection | None:
+    """Where a probe of `imgsz` at `value` after epoch `step` ends at epoch `last`, climbing as the `finished` probes
+    did from `step` on: the mean climb of those at its imgsz, or interpolated linearly in imgsz between the nearest
+    below and above (the smallest's below every one). None on fewer than MIN_CURVES curves, or above every finished
+    imgsz: larger fine-tunes climb faster (README, "Promising configs get the full probe"), so nothing says how
+    fast this one climbs."""
+    climbs: dict[int, list[float]] = {}
+    for other in finished:
+        values = measured(other)
+        if step in values and last in values and "imgsz" in other.params:
+            climbs.setdefault(other.params["imgsz"], []).append(values[last] - values[step])
+    if sum(len(gains) for gains in climbs.values()) < MIN_CURVES or imgsz > max(climbs):
+        return None
+    mean = {size: statistics.fmean(gains) for size, gains in climbs.items()}
+    above = min(size for size in mean if size >= imgsz)
+    below = max((size for size in mean if size <= imgsz), default=above)
+    if below == above:
+        return Projection(value + mean[above], f"the climb of finished probes at imgsz {above}")
+    weight = (imgsz - below) / (above - below)
+    climb = mean[below] + weight * (mean[above] - mean[below])
+    return Projection(value + climb, f"the climb of finished probes at imgsz {below} and {above}")
+
+
+def projection(trial: FrozenTrial, finished: Sequence[FrozenTrial], last: int) -> Projection | None:
+    """Where `trial` ends at epoch `last`, from all it measured so far: its value there once it got there; from two
+    epochs or more, its own slope over its last two, continued linearly; from one, that value plus the climb
+    the `finished` probes nearest its imgsz made from that epoch on (`by_neighbours`). None where nothing says."""
+    values = measured(trial)
+    if not values:
+        return None
+    step = max(values)
+    if step >= last:
+        return Projection(values.get(last, values[step]), "measured")
+    earlier = [epoch for epoch in values if epoch < step]
+    if earlier:
+        before = max(earlier)
+        slope = (values[step] - values[before]) / (step - before)
+        return Projection(values[step] + slope * (last - step), "its own slope")
+    imgsz = trial.params.get("imgsz")
+    return None if imgsz is None else by_neighbours(imgsz, step, values[step], finished, last)
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    """What `Halving` decided for a probe at a rung, and on what."""
+
+    step: int
+    value: float
+    cut: float
+    behind: float  # how far the probe trails the cut, a fraction of it (< 0: ahead)
+    last: int | None  # the probe's last epoch, which the projections reach; None: the level alone decides
+    projected: Projection | None = None
+    cut_projected: Projection | None = None
+    pruned: bool = False
+
+    def reason(self) -> str:
+        text = f"pruned at epoch {self.step}: {self.value:.3f}, {self.behind:.0%} behind the rung's cut {self.cut:.3f}"
+        if self.projected is None or self.cut_projected is None:
+            return text
+        return (f"{text}; projected {self.projected.value:.3f} at epoch {self.last} ({self.projected.basis}) "
+                f"against {self.cut_projected.value:.3f}")  # fmt: skip
+
+
 class Halving(optuna.pruners.BasePruner):
-    """Successive halving over probe epochs whose cut allows for the probe's noise.
+    """Successive halving over probe epochs whose cut allows for the probe's noise, and for how fast a probe climbs.
 
     Rungs at `min_resource` x `reduction_factor`^k epochs (1, 3, 9, ...). At a rung, a probe trains on when
     it is among the best 1/`reduction_factor` (rounded up) of the trials that reached the rung, or less than
@@ -77,12 +155,22 @@ class Halving(optuna.pruners.BasePruner):
     the rung, it always trains on. Optuna's SuccessiveHalvingPruner, by contrast, lets only a new best on
     while a rung holds fewer than 2 x `reduction_factor` trials: in a study of a dozen 3-epoch probes, that
     stopped the grid's best config on one noisy epoch (README, "Benchmark: the search").
+
+    Given the probe's last epoch (`epochs`), a probe behind the cut is pruned only if its `projection` to that
+    epoch is also more than `margin` behind the projection of the trial at the cut: larger-imgsz fine-tunes start
+    lower and climb faster (a probe at 640/1 stopped after epoch 1 at 0.238 against 0.341 was the best config
+    trained in full). The cut's projection is that trial's own, by the same rule from all it measured by now
+    (its value at the last epoch once it got there: a measurement beats a projection), rather than a cut of
+    every trial's projections ranked: one comparison, with the trial it names. A probe whose projection, or the
+    cut's, nothing supports (`projection` is None) trains on. Each verdict is kept by trial number (`verdicts`)
+    for the reason the trial's record gives (`explained`).
     """
 
     def __init__(self, reduction_factor: int = 3, min_resource: int = 1, min_trials: int = 3,
-                 margin: float = NOISE_MARGIN) -> None:  # fmt: skip
+                 margin: float = NOISE_MARGIN, epochs: int | None = None) -> None:  # fmt: skip
         self.reduction_factor, self.min_resource = reduction_factor, min_resource
-        self.min_trials, self.margin = min_trials, margin
+        self.min_trials, self.margin, self.epochs = min_trials, margin, epochs
+        self.verdicts: dict[int, Verdict] = {}
 
     def is_rung(self, step: int) -> bool:
         rung = self.min_resource
@@ -94,19 +182,47 @@ class Halving(optuna.pruners.BasePruner):
         step = trial.last_step
         if step is None or not self.is_rung(step):
             return False
-        value = trial.intermediate_values[step]
-        if math.isnan(value):
+        if math.isnan(trial.intermediate_values[step]):
             return True
-        others = [t.intermediate_values[step] for t in study.get_trials(deepcopy=False)
-                  if t.number != trial.number and step in t.intermediate_values
-                  and not math.isnan(t.intermediate_values[step])]  # fmt: skip
-        if len(others) < self.min_trials:
+        verdict = self.verdict(study, trial, step)
+        if verdict is None:
             return False
+        self.verdicts[trial.number] = verdict
+        return verdict.pruned
+
+    def verdict(self, study: optuna.Study, trial: FrozenTrial, step: int) -> Verdict | None:
+        """The verdict on `trial` at rung `step`; None while fewer than `min_trials` others reached it."""
+        trials = [t for t in study.get_trials(deepcopy=False) if t.number != trial.number]
+        others = [t for t in trials if step in measured(t)]
+        if len(others) < self.min_trials:
+            return None
         maximize = study.direction == StudyDirection.MAXIMIZE
-        ranked = sorted([*others, value], reverse=maximize)
-        cut = ranked[math.ceil(len(ranked) / self.reduction_factor) - 1]
-        slack = self.margin * abs(cut)
-        return value < cut - slack if maximize else value > cut + slack
+        sign = 1.0 if maximize else -1.0
+        value = trial.intermediate_values[step]
+        ranked = sorted([*others, trial], key=lambda t: (-sign * t.intermediate_values[step], t.number))
+        at_cut = ranked[math.ceil(len(ranked) / self.reduction_factor) - 1]
+        cut = at_cut.intermediate_values[step]
+        gap = sign * (cut - value)
+        behind = gap / abs(cut) if cut else math.inf if gap > 0 else 0.0
+        verdict = Verdict(step, value, cut, behind, self.epochs)
+        if behind <= self.margin:
+            return verdict
+        if self.epochs is None:
+            return dataclasses.replace(verdict, pruned=True)
+        finished = [t for t in trials if self.epochs in measured(t)]
+        mine, theirs = projection(trial, finished, self.epochs), projection(at_cut, finished, self.epochs)
+        if mine is None or theirs is None:
+            return dataclasses.replace(verdict, projected=mine, cut_projected=theirs)
+        trails = sign * (theirs.value - mine.value) > self.margin * abs(theirs.value)
+        return dataclasses.replace(verdict, projected=mine, cut_projected=theirs, pruned=trails)
+
+
+def explained(study: optuna.Study, number: int) -> str | None:
+    """Why the study's pruner stopped trial `number`, where it is tuner's `Halving` (behind `StableOnly`): the level
+    and the projections its verdict stood on. None for another pruner, or a trial it did not stop."""
+    pruner = study.pruner.inner if isinstance(study.pruner, StableOnly) else study.pruner
+    verdict = pruner.verdicts.get(number) if isinstance(pruner, Halving) else None
+    return verdict.reason() if verdict is not None and verdict.pruned else None
 
 
 def make(cfg: ProbeConfig, limit_mb: float) -> optuna.pruners.BasePruner:
@@ -114,5 +230,5 @@ def make(cfg: ProbeConfig, limit_mb: float) -> optuna.pruners.BasePruner:
     if cfg.pruner == "median":
         return StableOnly(optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1), limit_mb)
     if cfg.pruner == "halving":
-        return StableOnly(Halving(), limit_mb)
+        return StableOnly(Halving(epochs=cfg.probe.epochs), limit_mb)
     return optuna.pruners.NopPruner()

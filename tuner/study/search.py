@@ -27,7 +27,7 @@ from tuner.errors import StudyFailed
 from tuner.params import Params
 from tuner.process.contract import PROBE_CHILD, Cause, EpochRecord, Outcome
 from tuner.process.trial import Attempt, run_child
-from tuner.study import dominance, limits, probe_budget, selection, space, workers
+from tuner.study import dominance, limits, probe_budget, pruners, selection, space, workers
 from tuner.study.inputs import Inputs
 from tuner.study.progress import Progress
 from tuner.study.records import Race, StudyRecord, TrialRecord
@@ -335,12 +335,13 @@ class Search:
     def _record(self, trial: optuna.Trial, attempt: Attempt, epochs: list[EpochRecord]) -> None:
         outcome, limit = attempt.outcome, self.limit_mb
         predicted = self.inputs.full_training(Params.of(trial.params), epochs) if outcome == Outcome.OK else None
+        reason = (pruners.explained(self.study, trial.number) or attempt.reason) if outcome == Outcome.PRUNED else attempt.reason
         TrialRecord(
             outcome=outcome,
             oom_reason=attempt.reason if outcome == Outcome.OOM else None,
             oom_cause=attempt.cause if outcome == Outcome.OOM else None,
             error=attempt.reason if outcome == Outcome.ERROR else None,
-            pruned_reason=attempt.reason if outcome == Outcome.PRUNED else None,
+            pruned_reason=reason if outcome == Outcome.PRUNED else None,
             peak_mem_mb=attempt.peak_mb,
             peak_rss_mb=attempt.peak_rss_mb,
             peak_device_mb=attempt.peak_device_mb,
@@ -356,7 +357,7 @@ class Search:
         ).save(trial)
         over = attempt.peak_mb - limit
         trial.set_constraint(CONSTRAINT, max(over, 1.0) if outcome == Outcome.OOM else over)
-        self.progress.trial_end(outcome.value, attempt.value, attempt.peak_mb, attempt.reason)
+        self.progress.trial_end(outcome.value, attempt.value, attempt.peak_mb, reason)
         if attempt.cause == Cause.OS_KILL:
             self._heed_outside_kills()
 
