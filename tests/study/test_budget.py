@@ -62,6 +62,10 @@ def test_the_plan_never_goes_below_the_startup_design():
     assert (plan.n_trials, plan.repeats, plan.race) == (3, 0, 0)
     assert plan.seconds == 60.0 and plan.cut == ("5 main trials", "2 repeats", "the race")
     assert probe_budget.deadline_s(plan, 0.0) == 60.0  # the design gets its predicted time, not the budget's 5 s
+    assert plan.over_budget and plan.describe().endswith(
+        "budget 5 s: 5 main trials, 2 repeats and the race cut; the startup design alone takes longer, and runs in full "
+        "(the sampler needs it).")  # fmt: skip
+    assert not probe_budget.fit(240.0, [10.0, 20.0, 30.0], 8, 2, 2).over_budget
 
 
 def test_a_share_is_of_the_reference_training_and_the_plan_says_so():

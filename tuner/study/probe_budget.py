@@ -57,7 +57,15 @@ class Plan:
                 line += (f", {100 * self.seconds / self.reference_s:.0f}% of a {self.epochs}-epoch training at "
                          f"{self.reference} (about {minutes(self.reference_s)})")  # fmt: skip
         line += f"; {self.budget_text()}"
-        return line + (": " + _joined(self.cut) + " cut." if self.cut else ".")
+        line += ": " + _joined(self.cut) + " cut" if self.cut else ""
+        if self.over_budget:
+            line += "; the startup design alone takes longer, and runs in full (the sampler needs it)"
+        return line + "."
+
+    @property
+    def over_budget(self) -> bool:
+        """The plan is the startup design and still costs more than the budget (a small dataset's short training)."""
+        return self.budget_s is not None and self.seconds is not None and self.seconds > self.budget_s
 
     def budget_text(self) -> str:
         if self.budget_s is None:
