@@ -14,14 +14,16 @@ from tuner.data.datasets import check_dataset
 from tuner.study import derive
 
 
-def dataset(root: Path, sizes: list[tuple[int, int]], n_val: int = 1) -> Path:
-    """A YOLO dataset whose train images have these (width, height) sizes; labels are one box each."""
+def dataset(root: Path, sizes: list[tuple[int, int]], n_val: int = 1, labels: list[str] | None = None) -> Path:
+    """A YOLO dataset whose train images have these (width, height) sizes; labels are one box each (or `labels`,
+    a label file's text per image, in turn)."""
     for split, shapes in (("train", sizes), ("val", sizes[:n_val])):
         (root / "images" / split).mkdir(parents=True, exist_ok=True)
         (root / "labels" / split).mkdir(parents=True, exist_ok=True)
         for index, (width, height) in enumerate(shapes):
             Image.fromarray(np.zeros((height, width, 3), dtype=np.uint8)).save(root / "images" / split / f"{index}.png")
-            (root / "labels" / split / f"{index}.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+            text = labels[index % len(labels)] if labels else "0 0.5 0.5 0.2 0.2\n"
+            (root / "labels" / split / f"{index}.txt").write_text(text)
     data = root / "data.yaml"
     data.write_text(yaml.safe_dump({"path": str(root), "train": "images/train", "val": "images/val", "names": {0: "a"}}))
     return check_dataset(data, out_dir=root / "resolved")
@@ -49,6 +51,31 @@ def test_large_images_raise_the_top_imgsz_to_their_size_rounded_up_and_at_most_1
     assert derive.batch_choices(derive.DataShape(1, 640)) == (1,)
     assert derive.batch_choices(derive.DataShape(960, 640), probe_images=40) == (1, 2, 4, 8, 16, 32)  # the probes' sample
     assert derive.batch_choices(derive.DataShape(960, 640), probe_images=0)[-1] == 64
+
+
+def test_small_objects_raise_the_smallest_imgsz_to_where_a_quarter_of_the_boxes_reach_8_px_and_say_so(tmp_path):
+    # 512 px images; per image one 10 px box (0.02 x 0.02) and three of 100 px: a quarter of the boxes are 10 px
+    mixed = "0 0.5 0.5 0.02 0.02\n" + "0 0.3 0.3 0.2 0.2\n" * 3
+    space, notes = derive.resolve(auto_space(), dataset(tmp_path, [(512, 512)] * 8, labels=[mixed]))
+    assert space.imgsz == tuple(range(416, 641, 32))  # 10 px at 512 is 8 px at 410: the first grid size above is 416
+    assert notes[1] == ("Small objects: a quarter of the train boxes are under 3 px at imgsz 160, so imgsz starts at "
+                        "416, where they are 8 px or more. Pass --imgsz to search smaller sizes.")  # fmt: skip
+
+
+def test_the_box_size_bound_uses_the_smaller_quarter_and_the_area_and_leaves_four_sizes(tmp_path):
+    # one small box in eight: the quarter's size is the large boxes', so the space keeps 160
+    few = "0 0.5 0.5 0.02 0.02\n" + "0 0.3 0.3 0.2 0.2\n" * 7
+    assert derive.resolve(auto_space(), dataset(tmp_path / "few", [(512, 512)] * 4, labels=[few]))[0].imgsz[0] == 160
+    # a crack 2 px wide and 205 px long is 20 px by the root of its area: from 224 (by its 2 px side, only 544-640)
+    thin = "0 0.5 0.5 0.004 0.4\n"
+    assert derive.resolve(auto_space(), dataset(tmp_path / "thin", [(512, 512)] * 4, labels=[thin]))[0].imgsz[0] == 224
+    # a polygon label counts by its bounding box: 0.1 x 0.1 of 512 is 51 px, no bound
+    polygon = "0 0.40 0.40 0.50 0.40 0.50 0.50 0.40 0.50\n"
+    assert derive.resolve(auto_space(), dataset(tmp_path / "poly", [(512, 512)] * 4, labels=[polygon]))[0].imgsz[0] == 160
+    # 2 px objects would need imgsz 2048: the bound stops 4 sizes below the top
+    tiny = "0 0.5 0.5 0.004 0.004\n"
+    assert derive.resolve(auto_space(), dataset(tmp_path / "tiny", [(512, 512)] * 4, labels=[tiny]))[0].imgsz == (544, 576, 608, 640)
+    assert derive.smallest_imgsz(derive.DataShape(4, 512, small_object=None)) == 160  # no boxes: background images only
 
 
 def test_mixed_sizes_follow_the_usual_size_and_say_so(tmp_path):

@@ -17,7 +17,7 @@ from tuner.config import Space
 from tuner.study import workers
 from tuner.study.space import grid_step, imgsz_distribution, startup_design, suggest
 
-SIZES = tuple(range(160, 641, 32))  # what tuner.study.derive gives the embedded dataset
+SIZES = tuple(range(160, 641, 32))  # a derived grid: 640 px images whose objects stay visible at 160
 SPACE = Space(imgsz=SIZES, batch=(2, 4, 8, 16), mosaic=(0.0, 1.0), mixup=(0.0, 0.3))
 IRREGULAR = Space(imgsz=(320, 416, 640), batch=(2, 4), mosaic=(0.0, 1.0), mixup=(0.0, 0.3))
 

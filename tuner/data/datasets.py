@@ -208,6 +208,27 @@ def label_classes(image: str) -> set[int]:
     return {int(float(line.split()[0])) for line in text.splitlines() if line.split()}
 
 
+def box_sizes(image: str) -> list[tuple[float, float]]:
+    """The (width, height) of each box an image's label file holds, as shares of the image's width and height (a
+    polygon's bounding box); none for a background image or an unreadable file (the checks report those)."""
+    try:
+        text = Path(_label_paths([image])[0]).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return []
+    sizes = []
+    for line in text.splitlines():
+        try:
+            values = [float(field) for field in line.split()[1:]]
+        except ValueError:
+            continue
+        if len(values) == 4:
+            sizes.append((values[2], values[3]))
+        elif len(values) >= 6:
+            xs, ys = values[0::2], values[1::2]
+            sizes.append((max(xs) - min(xs), max(ys) - min(ys)))
+    return sizes
+
+
 def _label_paths(images: list[str]) -> list[str]:
     """Ultralytics' img2label_paths: the last /images/ becomes /labels/, the suffix .txt."""
     images_dir, labels_dir = f"{os.sep}images{os.sep}", f"{os.sep}labels{os.sep}"

@@ -1,16 +1,21 @@
 """The search space a study derives from its data when the user gives none: every imgsz and batch that
 could be worth training, for the memory limit (tuner.study.limits) and the accuracy search to cut down.
 
-imgsz goes in steps of 32 from SMALLEST_IMGSZ up to the larger of 640 and the dataset's image size (the
-long side most train images have, rounded up to 32; at most LARGEST_IMGSZ): training above an image's
-own size only upsamples it, and 640 is where Ultralytics' own defaults sit. batch goes in powers of 2
-from 1 up to 64 or the train split's size. A choice the user gave (flag or config file) wins.
+imgsz goes in steps of 32 up to the larger of 640 and the dataset's image size (the long side most train
+images have, rounded up to 32; at most LARGEST_IMGSZ): training above an image's own size only upsamples it,
+and 640 is where Ultralytics' own defaults sit. It starts at SMALLEST_IMGSZ, or higher where the objects are
+small: at the first size where the smallest quarter of the train boxes (by the square root of their area)
+is at least SMALL_OBJECT_PX, one cell of YOLO's finest grid, so that no probe measures a size at which a
+quarter of the objects shrink to a few pixels (a 38 px tree crown is 10 px at 160 of 640, and a probe
+there scored 0.000). It stays at least MIN_SIZES sizes below the top. batch goes in powers of 2 from 1
+up to 64 or the train split's size. A choice the user gave (flag or config file) wins.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
+import math
 from pathlib import Path
 from typing import Sequence
 
@@ -23,7 +28,10 @@ SMALLEST_IMGSZ = 160
 DEFAULT_TOP_IMGSZ = 640
 LARGEST_IMGSZ = 1280
 LARGEST_BATCH = 64
-SAMPLED_IMAGES = 400  # image headers read to find the usual size; evenly spread over the sorted train split
+SAMPLED_IMAGES = 400  # image headers (and their label files) read; evenly spread over the sorted train split
+SMALL_OBJECT_PX = 8  # YOLO's finest stride: an object smaller than one cell of its finest grid
+SMALL_QUANTILE = 0.25  # "the small objects": the smallest quarter of the sampled train boxes
+MIN_SIZES = 4  # the box-size bound leaves at least this many imgsz choices (the startup design spreads over 4)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +42,7 @@ class DataShape:
     long_side: int | None  # the long side most sampled train images have (px); None if none could be read
     smallest: int | None = None  # the range of long sides sampled, to say when sizes are mixed
     largest: int | None = None
+    small_object: float | None = None  # the SMALL_QUANTILE box size, as a share of its image's long side
 
     @property
     def mixed(self) -> bool:
@@ -45,27 +54,42 @@ def _round_up(size: int) -> int:
 
 
 def read_shape(data_yaml: Path) -> DataShape:
-    """Count the train images and read the sizes of up to SAMPLED_IMAGES of them (headers only)."""
+    """Count the train images and read the sizes of up to SAMPLED_IMAGES of them (headers only) and of their boxes."""
     from PIL import Image  # Ultralytics' own dependency; reading a header does not decode the image
 
     images = datasets.train_images(data_yaml)
     step = max(1, len(images) // SAMPLED_IMAGES)
-    sides = []
+    sides, boxes = [], []
     for name in images[::step][:SAMPLED_IMAGES]:
         try:
             with Image.open(name) as image:
-                sides.append(max(image.size))
+                width, height = image.size
         except (OSError, ValueError):  # unreadable images are Ultralytics' to report; they set no size
             continue
+        sides.append(max(width, height))
+        boxes += [math.sqrt(w * width * h * height) / max(width, height) for w, h in datasets.box_sizes(name)]
     if not sides:
         return DataShape(len(images), None)
     usual = collections.Counter(sides).most_common(1)[0][0]
-    return DataShape(len(images), usual, min(sides), max(sides))
+    small = sorted(boxes)[int(SMALL_QUANTILE * (len(boxes) - 1))] if boxes else None
+    return DataShape(len(images), usual, min(sides), max(sides), small)
+
+
+def top_imgsz(shape: DataShape) -> int:
+    return max(DEFAULT_TOP_IMGSZ, min(LARGEST_IMGSZ, _round_up(shape.long_side or 0)))
+
+
+def smallest_imgsz(shape: DataShape) -> int:
+    """SMALLEST_IMGSZ, or the first size at which the small objects are SMALL_OBJECT_PX (at most MIN_SIZES below the
+    top); a box of no area (a degenerate label) sets nothing."""
+    if not shape.small_object:
+        return SMALLEST_IMGSZ
+    needed = _round_up(math.ceil(SMALL_OBJECT_PX / shape.small_object))
+    return max(SMALLEST_IMGSZ, min(needed, top_imgsz(shape) - (MIN_SIZES - 1) * STRIDE))
 
 
 def imgsz_choices(shape: DataShape) -> tuple[int, ...]:
-    top = max(DEFAULT_TOP_IMGSZ, min(LARGEST_IMGSZ, _round_up(shape.long_side or 0)))
-    return tuple(range(SMALLEST_IMGSZ, top + 1, STRIDE))
+    return tuple(range(smallest_imgsz(shape), top_imgsz(shape) + 1, STRIDE))
 
 
 def batch_choices(shape: DataShape, probe_images: int = 0) -> tuple[int, ...]:
@@ -85,6 +109,13 @@ def resolve(space: Space, data_yaml: Path, probe_images: int = 0) -> tuple[Space
     batch = space.batch if space.batch is not None else batch_choices(shape, probe_images)
     notes = [f"Search space from the data ({shape.n_train} train images{_usual(shape)}): "
              f"imgsz {_span(imgsz)}, batch {', '.join(map(str, batch))}"]  # fmt: skip
+    if space.imgsz is None and imgsz[0] > SMALLEST_IMGSZ:
+        at_smallest = shape.small_object * SMALLEST_IMGSZ
+        notes.append(
+            f"Small objects: a quarter of the train boxes are under {at_smallest:.0f} px at imgsz {SMALLEST_IMGSZ}, so "
+            f"imgsz starts at {imgsz[0]}, where they are {shape.small_object * imgsz[0]:.0f} px or more. "
+            "Pass --imgsz to search smaller sizes."
+        )
     if shape.mixed and space.imgsz is None:
         notes.append(
             f"Train images have mixed sizes (long side {shape.smallest}-{shape.largest} px); imgsz goes up to "
