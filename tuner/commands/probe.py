@@ -23,7 +23,7 @@ from tuner.review import findings
 from tuner.study import cost, derive, inputs, limits, probe_budget, selection, space, training_time
 from tuner.study import workers as tuner_workers
 from tuner.study.inputs import Inputs
-from tuner.study.open import mapped_limits, open_study, probe_sample
+from tuner.study.open import kept_space, mapped_limits, open_study, probe_sample
 from tuner.study.progress import Progress
 from tuner.study.records import Best, StudyRecord
 from tuner.study.search import Search, startup_trials
@@ -63,14 +63,18 @@ def run_probe(
     if shared:  # one device for all the workers: each trial gets its share of the budget
         budget //= workers
     data_yaml = inputs.dataset(cfg.data)
-    space, space_notes = derive.resolve(cfg.space, data_yaml, cfg.probe.train_images)
-    cfg = dataclasses.replace(cfg, space=space)
     model = inputs.model(cfg.model, embedded=cfg.data is None)
     name = study_name or default_study_name(cfg.data, cfg.model, device.kind)
     files.check_writable(Path(studies_dir), "--studies-dir")  # the trials' logs go there, whatever the storage
     if not limits_only:
         files.check_writable(Path(results_dir), "--results-dir")
     url = storage_url(storage, studies_dir, name)
+    kept = kept_space(name, url, cfg.space)
+    space, space_notes = derive.resolve(kept or cfg.space, data_yaml, cfg.probe.train_images)
+    if kept is not None:
+        space_notes = [f"Search space as the study derived it from the data: imgsz {derive.span(space.imgsz)}, "
+                       f"batch {', '.join(map(str, space.batch))}"]  # fmt: skip
+    cfg = dataclasses.replace(cfg, space=space)
     record = _new_record(cfg, device, budget, model, data_yaml, space_from_data=bool(space_notes))
     study, created = open_study(name, url, cfg, record)
     sample = probe_sample(study, data_yaml, Path(studies_dir) / name / "sample", cfg)

@@ -108,7 +108,7 @@ def resolve(space: Space, data_yaml: Path, probe_images: int = 0) -> tuple[Space
     imgsz = space.imgsz if space.imgsz is not None else imgsz_choices(shape)
     batch = space.batch if space.batch is not None else batch_choices(shape, probe_images)
     notes = [f"Search space from the data ({shape.n_train} train images{_usual(shape)}): "
-             f"imgsz {_span(imgsz)}, batch {', '.join(map(str, batch))}"]  # fmt: skip
+             f"imgsz {span(imgsz)}, batch {', '.join(map(str, batch))}"]  # fmt: skip
     if space.imgsz is None and imgsz[0] > SMALLEST_IMGSZ:
         at_smallest = shape.small_object * SMALLEST_IMGSZ
         notes.append(
@@ -128,7 +128,7 @@ def _usual(shape: DataShape) -> str:
     return "" if shape.long_side is None else f", usually {shape.long_side} px on the long side"
 
 
-def _span(sizes: Sequence[int]) -> str:
+def span(sizes: Sequence[int]) -> str:
     step = grid_step(sizes)
     if len(sizes) > 3 and step is not None:
         return f"{sizes[0]}-{sizes[-1]} in steps of {step} ({len(sizes)} sizes)"

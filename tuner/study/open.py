@@ -24,7 +24,7 @@ from tuner.study.inputs import Inputs
 from tuner.study.progress import Progress
 from tuner.study.records import StudyRecord
 from tuner.study.search import enqueue_startup, startup_trials
-from tuner.study.storage import open_storage
+from tuner.study.storage import open_storage, sqlite_path
 
 MAX_RETRY = 2  # a trial orphaned by a killed tuner is run again at most this often
 
@@ -48,6 +48,23 @@ def open_study(name: str, url: str, cfg: configs.ProbeConfig, record: StudyRecor
     study.set_metric_names([cfg.metric_name])
     record.save(study)
     return study, created
+
+
+def kept_space(name: str, url: str, space: configs.Space) -> configs.Space | None:
+    """The space study `name` derived from its data when it was created, for a continued run that leaves the space
+    to the data too (the choices left out of `space`): how tuner derives a space may have changed since, and a
+    study keeps its space for life. None for a new study, or one whose space the user gave."""
+    path = sqlite_path(url)
+    if (space.imgsz is not None and space.batch is not None) or (path is not None and not path.exists()):
+        return None
+    storage = open_storage(url, create=False)
+    if name not in optuna.get_all_study_names(storage):
+        return None
+    stored = StudyRecord.of(optuna.load_study(study_name=name, storage=storage))
+    if stored.config is None or not stored.space_from_data:
+        return None
+    old = stored.config.space
+    return dataclasses.replace(space, imgsz=space.imgsz or old.imgsz, batch=space.batch or old.batch)
 
 
 def _sampler(cfg: configs.ProbeConfig) -> optuna.samplers.BaseSampler:
