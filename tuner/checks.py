@@ -169,6 +169,19 @@ def probe_budget(value: Any, name: str = "probe.budget") -> float | str:
     return seconds
 
 
+def duration_or_none(value: Any, name: str) -> float | None:
+    """Seconds greater than 0 from a duration (90s, 45m, 2h, 1h30m, or seconds), or None for none (or null)."""
+    fix = f"The value of `{name}` is {value!r}, but must be a duration (90s, 45m, 2h, 1h30m, or seconds) or none."
+    if value is None or str(value).strip().lower() == NONE:
+        return None
+    if isinstance(value, bool):
+        raise ConfigError(fix)
+    seconds = float(value) if isinstance(value, (int, float)) else _seconds(str(value).strip().lower().replace(" ", ""))
+    if seconds is None or not 0 < seconds < math.inf:
+        raise ConfigError(fix)
+    return seconds
+
+
 def _seconds(text: str) -> float | None:
     try:
         return float(text)

@@ -90,6 +90,7 @@ def _add_probe(subparsers) -> None:
     search = parser.add_argument_group("search (flags override the config file)")
     search.add_argument("--n-trials", type=int, help=f"trials the study should have in total (default: {DEFAULTS['n_trials']})")
     search.add_argument("--timeout", type=float, help="stop starting new trials after this many seconds")
+    search.add_argument("--train-time", help="pick the most accurate stable config whose full training (train-best's epochs, as its probe timed it) is predicted to fit in this time: 90s, 45m, 2h, 1h30m, or none (default: none)")
     search.add_argument(
         "--imgsz",
         help="imgsz choices, multiples of 32, comma-separated, or auto (default: auto, from the data: 160 up to the "

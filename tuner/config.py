@@ -34,8 +34,9 @@ DEFAULTS: dict[str, Any] = {
     "sampler": "tpe",
     "pruner": "halving",
     "seed": 0,
+    "train_time": None,  # the pick: the most accurate stable config whose predicted full training fits in it
     "space": {
-        "imgsz": "auto",  # tuner.study.derive: 160 up to max(640, the data's image size) in steps of 32
+        "imgsz": "auto",  # tuner.study.derive: 160 (or where small objects reach 8 px) up to max(640, image size), step 32
         "batch": "auto",  # tuner.study.derive: powers of 2 up to 64 or the train split's size
         "mosaic": [0.0, 1.0],
         "mixup": [0.0, 0.3],
@@ -132,6 +133,7 @@ class ProbeConfig:
     probe: ProbeSettings
     heartbeat_interval: int
     grace_period: int
+    train_time: float | None = None  # seconds the full training may take (tuner.study.selection.too_slow); None: any
 
     @property
     def metric_name(self) -> str:
@@ -272,6 +274,7 @@ def _build(raw: dict[str, Any]) -> ProbeConfig:
             race=checks.non_negative_int(probe["race"], "probe.race"),
             budget=checks.probe_budget(probe["budget"], "probe.budget"),
         ),
+        train_time=checks.duration_or_none(raw["train_time"], "train_time"),
         heartbeat_interval=checks.positive_int(raw["heartbeat_interval"], "heartbeat_interval"),
         grace_period=checks.positive_int(raw["grace_period"], "grace_period"),
     )
@@ -367,6 +370,7 @@ def probe_overrides(args: Any) -> dict[str, Any]:
         "safety_margin": args.safety_margin,
         "seed": args.seed,
         "pruner": args.pruner,
+        "train_time": args.train_time,
     }
     sections = {
         "space": {

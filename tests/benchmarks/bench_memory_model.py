@@ -61,13 +61,13 @@ def unseen_configs(found: limits.Limits, sizes: tuple[int, ...], count: int) -> 
 
 def run_kind(kind: str, workdir: Path, budget_text: str, count: int) -> dict:
     cfg = configs.load(None, {"memory_budget": budget_text})
-    data, model = inputs_of(kind, workdir)
-    data = datasets.check_dataset(data, out_dir=workdir / "resolved" / kind)
+    data, model = inputs_of(kind, workdir / kind)  # a kind's data in a folder of its own
+    data = datasets.check_dataset(data, out_dir=workdir / kind / "resolved")
     space, notes = derive.resolve(cfg.space, data)
     cfg = dataclasses.replace(cfg, space=space)
     device = devices.resolve("cpu")
     budget = parse_budget(cfg.memory_budget, device.total_memory)
-    inputs = Inputs(cfg, device, budget, data, model, workdir / kind)
+    inputs = Inputs(cfg, device, budget, data, model, workdir / kind / "trials")
     progress = Progress(0, budget, cfg.metric_name)
     for note in notes:
         progress.say(note)

@@ -359,3 +359,24 @@ def test_a_tiny_probe_budget_cuts_the_plan_before_the_first_trial_and_says_so(wo
     assert re.search(r"^Probe: \d+ s", err, re.MULTILINE), err
     report = (workdir / "results" / "data-yolov8n-cpu" / "report.md").read_text()
     assert "## Probe cost" in report and plan_line in report
+
+
+def test_a_training_time_picks_within_it_and_one_nothing_fits_is_one_line_exit_1_and_best_yaml_untouched(workdir, tiny_data, run_cli):
+    """Every ok probe predicts its config's full training; --train-time keeps the pick to the configs predicted to fit
+    it, and re-picks a finished study without probing again (it is not part of what the study measures)."""
+    code, _, err = run_cli(*tiny_probe_args(tiny_data, "--n-trials", "2", "--train-time", "10h"))
+    assert code == 0, err
+    assert "Training time 10.0 h: the pick is predicted to fit; 0 stable config(s) would not." in err
+    best_yaml = workdir / "results" / "data-yolov8n-cpu" / "best.yaml"
+    written = best_yaml.read_bytes()
+    code, _, err = run_cli(*tiny_probe_args(tiny_data, "--n-trials", "2", "--train-time", "1s"))
+    assert code == 1, err
+    line = next(line for line in err.splitlines() if line.startswith("No stable config trains within"))
+    assert re.fullmatch(r"No stable config trains within the training time of 1 s: the fastest, imgsz 64 batch \d .+, "
+                        r"is predicted at \d+ s\. Raise --train-time or plan fewer epochs \(configs/train\.yaml\), then re-run\.", line)  # fmt: skip
+    assert best_yaml.read_bytes() == written  # the earlier pick stays as it was
+    assert "trial 2" not in err  # no probe ran again
+    report = (workdir / "results" / "data-yolov8n-cpu" / "report.md").read_text()
+    assert "training time 1 s), predicted" in report and "(over the training time)" in report
+    code, _, err = run_cli(*tiny_probe_args(tiny_data, "--n-trials", "2", "--train-time", "soon"))
+    assert code == 2 and "`train_time` is 'soon', but must be a duration (90s, 45m, 2h, 1h30m, or seconds) or none." in err

@@ -225,3 +225,32 @@ def test_a_config_left_out_of_the_pick_still_counts_for_the_memory_of_its_imgsz_
     assert first.trial.number == 0
     second = selection.best_stable(trials, 2000, None, exclude=frozenset({Params.of(first.params).key}))
     assert second.trial.number == 1 and second.peak_mb == 1500
+
+
+def test_a_training_time_leaves_out_the_configs_predicted_to_train_longer_and_the_pick_is_the_best_that_fits():
+    trials = [
+        make(0, 352, 2, 0.60, peak=900, train_s_predicted=3000.0, train_epochs_predicted=40, train_epoch_s_predicted=75.0),
+        make(1, 288, 4, 0.55, peak=900, train_s_predicted=1500.0, train_epochs_predicted=40, train_epoch_s_predicted=37.5),
+        make(2, 224, 8, 0.40, peak=900, train_s_predicted=700.0, train_epochs_predicted=40, train_epoch_s_predicted=17.5),
+        make(3, 160, 16, 0.20, peak=900),  # no prediction (an older tuner's trial): nothing says it is too slow
+        make(4, 352, 2, 0.62, peak=900, mosaic=0.9, outcome="pruned", state=TrialState.PRUNED),  # not stable: no say
+    ]
+
+    def seconds_of(trial):
+        return trial.user_attrs.get("train_s_predicted")
+
+    assert selection.too_slow(trials, 1000, seconds_of, None) == {}  # no budget, nothing left out
+    slow = selection.too_slow(trials, 1000, seconds_of, 2000.0)
+    assert slow == {Params(352, 2, 0.5, 0.1).key: 3000.0}
+    assert selection.best_stable(trials, 1000, None).trial.number == 0
+    assert selection.best_stable(trials, 1000, None, exclude=frozenset(slow)).trial.number == 1
+    tight = selection.too_slow(trials, 1000, seconds_of, 600.0)
+    assert set(tight) == {Params(352, 2, 0.5, 0.1).key, Params(288, 4, 0.5, 0.1).key, Params(224, 8, 0.5, 0.1).key}
+    assert selection.best_stable(trials, 1000, None, exclude=frozenset(tight)).trial.number == 3
+
+
+def test_a_config_is_judged_by_its_earliest_run_with_a_prediction():
+    trials = [make(0, 288, 4, 0.5, peak=900), make(5, 288, 4, 0.52, peak=900, train_s_predicted=2500.0),
+              make(7, 288, 4, 0.51, peak=900, train_s_predicted=1000.0)]  # fmt: skip
+    slow = selection.too_slow(trials, 1000, lambda trial: trial.user_attrs.get("train_s_predicted"), 2000.0)
+    assert slow == {Params(288, 4, 0.5, 0.1).key: 2500.0}

@@ -196,7 +196,9 @@ def _finish(study, cfg, device, record: StudyRecord, url: str, results_dir: Path
     record = StudyRecord.of(study)  # as the search left it: kills from outside may have lowered the stable limit
     trials = study.get_trials(deepcopy=False)
     noise = selection.noise(trials)
-    choice = selection.best_stable(trials, record.stable_limit_mb, noise.spread, record.budget_mb)
+    slow = selection.too_slow(trials, record.stable_limit_mb, findings.read(study, results_dir, url).predicted, cfg.train_time)
+    choice = selection.best_stable(trials, record.stable_limit_mb, noise.spread, record.budget_mb, exclude=frozenset(slow))
+    time_note = _train_time_note(cfg.train_time, slow, trials, record, noise.spread, choice)
     best_yaml = results_dir / study.study_name / "best.yaml"
     best = None
     if choice is not None:
@@ -211,8 +213,31 @@ def _finish(study, cfg, device, record: StudyRecord, url: str, results_dir: Path
     if best is not None and not record.space_from_data:  # a derived space reaches the limit by itself
         hint = selection.room_to_grow(best.params.imgsz, best.peak_mem_mb, cfg.space.imgsz, record.stable_limit_mb)
     summary = probe_summary(study.study_name, trials, record, best_yaml if best else None, hint)
+    summary["train_time"] = time_note
     print_probe_summary(summary, progress, as_json)
     return 0 if best is not None else 1
+
+
+def _train_time_note(limit_s: float | None, slow: dict[tuple, float], trials, record: StudyRecord, spread: float | None,
+                     choice: Choice | None) -> dict[str, Any] | None:  # fmt: skip
+    """What the training-time budget did to the pick: which stable configs it left out, and what the most accurate
+    of them, or (when nothing fits) the fastest, would take."""
+    if not limit_s:
+        return None
+    budget = training_time.minutes(limit_s)
+    unbounded = selection.best_stable(trials, record.stable_limit_mb, spread, record.budget_mb)
+    if choice is None and slow:
+        key, seconds = min(slow.items(), key=lambda item: item[1])
+        line = (f"No stable config trains within the training time of {budget}: the fastest, {Params(*key)}, is "
+                f"predicted at {training_time.minutes(seconds)}. Raise --train-time or plan fewer epochs "
+                "(configs/train.yaml), then re-run.")  # fmt: skip
+    elif unbounded is not None and choice is not None and unbounded.trial.number != choice.trial.number:
+        seconds = slow.get(Params.of(unbounded.params).key)
+        line = (f"Training time {budget}: {Params.of(unbounded.params)} ({unbounded.value:.4f}) would train for about "
+                f"{training_time.minutes(seconds or 0)}; the pick is the most accurate stable config predicted to fit.")  # fmt: skip
+    else:
+        line = f"Training time {budget}: the pick is predicted to fit; {len(slow)} stable config(s) would not."
+    return {"limit_s": limit_s, "over": len(slow), "line": line}
 
 
 def _write_report(study: optuna.Study, results_dir: Path, url: str, progress: Progress) -> None:
@@ -316,5 +341,7 @@ def print_probe_summary(summary: dict[str, Any], progress: Progress, as_json: bo
         lines.append(f"Written to {best['best_yaml']}. Next: tuner train-best --study-name {summary['study']}")
         if summary.get("hint"):
             lines.append(f"Note: {summary['hint']}")
+    if summary.get("train_time"):
+        lines.append(summary["train_time"]["line"])
     lines.append(summary["cost"]["line"])
     progress.say("\n".join(lines), important=True)

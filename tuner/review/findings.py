@@ -8,7 +8,7 @@ changes the study. The writers are `tuner.review.report` (files), `tuner.review.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -169,17 +169,18 @@ def read(study: optuna.Study, results_dir: Path, url: str | None = None) -> Find
     trials = tuple(study.get_trials(deepcopy=False))
     record = StudyRecord.of(study)
     metric_name = record.config.metric_name if record.config else (study.metric_names or ["value"])[0]
-    return Findings(
+    found = Findings(
         study_name=study.study_name,
         trials=trials,
         metric_name=metric_name,
         record=record,
         grid=memory_grid(record, trials),
-        best=best_config(record, trials),
+        best=None,
         command=train_best_command(study.study_name, Path(results_dir), url),
         speed=cost.fit_speed(Limits.from_dict(record.limits).frontier.measurements) if record.limits else None,
         planned_epochs=training_time.planned_epochs(),
     )
+    return dataclasses.replace(found, best=best_config(record, trials, found.predicted))
 
 
 # --------------------------------------------------------------------------------------- reading trials
@@ -223,14 +224,18 @@ def count_outcomes(trials: Iterable[FrozenTrial]) -> dict[str, int]:
     return counts
 
 
-def best_config(record: StudyRecord, trials: Sequence[FrozenTrial]) -> BestConfig | None:
-    """The best stable config: the one `tuner probe` recorded, else chosen from the trials as it would."""
+def best_config(record: StudyRecord, trials: Sequence[FrozenTrial],
+                seconds_of: Callable[[FrozenTrial], float | None] = lambda trial: None) -> BestConfig | None:  # fmt: skip
+    """The best stable config: the one `tuner probe` recorded, else chosen from the trials as it would (within the
+    study's training time, by `seconds_of`: each config's predicted full training)."""
     best = record.best
     if best is not None:
         return BestConfig(best.trial, best.params, best.value, best.peak_mem_mb, best.runs, best.best_yaml)
     if record.stable_limit_mb is None:
         return None
-    choice = selection.best_stable(trials, record.stable_limit_mb, record.noise.spread, record.budget_mb)
+    train_time = record.config.train_time if record.config else None
+    slow = selection.too_slow(trials, record.stable_limit_mb, seconds_of, train_time)
+    choice = selection.best_stable(trials, record.stable_limit_mb, record.noise.spread, record.budget_mb, exclude=frozenset(slow))
     if choice is None:
         return None
     return BestConfig(

@@ -18,7 +18,7 @@ from optuna.trial import FrozenTrial
 from tuner import files
 from tuner.review import findings, plots
 from tuner.review.findings import BestConfig, Findings, MemoryGrid, param_cells, trial_outcome, trial_reason
-from tuner.study import probe_budget, records, selection
+from tuner.study import probe_budget, records, selection, training_time
 from tuner.study.records import Noise, StudyRecord, TrialRecord
 
 CSV_COLUMNS = (
@@ -238,6 +238,7 @@ def top_table(trials: Sequence[FrozenTrial], limit_mb: float | None, metric_name
         return "No trial has completed yet."
     from_preflights = found is not None and found.speed is not None and found.record.sample is not None
     predicting = found is not None and (from_preflights or any(TrialRecord.of(trial).prediction for trial in top))
+    train_time = found.record.config.train_time if found is not None and found.record.config else None
     rows = []
     for rank, trial in enumerate(top, start=1):
         record = TrialRecord.of(trial)
@@ -250,10 +251,12 @@ def top_table(trials: Sequence[FrozenTrial], limit_mb: float | None, metric_name
         ])  # fmt: skip
         if predicting:
             seconds = found.predicted(trial) if stable else None
-            rows[-1].append("-" if seconds is None else f"{seconds / 60:.0f} min")
+            over = seconds is not None and train_time is not None and seconds > train_time
+            rows[-1].append("-" if seconds is None else f"{seconds / 60:.0f} min" + (" (over the training time)" if over else ""))
     header = ["rank", "trial", "imgsz", "batch", "mosaic", "mixup", metric_name, "peak memory", "stable"]
     if predicting:
-        header.append(f"full training ({found.planned_epochs} epochs), predicted")
+        within = f", training time {training_time.minutes(train_time)}" if train_time else ""
+        header.append(f"full training ({found.planned_epochs} epochs{within}), predicted")
     return _table(header, rows)
 
 

@@ -21,7 +21,7 @@ import dataclasses
 import math
 from collections import Counter
 from statistics import mean
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -177,6 +177,23 @@ def best_stable(
     pick = max(same_headroom, key=lambda summary: (summary.value, -summary.peak_mb))
     return Choice(trial=pick.first, value=pick.value, runs=pick.runs, peak_mb=pick.peak_mb, best_value=best.value,
                   spread=spread)  # fmt: skip
+
+
+def too_slow(
+    trials: Iterable[FrozenTrial], limit_mb: float, seconds_of: Callable[[FrozenTrial], float | None],
+    train_time_s: float | None,
+) -> dict[tuple, float]:
+    """The stable configs (config keys) whose full training is predicted to take longer than `train_time_s`, each
+    with its prediction (`seconds_of` its earliest run that has one); none without a time budget. A config with no
+    prediction is not left out: nothing says it is too slow."""
+    if not train_time_s:
+        return {}
+    slow = {}
+    for key, runs in stable_configs(trials, limit_mb).items():
+        seconds = next((found for found in map(seconds_of, sorted(runs, key=lambda t: t.number)) if found is not None), None)
+        if seconds is not None and seconds > train_time_s:
+            slow[key] = seconds
+    return slow
 
 
 def tie_decides(
