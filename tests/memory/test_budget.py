@@ -49,7 +49,7 @@ def _hog(megabytes: int, seconds: float) -> subprocess.Popen:
 
 def test_watchdog_kills_a_process_over_budget_and_records_its_peak():
     process = _hog(400, 30)
-    with Watchdog(process.pid, budget=200 * MIB, measure=lambda rss, device: rss) as watchdog:
+    with Watchdog(process.pid, budget=200 * MIB, measure=lambda rss, device, footprint: rss) as watchdog:
         process.wait(timeout=20)
     assert process.returncode == -9
     assert watchdog.killed_reason.startswith("watchdog:")
@@ -64,7 +64,7 @@ def test_watchdog_counts_the_whole_process_tree():
         "time.sleep(30)"
     )
     process = subprocess.Popen([sys.executable, "-c", code])
-    with Watchdog(process.pid, budget=250 * MIB, measure=lambda rss, device: rss) as watchdog:
+    with Watchdog(process.pid, budget=250 * MIB, measure=lambda rss, device, footprint: rss) as watchdog:
         process.wait(timeout=20)
     assert watchdog.killed_reason is not None  # the parent alone holds about 10 MB
     assert watchdog.peak_rss > 250 * MIB
@@ -72,7 +72,7 @@ def test_watchdog_counts_the_whole_process_tree():
 
 def test_watchdog_leaves_a_process_within_budget_alone():
     process = _hog(50, 1)
-    with Watchdog(process.pid, budget=1000 * MIB, measure=lambda rss, device: rss) as watchdog:
+    with Watchdog(process.pid, budget=1000 * MIB, measure=lambda rss, device, footprint: rss) as watchdog:
         process.wait(timeout=20)
     assert process.returncode == 0
     assert watchdog.killed_reason is None
@@ -83,7 +83,7 @@ def test_watchdog_adds_reported_device_memory(tmp_path):
     device_file = tmp_path / "device_bytes"
     device_file.write_text(str(900 * MIB))
     process = _hog(10, 30)
-    with Watchdog(process.pid, 500 * MIB, measure=lambda rss, device: rss + device, device_file=device_file) as dog:
+    with Watchdog(process.pid, 500 * MIB, measure=lambda rss, device, footprint: rss + device, device_file=device_file) as dog:
         process.wait(timeout=20)
     assert dog.killed_reason is not None
     assert dog.peak_device == 900 * MIB

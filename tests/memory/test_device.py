@@ -18,6 +18,7 @@ def test_cpu():
     assert (dev.kind, dev.torch, dev.ultralytics) == ("cpu", "cpu", "cpu")
     assert dev.total_memory > 0
     assert dev.measured(rss=100, device_bytes=50) == 100
+    assert dev.measured(rss=100, device_bytes=50, footprint=180) == 180  # on macOS, what the OS kills on
     assert dev.child_env(10**9) == {}
 
 
@@ -84,6 +85,9 @@ def test_mps_is_preferred_and_its_allocator_is_capped_at_the_budget(fake_mps):
     assert high == pytest.approx(0.5)  # 8 GiB of the 16 GiB recommended working set
     assert low <= high  # torch refuses to start otherwise
     assert dev.measured(rss=2 * 2**30, device_bytes=3 * 2**30) == 5 * 2**30  # unified memory: both count
+    # macOS's footprint counts compressed pages and Metal's IOKit memory: the larger of the two accounts, not both
+    assert dev.measured(rss=2 * 2**30, device_bytes=3 * 2**30, footprint=6 * 2**30) == 6 * 2**30
+    assert dev.measured(rss=2 * 2**30, device_bytes=3 * 2**30, footprint=4 * 2**30) == 5 * 2**30
     assert devices.device_memory("mps", None) == 3 * 2**30
 
 

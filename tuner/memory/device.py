@@ -9,8 +9,11 @@ Ultralytics' own `select_device('mps')` silently falls back to CPU where MPS is 
 make every memory figure wrong, so a device that is not there is an error here.
 
 What the budget bounds, per device (the quantity `measured()` returns):
-- cpu:  RAM of the trial's process tree (RSS, dataloader workers included).
-- mps:  RSS plus `torch.mps.driver_allocated_memory()` (unified memory: both come from the same RAM);
+- cpu:  RAM of the trial's process tree (RSS, dataloader workers included); on macOS the larger of
+        that and the tree's physical footprint, what macOS kills on (tuner.memory.footprint).
+- mps:  RSS plus `torch.mps.driver_allocated_memory()` (unified memory: both come from the same RAM),
+        or the tree's physical footprint where that is larger (it counts compressed pages, and the
+        IOKit memory Metal's buffers live in, so it is not added on top);
         the MPS allocator's high watermark is also set to the budget, so MPS raises a clean
         "MPS backend out of memory" there instead of swapping until macOS kills the process.
 - cuda: the card's memory reserved by PyTorch (its high-water mark); `set_per_process_memory_fraction`
@@ -52,13 +55,13 @@ class Device:
     def ultralytics(self) -> str:
         return str(self.index) if self.kind == "cuda" else self.kind
 
-    def measured(self, rss: int, device_bytes: int) -> int:
-        """The quantity the budget bounds (see the module docstring)."""
+    def measured(self, rss: int, device_bytes: int, footprint: int = 0) -> int:
+        """The quantity the budget bounds (see the module docstring); `footprint` is 0 where the OS has none."""
         if self.kind == "cuda":
             return device_bytes
         if self.kind == "mps":
-            return rss + device_bytes
-        return rss
+            return max(rss + device_bytes, footprint)
+        return max(rss, footprint)
 
     def child_env(self, budget: int) -> dict[str, str]:
         """Environment for a trial process; on MPS the allocator's watermarks come from the budget."""

@@ -11,17 +11,20 @@ from typing import Callable
 import psutil
 
 from tuner.memory.budget import MIB
+from tuner.memory.footprint import footprint
 
 
-def tree_rss(process: psutil.Process) -> int:
-    """Resident memory of a process and all its descendants (dataloader workers included)."""
-    total = 0
+def tree_memory(process: psutil.Process) -> tuple[int, int]:
+    """Resident memory (RSS) and physical footprint (macOS; 0 elsewhere: tuner.memory.footprint) of a process and
+    all its descendants (dataloader workers included)."""
+    rss = foot = 0
     for member in [process, *process.children(recursive=True)]:
         try:
-            total += member.memory_info().rss
+            rss += member.memory_info().rss
+            foot += footprint(member)
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
-    return total
+    return rss, foot
 
 
 def kill_tree(process: psutil.Process) -> None:
@@ -55,7 +58,7 @@ def read_device_bytes(path: Path | None) -> int:
 class Watchdog:
     """Samples a process tree (and the device memory it reports) and kills it over the budget.
 
-    `measure(rss, device_bytes)` gives the budgeted quantity (see tuner.memory.device.Device.measured).
+    `measure(rss, device_bytes, footprint)` gives the budgeted quantity (see tuner.memory.device.Device.measured).
     Peaks are kept for every sample; `killed_reason` is set when the watchdog killed the tree.
     """
 
@@ -63,7 +66,7 @@ class Watchdog:
         self,
         pid: int,
         budget: int,
-        measure: Callable[[int, int], int],
+        measure: Callable[[int, int, int], int],
         device_file: Path | None = None,
         interval: float = 0.1,
     ) -> None:
@@ -74,6 +77,7 @@ class Watchdog:
         self.interval = interval
         self.peak = 0
         self.peak_rss = 0
+        self.peak_footprint = 0
         self.peak_device = 0
         self.killed_reason: str | None = None
         self._stop = threading.Event()
@@ -88,10 +92,11 @@ class Watchdog:
         self._thread.join()
 
     def sample(self) -> int:
-        rss = tree_rss(self.process)
+        rss, foot = tree_memory(self.process)
         device_bytes = read_device_bytes(self.device_file)
-        current = self.measure(rss, device_bytes)
+        current = self.measure(rss, device_bytes, foot)
         self.peak_rss = max(self.peak_rss, rss)
+        self.peak_footprint = max(self.peak_footprint, foot)
         self.peak_device = max(self.peak_device, device_bytes)
         self.peak = max(self.peak, current)
         return current

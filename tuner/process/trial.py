@@ -166,7 +166,7 @@ def run_child(
         asked_batch=spec.params.batch,
     )
     device_peak = max(watchdog.peak_device, result.device_peak if result else 0)
-    peak = max(watchdog.peak, device.measured(watchdog.peak_rss, device_peak))
+    peak = max(watchdog.peak, device.measured(watchdog.peak_rss, device_peak, watchdog.peak_footprint))
     return Attempt(
         outcome=classified.outcome,
         reason=classified.reason,
