@@ -175,6 +175,7 @@ def _add_train_best(subparsers) -> None:
         "flags override it; a re-run keeps its run's config.yaml and applies only flags",
     )
     group.add_argument("--epochs", type=int, help=f"epochs to train in all (default: {train['epochs']})")
+    group.add_argument("--train-time", help="a new run trains the planned epochs where the probe predicts they fit in this time (90s, 45m, 2h, 1h30m), else as many as fit")
     group.add_argument(
         "--strategy",
         choices=STRATEGIES,
@@ -223,6 +224,7 @@ def _cmd_train_best(args: argparse.Namespace) -> int:
         strategy=args.strategy,
         val_every=args.val_every,
         plots=args.plots,
+        train_time=args.train_time,
         quiet=args.quiet,
         as_json=args.json,
     )

@@ -813,3 +813,47 @@ def test_progressive_run_grows_imgsz_block_by_block_from_the_previous_weights(wo
     spec = json.loads((folder / "attempts" / "002" / "spec.json").read_text())
     assert spec["model"] == str(folder / "stages" / "1-imgsz-64" / "weights" / "last.pt")
     assert (folder / "weights" / "best.pt").is_file() and summary["epochs"] == 2
+
+
+# ---------------------------------------------------------------------------------------- a training time
+
+
+def test_a_training_time_keeps_the_planned_epochs_where_they_fit_and_cuts_them_where_not():
+    from tuner.commands.train_best import _fit_to_time
+    from tuner.errors import StudyFailed
+    from tuner.study.cost import START_S
+    from tuner.study.training_time import Prediction
+    from tuner.train.supervisor import Screen
+
+    settings = configs.default_train_settings()  # 40 epochs
+    per_epoch = Prediction.of(30.0, 40)  # 30 s an epoch: 40 epochs take 20 min and the start
+    screen = Screen(quiet=True)
+    assert _fit_to_time(settings, per_epoch, None, screen) is settings
+    assert _fit_to_time(settings, per_epoch, START_S + 40 * 30.0, screen).epochs == 40
+    assert _fit_to_time(settings, per_epoch, START_S + 25 * 30.0 + 29, screen).epochs == 25
+    assert _fit_to_time(settings, None, 60.0, screen).epochs == 40  # nothing predicts it: the planned epochs, said
+    with pytest.raises(StudyFailed, match="Not one epoch fits in the training time of 40 s: an epoch of this config is predicted at 30 s"):
+        _fit_to_time(settings, per_epoch, 40.0, screen)
+
+
+@pytest.mark.integration
+def test_train_best_fits_its_epochs_to_the_training_time_by_the_probes_prediction(workdir, tiny_data, run_cli):
+    from tuner.study.cost import START_S
+    from tuner.study.training_time import from_comment
+
+    code, _, err = run_cli(*tiny_probe_args(tiny_data, "--n-trials", "1"))
+    assert code == 0, err
+    predicted = from_comment((workdir / "results" / "data-yolov8n-cpu" / "best.yaml").read_text())
+    assert predicted is not None and predicted.epoch_s > 0
+    code, _, err = run_cli("train-best", "--epochs", "4", "--train-time", "1s", *FAST)
+    assert code == 1 and err.strip().splitlines()[-1].startswith("tuner: error: Not one epoch fits in the training time of 1 s")
+    assert not (train_dir(workdir, "data-yolov8n-cpu") / "config.yaml").exists()  # nothing started
+    room = START_S + 2.5 * predicted.epoch_s  # two epochs of the four, by the probe's own timing
+    code, out, err = run_cli("train-best", "--epochs", "4", "--train-time", f"{room:.2f}", *FAST, "--json")
+    assert code == 0, err
+    assert "2 of the 4 planned epochs fit" in err
+    assert json.loads(out)["epochs"] == 2 and json.loads(out)["epochs_planned"] == 2
+    code, _, err = run_cli("train-best", "--train-time", "2h", *FAST)
+    assert code == 0 and "--train-time fits the epochs of a new run" in err and "nothing to do" in err
+    code, _, err = run_cli("train-best", "--train-time", "later", *FAST)
+    assert_one_line_error(code, err, "`--train-time` is 'later', but must be a duration")

@@ -21,12 +21,15 @@ from typing import Any
 from tuner import checks
 from tuner import config as configs
 from tuner import files
-from tuner.errors import ConfigError, TunerError
+from tuner.errors import ConfigError, StudyFailed, TunerError
 from tuner.memory import device as devices
 from tuner.memory.budget import MIB, describe_budget, parse_budget
 from tuner.params import Params
 from tuner.process.contract import Cause
 from tuner.process.trial import run_child
+from tuner.study import training_time
+from tuner.study.cost import START_S
+from tuner.study.training_time import Prediction
 from tuner.train.checkpoints import preflight
 from tuner.train.plan import new_plan
 from tuner.train.records import RunPlan, RunState
@@ -74,6 +77,7 @@ def train_best(
     strategy: str | None = None,
     val_every: int | None = None,
     plots: bool | None = None,
+    train_time: str | None = None,
     quiet: bool = False,
     as_json: bool = False,
     runner: Runner = run_child,
@@ -86,12 +90,16 @@ def train_best(
     """
     screen = Screen(quiet)
     _check_flags(epochs, max_restarts, val_every, strategy, config)
+    time_limit = checks.duration_or_none(train_time, "--train-time")
     flags = {"epochs": epochs, "strategy": strategy, "max_restarts": max_restarts, "val_every": val_every,
              "plots": plots}  # fmt: skip
     settings = configs.load_train(settings_file, flags)
     name = study_name_for(study_name, storage, Path(studies_dir), config)
     run_files = RunFiles(Path(results_dir) / name / "train")
     if run_files.config.exists():
+        if time_limit is not None:
+            screen.say("--train-time fits the epochs of a new run; this run keeps its planned epochs (--epochs "
+                       "changes them).", important=True)  # fmt: skip
         run = _continued_run(run_files, settings, flags)
         if run.state.finished:
             screen.say(f"The run in {run_files.root} is finished ({run.state.epochs_done} epochs); nothing to do.",
@@ -106,6 +114,7 @@ def train_best(
             source = source_from_config(Path(config), name, storage, Path(studies_dir))
         else:
             source = source_from_study(name, storage, Path(studies_dir))
+        settings = _fit_to_time(settings, source.prediction, time_limit, screen)
         plan = new_plan(source, settings, now())
         run = _Run(plan, new_state(plan), False, True, settings.max_restarts, settings.plots)
     target = devices.resolve(device or run.plan.device)
@@ -126,6 +135,34 @@ def _check_flags(epochs, max_restarts, val_every, strategy, config) -> None:
         checks.choice(strategy, "--strategy", configs.STRATEGIES)
     if config is not None and not Path(config).is_file():
         raise ConfigError(f"Config file {config} does not exist; pass --config with a best.yaml that `tuner probe` wrote.")
+
+
+def _fit_to_time(settings: configs.TrainSettings, prediction: Prediction | None, limit_s: float | None,
+                 screen: Screen) -> configs.TrainSettings:  # fmt: skip
+    """The settings of a new run with its epochs fitted to `limit_s` (--train-time) by the probe's prediction of an
+    epoch: the planned epochs where they fit, else as many as do. Raises StudyFailed when not one does."""
+    if limit_s is None:
+        return settings
+    budget = training_time.minutes(limit_s)
+    if prediction is None:
+        screen.say(f"--train-time {budget}: the study holds no prediction of this config's training (an older tuner's "
+                   f"probe, or a best.yaml without one); training the planned {settings.epochs} epochs.", important=True)  # fmt: skip
+        return settings
+    planned = prediction.for_epochs(settings.epochs)
+    if planned.seconds <= limit_s:
+        screen.say(f"Training time {budget}: the {settings.epochs} planned epochs fit ({planned.describe()}).")
+        return settings
+    fit = training_time.epochs_within(prediction, limit_s)
+    if fit < 1:
+        raise StudyFailed(
+            f"Not one epoch fits in the training time of {budget}: an epoch of this config is predicted at "
+            f"{training_time.minutes(prediction.epoch_s)}, after a start of about {training_time.minutes(START_S)}. "
+            "Raise --train-time, or pick a faster config with `tuner probe --train-time`."
+        )
+    screen.say(f"Training time {budget}: {fit} of the {settings.epochs} planned epochs fit "
+               f"({prediction.for_epochs(fit).describe()}); training {fit}. The ETA after each epoch says how it "
+               "holds.", important=True)  # fmt: skip
+    return dataclasses.replace(settings, epochs=fit)
 
 
 def _budget(flag: str | None, plan: RunPlan, target: devices.Device, screen: Screen) -> tuple[int, str]:

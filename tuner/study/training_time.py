@@ -60,6 +60,11 @@ class Prediction:
         return prediction if prediction.epochs > 0 and prediction.epoch_s > 0 else None
 
 
+def epochs_within(prediction: Prediction, limit_s: float) -> int:
+    """How many epochs of `prediction`'s config are predicted to fit in `limit_s`, its process's start included."""
+    return max(0, math.floor((limit_s - START_S) / prediction.epoch_s + 1e-9))
+
+
 def minutes(seconds: float) -> str:
     """`seconds` as a person reads a duration: "90 s", "23 min", "2.5 h"."""
     if seconds < 90:
