@@ -160,3 +160,41 @@ def test_a_config_its_probe_timed_is_predicted_from_its_probe_not_from_the_prefl
     assert "full training (40 epochs), predicted" in table and "| 20 min |" in table and "| - |" in table
     rows = list(csv.DictReader(io.StringIO(report.trials_csv(trials, "mAP50-95", found))))
     assert [row["train_s_predicted"] for row in rows] == ["1220", ""]
+
+
+def test_the_trade_between_accuracy_and_training_time_is_a_table_and_a_plot(workdir):
+    """The top stable configs by predicted training time, each against the pick; a config over the training time
+    marked in the table and hollow in the plot; a config over the memory limit is no trade at all."""
+    import dataclasses
+
+    from tuner import config as configs
+    from tuner.review import plots
+
+    space = {**DISTRIBUTIONS, "imgsz": CategoricalDistribution((160, 224, 288)), "batch": CategoricalDistribution((2, 16))}
+    study = optuna.create_study(study_name="trade", storage=f"sqlite:///{workdir / 'trade.db'}", direction="maximize")
+    probe = inputs(workdir, 2000, imgsz=(160, 224, 288), batch=(2, 16))
+    cfg = dataclasses.replace(probe.cfg, train_time=1500.0)  # 25 min
+    StudyRecord(config=cfg, device="cpu", budget_mb=2000.0, stable_limit_mb=1800.0).save(study)
+    runs = [(160, 16, 0.30, 800.0, 620.0), (224, 2, 0.40, 900.0, 1220.0), (288, 2, 0.45, 1100.0, 2420.0),
+            (288, 16, 0.50, 1950.0, 1500.0)]  # the last over the memory limit  # fmt: skip
+    for imgsz, batch, value, peak, seconds in runs:
+        timed = {"train_s_predicted": seconds, "train_epochs_predicted": 40, "train_epoch_s_predicted": (seconds - 20) / 40}
+        study.add_trial(create_trial(state=TrialState.COMPLETE, distributions=space, value=value,
+                                     params={"imgsz": imgsz, "batch": batch, "mosaic": 0.5, "mixup": 0.1},
+                                     user_attrs={"outcome": "ok", "peak_mem_mb": peak, **timed}))  # fmt: skip
+    found = findings.read(study, Path("results"))
+    assert found.best.trial == 1  # 288/2 is more accurate, but over the 25 min training time
+    assert [(trade.trial, trade.train_s) for trade in found.trades()] == [(2, 2420.0), (1, 1220.0), (0, 620.0)]
+    section = report.trade_section(found)
+    lines = [line for line in section.splitlines() if line.startswith("| imgsz")]
+    assert [line.split(" (trial ")[1][0] for line in lines] == ["0", "1", "2"]  # by training time
+    assert "| 10 min | 800 MiB | -0.1000 for -49% time |" in lines[0]
+    assert lines[1].endswith("| the pick |")
+    assert "| 40 min (over the training time) | 1100 MiB | +0.0500 for +98% time |" in lines[2]
+    assert "The training time is 25 min (`--train-time`)." in section
+    plot = plots.plot_accuracy_vs_time(found.trades(), workdir / "trade.png", metric_name="mAP50-95",
+                                       train_time_s=cfg.train_time, best_trial=found.best.trial)  # fmt: skip
+    assert plot.counts == {"configs": 2, "over time": 1, "best": 1, "time_lines": 1}
+    written = report.write_report(found, Path("results"))
+    assert "accuracy_vs_time.png" in written and "## Accuracy against training time" in written["report.md"].read_text()
+    assert configs.load(None, {}).train_time is None

@@ -19,7 +19,7 @@ from tuner.params import Params
 from tuner.process.contract import Cause, Outcome
 from tuner.study import cost, selection, training_time
 from tuner.study.limits import Limits
-from tuner.study.records import Best, StudyRecord, TrialRecord
+from tuner.study.records import Best, StudyRecord, TrialRecord, largest_runs, peak_seen, stable_configs
 from tuner.study.storage import sqlite_path, storage_url
 
 OUTCOME_MEANINGS = {
@@ -130,6 +130,19 @@ class Point:
 
 
 @dataclasses.dataclass(frozen=True)
+class Trade:
+    """A stable config as a person with a deadline weighs it: the probes' mean metric, its full training's predicted
+    seconds (None where nothing predicts it) and the largest peak any run of its imgsz x batch showed."""
+
+    trial: int  # its first trial
+    params: Params
+    value: float
+    runs: int
+    train_s: float | None
+    peak_mb: float
+
+
+@dataclasses.dataclass(frozen=True)
 class Findings:
     """What the report, the plots and the dashboard notes say, read once from the study."""
 
@@ -154,6 +167,21 @@ class Findings:
         if self.speed is None or sample is None:
             return None
         return cost.probe_seconds(params, self.speed, sample.train_total, sample.val_total, self.planned_epochs)
+
+    def trades(self, count: int = TOP_N) -> list[Trade]:
+        """The `count` most accurate stable configs, each with its predicted full training and peak memory."""
+        limit = self.record.stable_limit_mb
+        if limit is None:
+            return []
+        largest = largest_runs(self.trials)
+        out = []
+        for runs in stable_configs(self.trials, limit).values():
+            first = min(runs, key=lambda trial: trial.number)
+            seconds = next((found for found in map(self.predicted, sorted(runs, key=lambda t: t.number)) if found), None)
+            peak = peak_seen(largest[first.params["imgsz"], first.params["batch"]])
+            out.append(Trade(first.number, Params.of(first.params), sum(t.value for t in runs) / len(runs), len(runs),
+                             seconds, peak))  # fmt: skip
+        return sorted(out, key=lambda trade: (-trade.value, trade.trial))[:count]
 
     def predicted(self, trial: FrozenTrial) -> float | None:
         """The full training's predicted seconds for the config of `trial` over the planned epochs: as its probe

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from tuner import files
-from tuner.review.findings import MemoryGrid, Point
+from tuner.review.findings import MemoryGrid, Point, Trade
 
 CELL_COLOURS = {
     "ok": "#66bb6a",
@@ -188,6 +188,46 @@ def plot_accuracy_vs_memory(
     counts = {kind: _count(ax, kind) for kind in POINT_STYLES}
     counts["best"] = _count(ax, "best")
     counts["budget_lines"] = sum(1 for line in ax.get_lines() if line.get_gid() in ("budget", "stable-limit"))
+    _save(fig, path)
+    return Plot(path, counts)
+
+
+def plot_accuracy_vs_time(
+    trades: Sequence[Trade], path: Path, *, metric_name: str, train_time_s: float | None, best_trial: int | None
+) -> Plot:
+    """The probes' metric of the top stable configs against their full training's predicted minutes, each point's
+    area its peak memory; configs over the training time hollow, the pick starred, the training time a line."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 5))
+    timed = [trade for trade in trades if trade.train_s is not None]
+    largest = max((trade.peak_mb for trade in timed), default=1.0)
+    for over in (False, True):
+        chosen = [t for t in timed if (train_time_s is not None and t.train_s > train_time_s) == over]
+        if not chosen:
+            continue
+        sizes = [40 + 260 * trade.peak_mb / largest for trade in chosen]
+        xs, ys = [trade.train_s / 60 for trade in chosen], [trade.value for trade in chosen]
+        label = "over the training time" if over else "stable configs (area: peak memory)"
+        ax.scatter(xs, ys, s=sizes, facecolor="none" if over else "#2e7d32", edgecolor="#2e7d32", alpha=0.8,
+                   gid="over time" if over else "configs", label=label)  # fmt: skip
+        for trade, x, y in zip(chosen, xs, ys):
+            ax.annotate(f"{trade.params.imgsz}/{trade.params.batch}", (x, y), fontsize=7, xytext=(4, 4),
+                        textcoords="offset points")  # fmt: skip
+    best = [trade for trade in timed if trade.trial == best_trial]
+    if best:
+        ax.scatter([best[0].train_s / 60], [best[0].value], marker="*", s=300, facecolor="none", edgecolor="black",
+                   gid="best", label=f"the pick (trial {best_trial})")  # fmt: skip
+    if train_time_s is not None:
+        ax.axvline(train_time_s / 60, color="#c62828", gid="train-time", label=f"training time {train_time_s / 60:.0f} min")
+    ax.set_xlabel("full training, predicted (min)")
+    ax.set_ylabel(f"{metric_name} (probe)")
+    ax.set_title(f"{metric_name} vs training time")
+    if not timed:
+        ax.text(0.5, 0.5, "no config's training is predicted yet", transform=ax.transAxes, ha="center")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, loc="best")
+    counts = {"configs": _count(ax, "configs"), "over time": _count(ax, "over time"), "best": _count(ax, "best"),
+              "time_lines": sum(1 for line in ax.get_lines() if line.get_gid() == "train-time")}  # fmt: skip
     _save(fig, path)
     return Plot(path, counts)
 

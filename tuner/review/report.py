@@ -53,6 +53,11 @@ def write_plots(found: Findings, out_dir: Path) -> dict[str, Path]:
         "history.png": plots.plot_history(points, out_dir / "history.png", metric_name=found.metric_name).path,
     }  # fmt: skip
     config = found.record.config
+    if any(trade.train_s is not None for trade in found.trades()):
+        written["accuracy_vs_time.png"] = plots.plot_accuracy_vs_time(
+            found.trades(), out_dir / "accuracy_vs_time.png", metric_name=found.metric_name,
+            train_time_s=config.train_time if config else None, best_trial=found.best.trial if found.best else None,
+        ).path  # fmt: skip
     metric_column = config.metric if config else "metrics/mAP50-95(B)"
     train = plots.plot_train_epochs(out_dir / "train" / "results.csv", out_dir / "train_epochs.png",
                                     metric_column=metric_column, budget_mb=grid.budget_mb)  # fmt: skip
@@ -102,6 +107,7 @@ def render_markdown(found: Findings, images: Sequence[str]) -> str:
         "## Memory frontier\n\n" + grid_section(grid),
         *([f"## Memory limits\n\n{limits_section(found.record.limits)}"] if found.record.limits else []),
         f"## Top configs by {metric_name}\n\n" + top_table(trials, grid.stable_limit_mb, metric_name, found),
+        "## Accuracy against training time\n\n" + trade_section(found),
         "## Pruned, out of memory, inferred, failed\n\n" + stopped_list(trials, metric_name),
         "## Noise\n\n" + noise_text(found.record.noise, trials, grid, metric_name)
         + (f"\n\nRace: {found.record.race.describe()}" if found.record.race else ""),
@@ -258,6 +264,28 @@ def top_table(trials: Sequence[FrozenTrial], limit_mb: float | None, metric_name
         within = f", training time {training_time.minutes(train_time)}" if train_time else ""
         header.append(f"full training ({found.planned_epochs} epochs{within}), predicted")
     return _table(header, rows)
+
+
+def trade_section(found: Findings) -> str:
+    """The top stable configs by predicted training time, each against the pick: what more time buys."""
+    trades = [trade for trade in found.trades() if trade.train_s is not None]
+    if not trades:
+        return "No stable config's full training is predicted yet."
+    config = found.record.config
+    limit = config.train_time if config else None
+    pick = next((trade for trade in trades if found.best and trade.trial == found.best.trial), None)
+    rows = []
+    for trade in sorted(trades, key=lambda t: (t.train_s, -t.value)):
+        against = "the pick" if trade is pick else (
+            f"{trade.value - pick.value:+.4f} for {trade.train_s / pick.train_s - 1:+.0%} time" if pick else "")  # fmt: skip
+        over = " (over the training time)" if limit is not None and trade.train_s > limit else ""
+        rows.append([f"{trade.params} (trial {trade.trial})", f"{trade.value:.4f} ({trade.runs} run(s))",
+                     f"{trade.train_s / 60:.0f} min{over}", f"{trade.peak_mb:.0f} MiB", against])  # fmt: skip
+    header = ["config", f"{found.metric_name} (probe)", f"full training ({found.planned_epochs} epochs), predicted",
+              "peak memory", "against the pick"]  # fmt: skip
+    within = f" The training time is {training_time.minutes(limit)} (`--train-time`)." if limit else ""
+    return (_table(header, rows) + "\n\nThe probe's metric ranks configs for a short fine-tune; a difference within the "
+            f"noise is a tie.{within}")  # fmt: skip
 
 
 def stopped_list(trials: Sequence[FrozenTrial], metric_name: str) -> str:
