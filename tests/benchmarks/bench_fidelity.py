@@ -8,7 +8,7 @@ mixup varied), on the embedded dataset:
   nbs, warmup, close_mosaic, the per-epoch checkpoints), mAP50-95 of best.pt as Ultralytics validates it.
 
 Prints both side by side and Spearman's rank correlation ρ between the probe's mean metric and the
-full-training metric (goal ρ >= 0.7), with the probe's noise (mean |seed 1 - seed 2|). Finished
+full-training metric (goal ρ >= 0.8), with the probe's noise (mean |seed 1 - seed 2|). Finished
 trainings in `--workdir` are reused, so an interrupted run continues where it stopped.
 
     python tests/benchmarks/bench_fidelity.py --workdir /tmp/bench-fidelity                  # ~1-1.5 h on 2 CPU cores
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         mean = "-" if any(v is None for v in row["probes"]) else f"{sum(row['probes']) / len(row['probes']):.3f}"
         full = "-" if row["full"] is None else f"{row['full']:.3f}"
         print(f"| {' / '.join(f'{v:g}' for v in row['config'])} | {probes} | {mean} | {full} | {row['full_s'] / 60:.0f} min |")
-    print(f"\nSpearman ρ (probe mean vs full) over {len(usable)} configs: {rho:.2f} (goal >= 0.7); "
+    print(f"\nSpearman ρ (probe mean vs full) over {len(usable)} configs: {rho:.2f} (goal >= 0.8, issue 18); "
           f"probe noise, mean |seed {SEEDS[0]} - seed {SEEDS[1]}|: {sum(noise) / max(1, len(noise)):.3f}")  # fmt: skip
     return 0
 

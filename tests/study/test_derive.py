@@ -105,3 +105,17 @@ def test_auto_on_the_command_line_overrides_a_config_file(tmp_path, flag):
     cfg = config.load(file, probe_overrides(args))
     assert getattr(cfg.space, flag.lstrip("-")) is None
     assert cfg.to_dict()["space"][flag.lstrip("-")] == "auto"
+
+
+def test_a_batch_the_user_gave_larger_than_the_images_a_probe_trains_on_is_refused(tmp_path):
+    from tuner.errors import ConfigError
+
+    data = dataset(tmp_path, [(256, 256)] * 12)
+    given = config.load(None, {"space": {"batch": [4, 16, 32]}}).space
+    with pytest.raises(ConfigError, match=r"^--batch 16, 32 is larger than the 12 train images: each epoch would be one "
+                                          r"smaller batch\. Choose batches up to 12, or leave --batch out to derive them\.$"):  # fmt: skip
+        derive.check_batches(given, data, probe_images=0)
+    with pytest.raises(ConfigError, match=r"^--batch 32 is larger than the 10 train images a probe trains on \(--probe-images\)"):
+        derive.check_batches(config.load(None, {"space": {"batch": [32]}}).space, data, probe_images=10)
+    derive.check_batches(config.load(None, {"space": {"batch": [4, 8]}}).space, data, probe_images=10)  # fits
+    derive.check_batches(auto_space(), data, probe_images=10)  # derived: nothing to check

@@ -70,6 +70,7 @@ def run_probe(
         files.check_writable(Path(results_dir), "--results-dir")
     url = storage_url(storage, studies_dir, name)
     kept = kept_space(name, url, cfg.space)
+    derive.check_batches(cfg.space, data_yaml, cfg.probe.train_images)
     space, space_notes = derive.resolve(kept or cfg.space, data_yaml, cfg.probe.train_images)
     if kept is not None:
         space_notes = [f"Search space as the study derived it from the data: imgsz {derive.span(space.imgsz)}, "

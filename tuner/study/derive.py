@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Sequence
 
 from tuner.config import Space
+from tuner.errors import ConfigError
 from tuner.data import datasets
 from tuner.params import STRIDE
 from tuner.study.space import grid_step
@@ -122,6 +123,21 @@ def resolve(space: Space, data_yaml: Path, probe_images: int = 0) -> tuple[Space
             f"{imgsz[-1]}, for the usual {shape.long_side} px. Pass --imgsz to search other sizes."
         )
     return dataclasses.replace(space, imgsz=tuple(imgsz), batch=tuple(batch)), notes
+
+
+def check_batches(space: Space, data_yaml: Path, probe_images: int) -> None:
+    """Refuse a batch the user gave that is larger than the images a probe trains on (the sample of the train split,
+    or the whole split): Ultralytics would train it as a smaller batch, and the study would record what it did not
+    train. A derived space stops at that size by itself."""
+    train = len(datasets.train_images(data_yaml))
+    images = min(train, probe_images) if probe_images else train
+    larger = [batch for batch in space.batch or () if batch > images]
+    if larger:
+        where = f"the {images} train images a probe trains on (--probe-images)" if images < train else f"the {train} train images"
+        raise ConfigError(
+            f"--batch {', '.join(map(str, larger))} is larger than {where}: each epoch would be one smaller batch. "
+            f"Choose batches up to {images}, or leave --batch out to derive them."
+        )
 
 
 def _usual(shape: DataShape) -> str:
