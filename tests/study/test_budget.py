@@ -50,29 +50,34 @@ def test_the_race_is_cut_first_then_repeats_then_main_trials():
     assert (one_race.race, one_race.repeats, one_race.n_trials, one_race.cut) == (1, 2, 8, ("1 race run",))
     no_race = probe_budget.fit(200.0, design, 8, 2, 2)
     assert (no_race.race, no_race.repeats, no_race.n_trials, no_race.cut) == (0, 2, 8, ("the race",))
-    no_repeats = probe_budget.fit(170.0, design, 8, 2, 2)
-    assert (no_repeats.race, no_repeats.repeats, no_repeats.n_trials) == (0, 0, 8)
-    fewer = probe_budget.fit(150.0, design, 8, 2, 2)
-    assert (fewer.race, fewer.repeats, fewer.n_trials) == (0, 0, 7)
-    assert fewer.cut == ("1 main trial", "2 repeats", "the race") and fewer.seconds <= 150.0
+    one_repeat = probe_budget.fit(190.0, design, 8, 2, 2)
+    assert (one_repeat.race, one_repeat.repeats, one_repeat.n_trials) == (0, 1, 8)
+    fewer = probe_budget.fit(170.0, design, 8, 2, 2)  # one repeat stays: the pick needs the noise
+    assert (fewer.race, fewer.repeats, fewer.n_trials) == (0, 1, 7)
+    assert fewer.cut == ("1 main trial", "1 repeat", "the race") and fewer.seconds <= 170.0
+    asked_none = probe_budget.fit(150.0, design, 8, 0, 2)  # --repeats 0: none is kept
+    assert (asked_none.repeats, asked_none.n_trials) == (0, 7)
 
 
-def test_the_plan_never_goes_below_the_startup_design():
+def test_the_plan_never_goes_below_the_startup_design_and_one_noise_repeat():
     plan = probe_budget.fit(5.0, [10.0, 20.0, 30.0], 8, 2, 2)
-    assert (plan.n_trials, plan.repeats, plan.race) == (3, 0, 0)
-    assert plan.seconds == 60.0 and plan.cut == ("5 main trials", "2 repeats", "the race")
-    assert probe_budget.deadline_s(plan, 0.0) == 60.0  # the design gets its predicted time, not the budget's 5 s
+    assert (plan.n_trials, plan.repeats, plan.race) == (3, 1, 0)
+    assert plan.seconds == 80.0 and plan.cut == ("5 main trials", "1 repeat", "the race")
+    assert probe_budget.deadline_s(plan, 0.0) == 80.0  # the floor gets its predicted time, not the budget's 5 s
     assert plan.over_budget and plan.describe().endswith(
-        "budget 5 s: 5 main trials, 2 repeats and the race cut; the startup design alone takes longer, and runs in full "
-        "(the sampler needs it).")  # fmt: skip
+        "budget 5 s: 5 main trials, 1 repeat and the race cut; the startup design and one noise repeat alone take "
+        "longer, and run in full (the sampler needs the design, the pick the noise).")  # fmt: skip
+    no_repeats = probe_budget.fit(5.0, [10.0, 20.0, 30.0], 8, 0, 2)
+    assert no_repeats.repeats == 0 and no_repeats.describe().endswith("the startup design alone takes longer, and runs "
+                                                                      "in full (the sampler needs it).")  # fmt: skip
     assert not probe_budget.fit(240.0, [10.0, 20.0, 30.0], 8, 2, 2).over_budget
 
 
 def test_a_share_is_of_the_reference_training_and_the_plan_says_so():
     plan = probe_budget.fit("15%", [60.0, 60.0, 60.0], 8, 2, 2, ("480/4", 3300.0, 40))
-    assert plan.budget_s == pytest.approx(495.0) and (plan.n_trials, plan.repeats, plan.race) == (8, 0, 0)
+    assert plan.budget_s == pytest.approx(495.0) and (plan.n_trials, plan.repeats, plan.race) == (7, 1, 0)
     assert plan.describe() == ("Plan: 8 probes, about 8 min, 15% of a 40-epoch training at 480/4 (about 55 min); "
-                               "budget 15% (8 min): 2 repeats and the race cut.")  # fmt: skip
+                               "budget 15% (8 min): 1 main trial, 1 repeat and the race cut.")  # fmt: skip
     assert Plan.from_json(plan.to_json()) == plan
     unpredicted = probe_budget.fit("15%", [], 8, 2, 2)  # no pre-flight timed its batches: nothing to plan by
     assert unpredicted.budget_s is None and unpredicted.probes == 12 and "no prediction" in unpredicted.describe()

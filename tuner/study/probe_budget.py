@@ -5,8 +5,9 @@
 planned epochs over the whole splits) of the startup design's median cell, as the pre-flights' speeds predict it
 (tuner.study.cost). The plan then fits the study into the budget by its probes' predicted times: the startup
 design's cells each at its own prediction, every other probe (main trials the sampler proposes, repeats, race
-runs) at their mean. Over the budget, the race is cut first, then repeats, then main trials, never below the
-startup design (without it the sampler models nothing). The budget is then a deadline: no trial starts once the
+runs) at their mean. Over the budget, the race is cut first, then repeats down to one, then main trials, never below
+the startup design (without it the sampler models nothing) and one noise repeat (without it the pick cannot tell
+a tie from a lead: the default run on the embedded dataset once picked by 0.0003). The budget is then a deadline: no trial starts once the
 probe has spent it, over every run of the study (a continued study counts the trials' durations so far).
 """
 
@@ -59,12 +60,15 @@ class Plan:
         line += f"; {self.budget_text()}"
         line += ": " + _joined(self.cut) + " cut" if self.cut else ""
         if self.over_budget:
-            line += "; the startup design alone takes longer, and runs in full (the sampler needs it)"
+            line += ("; the startup design and one noise repeat alone take longer, and run in full (the sampler needs "
+                     "the design, the pick the noise)" if self.repeats else "; the startup design alone takes longer, "
+                     "and runs in full (the sampler needs it)")  # fmt: skip
         return line + "."
 
     @property
     def over_budget(self) -> bool:
-        """The plan is the startup design and still costs more than the budget (a small dataset's short training)."""
+        """The plan is its floor (the startup design and one repeat) and still costs more than the budget (a small
+        dataset's short training)."""
         return self.budget_s is not None and self.seconds is not None and self.seconds > self.budget_s
 
     def budget_text(self) -> str:
@@ -116,7 +120,7 @@ def fit(
 
     counts = {"race": race, "repeats": repeats, "trials": n_trials}
     if budget_s is not None:
-        for key, low in (("race", 0), ("repeats", 0), ("trials", floor)):
+        for key, low in (("race", 0), ("repeats", min(1, repeats)), ("trials", floor)):
             while counts[key] > low and cost(counts["trials"], counts["repeats"], counts["race"]) > budget_s:
                 counts[key] -= 1
     cut = []
