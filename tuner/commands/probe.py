@@ -20,10 +20,10 @@ from tuner.memory.budget import MIB, describe_budget, parse_budget
 from tuner.memory.device import Device
 from tuner.params import Params
 from tuner.review import findings
-from tuner.study import cost, derive, inputs, limits, probe_budget, selection, space, training_time
+from tuner.study import cost, inputs, limits, probe_budget, selection, space, training_time
 from tuner.study import workers as tuner_workers
 from tuner.study.inputs import Inputs
-from tuner.study.open import kept_space, mapped_limits, open_study, probe_sample
+from tuner.study.open import mapped_limits, open_study, probe_sample, study_space
 from tuner.study.progress import Progress
 from tuner.study.records import Best, StudyRecord
 from tuner.study.search import Search, startup_trials
@@ -69,12 +69,7 @@ def run_probe(
     if not limits_only:
         files.check_writable(Path(results_dir), "--results-dir")
     url = storage_url(storage, studies_dir, name)
-    kept = kept_space(name, url, cfg.space)
-    derive.check_batches(cfg.space, data_yaml, cfg.probe.train_images)
-    space, space_notes = derive.resolve(kept or cfg.space, data_yaml, cfg.probe.train_images)
-    if kept is not None:
-        space_notes = [f"Search space as the study derived it from the data: imgsz {derive.span(space.imgsz)}, "
-                       f"batch {', '.join(map(str, space.batch))}"]  # fmt: skip
+    space, space_notes = study_space(name, url, cfg.space, data_yaml, cfg.probe.train_images)
     cfg = dataclasses.replace(cfg, space=space)
     record = _new_record(cfg, device, budget, model, data_yaml, space_from_data=bool(space_notes))
     study, created = open_study(name, url, cfg, record)
@@ -92,19 +87,29 @@ def run_probe(
         Search(study, trials, progress, found, plan=plan).run()
         return 0
     if limits_only:
-        if as_json:
-            print(json.dumps({"study": study.study_name, "budget_mb": record.budget_mb, **found.summary()}, indent=2))
-        else:
-            progress.say(limits.describe(found), important=True)
-        return 0
+        return _print_limits(study, record, found, progress, as_json)
+    _announce(study, trials, found, plan, progress)
+    search = Search(study, trials, progress, found, plan=plan)
+    _search_with_workers(search, workers, argv, Path(studies_dir) / name, layout)
+    return _finish(study, cfg, device, record, url, Path(results_dir), progress, as_json)
+
+
+def _print_limits(study: optuna.Study, record: StudyRecord, found: limits.Limits, progress: Progress, as_json: bool) -> int:
+    """`--limits-only`: what the pre-flights found, as text or JSON."""
+    if as_json:
+        print(json.dumps({"study": study.study_name, "budget_mb": record.budget_mb, **found.summary()}, indent=2))
+    else:
+        progress.say(limits.describe(found), important=True)
+    return 0
+
+
+def _announce(study: optuna.Study, trials: Inputs, found: limits.Limits, plan: probe_budget.Plan, progress: Progress) -> None:
+    """Before the first trial: the limits, what a probe costs, and the plan (stored on the study)."""
     progress.say(limits.describe(found))
     progress.say(_probe_costs(trials, found))
     progress.say(plan.describe(), important=bool(plan.cut))
     StudyRecord(probe_plan=plan.to_json()).save(study, "probe_plan")
     progress.total = plan.n_trials + plan.repeats
-    search = Search(study, trials, progress, found, plan=plan)
-    _search_with_workers(search, workers, argv, Path(studies_dir) / name, layout)
-    return _finish(study, cfg, device, record, url, Path(results_dir), progress, as_json)
 
 
 def _probe_costs(trials: Inputs, found: limits.Limits) -> str:

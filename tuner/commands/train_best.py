@@ -89,18 +89,14 @@ def train_best(
     `runner` runs one training process (tests pass a fake).
     """
     screen = Screen(quiet)
-    _check_flags(epochs, max_restarts, val_every, strategy, config)
-    time_limit = checks.duration_or_none(train_time, "--train-time")
+    time_limit = _check_flags(epochs, max_restarts, val_every, strategy, config, train_time)
     flags = {"epochs": epochs, "strategy": strategy, "max_restarts": max_restarts, "val_every": val_every,
              "plots": plots}  # fmt: skip
     settings = configs.load_train(settings_file, flags)
     name = study_name_for(study_name, storage, Path(studies_dir), config)
     run_files = RunFiles(Path(results_dir) / name / "train")
     if run_files.config.exists():
-        if time_limit is not None:
-            screen.say("--train-time fits the epochs of a new run; this run keeps its planned epochs (--epochs "
-                       "changes them).", important=True)  # fmt: skip
-        run = _continued_run(run_files, settings, flags)
+        run = _continued_run(run_files, settings, flags, screen, time_limit)
         if run.state.finished:
             screen.say(f"The run in {run_files.root} is finished ({run.state.epochs_done} epochs); nothing to do.",
                        important=True)  # fmt: skip
@@ -125,8 +121,9 @@ def train_best(
     return 0
 
 
-def _check_flags(epochs, max_restarts, val_every, strategy, config) -> None:
-    """The flags given, checked as configs/train.yaml's settings are (tuner.checks), named as flags."""
+def _check_flags(epochs, max_restarts, val_every, strategy, config, train_time) -> float | None:
+    """The flags given, checked as configs/train.yaml's settings are (tuner.checks), named as flags; returns the
+    training time in seconds (None: none given)."""
     for value, flag, check in ((epochs, "--epochs", checks.positive_int), (max_restarts, "--max-restarts",
                                checks.non_negative_int), (val_every, "--val-every", checks.positive_int)):  # fmt: skip
         if value is not None:
@@ -135,6 +132,7 @@ def _check_flags(epochs, max_restarts, val_every, strategy, config) -> None:
         checks.choice(strategy, "--strategy", configs.STRATEGIES)
     if config is not None and not Path(config).is_file():
         raise ConfigError(f"Config file {config} does not exist; pass --config with a best.yaml that `tuner probe` wrote.")
+    return checks.duration_or_none(train_time, "--train-time")
 
 
 def _fit_to_time(settings: configs.TrainSettings, prediction: Prediction | None, limit_s: float | None,
@@ -197,8 +195,12 @@ def _budget(flag: str | None, plan: RunPlan, target: devices.Device, screen: Scr
     return budget, f"{budget / MIB:.0f} MiB (the study's {study_budget / MIB:.0f} MiB, fitted to {usable / MIB:.0f} MiB usable)"
 
 
-def _continued_run(run_files: RunFiles, settings: configs.TrainSettings, flags: dict[str, Any]) -> _Run:
+def _continued_run(run_files: RunFiles, settings: configs.TrainSettings, flags: dict[str, Any], screen: Screen,
+                   time_limit: float | None) -> _Run:  # fmt: skip
     """The run in `run_files` with this invocation's flags applied and its checkpoint checked (unless finished)."""
+    if time_limit is not None:
+        screen.say("--train-time fits the epochs of a new run; this run keeps its planned epochs (--epochs changes "
+                   "them).", important=True)  # fmt: skip
     saved_plan, state = load_run(run_files)
     plan = check_rerun(saved_plan, state, run_files, flags["epochs"], flags["strategy"])
     if state.finished:

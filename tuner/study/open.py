@@ -18,7 +18,7 @@ import optuna
 from tuner import config as configs
 from tuner.data import sample as samples
 from tuner.errors import ConfigError, StudyFailed
-from tuner.study import limits, pruners
+from tuner.study import derive, limits, pruners
 from tuner.study import workers as tuner_workers
 from tuner.study.inputs import Inputs
 from tuner.study.progress import Progress
@@ -48,6 +48,18 @@ def open_study(name: str, url: str, cfg: configs.ProbeConfig, record: StudyRecor
     study.set_metric_names([cfg.metric_name])
     record.save(study)
     return study, created
+
+
+def study_space(name: str, url: str, space: configs.Space, data_yaml: Path, probe_images: int) -> tuple[configs.Space, list[str]]:
+    """The space a run of study `name` searches, and what to tell the user of it: the choices the user gave (a batch
+    larger than a probe's images refused: tuner.study.derive.check_batches), the rest as the study derived them when
+    it was created (`kept_space`), else derived from the data now."""
+    derive.check_batches(space, data_yaml, probe_images)
+    kept = kept_space(name, url, space)
+    if kept is None:
+        return derive.resolve(space, data_yaml, probe_images)
+    return kept, [f"Search space as the study derived it from the data: imgsz {derive.span(kept.imgsz)}, "
+                  f"batch {', '.join(map(str, kept.batch))}"]  # fmt: skip
 
 
 def kept_space(name: str, url: str, space: configs.Space) -> configs.Space | None:
