@@ -19,7 +19,7 @@ from tuner.params import Params
 from tuner.process.contract import Cause, Outcome
 from tuner.study import cost, selection, training_time
 from tuner.study.limits import Limits
-from tuner.study.records import Best, StudyRecord, TrialRecord, largest_runs, peak_seen, stable_configs
+from tuner.study.records import Best, StudyRecord, TrialRecord, largest_runs, stable_configs
 from tuner.study.storage import sqlite_path, storage_url
 
 OUTCOME_MEANINGS = {
@@ -176,11 +176,9 @@ class Findings:
         largest = largest_runs(self.trials)
         out = []
         for runs in stable_configs(self.trials, limit).values():
-            first = min(runs, key=lambda trial: trial.number)
-            seconds = next((found for found in map(self.predicted, sorted(runs, key=lambda t: t.number)) if found), None)
-            peak = peak_seen(largest[first.params["imgsz"], first.params["batch"]])
-            out.append(Trade(first.number, Params.of(first.params), sum(t.value for t in runs) / len(runs), len(runs),
-                             seconds, peak))  # fmt: skip
+            config = selection.Summary.of(runs, largest)  # the mean and peak as the pick weighs them
+            out.append(Trade(config.first.number, Params.of(config.first.params), config.value, config.runs,
+                             selection.config_seconds(runs, self.predicted), config.peak_mb))  # fmt: skip
         return sorted(out, key=lambda trade: (-trade.value, trade.trial))[:count]
 
     def predicted(self, trial: FrozenTrial) -> float | None:

@@ -53,9 +53,10 @@ def write_plots(found: Findings, out_dir: Path) -> dict[str, Path]:
         "history.png": plots.plot_history(points, out_dir / "history.png", metric_name=found.metric_name).path,
     }  # fmt: skip
     config = found.record.config
-    if any(trade.train_s is not None for trade in found.trades()):
+    trades = found.trades()
+    if any(trade.train_s is not None for trade in trades):
         written["accuracy_vs_time.png"] = plots.plot_accuracy_vs_time(
-            found.trades(), out_dir / "accuracy_vs_time.png", metric_name=found.metric_name,
+            trades, out_dir / "accuracy_vs_time.png", metric_name=found.metric_name,
             train_time_s=config.train_time if config else None, best_trial=found.best.trial if found.best else None,
         ).path  # fmt: skip
     metric_column = config.metric if config else "metrics/mAP50-95(B)"

@@ -190,10 +190,15 @@ def too_slow(
         return {}
     slow = {}
     for key, runs in stable_configs(trials, limit_mb).items():
-        seconds = next((found for found in map(seconds_of, sorted(runs, key=lambda t: t.number)) if found is not None), None)
+        seconds = config_seconds(runs, seconds_of)
         if seconds is not None and seconds > train_time_s:
             slow[key] = seconds
     return slow
+
+
+def config_seconds(runs: Iterable[FrozenTrial], seconds_of: Callable[[FrozenTrial], float | None]) -> float | None:
+    """A config's predicted full training: `seconds_of` its earliest run that has one (None where none has)."""
+    return next((found for found in map(seconds_of, sorted(runs, key=lambda t: t.number)) if found is not None), None)
 
 
 def tie_decides(
