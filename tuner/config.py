@@ -49,6 +49,7 @@ DEFAULTS: dict[str, Any] = {
         "optimizer": "AdamW",
         "lr0": 0.0003,
         "warmup_epochs": 0.0,
+        "anneal": False,  # tuner.study.probe_child.Anneal: the learning rate falls batch by batch to lr0 x lrf
         "trial_timeout": "auto",  # tuner.study.cost: a multiple of the probe's time as the pre-flights predict it
         "repeats": 2,
         "race": 2,
@@ -114,6 +115,7 @@ class ProbeSettings:
     repeats: int
     race: int  # more seeds for the top configs while they tie within the noise, at most this many runs
     budget: float | str = "15%"  # seconds, a share of the full training ("15%"), or "none" (tuner.study.probe_budget)
+    anneal: bool = False  # the learning rate falls batch by batch to lr0 x lrf by the last batch (probe_child.Anneal)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,7 +152,7 @@ class ProbeConfig:
 # Settings that define what the study measures; a resumed study may not change them. The safety margin sets the
 # stable limit its frontier was mapped under (tuner.study.limits).
 IDENTITY_KEYS = ("model", "data", "metric", "space", "safety_margin")
-IDENTITY_PROBE_KEYS = ("epochs", "fraction", "train_images", "val_images", "optimizer", "lr0", "warmup_epochs")
+IDENTITY_PROBE_KEYS = ("epochs", "fraction", "train_images", "val_images", "optimizer", "lr0", "warmup_epochs", "anneal")
 
 
 def identity(config: dict[str, Any]) -> dict[str, Any]:
@@ -180,6 +182,7 @@ def from_stored(stored: dict[str, Any]) -> ProbeConfig:
     trained on the whole splits (0), so a run with today's sample is another study, not more trials of it."""
     merged = copy.deepcopy(DEFAULTS)
     merged["probe"].update({key: 0 for key in ("train_images", "val_images") if key not in stored.get("probe", {})})
+    merged["probe"].update({"anneal": False} if "anneal" not in stored.get("probe", {}) else {})
     _merge(merged, _known(stored, DEFAULTS), source="the study's stored config")
     return _build(merged)
 
@@ -270,6 +273,7 @@ def _build(raw: dict[str, Any]) -> ProbeConfig:
             lr0=checks.positive_float(probe["lr0"], "probe.lr0"),
             warmup_epochs=checks.fraction(probe["warmup_epochs"], "probe.warmup_epochs", low=0.0, high=1e9),
             trial_timeout=checks.seconds_or_auto(probe["trial_timeout"], "probe.trial_timeout"),
+            anneal=checks.boolean(probe["anneal"], "probe.anneal"),
             repeats=checks.non_negative_int(probe["repeats"], "probe.repeats"),
             race=checks.non_negative_int(probe["race"], "probe.race"),
             budget=checks.probe_budget(probe["budget"], "probe.budget"),

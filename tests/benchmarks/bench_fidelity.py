@@ -85,12 +85,15 @@ def inputs_of(kind: str, workdir: Path) -> tuple[Path, Path | str]:
     return kinds.build(kind, workdir / "data", 96, 32), base
 
 
-def probe_metrics(config: tuple, workdir: Path, budget_text: str, kind: str = "shapes") -> list[float | None]:
-    """The probe's metric of `config` for each seed (None where the probe did not finish)."""
+def probe_metrics(
+    config: tuple, workdir: Path, budget_text: str, kind: str = "shapes", settings: dict | None = None
+) -> list[float | None]:
+    """The probe's metric of `config` for each seed (None where the probe did not finish), with the probe
+    `settings` (keys of `probe` in configs/probe.yaml) over the defaults."""
     cached = workdir / "probes" / ("%d-%d-%g-%g.json" % config)
     if cached.exists():
         return json.loads(cached.read_text())
-    cfg = configs.load(None, {"memory_budget": budget_text, "probe": {"trial_timeout": 7200}})  # accuracy, not time
+    cfg = configs.load(None, {"memory_budget": budget_text, "probe": {**(settings or {}), "trial_timeout": 7200}})  # accuracy, not time
     device = devices.resolve("cpu")
     budget = parse_budget(cfg.memory_budget, device.total_memory)
     data, model = inputs_of(kind, workdir)
@@ -140,11 +143,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kind", choices=("shapes", "thin", "dense"), default="shapes",
                         help="the embedded shapes, or a kind of tests/benchmarks/kinds.py")
     parser.add_argument("--memory-budget", default="16GB", help="room enough for every config: this measures accuracy")
+    parser.add_argument("--probe", action="append", default=[], metavar="KEY=VALUE",
+                        help="a probe setting over the defaults (e.g. anneal=true); the probes of another workdir")
     args = parser.parse_args(argv)
+    settings = {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.probe)}
     (args.workdir / "probes").mkdir(parents=True, exist_ok=True)
     rows = []
     for config in CONFIGS:
-        probes = probe_metrics(config, args.workdir, args.memory_budget, args.kind)
+        probes = probe_metrics(config, args.workdir, args.memory_budget, args.kind, settings)
         full, seconds = full_metric(config, args.workdir, args.epochs, args.memory_budget, args.kind)
         rows.append({"config": config, "probes": probes, "full": full, "full_s": seconds})
         print(f"{config}: probe {probes}, {args.epochs} epochs {full} ({seconds:.0f} s)", flush=True)
@@ -153,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     noise = [abs(r["probes"][0] - r["probes"][1]) for r in usable]
     means = [sum(r["probes"]) / len(r["probes"]) for r in usable]
     rho = spearman(means, [r["full"] for r in usable])
-    print(f"\n{args.kind} dataset, 2 CPU cores; probe: default settings, seeds {SEEDS}; full: train-best, {args.epochs} epochs\n")
+    shown = ", ".join(f"{key}={value}" for key, value in settings.items()) or "default settings"
+    print(f"\n{args.kind} dataset, 2 CPU cores; probe: {shown}, seeds {SEEDS}; full: train-best, {args.epochs} epochs\n")
     print("| imgsz / batch / mosaic / mixup | probe mAP50-95 (seeds) | probe mean | full mAP50-95 | full wall |")
     print("|---|---|---|---|---|")
     for row in rows:

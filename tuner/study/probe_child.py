@@ -194,6 +194,23 @@ def batch_shape(dataset, index: int) -> tuple[int, int]:
     return dataset.imgsz, dataset.imgsz
 
 
+class Anneal:
+    """`on_train_batch_start`: the learning rate falls linearly, batch by batch, from lr0 to lr0 x lrf at the probe's
+    last batch, as a full training's schedule ends (Ultralytics steps its own schedule once an epoch, so a 3-epoch
+    probe would end at a third of lr0). The probe is then scored where a full training is scored: after the rate has
+    come down, not in the middle of its noise, which is largest for the small batches of large images."""
+
+    def __init__(self) -> None:
+        self.seen = 0
+
+    def on_train_batch_start(self, trainer) -> None:
+        total = max(1, trainer.epochs * len(trainer.train_loader) - 1)
+        factor = 1.0 - min(1.0, self.seen / total) * (1.0 - trainer.args.lrf)
+        for group in trainer.optimizer.param_groups:
+            group["lr"] = group["initial_lr"] * factor
+        self.seen += 1
+
+
 class EpochTimer:
     """The callbacks that time each epoch's training and validation, apart, with their batch counts: what a full
     training's time is predicted from (tuner.study.training_time)."""
@@ -249,6 +266,8 @@ def run(spec: ProbeSpec) -> ChildResult:
         training.record(trainer, value, threads=torch.get_num_threads(), **timer.epoch())
 
     callbacks = {**timer.callbacks(), "on_pretrain_routine_start": skip_final_eval, "on_fit_epoch_end": on_fit_epoch_end}
+    if spec.probe.anneal:
+        callbacks["on_train_batch_start"] = Anneal().on_train_batch_start
     result = training.train(spec.model, train_arguments(spec), callbacks, spec.probe.epochs)
     if result.status != "ok":
         return result

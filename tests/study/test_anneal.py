@@ -1,0 +1,57 @@
+"""The probe's annealed learning rate (`probe.anneal`, tuner.study.probe_child.Anneal): batch by batch from lr0 down to
+lr0 x lrf at the probe's last batch, where Ultralytics' own schedule steps once an epoch.
+
+A real tiny probe (yolov8n from its YAML, the 8 + 4 image dataset, 2 epochs of 4 batches) with and without it,
+read from the learning rate Ultralytics logs for each epoch's last batch in results.csv.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+
+from tuner import config
+from tuner.memory import device as devices
+from tuner.params import Params
+from tuner.process.trial import run_child
+from tuner.study.inputs import Inputs
+
+MIB = 2**20
+LR0, LRF = 0.0003, 0.01  # the probe's default lr0; Ultralytics' default lrf
+
+
+def probe_lrs(data_yaml: Path, folder: Path, anneal: bool) -> list[float]:
+    """The learning rate of each epoch's last batch, as results.csv logs it."""
+    cfg = config.load(None, {"probe": {"epochs": 2, "anneal": anneal}})
+    trials = Inputs(cfg, devices.resolve("cpu"), 8000 * MIB, data_yaml, "yolov8n.yaml", folder)
+    attempt = run_child("tuner.study.probe_child", trials.spec(Params(64, 2, 1.0, 0.0), seed=0), folder / "probe",
+                        trials.device, trials.budget, timeout=600)  # fmt: skip
+    assert attempt.outcome.value == "ok", attempt.reason
+    with open(next(folder.rglob("results.csv"))) as rows:
+        return [float(row["lr/pg0"]) for row in csv.DictReader(rows)]
+
+
+@pytest.mark.integration
+def test_an_annealed_probe_ends_at_lr0_times_lrf_where_an_epoch_schedule_ends_at_half_of_lr0(tiny_data, tmp_path):
+    """2 epochs of 4 batches: batch i of 8 trains at lr0 x (1 - i/7 x (1 - lrf)); Ultralytics alone trains epoch e at
+    lr0 x (1 - e/2 x (1 - lrf)), so the second epoch at about half of lr0, all its batches alike."""
+    annealed = probe_lrs(tiny_data, tmp_path / "annealed", anneal=True)
+    assert annealed == pytest.approx([LR0 * (1 - 3 / 7 * (1 - LRF)), LR0 * LRF], rel=1e-3)
+    stepped = probe_lrs(tiny_data, tmp_path / "stepped", anneal=False)
+    assert stepped == pytest.approx([LR0, LR0 * (1 - (1 - LRF) / 2)], rel=1e-3)
+
+
+def test_a_study_stored_before_the_anneal_setting_probed_without_it():
+    """A stored config without the key meant Ultralytics' schedule, whatever the default is now: the same identity
+    as a config that says so, so such a study continues only under the schedule it probed with."""
+    stored = config.load(None, {}).to_dict()
+    del stored["probe"]["anneal"]
+    assert config.from_stored(stored).probe.anneal is False
+    assert config.identity(config.from_stored(stored).to_dict()) == config.identity(
+        config.load(None, {"probe": {"anneal": False}}).to_dict()
+    )
+    assert config.identity(config.load(None, {"probe": {"anneal": True}}).to_dict()) != config.identity(
+        config.load(None, {"probe": {"anneal": False}}).to_dict()
+    )
