@@ -16,6 +16,7 @@ from tuner import config
 from tuner.memory import device as devices
 from tuner.params import Params
 from tuner.process.trial import run_child
+from tuner.study import probe_child
 from tuner.study.inputs import Inputs
 
 MIB = 2**20
@@ -55,3 +56,17 @@ def test_a_study_stored_before_the_anneal_setting_probed_without_it():
     assert config.identity(config.load(None, {"probe": {"anneal": True}}).to_dict()) != config.identity(
         config.load(None, {"probe": {"anneal": False}}).to_dict()
     )
+
+
+def test_the_anneal_warms_up_over_a_fraction_of_an_epoch_then_falls_to_lrf():
+    """10 batches an epoch, 3 epochs, warmup 0.5 epoch: batches 0-4 rise to lr0 in 6 steps, batch 5 is at lr0, and
+    the remaining 24 batches fall linearly to lrf at the last (29)."""
+    anneal = probe_child.Anneal(warmup_epochs=0.5)
+    factors = [anneal.factor(batch, 10, 3, LRF) for batch in range(30)]
+    assert factors[:6] == pytest.approx([1 / 6, 2 / 6, 3 / 6, 4 / 6, 5 / 6, 1.0])
+    assert factors[-1] == pytest.approx(LRF)
+    assert factors[17] == pytest.approx(1 - 12 / 24 * (1 - LRF))
+    assert all(a > b for a, b in zip(factors[5:], factors[6:]))
+    assert probe_child.Anneal().factor(0, 10, 3, LRF) == 1.0  # no warmup: the first batch at lr0
+    longer = probe_child.Anneal(warmup_epochs=100)  # a warmup longer than the probe: the first half, then down
+    assert longer.factor(14, 10, 3, LRF) == pytest.approx(15 / 16) and longer.factor(29, 10, 3, LRF) == pytest.approx(LRF)

@@ -40,7 +40,7 @@ def train_arguments(spec: ProbeSpec) -> dict[str, Any]:
         "fraction": settings.fraction,
         "optimizer": settings.optimizer,
         "lr0": settings.lr0,
-        "warmup_epochs": settings.warmup_epochs,
+        "warmup_epochs": 0.0 if settings.anneal else settings.warmup_epochs,  # with anneal, Anneal warms up
         "nbs": params.batch,  # step every batch: a probe is too short to accumulate to 64
         "close_mosaic": 0,
         "seed": spec.seed,
@@ -195,17 +195,28 @@ def batch_shape(dataset, index: int) -> tuple[int, int]:
 
 
 class Anneal:
-    """`on_train_batch_start`: the learning rate falls linearly, batch by batch, from lr0 to lr0 x lrf at the probe's
-    last batch, as a full training's schedule ends (Ultralytics steps its own schedule once an epoch, so a 3-epoch
-    probe would end at a third of lr0). The probe is then scored where a full training is scored: after the rate has
-    come down, not in the middle of its noise, which is largest for the small batches of large images."""
+    """`on_train_batch_start`: the probe's learning rate batch by batch, as a full training's schedule runs in
+    miniature: up from 0 to lr0 over the first `warmup_epochs` (a fraction of an epoch will do), then down linearly
+    to lr0 x lrf at the probe's last batch. Ultralytics steps its own schedule once an epoch (a 3-epoch probe would
+    end at a third of lr0) and warms up for at least 100 batches (longer than a probe of few batches), so a probe
+    with `anneal` leaves both to this (train_arguments passes Ultralytics no warmup). The probe is then scored where
+    a full training is scored, after the rate has come down, not in the middle of its noise, which is largest for
+    the small batches of large images."""
 
-    def __init__(self) -> None:
+    def __init__(self, warmup_epochs: float = 0.0) -> None:
+        self.warmup_epochs = warmup_epochs
         self.seen = 0
 
+    def factor(self, batch: int, per_epoch: int, epochs: int, lrf: float) -> float:
+        """The learning rate of batch `batch` (0-based, of `epochs` x `per_epoch`) as a fraction of lr0."""
+        total = max(1, epochs * per_epoch)
+        warm = min(total // 2, round(self.warmup_epochs * per_epoch))  # at most half: the probe still anneals
+        if batch < warm:
+            return (batch + 1) / (warm + 1)
+        return 1.0 - min(1.0, (batch - warm) / max(1, total - 1 - warm)) * (1.0 - lrf)
+
     def on_train_batch_start(self, trainer) -> None:
-        total = max(1, trainer.epochs * len(trainer.train_loader) - 1)
-        factor = 1.0 - min(1.0, self.seen / total) * (1.0 - trainer.args.lrf)
+        factor = self.factor(self.seen, len(trainer.train_loader), trainer.epochs, trainer.args.lrf)
         for group in trainer.optimizer.param_groups:
             group["lr"] = group["initial_lr"] * factor
         self.seen += 1
@@ -267,7 +278,7 @@ def run(spec: ProbeSpec) -> ChildResult:
 
     callbacks = {**timer.callbacks(), "on_pretrain_routine_start": skip_final_eval, "on_fit_epoch_end": on_fit_epoch_end}
     if spec.probe.anneal:
-        callbacks["on_train_batch_start"] = Anneal().on_train_batch_start
+        callbacks["on_train_batch_start"] = Anneal(spec.probe.warmup_epochs).on_train_batch_start
     result = training.train(spec.model, train_arguments(spec), callbacks, spec.probe.epochs)
     if result.status != "ok":
         return result
