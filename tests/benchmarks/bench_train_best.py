@@ -1,6 +1,7 @@
 """Benchmark: `tuner probe` + `tuner train-best` against the seed note's hand-picked config.
 
-On the embedded dataset, with the same memory budget and the same number of full-training epochs:
+On the embedded dataset (or, with `--kind thin` or `--kind dense`, 96 train / 32 val images of a kind of
+tests/benchmarks/kinds.py, from the shapes base checkpoint pretrained at imgsz 256), with the same memory budget and the same number of full-training epochs:
 - tuner: `tuner probe` (default settings), then `tuner train-best` of its best stable config;
 - seed:  the hand-picked imgsz 416, batch 2, mosaic 0.75, mixup 0.05, trained the same way
          (`tuner train-best --config seed.yaml`: same model, data, optimizer, lr0, nbs, watchdog;
@@ -12,6 +13,7 @@ wall time it recorded, so that several probe spaces can be compared with one see
 
     python tests/benchmarks/bench_train_best.py --epochs 40 --memory-budget 3GB   # ~40 min on 2 CPU cores
     python tests/benchmarks/bench_train_best.py --epochs 40 --memory-budget 3GB --probe-args "--imgsz 288,352,416,480,512"
+    python tests/benchmarks/bench_train_best.py --epochs 40 --memory-budget 3GB --kind thin --workdir /tmp/ootb-thin
     python tests/benchmarks/bench_train_best.py --nbs --epochs 15                 # the lr0 / nbs experiment
     BENCH_EPOCHS=5 python -m pytest tests/benchmarks/bench_train_best.py -m benchmark -s
 
@@ -113,6 +115,16 @@ def compare(workdir: Path, epochs: int, budget: str, device: str, n_trials: int 
         _row("tuner probe + train-best", described, tuner_summary, probe_s + train_s, probe_s),
         _row("seed note, hand-picked", ", ".join(f"{k} {v}" for k, v in SEED_CONFIG.items()), seed_summary, seed_s),
     ]
+
+
+def kind_inputs(kind: str, workdir: Path) -> list[str]:
+    """`--data` and `--model` for tuner probe on `kind`'s dataset (built once under `workdir`), from the shapes base
+    checkpoint (pretrained at imgsz 256, another resolution than the data's)."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    import kinds
+
+    data = kinds.build(kind, workdir.resolve() / "data" / f"{kind}-96", 96, 32)
+    return ["--data", str(data), "--model", str(base_model.base_checkpoint())]
 
 
 PROGRESS_DONE = re.compile(r"100% \S+ (\d+)/\1 \S+ ([\d.]+)s\s*$")
@@ -235,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-trials", type=int, help="probe trials (default: the probe's own default)")
     parser.add_argument("--workdir", type=Path, help="keep studies/ and results/ here (default: a temp folder)")
     parser.add_argument("--probe-args", default="", help="more flags for tuner probe, e.g. '--probe-epochs 2'")
+    parser.add_argument("--kind", choices=("shapes", "thin", "dense"), default="shapes",
+                        help="the embedded shapes, or a kind of tests/benchmarks/kinds.py (96 train / 32 val images)")
     parser.add_argument("--nbs", action="store_true", help="run the lr0 / nbs experiment instead")
     parser.add_argument("--validation-share", type=Path, metavar="WORKDIR",
                         help="only print how much of each run's epoch time in WORKDIR went to validation")  # fmt: skip
@@ -256,6 +270,10 @@ def main(argv: list[str] | None = None) -> int:
                   f"{row['final']:.4f} | {row['last_epoch']:.4f} | {row['seconds'] / 60:.1f} min |")  # fmt: skip
         return 0
     extra = shlex.split(args.probe_args)
+    if args.kind != "shapes":
+        if not args.workdir:
+            raise SystemExit("--kind needs --workdir (the dataset is written there)")
+        extra += kind_inputs(args.kind, args.workdir)
     if args.workdir:
         args.workdir.mkdir(parents=True, exist_ok=True)
         rows = compare(args.workdir, args.epochs, args.memory_budget, args.device, args.n_trials, extra)
