@@ -103,6 +103,7 @@ def _add_probe(subparsers) -> None:
     search.add_argument("--mosaic", help=f"mosaic range LOW,HIGH within [0, 1] (default: {_csv(SPACE['mosaic'])})")
     search.add_argument("--mixup", help=f"mixup range LOW,HIGH within [0, 1] (default: {_csv(SPACE['mixup'])})")
     search.add_argument("--probe-epochs", type=int, help=f"epochs each probe trains (default: {PROBE['epochs']})")
+    search.add_argument("--probe-anneal", action=argparse.BooleanOptionalAction, default=None, help="lower the learning rate every batch to lr0 x 0.01 by the probe's last batch, as a full training ends (default: off, Ultralytics' once-an-epoch schedule)")
     search.add_argument("--probe-fraction", type=float, help=f"fraction of the train split each probe uses (default: {PROBE['fraction']})")
     search.add_argument("--probe-images", help=f"TRAIN,VAL: the most train and val images a probe uses, a fixed stratified sample of each split, 0 for all (default: {PROBE['train_images']},{PROBE['val_images']})")
     search.add_argument("--trial-timeout", help=f"seconds before a probe is stopped as an error, or auto: 4x its time as the pre-flights predict it, at least 120 s (default: {PROBE['trial_timeout']})")

@@ -385,6 +385,7 @@ def probe_overrides(args: Any) -> dict[str, Any]:
         },
         "probe": {
             "epochs": args.probe_epochs,
+            "anneal": args.probe_anneal,
             "fraction": args.probe_fraction,
             **(_probe_images(args.probe_images) if args.probe_images else {}),
             "trial_timeout": args.trial_timeout,

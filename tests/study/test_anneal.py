@@ -70,3 +70,17 @@ def test_the_anneal_warms_up_over_a_fraction_of_an_epoch_then_falls_to_lrf():
     assert probe_child.Anneal().factor(0, 10, 3, LRF) == 1.0  # no warmup: the first batch at lr0
     longer = probe_child.Anneal(warmup_epochs=100)  # a warmup longer than the probe: the first half, then down
     assert longer.factor(14, 10, 3, LRF) == pytest.approx(15 / 16) and longer.factor(29, 10, 3, LRF) == pytest.approx(LRF)
+
+
+def test_probe_anneal_flag_turns_it_on_or_off_over_the_config_file(tmp_path):
+    from tuner.cli import build_parser
+
+    def anneal(*argv: str, file: Path | None = None) -> bool:
+        return config.load(file, config.probe_overrides(build_parser().parse_args(["probe", *argv]))).probe.anneal
+
+    on_file = tmp_path / "probe.yaml"
+    on_file.write_text("probe:\n  anneal: true\n")
+    assert (anneal(), anneal("--probe-anneal"), anneal(file=on_file), anneal("--no-probe-anneal", file=on_file)) == (
+        False, True, True, False)  # fmt: skip
+    with pytest.raises(config.ConfigError, match="anneal"):
+        config.load(None, {"probe": {"anneal": "sometimes"}})
