@@ -200,8 +200,8 @@ class Anneal:
     to lr0 x lrf at the probe's last batch. Ultralytics steps its own schedule once an epoch (a 3-epoch probe would
     end at a third of lr0) and warms up for at least 100 batches (longer than a probe of few batches), so a probe
     with `anneal` leaves both to this (train_arguments passes Ultralytics no warmup). The probe is then scored where
-    a full training is scored, after the rate has come down, not in the middle of its noise, which is largest for
-    the small batches of large images."""
+    a full training is scored, after the rate has come down. Off by default: measured on one kind only (README, the
+    fidelity benchmark: on thin, Spearman's rho 0.37 -> 0.66 at three epochs, 0.77 at six)."""
 
     def __init__(self, warmup_epochs: float = 0.0) -> None:
         self.warmup_epochs = warmup_epochs
