@@ -10,7 +10,7 @@ and the unbounded pick's:
 Printed side by side: each pick's config, probe metric and predicted training, and train-best's wall time and
 mAP50-95 against the limit.
 
-    python tests/benchmarks/bench_train_time.py --workdir /tmp/ootb-thin --kind thin     # ~10 min on 2 CPU cores
+    python tests/benchmarks/bench_train_time.py --workdir /tmp/ootb-thin --kind thin     # 2 min there on 2 CPU cores
     python tests/benchmarks/bench_train_time.py --workdir /tmp/bench-time                # the embedded data: ~25 min
 """
 
