@@ -1,8 +1,8 @@
 """The probe's annealed learning rate (`probe.anneal`, tuner.study.probe_child.Anneal): batch by batch from lr0 down to
 lr0 x lrf at the probe's last batch, where Ultralytics' own schedule steps once an epoch.
 
-A real tiny probe (yolov8n from its YAML, the 8 + 4 image dataset, 2 epochs of 4 batches) with and without it,
-read from the learning rate Ultralytics logs for each epoch's last batch in results.csv.
+Real tiny probes (yolov8n from its YAML, the 8 + 4 image dataset, 2 epochs of 4 batches) with and without it, read
+from the learning rate Ultralytics logs for each epoch's last batch in results.csv; a study probed with it, continued.
 """
 
 from __future__ import annotations
@@ -10,8 +10,10 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import optuna
 import pytest
 
+from tests.conftest import tiny_probe_args
 from tuner import config
 from tuner.memory import device as devices
 from tuner.params import Params
@@ -84,3 +86,27 @@ def test_probe_anneal_flag_turns_it_on_or_off_over_the_config_file(tmp_path):
         False, True, True, False)  # fmt: skip
     with pytest.raises(config.ConfigError, match="anneal"):
         config.load(None, {"probe": {"anneal": "sometimes"}})
+
+
+@pytest.mark.integration
+def test_a_study_probed_with_anneal_is_continued_only_with_it(tiny_data, workdir, run_cli):
+    """`tuner probe --probe-anneal`: its trials end at lr0 x lrf and the study stores the setting; the same study
+    without the flag is refused in one line (exit 2) and keeps its trials; with the flag it continues."""
+    code, _, err = run_cli(*tiny_probe_args(tiny_data, "--probe-epochs", "2", "--n-trials", "2", "--probe-anneal"))
+    assert code in (0, 1), err
+    study = optuna.load_study(study_name="data-yolov8n-cpu", storage=f"sqlite:///{workdir / 'studies' / 'data-yolov8n-cpu.db'}")
+    assert study.user_attrs["config"]["probe"]["anneal"] is True
+    ran = [trial for trial in study.trials if trial.user_attrs.get("outcome") == "ok"]
+    assert ran
+    for trial in ran:
+        with open(next(Path(trial.user_attrs["log"]).parent.rglob("results.csv"))) as rows:
+            assert float(list(csv.DictReader(rows))[-1]["lr/pg0"]) == pytest.approx(LR0 * LRF, rel=1e-3)
+    before = len(study.trials)
+
+    code, _, err = run_cli(*tiny_probe_args(tiny_data, "--probe-epochs", "2", "--n-trials", "3"))
+    assert code == 2 and "anneal" in err and "--study-name" in err and len(err.strip().splitlines()) == 1, err
+    assert len(optuna.load_study(study_name=study.study_name, storage=study._storage).trials) == before
+
+    code, _, err = run_cli(*tiny_probe_args(tiny_data, "--probe-epochs", "2", "--n-trials", "3", "--probe-anneal"))
+    assert code in (0, 1), err
+    assert len(optuna.load_study(study_name=study.study_name, storage=study._storage).trials) > before
