@@ -181,8 +181,8 @@ def from_stored(stored: dict[str, Any]) -> ProbeConfig:
     where a missing key meant something else: a study stored before probes trained on a sample of the splits
     trained on the whole splits (0), so a run with today's sample is another study, not more trials of it."""
     merged = copy.deepcopy(DEFAULTS)
-    merged["probe"].update({key: 0 for key in ("train_images", "val_images") if key not in stored.get("probe", {})})
-    merged["probe"].update({"anneal": False} if "anneal" not in stored.get("probe", {}) else {})
+    before = {"train_images": 0, "val_images": 0, "anneal": False}  # what a study stored without the key probed with
+    merged["probe"].update({key: value for key, value in before.items() if key not in stored.get("probe", {})})
     _merge(merged, _known(stored, DEFAULTS), source="the study's stored config")
     return _build(merged)
 
