@@ -19,6 +19,7 @@ from tuner.data import shapes
 from tuner.process.contract import PROBE_CHILD, STAGE_CHILD
 
 TINY = shapes.ShapesSpec(seed=7, n_train=8, n_val=4, image_size=160)
+TINY_NAME = f"{TINY.key}-yolov8n-cpu"  # the default study name of the tiny dataset, yolov8n.yaml and the CPU
 
 
 @pytest.fixture(scope="session")

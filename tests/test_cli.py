@@ -10,7 +10,7 @@ import optuna
 import pytest
 import torch
 
-from tests.conftest import tiny_probe_args
+from tests.conftest import TINY_NAME, tiny_probe_args
 from tuner.cli import main
 from tuner.errors import ConfigError
 from tuner.study import inputs
@@ -158,8 +158,8 @@ def test_debug_shows_the_traceback(workdir, tiny_data):
 def test_a_changed_space_is_refused_and_nothing_of_the_study_changes(workdir, tiny_data, run_cli):
     code, _, err = run_cli(*tiny_probe_args(tiny_data, "--n-trials", "1"))
     assert code == 0, err
-    database = workdir / "studies" / "data-yolov8n-cpu.db"
-    best = workdir / "results" / "data-yolov8n-cpu" / "best.yaml"
+    database = workdir / "studies" / f"{TINY_NAME}.db"
+    best = workdir / "results" / TINY_NAME / "best.yaml"
     before = (database.read_bytes(), best.read_bytes())
 
     code, _, err = run_cli(*tiny_probe_args(tiny_data, "--n-trials", "1"), "--imgsz", "96")

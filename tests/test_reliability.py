@@ -29,7 +29,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from tests.conftest import tiny_probe_args, trial_processes
+from tests.conftest import TINY_NAME, tiny_probe_args, trial_processes
 from tests.train.test_train import FAST, csv_epochs, state_of, train_dir, write_best_yaml
 from tuner import config as configs
 from tuner.memory import device as devices
@@ -38,7 +38,7 @@ from tuner.study import storage as storages
 from tuner.study.records import StudyRecord, TrialRecord, counts_towards_total
 
 pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")]
-NAME = "data-yolov8n-cpu"  # the default study name of the tiny dataset (data.yaml), model and device
+NAME = TINY_NAME  # the default study name of the tiny dataset (data.yaml), model and device
 
 
 def snapshot(root: Path, skip: str = "inputs") -> dict[str, str]:

@@ -17,14 +17,14 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from tests.conftest import has_loaded_torch, heartbeat_age, tiny_probe_args, trial_processes, wait_until
+from tests.conftest import TINY_NAME, has_loaded_torch, heartbeat_age, tiny_probe_args, trial_processes, wait_until
 from tuner.study import training_time
 from tuner.study.records import StudyRecord, TrialRecord
 
 pytestmark = pytest.mark.integration
 
 
-def load(workdir: Path, name: str = "data-yolov8n-cpu") -> optuna.Study:
+def load(workdir: Path, name: str = TINY_NAME) -> optuna.Study:
     return optuna.load_study(study_name=name, storage=f"sqlite:///{workdir / 'studies' / f'{name}.db'}")
 
 
@@ -90,7 +90,7 @@ def test_probe_completes_trials_writes_the_best_stable_config_and_never_touches_
     assert study.user_attrs["config"]["space"]["imgsz"] == [64]
     assert study.metric_names == ["mAP50-95"]
 
-    best_file = workdir / "results" / "data-yolov8n-cpu" / "best.yaml"
+    best_file = workdir / "results" / TINY_NAME / "best.yaml"
     best = yaml.safe_load(best_file.read_text())
     assert best["imgsz"] == 64 and best["batch"] in (2, 4)
     # every argument train-best trains with, so that `yolo train cfg=best.yaml` trains what was measured
@@ -101,7 +101,7 @@ def test_probe_completes_trials_writes_the_best_stable_config_and_never_touches_
     assert get_cfg(overrides=best).nbs == best["batch"]  # Ultralytics accepts every key and value
     assert best["data"] == study.user_attrs["data_path"] and Path(best["data"]).is_file()
     assert "Best stable config" in best_file.read_text().splitlines()[0]
-    assert study.user_attrs["best"]["best_yaml"] == str(Path("results") / "data-yolov8n-cpu" / "best.yaml")
+    assert study.user_attrs["best"]["best_yaml"] == str(Path("results") / TINY_NAME / "best.yaml")
     assert '"best"' in out  # --json summary on stdout
     loaded = (workdir / "net.log.loaded").read_text().split()
     assert len(loaded) >= 5  # the pre-flights and the trial processes all ran under the guard
@@ -141,7 +141,7 @@ def test_a_preflight_finds_the_config_that_does_not_fit_and_no_probe_trains_it(w
     assert all(t.params["imgsz"] == 320 and "pre-flights put the stable limit" in t.user_attrs["oom_reason"]
                and "peak_mem_mb" not in t.user_attrs and t.constraints["memory_mb"] > 0 for t in inferred)  # fmt: skip
     assert len(fits) == 3 and all(t.params["imgsz"] == 64 for t in fits)  # inferred trials do not count
-    best = yaml.safe_load((workdir / "results" / "data-yolov8n-cpu" / "best.yaml").read_text())
+    best = yaml.safe_load((workdir / "results" / TINY_NAME / "best.yaml").read_text())
     chosen = study.trials[study.user_attrs["best"]["trial"]]
     assert chosen.user_attrs["peak_mem_mb"] <= study.user_attrs["stable_limit_mb"]
     assert (best["imgsz"], best["batch"]) == (64, 8)
@@ -154,7 +154,7 @@ def test_a_budget_no_config_fits_is_one_line_exit_1_no_trial_and_no_best_yaml(wo
     assert code == 1
     assert err.strip().splitlines()[-1].startswith("tuner: error: The smallest config, imgsz 64 batch 2,")
     assert load(workdir).trials == []  # no probe was started for configs the pre-flights ruled out
-    assert not (workdir / "results" / "data-yolov8n-cpu" / "best.yaml").exists()
+    assert not (workdir / "results" / TINY_NAME / "best.yaml").exists()
 
 
 # A probe at imgsz 64 peaks near 545 MB of anonymous memory (RSS near 950 MB counts shared libraries,
@@ -216,7 +216,7 @@ def test_a_model_that_looks_like_a_checkpoint_but_is_not_stops_at_the_first_pref
     assert code == 1
     last = err.strip().splitlines()[-1]
     assert last.startswith("tuner: error: The pre-flight of imgsz 64 batch") and " failed: " in last
-    assert load(workdir, "data-broken-cpu").trials == []  # stopped before any trial, not after 5 failures
+    assert load(workdir, TINY_NAME.replace("-yolov8n-", "-broken-")).trials == []  # stopped before any trial, not after 5 failures
 
 
 def test_tuner_killed_mid_study_then_rerun_keeps_trials_and_retries_the_orphan(workdir, tiny_data, ledger):
@@ -224,7 +224,7 @@ def test_tuner_killed_mid_study_then_rerun_keeps_trials_and_retries_the_orphan(w
     args = [*tiny_probe_args(tiny_data, "--n-trials", "3"), "--config", "fast-heartbeat.yaml"]
     command = [sys.executable, "-m", "tuner", *args]
     tuner = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    trial_dir = workdir / "studies" / "data-yolov8n-cpu" / "trial-0001"
+    trial_dir = workdir / "studies" / TINY_NAME / "trial-0001"
     deadline = time.monotonic() + 120
     while not (trial_dir / "spec.json").exists() or not (orphans := _probe_children(tuner.pid)):
         assert time.monotonic() < deadline and tuner.poll() is None
@@ -237,7 +237,7 @@ def test_tuner_killed_mid_study_then_rerun_keeps_trials_and_retries_the_orphan(w
     killed = load(workdir)
     assert [t.state for t in killed.trials] == [TrialState.COMPLETE, TrialState.RUNNING]
     orphan_params = killed.trials[1].params
-    storage = optuna.storages.RDBStorage(f"sqlite:///{workdir / 'studies' / 'data-yolov8n-cpu.db'}")
+    storage = optuna.storages.RDBStorage(f"sqlite:///{workdir / 'studies' / f'{TINY_NAME}.db'}")
     # the event the re-run needs: the orphan's heartbeat older than the grace period (2 s)
     assert wait_until(lambda: (heartbeat_age(storage, killed.trials[1]._trial_id) or 0) > 2, 30, step=0.1)
     storage.engine.dispose()
@@ -305,7 +305,7 @@ def test_kernel_kills_at_a_consistent_level_lower_the_limit_and_larger_configs_a
     assert err.count("killed from outside at about") == 1
     after = [t for t in study.trials if t.number > kills[1].number and t.params.get("imgsz") == 320]
     assert all(t.user_attrs.get("oom_cause") == "inferred" and "log" not in t.user_attrs for t in after)  # no process
-    best = yaml.safe_load((workdir / "results" / "data-yolov8n-cpu" / "best.yaml").read_text())
+    best = yaml.safe_load((workdir / "results" / TINY_NAME / "best.yaml").read_text())
     assert best["imgsz"] == 64
     ledger.kill("kernel OOM kills at a container limit below the budget", len(kills))
     ledger.checked(len(study.trials))
@@ -317,7 +317,7 @@ def test_probes_train_and_validate_on_the_studys_sample_and_preflights_on_the_wh
     assert "Probes train on 4 of 8 train images and validate on 2 of 4 val images" in err
     assert re.search(r"A probe takes about \d+-\d+ s \(1 epoch\(s\)\), as the pre-flights' speeds predict it", err), err
     study = load(workdir)
-    folder = workdir / "studies" / "data-yolov8n-cpu"
+    folder = workdir / "studies" / TINY_NAME
     sample_yaml = (folder / "sample" / "data.yaml").resolve()  # absolute: each probe runs in a folder of its own
     assert study.user_attrs["sample"]["data_yaml"] == str(sample_yaml)
     specs = {path.parent.name: json.loads(path.read_text()) for path in folder.rglob("spec.json")}
@@ -336,10 +336,10 @@ def test_probes_train_and_validate_on_the_studys_sample_and_preflights_on_the_wh
         per_epoch = -(-8 // batch) * epoch["train_s"] / epoch["train_batches"] + epoch["val_s"]  # 4 val: 1 batch
         predicted = TrialRecord.of(trial).prediction
         assert predicted.epochs == 40 and predicted.epoch_s == pytest.approx(per_epoch, abs=0.01)
-    best_yaml = (workdir / "results" / "data-yolov8n-cpu" / "best.yaml").read_text()
+    best_yaml = (workdir / "results" / TINY_NAME / "best.yaml").read_text()
     assert training_time.from_comment(best_yaml).epochs == 40  # the pick's, for train-best
     assert re.search(r"Predicted full training: about \d+ (s|min) for 40 epochs", err), err
-    report = (workdir / "results" / "data-yolov8n-cpu" / "report.md").read_text()
+    report = (workdir / "results" / TINY_NAME / "report.md").read_text()
     assert "Probes train on 4 of 8 train images" in report
 
 
@@ -360,7 +360,7 @@ def test_a_tiny_probe_budget_cuts_the_plan_before_the_first_trial_and_says_so(wo
     ran = [t for t in study.trials if t.user_attrs.get("outcome")]
     assert 1 <= len(ran) <= 3 and sum(t.user_attrs.get("repeat_of") is not None for t in ran) <= 1
     assert re.search(r"^Probe: \d+(\.\d)? (s|min|h), ", err, re.MULTILINE), err  # its wall time, whatever its unit
-    report = (workdir / "results" / "data-yolov8n-cpu" / "report.md").read_text()
+    report = (workdir / "results" / TINY_NAME / "report.md").read_text()
     assert "## Probe cost" in report and plan_line in report
 
 
@@ -370,7 +370,7 @@ def test_a_training_time_picks_within_it_and_one_nothing_fits_is_one_line_exit_1
     code, _, err = run_cli(*tiny_probe_args(tiny_data, "--n-trials", "2", "--train-time", "10h"))
     assert code == 0, err
     assert "Training time 10.0 h: the pick is predicted to fit; 0 stable config(s) would not." in err
-    best_yaml = workdir / "results" / "data-yolov8n-cpu" / "best.yaml"
+    best_yaml = workdir / "results" / TINY_NAME / "best.yaml"
     written = best_yaml.read_bytes()
     code, _, err = run_cli(*tiny_probe_args(tiny_data, "--n-trials", "2", "--train-time", "1s"))
     assert code == 1, err
@@ -379,7 +379,7 @@ def test_a_training_time_picks_within_it_and_one_nothing_fits_is_one_line_exit_1
                         r"is predicted at \d+ s\. Raise --train-time or plan fewer epochs \(configs/train\.yaml\), then re-run\.", line)  # fmt: skip
     assert best_yaml.read_bytes() == written  # the earlier pick stays as it was
     assert "trial 2" not in err  # no probe ran again
-    report = (workdir / "results" / "data-yolov8n-cpu" / "report.md").read_text()
+    report = (workdir / "results" / TINY_NAME / "report.md").read_text()
     assert "training time 1 s), predicted" in report and "(over the training time)" in report
     code, _, err = run_cli(*tiny_probe_args(tiny_data, "--n-trials", "2", "--train-time", "soon"))
     assert code == 2 and "`train_time` is 'soon', but must be a duration (90s, 45m, 2h, 1h30m, or seconds) or none." in err

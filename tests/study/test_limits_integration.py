@@ -9,7 +9,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tests.conftest import tiny_probe_args
+from tests.conftest import TINY_NAME, tiny_probe_args
 
 pytestmark = pytest.mark.integration
 
@@ -27,7 +27,7 @@ def space_args(data: Path, *extra: str) -> list[str]:
 
 
 def load(workdir: Path) -> optuna.Study:
-    return optuna.load_study(study_name="data-yolov8n-cpu", storage=f"sqlite:///{workdir / 'studies' / 'data-yolov8n-cpu.db'}")
+    return optuna.load_study(study_name=TINY_NAME, storage=f"sqlite:///{workdir / 'studies' / f'{TINY_NAME}.db'}")
 
 
 def test_limits_only_prints_a_frontier_whose_configs_really_fit_and_the_search_stays_inside_it(workdir, tiny_data, run_cli):
@@ -39,7 +39,7 @@ def test_limits_only_prints_a_frontier_whose_configs_really_fit_and_the_search_s
     assert set(frontier) == {2, 8} and set(frontier[8]) == {"batch", "imgsz", "peak_mem_mb", "measured"}
     assert frontier[8]["imgsz"] is not None and frontier[8]["imgsz"] < 320  # the budget cuts the space
     assert found["preflights"] < 10  # bisection over 5 x 2 configs, not the grid
-    assert "pre-flight imgsz" in err and not (workdir / "results" / "data-yolov8n-cpu" / "best.yaml").exists()
+    assert "pre-flight imgsz" in err and not (workdir / "results" / TINY_NAME / "best.yaml").exists()
     study = load(workdir)
     assert study.trials == [] and study.user_attrs["limits"]["frontier"] == found["frontier"]
 
@@ -59,7 +59,7 @@ def test_limits_only_prints_a_frontier_whose_configs_really_fit_and_the_search_s
     assert all(t.params["imgsz"] > frontier[t.params["batch"]]["imgsz"] for t in skipped)
     assert all("pre-flights put the stable limit" in t.user_attrs["oom_reason"] for t in skipped)
     assert not [t for t in trials if t.user_attrs.get("oom_cause") == "watchdog"]  # no OOM was trained into
-    assert "## Memory limits" in (workdir / "results" / "data-yolov8n-cpu" / "report.md").read_text()
+    assert "## Memory limits" in (workdir / "results" / TINY_NAME / "report.md").read_text()
 
     # The frontier's config of batch 8, probed in full under the same budget, really fits (no safety margin here:
     # this study's own pre-flight re-measures the config, and the question is whether it fits the budget).
@@ -89,4 +89,4 @@ def test_an_explicit_space_wholly_over_the_limit_is_one_line_exit_1_and_nothing_
     last = err.strip().splitlines()[-1]
     assert last.startswith("tuner: error: The smallest config, imgsz 320 batch 8, ")  # ran out, or too close to it
     assert "stable limit of 1073 MiB" in last
-    assert load(workdir).trials == [] and not (workdir / "results" / "data-yolov8n-cpu" / "best.yaml").exists()
+    assert load(workdir).trials == [] and not (workdir / "results" / TINY_NAME / "best.yaml").exists()

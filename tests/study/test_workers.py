@@ -21,7 +21,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tests.conftest import tiny_probe_args
+from tests.conftest import TINY_NAME, tiny_probe_args
 from tests.fakes import FakePreflight, FakeProbe, inputs, quiet
 from tuner.study import limits, workers
 from tuner.study.open import open_study
@@ -185,17 +185,17 @@ def test_probe_with_two_workers_on_this_machine_shares_the_budget_and_the_plan(w
                                               "--workers", "2", "--memory-budget", "6GB"))  # fmt: skip
     assert code == 0, err
     assert "memory budget 6GB (5722 MiB), shared by 2 workers: 2861 MiB each" in err
-    study = optuna.load_study(study_name="data-yolov8n-cpu", storage=f"sqlite:///{workdir / 'studies' / 'data-yolov8n-cpu.db'}")
+    study = optuna.load_study(study_name=TINY_NAME, storage=f"sqlite:///{workdir / 'studies' / f'{TINY_NAME}.db'}")
     every = study.get_trials()
     assert StudyRecord.of(study).budget_mb == pytest.approx(2861, abs=1)  # each trial's budget
     assert main_trials_done(study) == 2
     assert len([t for t in every if TrialRecord.of(t).repeat_of is not None and counts_towards_total(t)]) == 1
     assert not [t for t in every if t.state in (TrialState.RUNNING, TrialState.WAITING)]
     assert len({TrialRecord.of(t).worker for t in every if "log" in t.user_attrs}) == 2
-    log = workdir / "studies" / "data-yolov8n-cpu" / "workers" / "worker-1.log"
+    log = workdir / "studies" / TINY_NAME / "workers" / "worker-1.log"
     assert "Memory limits mapped before" in log.read_text()  # the worker joined the study its starter mapped
-    assert (workdir / "results" / "data-yolov8n-cpu" / "best.yaml").is_file()
-    assert not (workdir / "studies" / "data-yolov8n-cpu" / "workers" / "results").exists()
+    assert (workdir / "results" / TINY_NAME / "best.yaml").is_file()
+    assert not (workdir / "studies" / TINY_NAME / "workers" / "results").exists()
 
 
 def test_workers_below_one_is_one_line_and_exit_2(workdir, tiny_data, run_cli):

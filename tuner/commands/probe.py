@@ -29,7 +29,7 @@ from tuner.study.records import Best, StudyRecord
 from tuner.study.search import Search, startup_trials
 from tuner.study.selection import Choice
 from tuner.study.training_time import Prediction
-from tuner.study.storage import default_study_name, storage_url
+from tuner.study.storage import default_study_name, legacy_study_name, storage_url, stored_config
 from tuner.train import plan
 
 
@@ -64,7 +64,7 @@ def run_probe(
         budget //= workers
     data_yaml = inputs.dataset(cfg.data)
     model = inputs.model(cfg.model, embedded=cfg.data is None)
-    name = study_name or default_study_name(cfg.data, cfg.model, device.kind)
+    name = study_name or _default_name(cfg, device.kind, storage, Path(studies_dir))
     files.check_writable(Path(studies_dir), "--studies-dir")  # the trials' logs go there, whatever the storage
     if not limits_only:
         files.check_writable(Path(results_dir), "--results-dir")
@@ -287,6 +287,19 @@ def train_settings_or_defaults(progress: Progress) -> configs.TrainSettings:
     except TunerError as exc:
         progress.say(f"Warning: {exc} best.yaml uses the default train settings instead.", important=True)
         return configs.default_train_settings()
+
+
+def _default_name(cfg, device_kind: str, storage: str | None, studies_dir: Path) -> str:
+    """The default study name; a study of the same data and model stored under the name tuner gave before
+    (`data-best-cpu`) goes on under it, while no study has the new one (another dataset's old study is left alone)."""
+    name = default_study_name(cfg.data, cfg.model, device_kind)
+    legacy = legacy_study_name(cfg.data, cfg.model, device_kind)
+    if legacy == name or stored_config(name, storage, studies_dir) is not None:
+        return name
+    old = stored_config(legacy, storage, studies_dir)
+    if old is not None and (old.get("data"), old.get("model")) == (cfg.data, cfg.model):
+        return legacy
+    return name
 
 
 def probe_summary(study_name: str, trials, record: StudyRecord, best_yaml: Path | None, hint: str | None) -> dict[str, Any]:

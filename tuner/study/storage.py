@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import optuna
 import sqlalchemy.exc
@@ -19,10 +20,48 @@ SQLITE_BUSY_TIMEOUT_S = 60  # a worker waits this long for another's write to th
 CREATE_ATTEMPTS = 3  # tries to open a storage whose tables another worker is creating at the same moment
 
 
+GENERIC_STEMS = frozenset({"data", "dataset", "best", "last", "weights", "model"})  # say nothing of which
+
+
+def _name_of(path: str) -> str:
+    """The stem of `path`, or where it says nothing (`data.yaml`, `weights/best.pt`) the first folder above that does:
+    `road-damage/data.yaml` -> `road-damage`, `runs/detect/train3/weights/best.pt` -> `train3`."""
+    resolved = Path(path).expanduser().resolve()
+    for part in (resolved, *resolved.parents):
+        name = part.stem if part == resolved else part.name
+        if name and name.lower() not in GENERIC_STEMS:
+            return name
+    return Path(path).stem
+
+
 def default_study_name(data: str | None, model: str, device_type: str) -> str:
-    """`<dataset>-<model>-<device>`, e.g. `shapes-yolov8n-cpu`: one study per dataset, model and device."""
+    """`<dataset>-<model>-<device>`, e.g. `shapes-yolov8n-cpu`: one study per dataset, model and device (the dataset
+    and model named by their folder where the file's own name is generic, so two `data.yaml` are two studies)."""
+    data_stem = "shapes" if data is None else _name_of(data)
+    return f"{data_stem}-{_name_of(model)}-{device_type}"
+
+
+def legacy_study_name(data: str | None, model: str, device_type: str) -> str:
+    """The default name before generic stems were looked past (`data-best-cpu`): a study stored under it goes on."""
     data_stem = "shapes" if data is None else Path(data).stem
     return f"{data_stem}-{Path(model).stem}-{device_type}"
+
+
+def stored_config(name: str, storage: str | None, studies_dir: Path) -> dict[str, Any] | None:
+    """The settings study `name` was created with (its `config` attr), {} for a study without them, None where no
+    such study is stored (its SQLite file under `studies_dir`, or its name in `storage`; a SQLite URL whose file is
+    not there yet holds none)."""
+    url = storage_url(storage, studies_dir, name)
+    path = sqlite_path(url)
+    if path is not None and not path.exists():
+        return None
+    opened = open_storage(url, create=False)
+    try:
+        if name not in optuna.get_all_study_names(opened):
+            return None
+        return optuna.load_study(study_name=name, storage=opened).user_attrs.get("config") or {}
+    finally:
+        opened.engine.dispose()  # one look: no pooled connections left behind (PostgreSQL)
 
 
 def storage_url(storage: str | None, studies_dir: Path, study_name: str) -> str:
