@@ -49,6 +49,7 @@ settings:
   fine_tune_share: 0.25
   fine_tune_lr_factor: 0.1
   progressive_blocks: 4
+  seed: 0
 best:
   imgsz: 160
   batch: 8
@@ -239,6 +240,13 @@ def write_run(workdir, data, config: str = CONFIG_YAML, state: str = STATE_JSON)
     run_files.config.write_text(config.replace("DATA_YAML", str(data)))
     run_files.state.write_text(state)
     return run_files
+
+
+def test_a_config_yaml_from_before_seed_trains_with_seed_0(tmp_path):
+    run_files = write_run(tmp_path, "/data.yaml")
+    run_files.config.write_text(run_files.config.read_text().replace("  seed: 0\n", ""))
+    plan, _ = load_run(run_files)
+    assert plan.settings.seed == 0 and plan.seed == 0
 
 
 def test_today_s_config_yaml_and_state_json_load_into_the_dataclasses_and_are_written_back_the_same(tmp_path):

@@ -20,7 +20,7 @@ import torch
 import yaml
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 
-from tests.conftest import tiny_probe_args
+from tests.conftest import TINY_NAME, tiny_probe_args
 from tuner import config as configs
 from tuner.config import DEFAULTS
 from tuner.params import Params
@@ -503,6 +503,31 @@ def test_configs_train_yaml_shapes_a_new_run_and_a_rerun_applies_only_its_flags(
     assert plan["epochs"] == 3 and plan["settings"]["val_every"] == 1
 
 
+def test_seed_trains_a_new_run_with_another_seed_and_a_rerun_keeps_its_own(workdir, tiny_data, train_with):
+    """--seed (or `seed` in configs/train.yaml) reaches Ultralytics; a run keeps the seed it began with: a re-run with
+    another is refused in one line (exit 2) and its files stay as they were."""
+    best = write_best_yaml(workdir / "results" / "seeded" / "best.yaml", tiny_data)
+    runner = FakeRunner(oom_imgsz=10**6, oom_after=0)
+    code, _, err = train_with(runner, config=best, epochs=2, seed=3)
+    assert code == 0, err
+    assert [spec.settings["seed"] for spec in runner.specs] == [3]
+    config_yaml = train_dir(workdir, "seeded") / "config.yaml"
+    assert yaml.safe_load(config_yaml.read_text())["seed"] == 3
+    before = config_yaml.read_text()
+    code, _, err = train_with(FakeRunner(oom_imgsz=10**6, oom_after=0), config=best, epochs=3, seed=4)
+    assert_one_line_error(code, err, "trains with --seed 3")
+    assert config_yaml.read_text() == before
+
+    (workdir / "configs").mkdir(exist_ok=True)
+    (workdir / "configs" / "train.yaml").write_text("seed: 5\n")
+    other = write_best_yaml(workdir / "results" / "filed" / "best.yaml", tiny_data)
+    runner = FakeRunner(oom_imgsz=10**6, oom_after=0)
+    assert train_with(runner, config=other, epochs=1)[0] == 0
+    assert [spec.settings["seed"] for spec in runner.specs] == [5]
+    code, _, err = train_with(FakeRunner(oom_imgsz=10**6, oom_after=0), config=other, epochs=1, seed=-1)
+    assert_one_line_error(code, err, "--seed")
+
+
 def test_a_second_tuner_on_the_same_run_is_refused(workdir, tiny_data, run_cli):
     import fcntl
 
@@ -636,7 +661,7 @@ def test_probe_then_train_best_trains_writes_its_files_and_a_finished_run_does_n
 ):
     code, _, err = run_cli(*tiny_probe_args(tiny_data, "--n-trials", "1"))
     assert code == 0, err
-    folder = train_dir(workdir, "data-yolov8n-cpu")
+    folder = train_dir(workdir, TINY_NAME)
     seen_at_start = []
     with trial_hook(lambda process, index: seen_at_start.append((folder / "config.yaml").exists())):
         code, out, err = run_cli("train-best", "--epochs", "2", *FAST, "--json")
@@ -653,7 +678,7 @@ def test_probe_then_train_best_trains_writes_its_files_and_a_finished_run_does_n
     assert memory[0] == "epoch,peak_mem_mb" and [row.split(",")[0] for row in memory[1:]] == ["1", "2"]
     assert all(float(row.split(",")[1]) > 200 for row in memory[1:])  # for the report's per-epoch plot
     plan = yaml.safe_load((folder / "config.yaml").read_text())
-    best = yaml.safe_load((workdir / "results" / "data-yolov8n-cpu" / "best.yaml").read_text())
+    best = yaml.safe_load((workdir / "results" / TINY_NAME / "best.yaml").read_text())
     assert plan["stages"][0]["params"]["imgsz"] == best["imgsz"] and plan["best"]["batch"] == best["batch"]
 
     before = snapshot(folder)
@@ -843,11 +868,11 @@ def test_train_best_fits_its_epochs_to_the_training_time_by_the_probes_predictio
 
     code, _, err = run_cli(*tiny_probe_args(tiny_data, "--n-trials", "1"))
     assert code == 0, err
-    predicted = from_comment((workdir / "results" / "data-yolov8n-cpu" / "best.yaml").read_text())
+    predicted = from_comment((workdir / "results" / TINY_NAME / "best.yaml").read_text())
     assert predicted is not None and predicted.epoch_s > 0
     code, _, err = run_cli("train-best", "--epochs", "4", "--train-time", "1s", *FAST)
     assert code == 1 and err.strip().splitlines()[-1].startswith("tuner: error: Not one epoch fits in the training time of 1 s")
-    assert not (train_dir(workdir, "data-yolov8n-cpu") / "config.yaml").exists()  # nothing started
+    assert not (train_dir(workdir, TINY_NAME) / "config.yaml").exists()  # nothing started
     room = START_S + 2.5 * predicted.epoch_s  # two epochs of the four, by the probe's own timing
     code, out, err = run_cli("train-best", "--epochs", "4", "--train-time", f"{room:.2f}", *FAST, "--json")
     assert code == 0, err

@@ -77,6 +77,7 @@ def train_best(
     strategy: str | None = None,
     val_every: int | None = None,
     plots: bool | None = None,
+    seed: int | None = None,
     train_time: str | None = None,
     quiet: bool = False,
     as_json: bool = False,
@@ -89,9 +90,9 @@ def train_best(
     `runner` runs one training process (tests pass a fake).
     """
     screen = Screen(quiet)
-    time_limit = _check_flags(epochs, max_restarts, val_every, strategy, config, train_time)
+    time_limit = _check_flags(epochs, max_restarts, val_every, strategy, config, train_time, seed)
     flags = {"epochs": epochs, "strategy": strategy, "max_restarts": max_restarts, "val_every": val_every,
-             "plots": plots}  # fmt: skip
+             "plots": plots, "seed": seed}  # fmt: skip
     settings = configs.load_train(settings_file, flags)
     name = study_name_for(study_name, storage, Path(studies_dir), config)
     run_files = RunFiles(Path(results_dir) / name / "train")
@@ -121,11 +122,12 @@ def train_best(
     return 0
 
 
-def _check_flags(epochs, max_restarts, val_every, strategy, config, train_time) -> float | None:
+def _check_flags(epochs, max_restarts, val_every, strategy, config, train_time, seed=None) -> float | None:
     """The flags given, checked as configs/train.yaml's settings are (tuner.checks), named as flags; returns the
     training time in seconds (None: none given)."""
     for value, flag, check in ((epochs, "--epochs", checks.positive_int), (max_restarts, "--max-restarts",
-                               checks.non_negative_int), (val_every, "--val-every", checks.positive_int)):  # fmt: skip
+                               checks.non_negative_int), (val_every, "--val-every", checks.positive_int),
+                               (seed, "--seed", checks.non_negative_int)):  # fmt: skip
         if value is not None:
             check(value, flag)
     if strategy is not None:
@@ -202,7 +204,7 @@ def _continued_run(run_files: RunFiles, settings: configs.TrainSettings, flags: 
         screen.say("--train-time fits the epochs of a new run; this run keeps its planned epochs (--epochs changes "
                    "them).", important=True)  # fmt: skip
     saved_plan, state = load_run(run_files)
-    plan = check_rerun(saved_plan, state, run_files, flags["epochs"], flags["strategy"])
+    plan = check_rerun(saved_plan, state, run_files, flags["epochs"], flags["strategy"], flags["seed"])
     if state.finished:
         return _Run(plan, state, True, plan != saved_plan, 0, False)
     check_inputs_exist(plan, run_files)

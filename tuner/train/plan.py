@@ -30,7 +30,6 @@ from tuner.train.records import RunPlan, Stage
 from tuner.train.source import Candidate, Source
 
 MIN_IMGSZ = 64  # below 2 strides YOLO's BatchNorm runs on single values
-SEED = 0
 
 
 def plan_stages(source: Source, settings: TrainSettings) -> tuple[Stage, ...]:
@@ -193,7 +192,7 @@ def best_yaml_arguments(
 ) -> dict[str, Any]:
     """The Ultralytics arguments train-best would train `best` with in a single stage (for best.yaml)."""
     stage = _stage("best", settings.epochs, best, "model", lr0, settings.warmup_epochs, settings)
-    return {**best.to_dict(), **train_settings(stage, optimizer, SEED, device, settings.plots)}
+    return {**best.to_dict(), **train_settings(stage, optimizer, settings.seed, device, settings.plots)}
 
 
 def new_plan(source: Source, settings: TrainSettings, created: str) -> RunPlan:
@@ -211,7 +210,7 @@ def new_plan(source: Source, settings: TrainSettings, created: str) -> RunPlan:
         metric=source.metric,
         optimizer=source.optimizer,
         lr0=source.lr0,
-        seed=SEED,
+        seed=settings.seed,
         settings=settings,
         best=source.best,
         candidates=source.candidates,

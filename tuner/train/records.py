@@ -159,7 +159,7 @@ def _settings(values: Any, where: str) -> TrainSettings | None:
     tuner's --val-every wrote into such a plan (its stages hold the same val_every)."""
     if values is None or (isinstance(values, dict) and set(values) <= {"val_every"}):
         return None
-    return TrainSettings(**_fields(_schema(TrainSettings), values, where))
+    return TrainSettings(**_fields(_schema(TrainSettings), values, where, legacy={"seed": 0}))  # before --seed
 
 
 @dataclasses.dataclass(frozen=True)

@@ -130,7 +130,9 @@ def append_memory(run_files: RunFiles, stage: Stage, epoch: int, peak_mb: float 
 # ---------------------------------------------------------------------------------- re-run checks
 
 
-def check_rerun(plan: RunPlan, state: RunState, run_files: RunFiles, epochs: int | None, strategy: str | None) -> RunPlan:
+def check_rerun(
+    plan: RunPlan, state: RunState, run_files: RunFiles, epochs: int | None, strategy: str | None, seed: int | None = None
+) -> RunPlan:
     """Flags given to a re-run must fit the run; returns the plan with the epochs of --epochs.
 
     Only flags count here: configs/train.yaml and the defaults shaped the run when it began.
@@ -140,6 +142,11 @@ def check_rerun(plan: RunPlan, state: RunState, run_files: RunFiles, epochs: int
         raise ConfigError(
             f"The run in {root} trains with --strategy {plan.strategy}; re-run without --strategy, "
             "or pass another --results-dir for a new run."
+        )
+    if seed is not None and seed != plan.seed:
+        raise ConfigError(
+            f"The run in {root} trains with --seed {plan.seed}; re-run without --seed, "
+            "or pass another --results-dir (or --study-name with --config) for a run with another seed."
         )
     done = state.epochs_done
     if epochs is None or epochs == plan.epochs:
