@@ -103,7 +103,7 @@ def _add_probe(subparsers) -> None:
     search.add_argument("--mosaic", help=f"mosaic range LOW,HIGH within [0, 1] (default: {_csv(SPACE['mosaic'])})")
     search.add_argument("--mixup", help=f"mixup range LOW,HIGH within [0, 1] (default: {_csv(SPACE['mixup'])})")
     search.add_argument("--probe-epochs", type=int, help=f"epochs each probe trains (default: {PROBE['epochs']})")
-    search.add_argument("--probe-anneal", action=argparse.BooleanOptionalAction, default=None, help="lower the learning rate every batch to lr0 x 0.01 by the probe's last batch, as a full training ends (default: off, Ultralytics' once-an-epoch schedule)")
+    search.add_argument("--probe-anneal", action=argparse.BooleanOptionalAction, default=None, help="lower the learning rate every batch to lr0 x 0.01 by the probe's last batch, as a full training ends; --no-probe-anneal: Ultralytics' once-an-epoch schedule, as studies before 2026-12-05 probed (default: on)")
     search.add_argument("--probe-fraction", type=float, help=f"fraction of the train split each probe uses (default: {PROBE['fraction']})")
     search.add_argument("--probe-images", help=f"TRAIN,VAL: the most train and val images a probe uses, a fixed stratified sample of each split, 0 for all (default: {PROBE['train_images']},{PROBE['val_images']})")
     search.add_argument("--trial-timeout", help=f"seconds before a probe is stopped as an error, or auto: 4x its time as the pre-flights predict it, at least 120 s (default: {PROBE['trial_timeout']})")
@@ -202,6 +202,12 @@ def _add_train_best(subparsers) -> None:
         f"(default: {train['val_every']}, every epoch)",
     )
     group.add_argument(
+        "--seed",
+        type=int,
+        help="the training's seed (a new run): training is deterministic, so the same seed trains the same weights "
+        f"and another seed shows how far a run's result varies (default: {train['seed']})",
+    )
+    group.add_argument(
         "--plots",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -225,6 +231,7 @@ def _cmd_train_best(args: argparse.Namespace) -> int:
         strategy=args.strategy,
         val_every=args.val_every,
         plots=args.plots,
+        seed=args.seed,
         train_time=args.train_time,
         quiet=args.quiet,
         as_json=args.json,

@@ -49,7 +49,7 @@ DEFAULTS: dict[str, Any] = {
         "optimizer": "AdamW",
         "lr0": 0.0003,
         "warmup_epochs": 0.0,
-        "anneal": False,  # tuner.study.probe_child.Anneal: the learning rate falls batch by batch to lr0 x lrf
+        "anneal": True,  # tuner.study.probe_child.Anneal: the learning rate falls batch by batch to lr0 x lrf
         "trial_timeout": "auto",  # tuner.study.cost: a multiple of the probe's time as the pre-flights predict it
         "repeats": 2,
         "race": 2,
@@ -67,6 +67,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "plots": True,
     "warmup_epochs": 3.0,
     "close_mosaic": 10,
+    "seed": 0,
     "two_stage": {
         "fine_tune_share": 0.25,
         "lr_factor": 0.1,
@@ -115,7 +116,7 @@ class ProbeSettings:
     repeats: int
     race: int  # more seeds for the top configs while they tie within the noise, at most this many runs
     budget: float | str = "15%"  # seconds, a share of the full training ("15%"), or "none" (tuner.study.probe_budget)
-    anneal: bool = False  # the learning rate falls batch by batch to lr0 x lrf by the last batch (probe_child.Anneal)
+    anneal: bool = True  # the learning rate falls batch by batch to lr0 x lrf by the last batch (probe_child.Anneal)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -302,6 +303,7 @@ class TrainSettings:
     fine_tune_share: float
     fine_tune_lr_factor: float
     progressive_blocks: int
+    seed: int = 0  # Ultralytics' seed (deterministic): another seed, another draw of the same config's training
 
 
 def load_train(settings_file: Path | None, overrides: dict[str, Any]) -> TrainSettings:
@@ -338,6 +340,7 @@ def _train_settings(merged: dict[str, Any]) -> TrainSettings:
                                   low_open=True, high_open=True),  # fmt: skip
         fine_tune_lr_factor=checks.positive_float(two_stage["lr_factor"], "two_stage.lr_factor"),
         progressive_blocks=checks.positive_int(progressive["blocks"], "progressive.blocks"),
+        seed=checks.non_negative_int(merged["seed"], "seed"),
     )
 
 

@@ -13,13 +13,14 @@ from pathlib import Path
 import optuna
 import pytest
 
-from tests.conftest import tiny_probe_args
+from tests.conftest import TINY_NAME, tiny_probe_args
 from tuner import config
 from tuner.memory import device as devices
 from tuner.params import Params
 from tuner.process.trial import run_child
 from tuner.study import probe_child
 from tuner.study.inputs import Inputs
+from tuner.study.workers import main_trials_done as main_trials
 
 MIB = 2**20
 LR0, LRF = 0.0003, 0.01  # the probe's default lr0; Ultralytics' default lrf
@@ -80,21 +81,22 @@ def test_probe_anneal_flag_turns_it_on_or_off_over_the_config_file(tmp_path):
     def anneal(*argv: str, file: Path | None = None) -> bool:
         return config.load(file, config.probe_overrides(build_parser().parse_args(["probe", *argv]))).probe.anneal
 
-    on_file = tmp_path / "probe.yaml"
-    on_file.write_text("probe:\n  anneal: true\n")
-    assert (anneal(), anneal("--probe-anneal"), anneal(file=on_file), anneal("--no-probe-anneal", file=on_file)) == (
-        False, True, True, False)  # fmt: skip
+    off_file = tmp_path / "probe.yaml"
+    off_file.write_text("probe:\n  anneal: false\n")
+    assert (anneal(), anneal("--no-probe-anneal"), anneal(file=off_file), anneal("--probe-anneal", file=off_file)) == (
+        True, False, False, True)  # fmt: skip
     with pytest.raises(config.ConfigError, match="anneal"):
         config.load(None, {"probe": {"anneal": "sometimes"}})
 
 
 @pytest.mark.integration
 def test_a_study_probed_with_anneal_is_continued_only_with_it(tiny_data, workdir, run_cli):
-    """`tuner probe --probe-anneal`: its trials end at lr0 x lrf and the study stores the setting; the same study
-    without the flag is refused in one line (exit 2) and keeps its trials; with the flag it continues."""
-    code, _, err = run_cli(*tiny_probe_args(tiny_data, "--probe-epochs", "2", "--n-trials", "2", "--probe-anneal"))
+    """`tuner probe` anneals by default: its trials end at lr0 x lrf and the study stores the setting. The same study
+    with --no-probe-anneal is refused in one line (exit 2) and keeps its trials; a study probed with
+    --no-probe-anneal (Ultralytics' schedule, as every study before the default) continues only with that flag."""
+    code, _, err = run_cli(*tiny_probe_args(tiny_data, "--probe-epochs", "2", "--n-trials", "2"))
     assert code in (0, 1), err
-    study = optuna.load_study(study_name="data-yolov8n-cpu", storage=f"sqlite:///{workdir / 'studies' / 'data-yolov8n-cpu.db'}")
+    study = optuna.load_study(study_name=TINY_NAME, storage=f"sqlite:///{workdir / 'studies' / f'{TINY_NAME}.db'}")
     assert study.user_attrs["config"]["probe"]["anneal"] is True
     ran = [trial for trial in study.trials if trial.user_attrs.get("outcome") == "ok"]
     assert ran
@@ -103,10 +105,18 @@ def test_a_study_probed_with_anneal_is_continued_only_with_it(tiny_data, workdir
             assert float(list(csv.DictReader(rows))[-1]["lr/pg0"]) == pytest.approx(LR0 * LRF, rel=1e-3)
     before = len(study.trials)
 
-    code, _, err = run_cli(*tiny_probe_args(tiny_data, "--probe-epochs", "2", "--n-trials", "3"))
+    code, _, err = run_cli(*tiny_probe_args(tiny_data, "--probe-epochs", "2", "--n-trials", "3", "--no-probe-anneal"))
     assert code == 2 and "anneal" in err and "--study-name" in err and len(err.strip().splitlines()) == 1, err
     assert len(optuna.load_study(study_name=study.study_name, storage=study._storage).trials) == before
 
-    code, _, err = run_cli(*tiny_probe_args(tiny_data, "--probe-epochs", "2", "--n-trials", "3", "--probe-anneal"))
+    args = tiny_probe_args(tiny_data, "--probe-epochs", "2", "--n-trials", "2", "--study-name", "stepped")
+    code, _, err = run_cli(*args, "--no-probe-anneal")
     assert code in (0, 1), err
-    assert len(optuna.load_study(study_name=study.study_name, storage=study._storage).trials) > before
+    code, _, err = run_cli(*tiny_probe_args(tiny_data, "--probe-epochs", "2", "--n-trials", "3", "--study-name", "stepped"))
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "created with probe.anneal = false, but this run asks for true. Re-run with --no-probe-anneal" in err
+    code, _, err = run_cli(*tiny_probe_args(tiny_data, "--probe-epochs", "2", "--n-trials", "3", "--study-name", "stepped",
+                                            "--no-probe-anneal"))  # fmt: skip
+    assert code in (0, 1), err
+    stepped = optuna.load_study(study_name="stepped", storage=f"sqlite:///{workdir / 'studies' / 'stepped.db'}")
+    assert stepped.user_attrs["config"]["probe"]["anneal"] is False and main_trials(stepped.trials) == 3

@@ -15,7 +15,7 @@ from tuner.study import limits, probe_budget
 from tuner.study.open import open_study
 from tuner.study.probe_budget import Plan
 from tuner.study.records import StudyRecord
-from tuner.study.search import Search
+from tuner.study.search import Search, enqueue_startup, main_trials_done, startup_trials
 
 
 @pytest.mark.parametrize(
@@ -105,34 +105,64 @@ def _searched(tmp_path, plan: Plan | None, done_s: float = 0.0):
     return study, fake
 
 
-def test_the_budget_is_a_deadline_kept_after_every_trial(tmp_path, monkeypatch):
-    """Each fake probe takes 1 s of the clock: a 2.5 s budget lets three start, and no more."""
+def _clocked_search(tmp_path, monkeypatch, plan: Plan, probe_s: float, timeout: float | None = None,
+                    n_trials: int = 6, queued_from: int | None = None) -> list:  # fmt: skip
+    """A search of `n_trials` main trials (6: a 3-cell startup design) and 2 repeats whose fake probes each take
+    `probe_s` of the clock; the configs it ran. `queued_from`: the design was queued from a config of that many
+    trials, as `tuner probe` queues it before the plan cuts the main trials."""
     clock = [time.monotonic()]
     monkeypatch.setattr(time, "monotonic", lambda: clock[0])
     fake = FakeProbe(2000)
 
-    def one_second(*args, **kwargs):
-        clock[0] += 1.0
+    def clocked(*args, **kwargs):
+        clock[0] += probe_s
         return fake(*args, **kwargs)
 
     trials = inputs(tmp_path, 2000)
-    trials = dataclasses.replace(trials, cfg=dataclasses.replace(trials.cfg, n_trials=6))
+    trials = dataclasses.replace(trials, cfg=dataclasses.replace(trials.cfg, n_trials=n_trials, timeout=timeout))
+    assert trials.cfg.probe.repeats == 2
     found = limits.map_limits(trials, quiet(), runner=FakePreflight(2000))
     record = StudyRecord(config=trials.cfg, device="cpu", budget_mb=2000.0, stable_limit_mb=trials.stable_limit_mb,
                          limits=found.to_dict())  # fmt: skip
     study, _ = open_study("s", f"sqlite:///{tmp_path / 's.db'}", trials.cfg, record)
-    plan = Plan(2.5, 2.5, 6, 2, 0, 2.0)
-    Search(study, trials, quiet(), found, runner=one_second, plan=plan).run()
-    assert len(fake.ran) == 3
+    if queued_from:
+        enqueue_startup(study, dataclasses.replace(trials.cfg, n_trials=queued_from), found)
+    Search(study, trials, quiet(), found, runner=clocked, plan=plan).run()
+    return fake.ran
+
+
+def test_the_budget_is_a_deadline_kept_after_every_trial_once_the_floor_has_run(tmp_path, monkeypatch):
+    """Each fake probe takes 1 s of the clock. A 5.5 s budget: the 3-cell design and three more main trials start
+    before it ends (the last at 5 s), and of the two repeats only the floor's one runs after it."""
+    ran = _clocked_search(tmp_path / "a", monkeypatch, Plan(5.5, 5.5, 6, 2, 0, 5.0), 1.0)
+    assert len(ran) == 7 and ran[-1] in ran[:6]  # six main trials, one repeat of one of them
+    assert len(_clocked_search(tmp_path / "b", monkeypatch, Plan(2.5, 2.5, 6, 2, 0, 2.0), 1.0)) == 4  # the floor
     _, ran_all = _searched(tmp_path / "free", None)
-    assert len(ran_all.ran) >= 6  # without a budget every trial runs, and the repeats
+    assert len(ran_all.ran) >= 8  # without a budget every trial runs, and the repeats
+
+
+def test_the_floor_runs_in_full_where_probes_take_longer_than_predicted_and_timeout_still_stops_it(tmp_path, monkeypatch):
+    """The plan said the design and one repeat run in full (4 probes, predicted 4 s against a 1 s budget); each takes
+    10 s (a slower machine, another job beside it): all four run, and nothing more. `--timeout 15` stops the study
+    after its second probe whatever the floor."""
+    assert len(_clocked_search(tmp_path / "a", monkeypatch, Plan(1.0, 1.0, 6, 2, 0, 4.0), 10.0)) == 4
+    assert len(_clocked_search(tmp_path / "b", monkeypatch, Plan(1.0, 1.0, 6, 2, 0, 4.0), 10.0, timeout=15.0)) == 2
+
+
+def test_the_floor_is_the_design_queued_not_what_the_plans_cut_of_the_main_trials_leaves(tmp_path, monkeypatch):
+    """`tuner probe` queues the design of its 8 trials (4 cells), then the plan cuts the main trials to those 4: the
+    floor is the 4 cells and one repeat (startup_trials of 4 trials would say 2)."""
+    cut = dataclasses.replace(inputs(tmp_path / "x", 2000).cfg, n_trials=4)
+    assert startup_trials(cut) == 2
+    ran = _clocked_search(tmp_path, monkeypatch, Plan(1.0, 1.0, 4, 1, 0, 5.0), 10.0, n_trials=4, queued_from=8)
+    assert len(ran) == 5 and len(set(ran[:4])) == 4 and ran[4] in ran[:4]
 
 
 def test_a_continued_study_counts_the_probe_time_already_spent(tmp_path):
-    """The budget is the study's, over every run of it: 100 s of 60 already spent leaves none for a new trial."""
+    """The budget is the study's, over every run of it: 100 s of 60 already spent leaves none beyond the floor. This
+    study queued no design (its one trial is from an earlier run), so only the floor's noise repeat runs."""
     plan = Plan(60.0, 60.0, 6, 2, 0, 50.0)
     study, fake = _searched(tmp_path, plan, done_s=100.0)
-    assert fake.ran == [] and len(study.get_trials()) == 1
-    assert probe_budget.spent(study.get_trials()) == 100.0
+    assert len(fake.ran) == 1 and main_trials_done(study) == 1 and len(study.get_trials()) == 2
     _, fake = _searched(tmp_path / "room", Plan(600.0, 600.0, 6, 2, 0, 50.0), done_s=100.0)
     assert fake.ran  # 500 s left: the search goes on

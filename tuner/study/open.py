@@ -92,12 +92,15 @@ def _check_same_study(name: str, stored: StudyRecord, new: StudyRecord) -> None:
     if stored.config is None:
         return
     old_id, new_id = configs.identity(stored.config.to_dict()), configs.identity(new.config.to_dict())
-    for key in old_id:
-        if old_id[key] != new_id[key]:
-            raise ConfigError(
-                f"Study {name!r} was created with {key} = {_show(old_id[key])}, but this run asks for "
-                f"{_show(new_id[key])}. Re-run with the study's settings, or pass --study-name for a new study."
-            )
+    differences = _differences(old_id, new_id)
+    if differences:
+        key, old, now = differences[0]
+        flag = FLAGS.get((key, _show(old)))
+        fix = f"Re-run with {flag}" if flag else "Re-run with the study's settings"
+        raise ConfigError(
+            f"Study {name!r} was created with {key} = {_show(old)}, but this run asks for {_show(now)}. "
+            f"{fix}, or pass --study-name for a new study."
+        )
     for what, old, now in (("a memory budget of {} MiB", stored.budget_mb, new.budget_mb),
                            ("device {}", _card(stored), _card(new))):  # fmt: skip
         if old is not None and old != now:
@@ -112,6 +115,21 @@ def _card(record: StudyRecord) -> str | None:
     if record.device and record.device.startswith("cuda:"):
         return f"cuda ({record.device_name})"
     return record.device
+
+
+FLAGS = {("probe.anneal", "false"): "--no-probe-anneal", ("probe.anneal", "true"): "--probe-anneal"}  # (key, stored)
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """The keys whose values differ, named down to the setting (`probe.anneal`, not the whole `probe`)."""
+    out = []
+    for key in old:
+        a, b = old[key], new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict) and set(a) == set(b):
+            out += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append((f"{prefix}{key}", a, b))
+    return out
 
 
 def _show(value: Any) -> str:

@@ -8,13 +8,14 @@ design's cells each at its own prediction, every other probe (main trials the sa
 runs) at their mean. Over the budget, the race is cut first, then repeats down to one, then main trials, never below
 the startup design (without it the sampler models nothing) and one noise repeat (without it the pick cannot tell
 a tie from a lead: the default run on the embedded dataset once picked by 0.0003). The budget is then a deadline: no trial starts once the
-probe has spent it, over every run of the study (a continued study counts the trials' durations so far).
+probe has spent it, over every run of the study (a continued study counts the trials' durations so far), except the
+floor's own: the design and its one repeat run in full even where probes take longer than predicted
+(tuner.study.search.Search.deadline); only --timeout stops them.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import time
 from typing import Any, Iterable, Sequence
 
 from optuna.trial import FrozenTrial
@@ -138,8 +139,8 @@ def fit(
 def deadline_s(plan: Plan | None, spent_s: float) -> float | None:
     """Seconds left to the probe under `plan`, once `spent_s` went on its trials; None where it is unbounded.
 
-    The startup design always gets its predicted time: a plan that is over the budget with the design alone keeps
-    the design (never below it), and its deadline follows the plan, not the budget."""
+    A plan over the budget with its floor alone (the startup design and one repeat) gets the floor's predicted time,
+    not the budget's; and the floor runs in full even past it (tuner.study.search.Search.deadline)."""
     if plan is None or plan.budget_s is None:
         return None
     return max(plan.budget_s, plan.seconds or 0.0) - spent_s
@@ -148,15 +149,6 @@ def deadline_s(plan: Plan | None, spent_s: float) -> float | None:
 def spent(trials: Iterable[FrozenTrial]) -> float:
     """Seconds the study's probes have taken so far, over every run of it: its trials' durations."""
     return sum(TrialRecord.of(trial).duration_s or 0.0 for trial in trials)
-
-
-def deadline(plan: Plan | None, trials: Iterable[FrozenTrial], timeout: float | None) -> float | None:
-    """When (time.monotonic) no more trial may start: the budget's deadline (`deadline_s` after what `trials` spent)
-    or `timeout` seconds from now, whichever is earlier; None where neither bounds it."""
-    now = time.monotonic()
-    left = deadline_s(plan, spent(trials))
-    ends = [now + value for value in (timeout, left) if value is not None]
-    return min(ends) if ends else None
 
 
 def cost_line(spent_s: float, training_s: float | None) -> str:

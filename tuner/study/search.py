@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from typing import Callable
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -30,7 +31,7 @@ from tuner.process.trial import Attempt, run_child
 from tuner.study import dominance, limits, probe_budget, pruners, selection, space, workers
 from tuner.study.inputs import Inputs
 from tuner.study.progress import Progress
-from tuner.study.records import Race, StudyRecord, TrialRecord
+from tuner.study.records import Race, StudyRecord, TrialRecord, counts_towards_total, retried
 
 SAME_ERROR_STOP = 2  # stop when the first trials of a run all fail with the same message
 MAX_INFERRED_IN_A_ROW = 30  # the sampler keeps proposing configs known not to fit: the space is used up
@@ -88,7 +89,9 @@ class Search:
         self.worker = worker or workers.worker_id()
         self.waiting_said = False
         self.plan = plan  # the probes fitted to the budget (tuner.study.probe_budget): its deadline is kept
-        self.deadline: float | None = None
+        self.timeout_at: float | None = None  # --timeout's end: no trial starts after it, whatever the study has
+        self.budget_at: float | None = None  # the budget's end: no trial starts after it once the floor has run
+        self.floor: Callable[[], bool] = lambda: True  # whether this stage's part of the floor has run
 
     @property
     def limit_mb(self) -> float:
@@ -100,57 +103,96 @@ class Search:
         """The peak at which kills from outside came, once they came at a consistent one (stored in the study)."""
         return StudyRecord.of(self.study).outside_kill_mb
 
+    @property
+    def deadline(self) -> float | None:
+        """When no more trial may start (time.monotonic): --timeout's end; and once this stage's part of the floor has
+        run (the startup design, then one noise repeat), the budget's end too. The plan runs its floor in full, even
+        where the probes take longer than the pre-flights predicted (a slower machine, another job beside it)."""
+        budget = self.budget_at if self.budget_at is not None and self.floor() else None  # the floor reads the study:
+        ends = [end for end in (self.timeout_at, budget) if end is not None]                 # only where it matters
+        return min(ends) if ends else None
+
+    def _design_done(self) -> bool:
+        """Every cell of the startup design has started (none of its `startup:` places is still waiting): the budget
+        decides what starts next. Counted by the places queued, not by `startup_trials`, which the plan's cut of the
+        main trials shrinks; and by starts, not ends, so that other workers' design trials still running do not let
+        this worker start trials of the sampler's past the budget."""
+        return not any(t.state == TrialState.WAITING and (TrialRecord.of(t).slot or "").startswith("startup:")
+                       for t in self._trials())  # fmt: skip
+
+    def _repeat_done(self) -> bool:
+        """The floor's one noise repeat has started, or finished as a run that counts (not a surplus or an inferred
+        OOM)."""
+        trials = self._trials()
+        again = retried(trials)
+        return any(TrialRecord.of(t).repeat_of is not None
+                   and (t.state == TrialState.RUNNING or (t.state.is_finished() and counts_towards_total(t, again)))
+                   for t in trials)  # fmt: skip
+
     def run(self) -> None:
-        deadline = self.deadline = probe_budget.deadline(self.plan, self._trials(), self.cfg.timeout)
+        now = time.monotonic()
+        left = probe_budget.deadline_s(self.plan, probe_budget.spent(self._trials()))
+        self.timeout_at = None if self.cfg.timeout is None else now + self.cfg.timeout
+        self.budget_at = None if left is None else now + left
         if not self.study.get_trials(deepcopy=False):  # limits mapped by --limits-only: the design is not queued yet
             enqueue_startup(self.study, self.cfg, self.limits)
         done = main_trials_done(self.study)
         if done:
             self.progress.say(f"Continuing: {done} of {self.cfg.n_trials} trials done.")
+        self.floor = self._design_done
         while not self.failure and main_trials_done(self.study) < self.cfg.n_trials:
-            if _past(deadline):
+            if _past(self.timeout_at):
                 return
+            if _past(self.deadline):  # the budget is spent and the design has run: on to the floor's repeat
+                break
             free = self.cfg.n_trials - workers.places_taken(self._trials())
             if free > 0:
-                self._optimize(free, deadline)
+                self._optimize(free)
             else:
-                self._wait_for_others(deadline)
+                self._wait_for_others()
         if self.failure:
             raise StudyFailed(self.failure)
-        if _past(deadline):
+        if _past(self.timeout_at):
             return
         trials = self._trials()
-        for original in selection.to_repeat(trials, self.cfg.probe.repeats, self.limit_mb):
+        repeats = selection.to_repeat(trials, self.cfg.probe.repeats, self.limit_mb)
+        if _past(self.budget_at):  # the floor's one noise repeat, unless it ran already, and no more
+            repeats = [] if self._repeat_done() else repeats[:1]
+        for original in repeats:
             workers.enqueue(self.study, original.params, f"repeat:{original.number}", TrialRecord(repeat_of=original.number))
-        self._drain(deadline)
-        self._race(deadline)
-        self._drain(deadline)
+        # no repeat to run (none asked for, none stable, or the noise measured already): the floor is the design
+        self.floor = (lambda: self._design_done() and self._repeat_done()) if repeats else self._design_done
+        self._drain()
+        self.floor = lambda: True
+        self._race()
+        self._drain()
 
     def _trials(self) -> list[FrozenTrial]:
         return self.study.get_trials(deepcopy=False)
 
-    def _drain(self, deadline: float | None) -> None:
+    def _drain(self) -> None:
         """Run the queued trials, and wait for those other workers run, until none is open."""
-        while not _past(deadline):
+        while not _past(self.deadline):
             running, waiting = workers.open_work(self._trials())
             if waiting:
-                self._optimize(waiting, deadline)
+                self._optimize(waiting)
             elif running:
-                self._wait_for_others(deadline)
+                self._wait_for_others()
             else:
                 return
 
-    def _wait_for_others(self, deadline: float | None) -> None:
+    def _wait_for_others(self) -> None:
         """Other workers hold the open places: wait, failing their trials whose heartbeat went stale
         (Optuna then queues them again, and this worker runs them)."""
         if not self.waiting_said:
             running, _ = workers.open_work(self._trials())
             self.progress.say(f"Waiting for {running} trial(s) other workers are running.")
             self.waiting_said = True
+        deadline = self.deadline
         time.sleep(workers.WAIT_POLL_S if deadline is None else max(0.0, min(workers.WAIT_POLL_S, deadline - time.monotonic())))
         optuna.storages.fail_stale_trials(self.study)
 
-    def _race(self, deadline: float | None) -> None:
+    def _race(self) -> None:
         """While the top configs tie within the noise and the tie decides the pick, probe them again with new seeds,
         the one with the fewest runs first, until they separate, the pick no longer rests on the tie, or
         `probe.race` such runs (over the whole study) are spent; say which. The tie decides the pick when a config
@@ -165,7 +207,7 @@ class Search:
             names = ", ".join(f"trial {min(t.number for t in runs)}" for runs in tied)
             self.progress.say(f"Race: {names} tie within the noise; probing them with more seeds.")
         while len(tied) >= 2 and spent < self.cfg.probe.race and decides:
-            if deadline is not None and time.monotonic() >= deadline:
+            if _past(self.deadline):
                 return
             slot = workers.free_race_slot(self._trials(), self.cfg.probe.race)
             if slot is None:  # every place is held (some by trials of other workers): the budget is spent
@@ -175,7 +217,7 @@ class Search:
             record = TrialRecord(repeat_of=original.number)
             if workers.enqueue(self.study, original.params, slot, record):
                 self.progress.total += 1
-            self._drain(deadline)
+            self._drain()
             spent = workers.race_runs(self._trials())
             tied, decides = self._standing()
         verdict = "separated" if len(tied) < 2 else "still tied" if decides else "settled"
@@ -194,9 +236,10 @@ class Search:
         limit = record.stable_limit_mb or self.inputs.stable_limit_mb
         return selection.contenders(trials, limit, spread), selection.tie_decides(trials, limit, spread, record.budget_mb)
 
-    def _optimize(self, n_trials: int, deadline: float | None) -> None:
+    def _optimize(self, n_trials: int) -> None:
         if n_trials <= 0:
             return
+        deadline = self.deadline
         timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
         self.study.optimize(
             self.objective,
@@ -378,7 +421,7 @@ class Search:
             study.stop()
 
     def _stop_at_deadline(self, study: optuna.Study, frozen: FrozenTrial) -> None:
-        if _past(self.deadline):  # the probe budget (or --timeout) is spent: no trial starts after this one
+        if _past(self.deadline):  # --timeout, or the budget once the floor has run, is spent: no trial starts after this
             study.stop()
 
     def _stop_on_repeated_errors(self, study: optuna.Study, frozen: FrozenTrial) -> None:
