@@ -14,6 +14,8 @@ trainings in `--workdir` are reused, so an interrupted run continues where it st
     python tests/benchmarks/bench_fidelity.py --workdir /tmp/bench-fidelity                  # ~1-1.5 h on 2 CPU cores
     python tests/benchmarks/bench_fidelity.py --workdir /tmp/bench-fidelity --epochs 10     # a quicker look
     python tests/benchmarks/bench_fidelity.py --workdir /tmp/fidelity-thin --kind thin --epochs 30   # another kind
+    python tests/benchmarks/bench_fidelity.py --workdir /tmp/fidelity-thin --kind thin --epochs 30 --full-seeds 2
+                                                          # each config trained twice: the full training's own noise
 """
 
 from __future__ import annotations
@@ -110,9 +112,12 @@ def probe_metrics(
     return values
 
 
-def full_metric(config: tuple, workdir: Path, epochs: int, budget_text: str, kind: str = "shapes") -> tuple[float | None, float]:
-    """mAP50-95 of `config` after `epochs` of train-best, and the wall seconds it took (reused when done)."""
-    name = "full-%d-%d-%g-%g" % config
+def full_metric(
+    config: tuple, workdir: Path, epochs: int, budget_text: str, kind: str = "shapes", seed: int = 0
+) -> tuple[float | None, float]:
+    """mAP50-95 of `config` after `epochs` of train-best (`--seed seed`), and the wall seconds it took (reused when
+    done)."""
+    name = "full-%d-%d-%g-%g" % config + (f"-seed{seed}" if seed else "")
     summary_file = workdir / "results" / name / "train" / "summary.json"
     if not summary_file.exists():
         imgsz, batch, mosaic, mixup = config
@@ -123,7 +128,8 @@ def full_metric(config: tuple, workdir: Path, epochs: int, budget_text: str, kin
         config_yaml = workdir / f"{name}.yaml"
         config_yaml.write_text(yaml.safe_dump(recipe))
         command = [sys.executable, "-m", "tuner", "train-best", "--config", str(config_yaml), "--study-name", name,
-                   "--epochs", str(epochs), "--device", "cpu", "--memory-budget", budget_text, "--quiet"]  # fmt: skip
+                   "--epochs", str(epochs), "--seed", str(seed), "--device", "cpu", "--memory-budget", budget_text,
+                   "--quiet"]  # fmt: skip
         started = time.monotonic()
         with open(workdir / f"{name}.log", "w") as log:
             done = subprocess.run(command, cwd=workdir, stdout=log, stderr=subprocess.STDOUT)
@@ -143,22 +149,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kind", choices=("shapes", "thin", "dense"), default="shapes",
                         help="the embedded shapes, or a kind of tests/benchmarks/kinds.py")
     parser.add_argument("--memory-budget", default="16GB", help="room enough for every config: this measures accuracy")
+    parser.add_argument("--full-seeds", type=int, default=1, metavar="N",
+                        help="train each config in full with seeds 0..N-1 (train-best --seed): rho is then taken against "
+                             "their mean, and their spread is the full training's own noise (default: 1)")
     parser.add_argument("--probe", action="append", default=[], metavar="KEY=VALUE",
                         help="a probe setting over the defaults (e.g. anneal=true); the probes of another workdir")
     args = parser.parse_args(argv)
+    if args.full_seeds < 1:
+        parser.error("--full-seeds takes 1 or more")
     settings = {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.probe)}
     (args.workdir / "probes").mkdir(parents=True, exist_ok=True)
     rows = []
     for config in CONFIGS:
         probes = probe_metrics(config, args.workdir, args.memory_budget, args.kind, settings)
-        full, seconds = full_metric(config, args.workdir, args.epochs, args.memory_budget, args.kind)
-        rows.append({"config": config, "probes": probes, "full": full, "full_s": seconds})
+        fulls = [full_metric(config, args.workdir, args.epochs, args.memory_budget, args.kind, seed)
+                 for seed in range(args.full_seeds)]  # fmt: skip
+        values = [value for value, _ in fulls]
+        full = None if any(v is None for v in values) else sum(values) / len(values)
+        seconds = sum(s for _, s in fulls) / len(fulls)
+        rows.append({"config": config, "probes": probes, "full": full, "full_s": seconds, "fulls": values})
         print(f"{config}: probe {probes}, {args.epochs} epochs {full} ({seconds:.0f} s)", flush=True)
     (args.workdir / "bench_fidelity.json").write_text(json.dumps(rows, indent=2))
     usable = [r for r in rows if r["full"] is not None and all(v is not None for v in r["probes"])]
     noise = [abs(r["probes"][0] - r["probes"][1]) for r in usable]
     means = [sum(r["probes"]) / len(r["probes"]) for r in usable]
     rho = spearman(means, [r["full"] for r in usable])
+    full_noise = [max(r["fulls"]) - min(r["fulls"]) for r in usable if len(r["fulls"]) > 1]
     shown = ", ".join(f"{key}={value}" for key, value in settings.items()) or "default settings"
     print(f"\n{args.kind} dataset, 2 CPU cores; probe: {shown}, seeds {SEEDS}; full: train-best, {args.epochs} epochs\n")
     print("| imgsz / batch / mosaic / mixup | probe mAP50-95 (seeds) | probe mean | full mAP50-95 | full wall |")
@@ -167,9 +183,14 @@ def main(argv: list[str] | None = None) -> int:
         probes = " / ".join("-" if v is None else f"{v:.3f}" for v in row["probes"])
         mean = "-" if any(v is None for v in row["probes"]) else f"{sum(row['probes']) / len(row['probes']):.3f}"
         full = "-" if row["full"] is None else f"{row['full']:.3f}"
+        if row["full"] is not None and len(row["fulls"]) > 1:
+            full += " (" + " / ".join(f"{v:.3f}" for v in row["fulls"]) + ")"
         print(f"| {' / '.join(f'{v:g}' for v in row['config'])} | {probes} | {mean} | {full} | {row['full_s'] / 60:.0f} min |")
     print(f"\nSpearman ρ (probe mean vs full) over {len(usable)} configs: {rho:.2f} (goal >= 0.8, issue 18); "
           f"probe noise, mean |seed {SEEDS[0]} - seed {SEEDS[1]}|: {sum(noise) / max(1, len(noise)):.3f}")  # fmt: skip
+    if full_noise:
+        print(f"full training's noise over {args.full_seeds} seeds, mean spread: {sum(full_noise) / len(full_noise):.3f} "
+              f"({', '.join(f'{v:.3f}' for v in full_noise)})")  # fmt: skip
     return 0
 
 
