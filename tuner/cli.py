@@ -56,8 +56,9 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--model",
-        help="model YAML (random init) or a local .pt (default: yolov8n.yaml; on the embedded dataset, "
-        "yolov8n pre-trained once on separate synthetic data)",
+        help="model YAML (random init) or a local .pt, or several separated by commas (a.pt,b.pt): one study each, "
+        "the pick the most accurate of their picks (default: yolov8n.yaml; on the embedded dataset, yolov8n, and "
+        "yolov8s.yaml, pre-trained once on separate synthetic data)",
     )
     group.add_argument("--device", help="auto (mps > cuda > cpu), mps, cuda, cuda:N, N or cpu (default: auto)")
     group.add_argument(

@@ -242,13 +242,22 @@ def _suggest(key: str, known: dict[str, Any], root: dict[str, Any]) -> str:
     return f" Known settings here: {', '.join(known)}."
 
 
+def _model(value: Any) -> str:
+    """`model`: one model, or several as a list or comma-separated (each its own study: tuner.commands.probe_models)."""
+    if isinstance(value, (list, tuple)):
+        if not value:
+            raise ConfigError("The value of `model` is an empty list, but must name at least one model.")
+        return ",".join(checks.text(item, "model") for item in value)
+    return checks.text(value, "model")
+
+
 def _build(raw: dict[str, Any]) -> ProbeConfig:
     space = raw["space"]
     probe = raw["probe"]
     if raw["metric"] not in METRIC_NAMES:
         raise ConfigError(f"The value of `metric` is {raw['metric']!r}, but must be one of: {', '.join(METRIC_NAMES)}.")
     return ProbeConfig(
-        model=checks.text(raw["model"], "model"),
+        model=_model(raw["model"]),
         data=None if raw["data"] is None else checks.text(raw["data"], "data"),
         device=str(raw["device"]),
         memory_budget=raw["memory_budget"],

@@ -29,6 +29,10 @@ class StudyFailed(TunerError):
     exit_code = 1
 
 
+class NothingFits(StudyFailed):
+    """Not even the study's smallest config fits the memory budget (with several models, that model is left out)."""
+
+
 DISK_ERRNOS = {28: "no space left on the device", 30: "the file system is read-only", 13: "permission denied",
                122: "the disk quota is exceeded"}  # fmt: skip
 

@@ -299,3 +299,20 @@ def test_base_checkpoint_detects_shapes_on_the_embedded_val_split():
     assert run.returncode == 0, run.stderr[-2000:]
     result = next(line for line in run.stdout.splitlines() if line.startswith("RESULT "))
     assert json.loads(result[len("RESULT ") :]) > 0.1
+
+
+def test_each_base_model_has_its_own_cached_checkpoint(tmp_path, monkeypatch):
+    """yolov8n's keeps the name it always had (no rebuild after an upgrade); yolov8s's is its own file, and a study on
+    the embedded dataset asking for yolov8s.yaml starts from it."""
+    from tuner.study import inputs
+
+    monkeypatch.setenv("TUNER_CACHE_DIR", str(tmp_path))
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    for name in (f"{base_model.BASE_RECIPE.key}.pt", f"{base_model.BASE_RECIPE.key}-yolov8s.pt"):
+        (weights / name).write_bytes(b"cached")  # found in the cache: nothing is built
+    small, large = base_model.base_checkpoint(), base_model.base_checkpoint(model="yolov8s.yaml")
+    assert small.name == f"{base_model.BASE_RECIPE.key}.pt" and large.name.endswith("-yolov8s.pt")
+    assert inputs.model("yolov8s.yaml", embedded=True) == large
+    assert inputs.model("yolov8n.yaml", embedded=True) == small
+    assert inputs.model("yolov8s.yaml", embedded=False) == "yolov8s.yaml"  # on the user's data: as asked

@@ -235,6 +235,7 @@ def test_trials_csv_has_one_row_per_trial(study):
     assert (rows[5]["outcome"], rows[5]["inferred_from"]) == ("inferred", "4")
     assert (rows[7]["state"], rows[7]["reason"]) == ("FAIL", "RuntimeError: bad label file")
     assert (rows[9]["state"], rows[9]["outcome"], rows[9]["value"]) == ("RUNNING", "running", "")
+    assert {row["model"] for row in rows} == {"yolov8n.yaml"}  # the study's model: several studies' rows read as one
 
 
 def test_memory_grid_plot_draws_one_cell_per_config_and_the_budget(study, tmp_path):

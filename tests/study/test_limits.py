@@ -204,3 +204,50 @@ def test_the_console_says_what_each_preflight_trained_and_validated(tmp_path):
     said = io.StringIO()
     limits.map_limits(inputs(tmp_path, 2000), Progress(1, 1, "mAP50-95", stream=said), runner=Counted(2000))
     assert "(3 training batches, 1 validation batch of 8 images at 352x320)" in said.getvalue()
+
+
+class LargerModel(FakePreflight):
+    """A larger model's pre-flights: 1.6x the smaller one's peak at every config."""
+
+    def __call__(self, module, spec, folder, device, budget, timeout, on_epoch=None):
+        attempt = super().__call__(module, spec, folder, device, budget, timeout, on_epoch)
+        peak = 1.6 * law(spec.params.imgsz, spec.params.batch)
+        outcome = Outcome.OOM if peak > self.budget_mb else Outcome.OK
+        return dataclasses.replace(attempt, outcome=outcome, peak_mb=min(peak, self.budget_mb + 1),
+                                   cause="watchdog" if outcome == Outcome.OOM else None)  # fmt: skip
+
+
+def test_a_config_a_smaller_model_did_not_fit_rules_the_larger_out_without_a_preflight(tmp_path):
+    trials = inputs(tmp_path, budget_mb=1200)
+    smaller = limits.map_limits(trials, quiet(), runner=FakePreflight(1200))
+    ruled = limits.RuledOut.of("yolov8n.yaml", smaller.to_dict())
+    line = trials.stable_limit_mb / (1 + RERUN_SPREAD)
+    assert ruled.configs and all(law(imgsz, batch) >= line for imgsz, batch in ruled.configs)
+    assert not any(taken.peak_mb < line and not taken.oom and (taken.imgsz, taken.batch) in ruled.configs
+                   for taken in smaller.frontier.measurements)  # fmt: skip
+
+    alone, helped = LargerModel(1200), LargerModel(1200)
+    mapped = limits.map_limits(trials, quiet(), runner=alone)
+    found = limits.map_limits(trials, quiet(), runner=helped, ruled_out=(ruled,))
+    assert found.frontier.largest() == mapped.frontier.largest()  # the same frontier
+    assert len(helped.specs) < len(alone.specs)  # for fewer pre-flights
+    for spec in helped.specs:  # none at or beyond a config the smaller model did not fit
+        assert not any(imgsz <= spec.params.imgsz and batch <= spec.params.batch for imgsz, batch in ruled.configs)
+
+
+def test_a_smaller_model_under_a_lower_limit_rules_nothing_out(tmp_path):
+    """Its configs did not fit a lower limit; under this higher one they may: nothing is inferred from them."""
+    low = limits.map_limits(inputs(tmp_path, budget_mb=800), quiet(), runner=FakePreflight(800))
+    ruled = limits.RuledOut.of("yolov8n.yaml", low.to_dict())
+    assert ruled.configs and ruled.limit_mb < inputs(tmp_path, budget_mb=1200).stable_limit_mb
+    alone, helped = LargerModel(1200), LargerModel(1200)
+    limits.map_limits(inputs(tmp_path, budget_mb=1200), quiet(), runner=alone)
+    limits.map_limits(inputs(tmp_path, budget_mb=1200), quiet(), runner=helped, ruled_out=(ruled,))
+    assert [spec.params for spec in helped.specs] == [spec.params for spec in alone.specs]
+
+
+def test_every_config_ruled_out_is_one_line_naming_the_smaller_model(tmp_path):
+    ruled = limits.RuledOut("yolov8n.yaml", 1080.0, ((160, 2),))
+    found = limits.map_limits(inputs(tmp_path, budget_mb=1200), quiet(), runner=FakePreflight(1200), ruled_out=(ruled,))
+    assert found.frontier.largest() == {2: None, 4: None, 8: None, 16: None} and not found.frontier.measurements
+    assert "A smaller model did not fit the smallest config" in limits.smallest_needs(found)

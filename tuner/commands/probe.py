@@ -46,6 +46,8 @@ def run_probe(
     workers: int = 1,
     worker: str | None = None,
     argv: list[str] | None = None,
+    summaries: list[dict[str, Any]] | None = None,
+    ruled_out: tuple[limits.RuledOut, ...] = (),
 ) -> int:
     """The whole `tuner probe`; returns the exit code (1 when no config is stable).
 
@@ -54,7 +56,16 @@ def run_probe(
     With `workers` > 1 it then starts that many workers in all on this machine (`argv` is their command line,
     tuner.study.workers): one per CUDA device where there are enough ("pinned"), else sharing this device's budget
     ("shared"). A `worker` (started so, with its kind) only runs trials: its starter writes best.yaml and the report.
+    Several models (`--model a.pt,b.pt`) are one study each (tuner.commands.probe_models), which runs this for each
+    with `summaries`: the summary is added to it, and printed as text whatever `as_json`; `ruled_out` are the
+    configs smaller models did not fit, which the pre-flights need not run.
     """
+    if "," in cfg.model and summaries is None:
+        from tuner.commands.probe_models import run_models
+
+        return run_models(cfg, study_name=study_name, storage=storage, studies_dir=Path(studies_dir),
+                          results_dir=Path(results_dir), quiet=quiet, as_json=as_json, limits_only=limits_only,
+                          workers=workers, worker=worker)  # fmt: skip
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # tuner prints each trial's end itself
     device = devices.resolve(cfg.device)
     layout = tuner_workers.layout(device, workers, cfg.device, worker)
@@ -64,7 +75,7 @@ def run_probe(
         budget //= workers
     data_yaml = inputs.dataset(cfg.data)
     model = inputs.model(cfg.model, embedded=cfg.data is None)
-    name = study_name or _default_name(cfg, device.kind, storage, Path(studies_dir))
+    name = study_name or default_name(cfg, device.kind, storage, Path(studies_dir))
     files.check_writable(Path(studies_dir), "--studies-dir")  # the trials' logs go there, whatever the storage
     if not limits_only:
         files.check_writable(Path(results_dir), "--results-dir")
@@ -79,7 +90,7 @@ def run_probe(
     progress.say(sample.describe())
     trials = Inputs(cfg, device, budget, data_yaml, model, Path(studies_dir) / name, sample, workers if shared else 1,
                     training_time.planned_epochs())  # fmt: skip
-    found = mapped_limits(study, trials, progress, queue_design=not limits_only, created=created)
+    found = mapped_limits(study, trials, progress, queue_design=not limits_only, created=created, ruled_out=ruled_out)
     plan = None if limits_only else fit_plan(trials, found)
     if plan is not None:
         trials = dataclasses.replace(trials, cfg=fitted(trials.cfg, plan))
@@ -87,11 +98,13 @@ def run_probe(
         Search(study, trials, progress, found, plan=plan).run()
         return 0
     if limits_only:
-        return _print_limits(study, record, found, progress, as_json)
+        if summaries is not None:
+            summaries.append({"study": name, "stable_limit_mb": found.stable_limit_mb, "frontier": found.frontier.to_list()})
+        return _print_limits(study, record, found, progress, as_json and summaries is None)
     _announce(study, trials, found, plan, progress)
     search = Search(study, trials, progress, found, plan=plan)
     _search_with_workers(search, workers, argv, Path(studies_dir) / name, layout)
-    return _finish(study, cfg, device, record, url, Path(results_dir), progress, as_json)
+    return _finish(study, cfg, device, record, url, Path(results_dir), progress, as_json, summaries)
 
 
 def _print_limits(study: optuna.Study, record: StudyRecord, found: limits.Limits, progress: Progress, as_json: bool) -> int:
@@ -197,7 +210,8 @@ def _search_with_workers(search: Search, workers: int, argv: list[str] | None, f
                 search.progress.say(f"A worker ended with exit code {process.returncode}; see {log}", important=True)
 
 
-def _finish(study, cfg, device, record: StudyRecord, url: str, results_dir: Path, progress: Progress, as_json: bool) -> int:
+def _finish(study, cfg, device, record: StudyRecord, url: str, results_dir: Path, progress: Progress, as_json: bool,
+            summaries: list[dict[str, Any]] | None = None) -> int:  # fmt: skip
     """Choose the best stable config, record it on the study, and write best.yaml, the report and notes."""
     record = StudyRecord.of(study)  # as the search left it: kills from outside may have lowered the stable limit
     trials = study.get_trials(deepcopy=False)
@@ -220,6 +234,10 @@ def _finish(study, cfg, device, record: StudyRecord, url: str, results_dir: Path
         hint = selection.room_to_grow(best.params.imgsz, best.peak_mem_mb, cfg.space.imgsz, record.stable_limit_mb)
     summary = probe_summary(study.study_name, trials, record, best_yaml if best else None, hint)
     summary["train_time"] = time_note
+    if summaries is not None:  # one model of several (tuner.commands.probe_models): its limits set beside the others'
+        frontier = (record.limits or {}).get("frontier")
+        summaries.append({**summary, "stable_limit_mb": record.stable_limit_mb, "frontier": frontier})
+        as_json = False
     print_probe_summary(summary, progress, as_json)
     return 0 if best is not None else 1
 
@@ -289,7 +307,7 @@ def train_settings_or_defaults(progress: Progress) -> configs.TrainSettings:
         return configs.default_train_settings()
 
 
-def _default_name(cfg, device_kind: str, storage: str | None, studies_dir: Path) -> str:
+def default_name(cfg, device_kind: str, storage: str | None, studies_dir: Path) -> str:
     """The default study name; a study of the same data and model stored under the name tuner gave before
     (`data-best-cpu`) goes on under it, while no study has the new one (another dataset's old study is left alone)."""
     name = default_study_name(cfg.data, cfg.model, device_kind)

@@ -3,7 +3,8 @@
 A short probe from random weights measures nothing (yolov8n scores mAP50-95 0.0 for many epochs), so on
 the embedded dataset probes fine-tune from this checkpoint instead. It is trained on `BASE_DATA`, separate
 images of the "base" style (never the embedded val split), in a child process on first use
-(`python -m tuner.data.base_model base ...`), then cached under `weights/` (see tuner.data.cache).
+(`python -m tuner.data.base_model base ...`), then cached under `weights/` (see tuner.data.cache). The larger
+yolov8s gets one by the same recipe where a study asks for it (`tuner probe --model yolov8n.yaml,yolov8s.yaml`).
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ class BaseRecipe:
 
 
 BASE_RECIPE = BaseRecipe()
+BASE_MODELS = {"yolov8n.yaml": 1, "yolov8s.yaml": 3}  # with a base checkpoint: its build's time x yolov8n's (FLOPs 8.7/28.6 G)
 
 # The probe defaults (tuner.config.DEFAULTS["probe"]) were measured with tests/benchmarks/calibrate_probe.py on the
 # embedded dataset (2 CPU cores): 160 -> 352 moves mAP50-95 from ~0.07 to ~0.18-0.19 while two seeds of one config
@@ -58,13 +60,14 @@ BASE_RECIPE = BaseRecipe()
 # scatter the result.
 
 
-def base_checkpoint(device: str = "cpu", notify: Callable[[str], None] | None = None) -> Path:
-    """yolov8n trained once from `yolov8n.yaml` on `BASE_DATA`, so that short probes on the embedded dataset
-    fine-tune from a model that already detects shapes. Built in a child process on first use, then cached.
+def base_checkpoint(device: str = "cpu", notify: Callable[[str], None] | None = None, model: str = "yolov8n.yaml") -> Path:
+    """`model` (one of BASE_MODELS) trained once from its YAML on `BASE_DATA`, so that short probes on the embedded
+    dataset fine-tune from a model that already detects shapes. Built in a child process on first use, then cached.
 
     `notify` gets the one-line notice printed before a build (default: stderr).
     """
-    target = offline.cache_dir() / "weights" / f"{BASE_RECIPE.key}.pt"
+    suffix = "" if model == "yolov8n.yaml" else f"-{Path(model).stem}"  # yolov8n's keeps the name it always had
+    target = offline.cache_dir() / "weights" / f"{BASE_RECIPE.key}{suffix}.pt"
     if target.exists():
         return target
     data_yaml = build_shapes(BASE_DATA)
@@ -72,11 +75,12 @@ def base_checkpoint(device: str = "cpu", notify: Callable[[str], None] | None = 
 
     def build(tmp: Path) -> None:
         (notify or _print_stderr)(
-            f"Building the base checkpoint once (about {BASE_RECIPE.minutes} minutes on 2 CPU cores); log: {log_path}"
+            f"Building the {Path(model).stem} base checkpoint once (about {BASE_RECIPE.minutes * BASE_MODELS[model]} "
+            f"minutes on 2 CPU cores); log: {log_path}"
         )
         project = tmp.with_name(f"{tmp.name}-project")  # matches the stale pattern, so a killed build is swept
         command = [sys.executable, "-m", "tuner.data.base_model", "base", "--data", str(data_yaml)]
-        command += ["--project", str(project), "--device", device]
+        command += ["--project", str(project), "--device", device, "--model", model]
         try:
             with open(log_path, "w") as log:
                 child = subprocess.run(command, env=_base_env(), stdout=log, stderr=subprocess.STDOUT, check=False)
@@ -106,14 +110,14 @@ def _base_env() -> dict[str, str]:
     return offline.child_env({"OMP_NUM_THREADS": threads})
 
 
-def _train_base(data_yaml: Path, project: Path, device: str) -> None:
-    """Inside the child: train yolov8n from its YAML. Ultralytics strips the optimizer from last.pt at the end."""
+def _train_base(data_yaml: Path, project: Path, device: str, model_yaml: str = "yolov8n.yaml") -> None:
+    """Inside the child: train the model from its YAML. Ultralytics strips the optimizer from last.pt at the end."""
     import torch
     from ultralytics import YOLO
 
     offline.settle()
     recipe = BASE_RECIPE
-    model = YOLO("yolov8n.yaml")
+    model = YOLO(model_yaml)
     threads = int(os.environ.get("OMP_NUM_THREADS") or torch.get_num_threads())
     # Ultralytics' select_device() sets torch to cpu_count - 1 threads (1 on 2 cores); undo that right after it.
     model.add_callback("on_pretrain_routine_start", lambda trainer: torch.set_num_threads(threads))
@@ -143,16 +147,17 @@ def _train_base(data_yaml: Path, project: Path, device: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m tuner.data.base_model base --data D --project P --device X`: the base checkpoint's child process."""
+    """`python -m tuner.data.base_model base --data D --project P --device X --model M`: a base checkpoint's child."""
     parser = argparse.ArgumentParser(prog="python -m tuner.data.base_model")
     commands = parser.add_subparsers(dest="command", required=True)
     base = commands.add_parser("base", help="train the base checkpoint (run by base_checkpoint())")
     base.add_argument("--data", type=Path, required=True)
     base.add_argument("--project", type=Path, required=True)
     base.add_argument("--device", default="cpu")
+    base.add_argument("--model", default="yolov8n.yaml", choices=sorted(BASE_MODELS))
     args = parser.parse_args(argv)
     started = time.monotonic()
-    _train_base(args.data, args.project, args.device)
+    _train_base(args.data, args.project, args.device, args.model)
     print(f"base checkpoint trained in {time.monotonic() - started:.0f} s", flush=True)
     return 0
 

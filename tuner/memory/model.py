@@ -259,14 +259,18 @@ class _Evidence:
     imgsz and batch fitted (its peak under the limit), and does not if one no larger in both did not. Only
     undecided configs are measured, so no measurement can contradict an earlier one."""
 
-    def __init__(self, limit_mb: float, measure: Callable[[int, int], Measurement]) -> None:
+    def __init__(self, limit_mb: float, measure: Callable[[int, int], Measurement],
+                 ruled_out: Iterable[tuple[int, int]] = ()) -> None:  # fmt: skip
         self.limit_mb, self.measure_config = limit_mb, measure
         self.taken: list[Measurement] = []
+        self.ruled_out = tuple(ruled_out)  # (imgsz, batch) known not to fit without a measurement of this model
 
     def fits(self, measurement: Measurement) -> bool:
         return not measurement.oom and measurement.peak_mb < self.limit_mb
 
     def verdict(self, imgsz: int, batch: int) -> bool | None:
+        if any(size <= imgsz and count <= batch for size, count in self.ruled_out):
+            return False
         for taken in self.taken:
             if self.fits(taken) and taken.imgsz >= imgsz and taken.batch >= batch:
                 return True
@@ -331,17 +335,20 @@ def _entry(evidence: _Evidence, sizes: Sequence[int], batch: int, guide: dict[st
 
 
 def bisect_frontier(sizes: Iterable[int], batches: Iterable[int], limit_mb: float,
-                    measure: Callable[[int, int], Measurement], model: MemoryModel | None = None) -> Frontier:
+                    measure: Callable[[int, int], Measurement], model: MemoryModel | None = None,
+                    ruled_out: Iterable[tuple[int, int]] = ()) -> Frontier:  # fmt: skip
     """For each batch, the largest imgsz whose peak is under `limit_mb`, decided by measuring (`measure(imgsz,
     batch)` runs one pre-flight) only configs that monotonicity leaves undecided, first where the model (or,
     without one, a fit of the peaks measured so far) predicts the frontier. The largest config comes first
     unless the model puts it over the limit: when the whole space fits (a roomy machine) that one measurement
     decides everything, and when it does not, its OOM comes within seconds. Then batches go smallest first,
-    so an OOM rules out that imgsz and above for every larger batch."""
+    so an OOM rules out that imgsz and above for every larger batch. `ruled_out` configs (a smaller model's that
+    did not fit: tuner.study.limits.ruled_out_by) rule out the same way, unmeasured."""
     sizes, batches = sorted(set(sizes)), sorted(set(batches))
-    evidence = _Evidence(limit_mb, measure)
+    evidence = _Evidence(limit_mb, measure, ruled_out)
     corner = _guess(_guide(model, evidence), sizes, batches[-1], limit_mb)
-    if corner is None or corner == len(sizes) - 1:  # the largest config may fit: if it does, everything does
+    undecided = evidence.verdict(sizes[-1], batches[-1]) is None
+    if undecided and (corner is None or corner == len(sizes) - 1):  # the largest may fit: if it does, everything does
         evidence.measure(sizes[-1], batches[-1])
     for batch in batches:
         _search_batch(evidence, sizes, batch, _guess(_guide(model, evidence), sizes, batch, limit_mb))

@@ -11,6 +11,7 @@ import dataclasses
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from tuner import files
 from tuner.review.findings import MemoryGrid, Point, Trade
@@ -108,6 +109,34 @@ def plot_memory_grid(grid: MemoryGrid, path: Path) -> Plot:
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
     counts = {"cells": _count(ax, "cell"), "labels": _count(ax, "cell-label"), "budget_lines": budget_lines,
               "preflight_lines": preflight_lines}  # fmt: skip
+    _save(fig, path)
+    return Plot(path, counts)
+
+
+def plot_model_frontiers(frontiers: dict[str, list[dict[str, Any]]], path: Path, stable_limit_mb: float | None) -> Plot:
+    """Several models' frontiers on one axis (tuner.commands.probe_models): for each batch, the largest imgsz each
+    model's pre-flights put under the stable limit, one staircase per model; a model that fits nowhere draws none."""
+    plt = _pyplot()
+    batches = sorted({entry["batch"] for entry in (e for entries in frontiers.values() for e in entries)})
+    fig, ax = plt.subplots(figsize=(1.1 * max(len(batches), 1) + 3.5, 4.2))
+    drawn = 0
+    for name, entries in frontiers.items():
+        largest = {entry["batch"]: entry["imgsz"] for entry in entries}
+        xs = [column for column, count in enumerate(batches) if largest.get(count)]
+        if not xs:
+            continue
+        ys = [largest[batches[column]] for column in xs]
+        ax.step(xs, ys, where="mid", linewidth=2.5, marker="o", gid="model-frontier", label=name)
+        drawn += 1
+    ax.set_xticks(range(len(batches)), [str(b) for b in batches])
+    ax.set_xlabel("batch")
+    ax.set_ylabel("largest stable imgsz")
+    limit = f" (stable limit {stable_limit_mb:.0f} MiB)" if stable_limit_mb else ""
+    ax.set_title(f"Memory frontier per model{limit}")
+    ax.grid(alpha=0.3)
+    if drawn:
+        ax.legend(fontsize=8)
+    counts = {"frontiers": sum(1 for line in ax.get_lines() if line.get_gid() == "model-frontier")}
     _save(fig, path)
     return Plot(path, counts)
 

@@ -24,7 +24,7 @@ from tuner.study.records import Noise, StudyRecord, TrialRecord
 CSV_COLUMNS = (
     "number", "state", "outcome", "imgsz", "batch", "mosaic", "mixup", "value", "peak_mem_mb",
     "peak_rss_mb", "peak_device_mb", "stable", "duration_s", "epochs_done", "imgsz_used", "batch_used",
-    "seed", "repeat_of", "inferred_from", "device", "reason", "log", "train_s_predicted",
+    "seed", "repeat_of", "inferred_from", "device", "reason", "log", "train_s_predicted", "model",
 )  # fmt: skip
 
 
@@ -69,9 +69,11 @@ def write_plots(found: Findings, out_dir: Path) -> dict[str, Path]:
 
 def trials_csv(trials: Iterable[FrozenTrial], metric_name: str, found: Findings | None = None) -> str:
     """One row per trial; `train_s_predicted` (with `found`): the full training's predicted seconds, for every stable
-    config (tuner.review.findings.Findings.predicted: as its probe timed it, else the pre-flights)."""
+    config (tuner.review.findings.Findings.predicted: as its probe timed it, else the pre-flights); `model` (with
+    `found`): the study's model as asked for, so that the trials.csv of several models' studies can be read as one."""
     trials = list(trials)
     limit = found.record.stable_limit_mb if found is not None else None
+    model = found.record.config.model if found is not None and found.record.config is not None else ""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
     writer.writeheader()
@@ -87,6 +89,7 @@ def trials_csv(trials: Iterable[FrozenTrial], metric_name: str, found: Findings 
             value="" if trial.value is None else trial.value,
             duration_s="" if duration is None else round(duration, 1),
             reason=trial_reason(trial, metric_name),
+            model=model,
         )
         if limit is not None and records.is_stable(trial, limit, trials):
             predicted = found.predicted(trial)

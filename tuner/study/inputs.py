@@ -36,14 +36,48 @@ def dataset(requested: str | None) -> Path:
     return datasets.check_dataset(requested)
 
 
+def models(requested: str) -> list[str]:
+    """The models of `--model a.pt,b.pt` (or of a list in the config file), each named once; checked one by one
+    with `model` by the caller."""
+    names = [name.strip() for name in requested.split(",")]
+    if any(not name for name in names):
+        raise ConfigError(f"--model {requested!r} has an empty entry; list the models separated by commas, "
+                          "e.g. --model yolov8n.yaml,yolov8s.yaml.")  # fmt: skip
+    seen: dict[str, str] = {}
+    for name in names:
+        path = Path(name).expanduser()
+        same = str(path.resolve()) if path.is_file() else name.lower()  # one file, however it is named
+        if same in seen:
+            raise ConfigError(f"--model lists {seen[same]} twice{'' if seen[same] == name else f' (as {name})'}; "
+                              "name each model once.")  # fmt: skip
+        seen[same] = name
+    return names
+
+
+SCALED_YAML = re.compile(r"^(yolo[a-z]*\d+)([nsmlx])(.*)\.ya?ml$", re.IGNORECASE)  # yolov8n.yaml, yolo11s-p2.yaml
+SCALES = "nsmlx"  # Ultralytics' model scales, smallest first
+
+
+def by_scale(names: list[str]) -> list[str] | None:
+    """`names` smallest first, where they are one model family's YAMLs at different scales (yolov8n.yaml,
+    yolov8s.yaml): at the same imgsz and batch the larger needs at least as much memory. None where tuner cannot
+    tell which is larger without loading them (weights files, different families or variants)."""
+    matches = [SCALED_YAML.match(Path(name).name) for name in names]
+    if any(match is None for match in matches):
+        return None
+    if len({(match.group(1).lower(), match.group(3).lower()) for match in matches}) != 1:
+        return None
+    return sorted(names, key=lambda name: SCALES.index(SCALED_YAML.match(Path(name).name).group(2).lower()))
+
+
 def model(requested: str, *, embedded: bool) -> Path | str:
     """A local .pt, a model YAML file, or the name of one Ultralytics ships (random init).
 
-    On the embedded dataset the default model starts from tuner's base checkpoint (yolov8n trained
-    once on separate synthetic data): a short probe from random weights measures nothing.
+    On the embedded dataset the default model, and yolov8s.yaml, start from tuner's base checkpoint of that model
+    (trained once on separate synthetic data): a short probe from random weights measures nothing.
     """
-    if embedded and requested == DEFAULT_MODEL:
-        return base_model.base_checkpoint()
+    if embedded and requested in base_model.BASE_MODELS:
+        return base_model.base_checkpoint(model=requested)
     path = Path(requested).expanduser()
     suffix = path.suffix.lower()
     if suffix == ".pt":

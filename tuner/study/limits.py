@@ -194,12 +194,32 @@ def _done(attempt: Attempt) -> str:
             f"at {done.height}x{done.width})")  # fmt: skip
 
 
+@dataclasses.dataclass(frozen=True)
+class RuledOut:
+    """Configs a smaller model did not fit under `limit_mb` (its pre-flights' OOMs and peaks over the bisection's
+    line): a larger model at the same imgsz and batch needs at least as much memory, so under a stable limit no
+    higher it does not fit them either, nor any config at least as large in both (tuner.commands.probe_models)."""
+
+    model: str
+    limit_mb: float
+    configs: tuple[tuple[int, int], ...]
+
+    @classmethod
+    def of(cls, model: str, stored: dict[str, Any]) -> RuledOut:
+        """From the smaller model's stored limits (Limits.to_dict)."""
+        line = stored["stable_limit_mb"] / (1 + RERUN_SPREAD)
+        out = tuple((taken["imgsz"], taken["batch"]) for taken in stored["preflights"]
+                    if taken["oom"] or taken["peak_mb"] >= line)  # fmt: skip
+        return cls(model, stored["stable_limit_mb"], out)
+
+
 def map_limits(inputs: Inputs, progress: Progress, runner: Runner = run_child, before: Mapping = Mapping(),
-               store: Callable[[Mapping], None] | None = None) -> Limits:  # fmt: skip
+               store: Callable[[Mapping], None] | None = None, ruled_out: tuple[RuledOut, ...] = ()) -> Limits:  # fmt: skip
     """Pre-flight the configs the bisection needs, and fit the memory model to what they measured; the pre-flights
     of `before` (a mapping that was interrupted) are not run again, and `store` gets the mapping after each one.
     Where kills from outside lower the stable limit, the frontier is bisected again under the lowered limit (the
-    configs measured before answer at once)."""
+    configs measured before answer at once). `ruled_out` (smaller models') decide configs without a pre-flight
+    where their limit was no lower than this one."""
     space, started = inputs.cfg.space, time.monotonic()
     preflight = Preflight(inputs, progress, runner, before, store)
     limit = preflight.stable_limit_mb()
@@ -207,8 +227,14 @@ def map_limits(inputs: Inputs, progress: Progress, runner: Runner = run_child, b
                  f"stable below {limit:.0f} MiB")  # fmt: skip
     if before.measurements:
         progress.say(f"Continuing the mapping: {len(before.measurements)} pre-flight(s) measured before, stored in the study.")
+    if ruled_out:
+        out = {config for smaller in ruled_out if smaller.limit_mb >= limit for config in smaller.configs}
+        names = ", ".join(smaller.model for smaller in ruled_out)
+        progress.say(f"{len(out)} config(s) that {names} did not fit rule this larger model out there and beyond, "
+                     "without a pre-flight." if out else f"Nothing {names} did not fit rules this model out.")  # fmt: skip
     while True:
-        frontier = bisect_frontier(space.imgsz, space.batch, limit / (1 + RERUN_SPREAD), preflight)
+        out = tuple({config for smaller in ruled_out if smaller.limit_mb >= limit for config in smaller.configs})
+        frontier = bisect_frontier(space.imgsz, space.batch, limit / (1 + RERUN_SPREAD), preflight, ruled_out=out)
         frontier = dataclasses.replace(frontier, measurements=preflight.mapping.measurements)
         _model_points(frontier, space, preflight)
         if preflight.stable_limit_mb() >= limit:
@@ -255,6 +281,10 @@ def beyond_frontier(limits: Limits, params: Params) -> str | None:
 
 def smallest_needs(limits: Limits) -> str:
     """Why nothing fits, in one line: what the smallest config measured against the limit."""
+    if not limits.frontier.measurements:  # every config ruled out by a smaller model's (RuledOut)
+        return (f"A smaller model did not fit the smallest config under the same stable limit of "
+                f"{limits.stable_limit_mb:.0f} MiB, so this one does not either. Raise --memory-budget (or lower "
+                "--safety-margin), or add smaller --imgsz/--batch choices.")  # fmt: skip
     smallest = min(limits.frontier.measurements, key=lambda taken: (taken.batch, taken.imgsz))
     if smallest.oom:
         verdict = f"ran out of memory in its pre-flight, over the stable limit of {limits.stable_limit_mb:.0f} MiB"

@@ -17,7 +17,7 @@ import optuna
 
 from tuner import config as configs
 from tuner.data import sample as samples
-from tuner.errors import ConfigError, StudyFailed
+from tuner.errors import ConfigError, NothingFits
 from tuner.study import derive, limits, pruners
 from tuner.study import workers as tuner_workers
 from tuner.study.inputs import Inputs
@@ -137,18 +137,19 @@ def _show(value: Any) -> str:
 
 
 def mapped_limits(
-    study: optuna.Study, trials: Inputs, progress: Progress, queue_design: bool = True, created: bool = False
+    study: optuna.Study, trials: Inputs, progress: Progress, queue_design: bool = True, created: bool = False,
+    ruled_out: tuple[limits.RuledOut, ...] = (),
 ) -> limits.Limits:
     """The study's frontier and memory model: mapped by pre-flights on its first run, stored, then reused.
     One worker maps them while others wait (tuner.study.workers.Lease; the study's creator, when it is this run,
     looks for it first); it also queues the startup design.
-    Raises StudyFailed (exit 1) when not even the smallest config fits."""
+    Raises NothingFits (exit 1) when not even the smallest config fits."""
     lease = tuner_workers.Lease(study)
     said = False
     while not (stored := StudyRecord.of(study).limits):
         if lease.acquire(creator=created):
             with lease.held():
-                found = _map(study, trials, progress, queue_design)
+                found = _map(study, trials, progress, queue_design, ruled_out)
             if found is None:  # mapped by a worker whose lease ended as this one took it
                 continue
             break
@@ -160,11 +161,12 @@ def mapped_limits(
         found = limits.Limits.from_dict(stored)
         progress.say(f"Memory limits mapped before: {len(found.frontier.measurements)} pre-flight(s), stored in the study.")
     if all(entry.imgsz is None for entry in found.frontier.entries):
-        raise StudyFailed(limits.smallest_needs(found))
+        raise NothingFits(limits.smallest_needs(found))
     return found
 
 
-def _map(study: optuna.Study, trials: Inputs, progress: Progress, queue_design: bool) -> limits.Limits | None:
+def _map(study: optuna.Study, trials: Inputs, progress: Progress, queue_design: bool,
+         ruled_out: tuple[limits.RuledOut, ...] = ()) -> limits.Limits | None:  # fmt: skip
     """Map the limits under the lease and store them, or None where another worker stored them meanwhile. Each
     pre-flight is stored as it finishes (StudyRecord.mapping), so a mapping that a dead worker left is continued.
     Kills from outside that stopped pre-flights at one peak lower the study's stable limit, as trials' kills do."""
@@ -175,7 +177,8 @@ def _map(study: optuna.Study, trials: Inputs, progress: Progress, queue_design: 
     def store(mapping: limits.Mapping) -> None:
         StudyRecord(mapping=mapping.to_dict()).save(study, "mapping")
 
-    found = limits.map_limits(trials, progress, before=limits.Mapping.from_dict(record.mapping), store=store)
+    found = limits.map_limits(trials, progress, before=limits.Mapping.from_dict(record.mapping), store=store,
+                              ruled_out=ruled_out)  # fmt: skip
     if queue_design and any(entry.imgsz is not None for entry in found.frontier.entries):
         enqueue_startup(study, trials.cfg, found)
     changed = ["limits", "mapping"]  # the mapping under way is cleared: the limits hold it all

@@ -23,7 +23,7 @@ CREATE_ATTEMPTS = 3  # tries to open a storage whose tables another worker is cr
 GENERIC_STEMS = frozenset({"data", "dataset", "best", "last", "weights", "model"})  # say nothing of which
 
 
-def _name_of(path: str) -> str:
+def name_of(path: str) -> str:
     """The stem of `path`, or where it says nothing (`data.yaml`, `weights/best.pt`) the first folder above that does:
     `road-damage/data.yaml` -> `road-damage`, `runs/detect/train3/weights/best.pt` -> `train3`."""
     resolved = Path(path).expanduser().resolve()
@@ -37,8 +37,8 @@ def _name_of(path: str) -> str:
 def default_study_name(data: str | None, model: str, device_type: str) -> str:
     """`<dataset>-<model>-<device>`, e.g. `shapes-yolov8n-cpu`: one study per dataset, model and device (the dataset
     and model named by their folder where the file's own name is generic, so two `data.yaml` are two studies)."""
-    data_stem = "shapes" if data is None else _name_of(data)
-    return f"{data_stem}-{_name_of(model)}-{device_type}"
+    data_stem = "shapes" if data is None else name_of(data)
+    return f"{data_stem}-{name_of(model)}-{device_type}"
 
 
 def legacy_study_name(data: str | None, model: str, device_type: str) -> str:

@@ -1,0 +1,156 @@
+"""`tuner probe --model a,b`: one study per model, the pick across them (tuner.commands.probe_models)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import optuna
+import pytest
+
+from tests.conftest import TINY, TINY_NAME, tiny_probe_args
+from tuner import config as configs
+from tuner.commands import probe as probe_command
+from tuner.commands import probe_models
+from tuner.commands.probe_models import ModelResult, family_name, pick, share, write_report
+from tuner.errors import ConfigError, NothingFits
+from tuner.review import plots
+from tuner.study import inputs
+
+TWO = "yolov8n.yaml,yolov8s.yaml"
+
+
+def _result(model: str, value: float | None, peak: float = 1000.0, noise: float | None = None) -> ModelResult:
+    best = None if value is None else {"params": {"imgsz": 320, "batch": 2, "mosaic": 0.5, "mixup": 0.1},
+                                       "value": value, "peak_mem_mb": peak, "trial": 0, "train_predicted": None}  # fmt: skip
+    summary = {"study": f"s-{model}", "best": best, "noise": noise, "frontier": [{"batch": 2, "imgsz": 320}],
+               "cost": {"probe_s": 90.0}}  # fmt: skip
+    return ModelResult(model, f"s-{model}", summary)
+
+
+def test_the_models_are_listed_once_each(tmp_path):
+    assert inputs.models("yolov8n.yaml, yolov8s.yaml") == ["yolov8n.yaml", "yolov8s.yaml"]
+    with pytest.raises(ConfigError, match="lists yolov8n.yaml twice; name each model once"):
+        inputs.models("yolov8n.yaml,yolov8s.yaml,yolov8n.yaml")
+    weights = tmp_path / "a.pt"
+    weights.write_bytes(b"")
+    with pytest.raises(ConfigError, match=r"twice \(as .*\./a\.pt\)"):  # one file, however it is named
+        inputs.models(f"{weights},{tmp_path}/./a.pt")
+    with pytest.raises(ConfigError, match="empty entry"):
+        inputs.models("yolov8n.yaml,")
+
+
+def test_a_config_file_lists_the_models(tmp_path):
+    path = tmp_path / "probe.yaml"
+    path.write_text("model: [yolov8n.yaml, yolov8s.yaml]\n")
+    assert configs.load(path, {}).model == TWO
+    path.write_text("model: []\n")
+    with pytest.raises(ConfigError, match="`model` is an empty list"):
+        configs.load(path, {})
+
+
+def test_the_family_and_the_shared_budget():
+    assert family_name(None, ["yolov8n.yaml", "yolov8s.yaml"], "cpu") == "shapes-yolov8n+yolov8s-cpu"
+    assert family_name("road-damage/data.yaml", ["runs/train3/weights/best.pt", "b.pt"], "mps") == "road-damage-train3+b-mps"
+    assert share("15%", 2) == "7.5%" and share(600.0, 3) == 200.0 and share("none", 2) == "none"
+
+
+def test_the_pick_is_the_most_accurate_and_a_tie_goes_to_the_lower_peak():
+    small, large = _result("n", 0.300, peak=900, noise=0.01), _result("s", 0.305, peak=1800, noise=0.02)
+    assert pick([small, large]) is small  # 0.005 apart, within the larger noise: the lower peak
+    far = _result("s", 0.340, peak=1800, noise=0.02)
+    assert pick([small, far]) is far
+    left = ModelResult("m", "s-m", left_out="needs 5000 MiB")
+    assert pick([left, _result("x", None), small]) is small
+    assert pick([left, _result("x", None)]) is None
+
+
+def test_the_report_sets_the_models_side_by_side(tmp_path):
+    small, large = _result("yolov8n.yaml", 0.300, peak=900), _result("yolov8s.yaml", 0.340, peak=1800)
+    left = ModelResult("yolov8m.yaml", "s-m", left_out="The smallest config needs 9000 MiB.")
+    text = write_report(tmp_path / "fam", [small, large, left], large, "mAP50-95").read_text()
+    assert "| yolov8s.yaml **(pick)** | s-yolov8s.yaml | 2: 320 |" in text
+    assert "| yolov8n.yaml | s-yolov8n.yaml | 2: 320 | imgsz 320 batch 2" in text and "0.3000" in text
+    assert "| yolov8m.yaml | s-m | fits nowhere |" in text and "needs 9000 MiB" in text
+    assert "tuner train-best --study-name s-yolov8s.yaml" in text
+    assert "![Memory frontier per model](frontiers.png)" in text and (tmp_path / "fam" / "frontiers.png").is_file()
+
+
+def test_the_frontier_plot_draws_one_staircase_per_model_that_fits(tmp_path):
+    frontiers = {"yolov8n": [{"batch": 2, "imgsz": 640}, {"batch": 4, "imgsz": 480}],
+                 "yolov8s": [{"batch": 2, "imgsz": 480}, {"batch": 4, "imgsz": None}],
+                 "yolov8m": [{"batch": 2, "imgsz": None}, {"batch": 4, "imgsz": None}]}  # fmt: skip
+    plot = plots.plot_model_frontiers(frontiers, tmp_path / "frontiers.png", 2700.0)
+    assert plot.counts == {"frontiers": 2} and plot.path.stat().st_size > 0
+
+
+def test_a_model_that_fits_nowhere_is_left_out_and_the_study_goes_on(workdir, tiny_data, monkeypatch, capsys):
+    """A rare branch reached quickly: the larger model's pre-flights are replaced by one that finds nothing fits."""
+    real, handed = probe_command.run_probe, {}
+
+    def run_probe(cfg, **kwargs):
+        handed[cfg.model] = kwargs["ruled_out"]
+        if cfg.model == "yolov8s.yaml":
+            raise NothingFits("Not even imgsz 64 batch 2 fits: it peaked at 900 MiB over the 500 MiB stable limit.")
+        return real(cfg, **kwargs)
+
+    monkeypatch.setattr(probe_command, "run_probe", run_probe)
+    cfg = configs.load(None, {"data": str(tiny_data), "model": TWO, "device": "cpu", "n_trials": 1,
+                              "space": {"imgsz": [64], "batch": [2]}, "probe": {"epochs": 1, "repeats": 0, "budget": "none"}})  # fmt: skip
+    code = probe_models.run_models(cfg, study_name=None, storage=None, studies_dir=Path("studies"),
+                                   results_dir=Path("results"), quiet=True, as_json=True, limits_only=False,
+                                   workers=1, worker=None)  # fmt: skip
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    summary = json.loads(out)
+    assert "Model yolov8s.yaml fits nowhere within the memory budget; left out." in err
+    assert [model["model"] for model in summary["models"]] == ["yolov8n.yaml", "yolov8s.yaml"]
+    assert summary["models"][1]["left_out"].startswith("Not even imgsz 64")
+    assert summary["pick"]["model"] == "yolov8n.yaml"
+    assert "fits nowhere" in Path(summary["report"]).read_text()
+    assert handed["yolov8n.yaml"] == ()  # the smaller first, on its own
+    assert [smaller.model for smaller in handed["yolov8s.yaml"]] == ["yolov8n.yaml"]  # what it did not fit: handed on
+
+
+def test_models_run_smallest_first_only_where_tuner_can_tell_which_is_larger():
+    assert inputs.by_scale(["yolov8s.yaml", "yolov8n.yaml"]) == ["yolov8n.yaml", "yolov8s.yaml"]
+    assert inputs.by_scale(["yolo11x.yaml", "yolo11n.yaml", "yolo11m.yaml"]) == ["yolo11n.yaml", "yolo11m.yaml", "yolo11x.yaml"]
+    assert inputs.by_scale(["yolov8n.yaml", "yolo11s.yaml"]) is None  # two families: either may be larger
+    assert inputs.by_scale(["yolov8n-p2.yaml", "yolov8s.yaml"]) is None  # two variants
+    assert inputs.by_scale(["a.pt", "yolov8n.yaml"]) is None  # weights: not loaded to count them
+
+
+@pytest.mark.parametrize(
+    ("models", "extra", "message"),
+    [
+        ("yolov8n.yaml,yolov8n.yaml", (), "--model lists yolov8n.yaml twice"),
+        ("yolov8n.yaml,nope.yaml", (), "Model YAML 'nope.yaml' is neither a file nor a model Ultralytics ships"),
+        ("yolov8n.yaml,missing.pt", (), "Model weights missing.pt not found"),
+        (TWO, ("--workers", "2"), "--workers runs the study of one model"),
+    ],
+)
+def test_bad_model_lists_are_one_line_and_nothing_runs(workdir, tiny_data, run_cli, models, extra, message):
+    code, out, err = run_cli(*tiny_probe_args(tiny_data, "--model", models, *extra))
+    assert code == 2 and message in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (workdir / "studies").exists() or not list((workdir / "studies").glob("*.db"))
+
+
+def test_two_models_are_two_studies_and_the_pick_is_the_better_one(workdir, tiny_data, run_cli):
+    code, out, err = run_cli(*tiny_probe_args(tiny_data, "--model", TWO, "--n-trials", "1", "--json"))
+    assert code == 0, err
+    summary = json.loads(out)
+    names = [model["study"] for model in summary["models"]]
+    assert names == [TINY_NAME, f"{TINY.key}-yolov8s-cpu"]  # each the name `--model M` alone gives it
+    for name, model in zip(names, ("yolov8n.yaml", "yolov8s.yaml")):
+        study = optuna.load_study(study_name=name, storage=f"sqlite:///{workdir / 'studies' / f'{name}.db'}")
+        assert study.user_attrs["config"]["model"] == model  # each study is the one `--model M` alone would run
+        assert [trial.params["imgsz"] for trial in study.trials if trial.params] == [64]
+        assert (workdir / "results" / name / "best.yaml").is_file()
+    values = [model["best"]["value"] for model in summary["models"]]
+    assert summary["pick"]["value"] == max(values)  # no repeats, no noise: no tie
+    assert summary["pick"]["study"] == names[values.index(max(values))]
+    assert summary["family"] == f"{TINY.key}-yolov8n+yolov8s-cpu"
+    report = (workdir / "results" / summary["family"] / "report.md").read_text()
+    assert all(f"| {model} " in report or f"| {model} **(pick)**" in report for model in ("yolov8n.yaml", "yolov8s.yaml"))
+    assert "Model 2/2: yolov8s.yaml" in err

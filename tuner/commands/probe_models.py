@@ -1,0 +1,213 @@
+"""`tuner probe --model a.pt,b.pt`: the model as a dimension of the search, one study per model.
+
+Each model gets a study of its own, the same as `tuner probe --model a.pt` would run (and a study of that model
+run before goes on): its own pre-flights and memory frontier, and its own search over imgsz x batch x mosaic x
+mixup inside that frontier. Dominance holds within a model; across models only one way: where the models are one
+family's scales (yolov8n.yaml, yolov8s.yaml) they run smallest first, and a config the smaller did not fit rules the
+larger out there without a pre-flight (tuner.study.limits.RuledOut), never the other way round. The probe budget is
+shared: each study gets 1/n of it. A model that fits nowhere is said in one line and left out. The pick is the most
+accurate of the studies' picks, a tie within the noise going to the one with more memory headroom, as within a
+study (tuner.study.selection.best_stable); results/<family>/report.md sets the models side by side.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from tuner import config as configs
+from tuner import files
+from tuner.errors import ConfigError, NothingFits, StudyError
+from tuner.memory import device as devices
+from tuner.params import Params
+from tuner.study import inputs, limits, probe_budget, training_time
+from tuner.study.progress import Progress
+from tuner.study.storage import name_of
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelResult:
+    """One model's study as the run left it: its summary (tuner.commands.probe.probe_summary, with its frontier and
+    stable limit), or why the model was left out."""
+
+    model: str
+    study: str
+    summary: dict[str, Any] | None = None
+    left_out: str | None = None
+
+    @property
+    def value(self) -> float | None:
+        best = (self.summary or {}).get("best")
+        return None if best is None else best["value"]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"model": self.model, "study": self.study, "left_out": self.left_out, **(self.summary or {})}
+
+
+def run_models(cfg: configs.ProbeConfig, *, study_name: str | None, storage: str | None, studies_dir: Path,
+               results_dir: Path, quiet: bool, as_json: bool, limits_only: bool, workers: int, worker: str | None) -> int:  # fmt: skip
+    """Every model's study in turn, then the pick across them; returns the exit code (1 when no model has a stable
+    config)."""
+    from tuner.commands.probe import default_name, run_probe  # the one-model probe hands several models to this module
+
+    models = inputs.models(cfg.model)
+    if workers > 1 or worker:
+        raise ConfigError("--workers runs the study of one model; with several models, run one `tuner probe --model "
+                          "M --workers N` per model, or leave out --workers.")  # fmt: skip
+    for model in models:  # every model checked (and any base checkpoint built) before the first study spends time
+        inputs.model(model, embedded=cfg.data is None)
+    device = devices.resolve(cfg.device)
+    family = study_name or family_name(cfg.data, models, device.kind)
+    progress = Progress(0, 0, cfg.metric_name, quiet=quiet)
+    shared = share(cfg.probe.budget, len(models))
+    progress.say(f"{len(models)} models, one study each; the probe budget ({cfg.probe.budget}) is shared: "
+                 f"{shared} each." if shared != probe_budget.NONE else f"{len(models)} models, one study each.")  # fmt: skip
+    ordered = inputs.by_scale(models)
+    if ordered is not None:
+        progress.say(f"Smallest first: {', '.join(ordered)}; a config a smaller model does not fit rules the larger "
+                     "ones out there without a pre-flight.")  # fmt: skip
+    else:
+        progress.say("Each model's memory frontier is mapped in full: tuner tells which model is larger only for one "
+                     "family's scales (yolov8n.yaml, yolov8s.yaml), not for weights files.")  # fmt: skip
+    results, smaller = [], []
+    for number, model in enumerate(ordered or models, 1):
+        model_cfg = dataclasses.replace(cfg, model=model, probe=dataclasses.replace(cfg.probe, budget=shared))
+        name = f"{study_name}-{name_of(model)}" if study_name else default_name(model_cfg, device.kind, storage, studies_dir)
+        progress.say(f"Model {number}/{len(models)}: {model}", important=True)
+        summaries: list[dict[str, Any]] = []
+        try:
+            run_probe(model_cfg, study_name=name, storage=storage, studies_dir=studies_dir, results_dir=results_dir,
+                      quiet=quiet, limits_only=limits_only, summaries=summaries, ruled_out=tuple(smaller))  # fmt: skip
+        except NothingFits as exc:
+            progress.say(f"Model {model} fits nowhere within the memory budget; left out. {exc}", important=True)
+            results.append(ModelResult(model, name, left_out=str(exc)))
+        else:
+            results.append(ModelResult(model, name, summaries[0]))
+        stored = _stored_limits(name, storage, studies_dir) if ordered is not None else None
+        if stored:
+            smaller.append(limits.RuledOut.of(model, stored))
+    if limits_only:
+        if as_json:
+            print(json.dumps({"models": [result.to_json() for result in results]}, indent=2))
+        return 0
+    picked = pick(results)
+    report = write_report(Path(results_dir) / family, results, picked, cfg.metric_name)
+    _print(family, results, picked, report, progress, as_json)
+    return 0 if picked is not None else 1
+
+
+def _stored_limits(name: str, storage: str | None, studies_dir: Path) -> dict[str, Any] | None:
+    """What study `name`'s pre-flights found (Limits.to_dict), where it mapped them (None: no such study)."""
+    from tuner.study.records import StudyRecord
+    from tuner.study.storage import load_study, storage_url
+
+    try:
+        return StudyRecord.of(load_study(name, storage_url(storage, studies_dir, name))).limits
+    except StudyError:
+        return None
+
+
+def family_name(data: str | None, models: list[str], device_kind: str) -> str:
+    """`<dataset>-<model>+<model>-<device>`, the folder of the models' side-by-side report: `shapes-yolov8n+yolov8s-cpu`."""
+    data_part = "shapes" if data is None else name_of(data)
+    return f"{data_part}-{'+'.join(name_of(model) for model in models)}-{device_kind}"
+
+
+def share(setting: float | str, models: int) -> float | str:
+    """Each model's part of the probe budget `setting` (as tuner.checks.probe_budget holds it)."""
+    if setting == probe_budget.NONE:
+        return setting
+    fraction = probe_budget.share_of(setting)
+    if fraction is not None:
+        return f"{fraction * 100 / models:g}%"
+    return float(setting) / models
+
+
+def pick(results: list[ModelResult]) -> ModelResult | None:
+    """The most accurate of the models' best stable configs; those within the noise of it (the larger of the
+    studies' noise) tie, and a tie goes to the lowest peak memory, as within a study."""
+    fitted = [result for result in results if result.value is not None]
+    if not fitted:
+        return None
+    top = max(result.value for result in fitted)
+    noise = max((result.summary.get("noise") or 0.0) for result in fitted)
+    tied = [result for result in fitted if top - result.value <= noise]
+    return min(tied, key=lambda result: (result.summary["best"]["peak_mem_mb"], -result.value))
+
+
+def write_report(folder: Path, results: list[ModelResult], picked: ModelResult | None, metric: str) -> Path:
+    """results/<family>/report.md: the models side by side, each with its frontier, pick and costs."""
+    lines = [
+        f"# Models: {folder.name}",
+        "",
+        f"{len(results)} models, one study each (their own reports are linked below). The pick is the most "
+        "accurate of their best stable configs; a tie within the noise goes to the one with the lower peak memory.",
+        "",
+        f"| model | study | frontier: largest stable imgsz per batch | best stable config | {metric} | noise | "
+        "peak MiB | full training (predicted) | probe cost |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for result in results:
+        lines.append(_row(result, picked))
+    lines.append("")
+    if picked is None:
+        lines.append("No model has a stable config: lower the imgsz/batch choices or raise --memory-budget.")
+    else:
+        best = picked.summary["best"]
+        lines.append(f"**Pick:** {picked.model}, {Params.of(best['params'])} ({best['value']:.4f}, study "
+                     f"{picked.study}). Train it: `tuner train-best --study-name {picked.study}`")  # fmt: skip
+    for result in results:
+        if result.left_out:
+            lines.append(f"\nLeft out: {result.model} fits nowhere within the memory budget. {result.left_out}")
+    lines += ["", "Each model's report: " + ", ".join(f"[{result.study}](../{result.study}/report.md)"
+                                                   for result in results if result.summary)]  # fmt: skip
+    folder.mkdir(parents=True, exist_ok=True)
+    frontiers = {name_of(result.model): result.summary["frontier"] for result in results
+                 if result.summary and result.summary.get("frontier")}  # fmt: skip
+    if frontiers:
+        from tuner.review import plots
+
+        limit = next((result.summary.get("stable_limit_mb") for result in results if result.summary), None)
+        plots.plot_model_frontiers(frontiers, folder / "frontiers.png", limit)
+        lines[2:2] = ["![Memory frontier per model](frontiers.png)", ""]
+    path = folder / "report.md"
+    files.write_text(path, "\n".join(lines) + "\n")
+    return path
+
+
+def _row(result: ModelResult, picked: ModelResult | None) -> str:
+    if result.summary is None:
+        return f"| {result.model} | {result.study} | fits nowhere | - | - | - | - | - | - |"
+    summary, best = result.summary, result.summary.get("best")
+    frontier = ", ".join(f"{entry['batch']}: {entry['imgsz'] or '-'}" for entry in summary.get("frontier") or [])
+    cost = training_time.minutes(summary["cost"]["probe_s"])
+    if best is None:
+        return f"| {result.model} | {result.study} | {frontier} | no stable config | - | - | - | - | {cost} |"
+    noise = "-" if summary.get("noise") is None else f"±{summary['noise']:.3f}"
+    predicted = training_time.Prediction.from_json(best.get("train_predicted"))
+    training = "-" if predicted is None else training_time.minutes(predicted.seconds)
+    mark = " **(pick)**" if result is picked else ""
+    return (f"| {result.model}{mark} | {result.study} | {frontier} | {Params.of(best['params'])} | {best['value']:.4f} "
+            f"| {noise} | {best['peak_mem_mb']:.0f} | {training} | {cost} |")
+
+
+def _print(family: str, results: list[ModelResult], picked: ModelResult | None, report: Path, progress: Progress,
+           as_json: bool) -> None:  # fmt: skip
+    if as_json:
+        chosen = None if picked is None else {"model": picked.model, "study": picked.study, **picked.summary["best"]}
+        print(json.dumps({"family": family, "models": [result.to_json() for result in results], "pick": chosen,
+                          "report": str(report)}, indent=2))  # fmt: skip
+        return
+    lines = [f"Models compared: {report}"]
+    for result in results:
+        value = "fits nowhere" if result.left_out else ("no stable config" if result.value is None else f"{result.value:.4f}")
+        lines.append(f"  {result.model}: {value}" + (" <- pick" if result is picked else ""))
+    if picked is None:
+        lines.append("No model has a stable config. Lower the imgsz/batch choices or raise --memory-budget, then re-run.")
+    else:
+        best = picked.summary["best"]
+        lines.append(f"Pick: {picked.model}, {Params.of(best['params'])} -> {best['value']:.4f}. "
+                     f"Next: tuner train-best --study-name {picked.study}")  # fmt: skip
+    progress.say("\n".join(lines), important=True)
