@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 
 import optuna
@@ -127,9 +128,13 @@ def test_models_run_smallest_first_only_where_tuner_can_tell_which_is_larger():
         ("yolov8n.yaml,nope.yaml", (), "Model YAML 'nope.yaml' is neither a file nor a model Ultralytics ships"),
         ("yolov8n.yaml,missing.pt", (), "Model weights missing.pt not found"),
         (TWO, ("--workers", "2"), "--workers runs the study of one model"),
+        ("v1/yolo.pt,v2/yolo.pt", (), "--model v1/yolo.pt and v2/yolo.pt would share the study"),
     ],
 )
 def test_bad_model_lists_are_one_line_and_nothing_runs(workdir, tiny_data, run_cli, models, extra, message):
+    for folder in ("v1", "v2"):  # two checkpoints of one file name (a pickle's first byte: they pass the look inside)
+        (workdir / folder).mkdir()
+        (workdir / folder / "yolo.pt").write_bytes(pickle.dumps({}, protocol=2))
     code, out, err = run_cli(*tiny_probe_args(tiny_data, "--model", models, *extra))
     assert code == 2 and message in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
@@ -145,6 +150,8 @@ def test_two_models_are_two_studies_and_the_pick_is_the_better_one(workdir, tiny
     for name, model in zip(names, ("yolov8n.yaml", "yolov8s.yaml")):
         study = optuna.load_study(study_name=name, storage=f"sqlite:///{workdir / 'studies' / f'{name}.db'}")
         assert study.user_attrs["config"]["model"] == model  # each study is the one `--model M` alone would run
+        assert study.user_attrs["family"] == {"name": f"{TINY.key}-yolov8n+yolov8s-cpu", "studies": names,
+                                              "models": ["yolov8n.yaml", "yolov8s.yaml"], "smallest_first": True}  # fmt: skip
         assert [trial.params["imgsz"] for trial in study.trials if trial.params] == [64]
         assert (workdir / "results" / name / "best.yaml").is_file()
     values = [model["best"]["value"] for model in summary["models"]]
@@ -154,3 +161,34 @@ def test_two_models_are_two_studies_and_the_pick_is_the_better_one(workdir, tiny
     report = (workdir / "results" / summary["family"] / "report.md").read_text()
     assert all(f"| {model} " in report or f"| {model} **(pick)**" in report for model in ("yolov8n.yaml", "yolov8s.yaml"))
     assert "Model 2/2: yolov8s.yaml" in err
+
+
+def test_a_local_yaml_is_not_ordered_by_its_name(tmp_path):
+    local = tmp_path / "yolov8s.yaml"
+    local.write_text("nc: 3\n")
+    assert inputs.by_scale(["yolov8n.yaml", str(local)]) is None  # it may hold any model: no inference from its name
+
+
+def test_a_later_models_study_that_would_be_refused_is_refused_before_anything_runs(workdir, tiny_data, run_cli):
+    code, _, err = run_cli(*tiny_probe_args(tiny_data, "--model", "yolov8s.yaml", "--limits-only", "--probe-epochs", "2"))
+    assert code == 0, err
+    before = sorted(path.name for path in (workdir / "studies").iterdir())
+    code, out, err = run_cli(*tiny_probe_args(tiny_data, "--model", TWO, "--n-trials", "1"))
+    assert code == 2 and f"Study '{TINY.key}-yolov8s-cpu' was created with probe.epochs = 2" in err
+    assert len(err.strip().splitlines()) == 1
+    assert sorted(path.name for path in (workdir / "studies").iterdir()) == before  # yolov8n's study never started
+
+
+def test_models_that_fit_nowhere_under_limits_only_exit_1_and_the_larger_needs_no_preflight(workdir, tiny_data, run_cli):
+    """End to end: yolov8n's smallest config runs out of memory in its pre-flight, so yolov8s (larger) is ruled out
+    everywhere without one; both are left out, and the run exits 1."""
+    code, out, err = run_cli(*tiny_probe_args(tiny_data, "--model", TWO, "--limits-only", "--json",
+                                              "--memory-budget", "150MB", "--study-name", "tight"))  # fmt: skip
+    assert code == 1, err
+    summary = json.loads(out)
+    assert summary["family"] == "tight-yolov8n+yolov8s"
+    small, large = summary["models"]
+    assert small["left_out"].startswith("The smallest config, imgsz 64 batch 2, ran out of memory")
+    assert large["left_out"].startswith("A smaller model did not fit the smallest config")
+    assert not (workdir / "studies" / "tight-yolov8s" / "preflight").exists()  # not one pre-flight of yolov8s
+    assert (workdir / "studies" / "tight-yolov8n" / "preflight").is_dir()

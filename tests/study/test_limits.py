@@ -246,8 +246,19 @@ def test_a_smaller_model_under_a_lower_limit_rules_nothing_out(tmp_path):
     assert [spec.params for spec in helped.specs] == [spec.params for spec in alone.specs]
 
 
-def test_every_config_ruled_out_is_one_line_naming_the_smaller_model(tmp_path):
+def test_every_config_ruled_out_is_one_line_saying_a_smaller_model_did_not_fit(tmp_path):
     ruled = limits.RuledOut("yolov8n.yaml", 1080.0, ((160, 2),))
     found = limits.map_limits(inputs(tmp_path, budget_mb=1200), quiet(), runner=FakePreflight(1200), ruled_out=(ruled,))
     assert found.frontier.largest() == {2: None, 4: None, 8: None, 16: None} and not found.frontier.measurements
     assert "A smaller model did not fit the smallest config" in limits.smallest_needs(found)
+
+
+def test_the_models_own_measurements_outrank_what_a_smaller_model_ruled_out():
+    """A continued mapping where this model measured a config as fitting that a smaller one did not fit: its own
+    measurement holds (the smaller model's verdict was an inference about this one)."""
+    from tuner.memory.model import Measurement, _Evidence
+
+    evidence = _Evidence(1000.0, lambda imgsz, batch: None, ruled_out=[(160, 2)])
+    evidence.taken.append(Measurement(192, 2, 1.0, 0.2, 800.0, False))
+    assert evidence.verdict(160, 2) is True and evidence.verdict(192, 2) is True
+    assert evidence.verdict(224, 2) is False  # beyond its own: the smaller model's verdict decides

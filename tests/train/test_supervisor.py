@@ -93,3 +93,52 @@ def test_a_memory_budget_over_the_machine_s_memory_is_refused(workdir, tiny_data
     assert_one_line_error(code, err, "--memory-budget 1000TB", "more than the device's usable memory",
                           "Pass a smaller --memory-budget")
     assert not runner.specs and not train_dir(workdir, "huge").exists()
+
+
+class OomWithModel(FakeRunner):
+    """Runs out of memory with one model at every config, from the stage's start; the other trains."""
+
+    def __init__(self, model: str) -> None:
+        super().__init__(oom_imgsz=0, oom_after=0)
+        self.model = model
+
+    def __call__(self, module, spec, folder, device, budget, timeout, on_epoch):
+        self.runs_out = lambda params: spec.model == self.model
+        return super().__call__(module, spec, folder, device, budget, timeout, on_epoch)
+
+
+def two_model_studies(workdir, data, smallest_first: bool = True) -> None:
+    """As `tuner probe --model yolov8n.yaml,yolov8s.yaml` leaves them; each model's best is the smallest config."""
+    make_study(workdir, "fam-yolov8n", data, [({"imgsz": 64, "batch": 1, "mosaic": 0.2, "mixup": 0.0}, 0.30, 900.0)])
+    make_study(workdir, "fam-yolov8s", data, [({"imgsz": 64, "batch": 1, "mosaic": 0.5, "mixup": 0.0}, 0.35, 1500.0)])
+    family = {"name": "fam", "models": ["yolov8n.yaml", "yolov8s.yaml"], "studies": ["fam-yolov8n", "fam-yolov8s"],
+              "smallest_first": smallest_first}  # fmt: skip
+    for name, model in (("fam-yolov8n", "yolov8n.yaml"), ("fam-yolov8s", "yolov8s.yaml")):
+        study = optuna.load_study(study_name=name, storage=f"sqlite:///{workdir / 'studies' / f'{name}.db'}")
+        study.set_user_attr("family", family)
+        study.set_user_attr("model_path", model)
+
+
+def test_a_pick_with_nothing_smaller_falls_back_to_the_smaller_models_best(workdir, tiny_data, train_with):
+    """The seed note's fallback: yolov8s runs out of memory at its smallest config twice; train-best trains yolov8n's
+    best stable config instead, as a run of its own, and keeps yolov8s's run as it was."""
+    two_model_studies(workdir, tiny_data)
+    runner = OomWithModel("yolov8s.yaml")
+    code, _, err = train_with(runner, study_name="fam-yolov8s", epochs=2)
+    assert code == 0, err
+    assert [(spec.model, spec.params.imgsz) for spec in runner.specs] == [("yolov8s.yaml", 64), ("yolov8s.yaml", 64),
+                                                                          ("yolov8n.yaml", 64)]  # fmt: skip
+    assert "no smaller config to step down to. Falling back to the smaller model yolov8n.yaml" in err
+    summary = json.loads((train_dir(workdir, "fam-yolov8n") / "summary.json").read_text())
+    assert summary["study"] == "fam-yolov8n" and summary["epochs"] == 2
+    assert state_of(train_dir(workdir, "fam-yolov8s")).epochs_done == 0  # kept: a re-run goes on from there
+
+
+@pytest.mark.parametrize("study", ["fam-yolov8n", "fam-yolov8s-unordered"])
+def test_without_a_smaller_model_nothing_smaller_stays_an_error(workdir, tiny_data, train_with, study):
+    """The smallest model has nothing to fall back to; nor has a model where which is smaller is unknown (weights)."""
+    two_model_studies(workdir, tiny_data, smallest_first=study == "fam-yolov8n")
+    runner = OomWithModel("yolov8n.yaml" if study == "fam-yolov8n" else "yolov8s.yaml")
+    code, _, err = train_with(runner, study_name=study.removesuffix("-unordered"), epochs=2)
+    assert code == 1 and "no smaller config to step down to" in err and "Falling back" not in err
+    assert err.strip().splitlines()[-1].startswith("tuner: error: stage 1/1 best after epoch 0: out of memory twice")

@@ -82,7 +82,7 @@ def run_probe(
     url = storage_url(storage, studies_dir, name)
     space, space_notes = study_space(name, url, cfg.space, data_yaml, cfg.probe.train_images)
     cfg = dataclasses.replace(cfg, space=space)
-    record = _new_record(cfg, device, budget, model, data_yaml, space_from_data=bool(space_notes))
+    record = new_record(cfg, device, budget, model, data_yaml, space_from_data=bool(space_notes))
     study, created = open_study(name, url, cfg, record)
     sample = probe_sample(study, data_yaml, Path(studies_dir) / name / "sample", cfg)
     progress = Progress(cfg.n_trials + cfg.probe.repeats, budget, cfg.metric_name, quiet=quiet)
@@ -163,7 +163,7 @@ def fitted(cfg: ProbeConfig, plan: probe_budget.Plan) -> ProbeConfig:
     return dataclasses.replace(cfg, n_trials=plan.n_trials, probe=probe)
 
 
-def _new_record(cfg, device, budget: int, model: str | Path, data_yaml: Path, space_from_data: bool) -> StudyRecord:
+def new_record(cfg, device, budget: int, model: str | Path, data_yaml: Path, space_from_data: bool) -> StudyRecord:
     """What this run records on its study: its settings, device, budget and stable limit, model and data."""
     return StudyRecord(
         config=cfg,

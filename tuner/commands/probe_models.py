@@ -6,8 +6,8 @@ mixup inside that frontier. Dominance holds within a model; across models only o
 family's scales (yolov8n.yaml, yolov8s.yaml) they run smallest first, and a config the smaller did not fit rules the
 larger out there without a pre-flight (tuner.study.limits.RuledOut), never the other way round. The probe budget is
 shared: each study gets 1/n of it. A model that fits nowhere is said in one line and left out. The pick is the most
-accurate of the studies' picks, a tie within the noise going to the one with more memory headroom, as within a
-study (tuner.study.selection.best_stable); results/<family>/report.md sets the models side by side.
+accurate of the studies' picks, a tie within the noise (the larger of the studies') going to the lower peak memory;
+results/<family>/report.md sets the models side by side.
 """
 
 from __future__ import annotations
@@ -21,10 +21,12 @@ from tuner import config as configs
 from tuner import files
 from tuner.errors import ConfigError, NothingFits, StudyError
 from tuner.memory import device as devices
+from tuner.memory.budget import parse_budget
 from tuner.params import Params
 from tuner.study import inputs, limits, probe_budget, training_time
+from tuner.study.open import check_continues, study_space
 from tuner.study.progress import Progress
-from tuner.study.storage import name_of
+from tuner.study.storage import name_of, storage_url
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,32 +52,20 @@ def run_models(cfg: configs.ProbeConfig, *, study_name: str | None, storage: str
                results_dir: Path, quiet: bool, as_json: bool, limits_only: bool, workers: int, worker: str | None) -> int:  # fmt: skip
     """Every model's study in turn, then the pick across them; returns the exit code (1 when no model has a stable
     config)."""
-    from tuner.commands.probe import default_name, run_probe  # the one-model probe hands several models to this module
+    from tuner.commands.probe import run_probe  # the one-model probe, which hands several models to this module
 
-    models = inputs.models(cfg.model)
     if workers > 1 or worker:
         raise ConfigError("--workers runs the study of one model; with several models, run one `tuner probe --model "
                           "M --workers N` per model, or leave out --workers.")  # fmt: skip
-    for model in models:  # every model checked (and any base checkpoint built) before the first study spends time
-        inputs.model(model, embedded=cfg.data is None)
     device = devices.resolve(cfg.device)
-    family = study_name or family_name(cfg.data, models, device.kind)
+    runs, ordered = _runs(cfg, device, study_name, storage, studies_dir)
     progress = Progress(0, 0, cfg.metric_name, quiet=quiet)
-    shared = share(cfg.probe.budget, len(models))
-    progress.say(f"{len(models)} models, one study each; the probe budget ({cfg.probe.budget}) is shared: "
-                 f"{shared} each." if shared != probe_budget.NONE else f"{len(models)} models, one study each.")  # fmt: skip
-    ordered = inputs.by_scale(models)
-    if ordered is not None:
-        progress.say(f"Smallest first: {', '.join(ordered)}; a config a smaller model does not fit rules the larger "
-                     "ones out there without a pre-flight.")  # fmt: skip
-    else:
-        progress.say("Each model's memory frontier is mapped in full: tuner tells which model is larger only for one "
-                     "family's scales (yolov8n.yaml, yolov8s.yaml), not for weights files.")  # fmt: skip
+    _say_plan(progress, cfg.probe.budget, runs, ordered)
+    stems = "+".join(name_of(model) for model, _, _ in runs)
+    family = f"{study_name}-{stems}" if study_name else family_name(cfg.data, [model for model, _, _ in runs], device.kind)
     results, smaller = [], []
-    for number, model in enumerate(ordered or models, 1):
-        model_cfg = dataclasses.replace(cfg, model=model, probe=dataclasses.replace(cfg.probe, budget=shared))
-        name = f"{study_name}-{name_of(model)}" if study_name else default_name(model_cfg, device.kind, storage, studies_dir)
-        progress.say(f"Model {number}/{len(models)}: {model}", important=True)
+    for number, (model, model_cfg, name) in enumerate(runs, 1):
+        progress.say(f"Model {number}/{len(runs)}: {model}", important=True)
         summaries: list[dict[str, Any]] = []
         try:
             run_probe(model_cfg, study_name=name, storage=storage, studies_dir=studies_dir, results_dir=results_dir,
@@ -85,26 +75,99 @@ def run_models(cfg: configs.ProbeConfig, *, study_name: str | None, storage: str
             results.append(ModelResult(model, name, left_out=str(exc)))
         else:
             results.append(ModelResult(model, name, summaries[0]))
-        stored = _stored_limits(name, storage, studies_dir) if ordered is not None else None
+        _record_family(family, runs, ordered, storage, studies_dir)  # as each study is there: a later failure keeps it
+        stored = _stored_limits(name, storage, studies_dir) if ordered else None
         if stored:
             smaller.append(limits.RuledOut.of(model, stored))
     if limits_only:
         if as_json:
-            print(json.dumps({"models": [result.to_json() for result in results]}, indent=2))
-        return 0
+            print(json.dumps({"family": family, "models": [result.to_json() for result in results]}, indent=2))
+        return 0 if any(result.summary for result in results) else 1
     picked = pick(results)
     report = write_report(Path(results_dir) / family, results, picked, cfg.metric_name)
     _print(family, results, picked, report, progress, as_json)
     return 0 if picked is not None else 1
 
 
-def _stored_limits(name: str, storage: str | None, studies_dir: Path) -> dict[str, Any] | None:
-    """What study `name`'s pre-flights found (Limits.to_dict), where it mapped them (None: no such study)."""
-    from tuner.study.records import StudyRecord
-    from tuner.study.storage import load_study, storage_url
+def _runs(cfg: configs.ProbeConfig, device: devices.Device, study_name: str | None, storage: str | None,
+          studies_dir: Path) -> tuple[list[tuple[str, configs.ProbeConfig, str]], bool]:  # fmt: skip
+    """(model, its config, its study name) for each model, smallest first where that is known (then True). Before
+    the first study spends time, every model is checked (and any base checkpoint built), and so is every study
+    that exists: one that `tuner probe` would refuse is refused now, with nothing run."""
+    from tuner.commands.probe import default_name, new_record
 
+    models = inputs.models(cfg.model)
+    paths = {model: inputs.model(model, embedded=cfg.data is None) for model in models}
+    ordered = inputs.by_scale(models)
+    shared = share(cfg.probe.budget, len(models))
+    data_yaml = inputs.dataset(cfg.data)
+    budget = parse_budget(cfg.memory_budget, device.total_memory)
+    runs = []
+    for model in ordered or models:
+        model_cfg = dataclasses.replace(cfg, model=model, probe=dataclasses.replace(cfg.probe, budget=shared))
+        name = f"{study_name}-{name_of(model)}" if study_name else default_name(model_cfg, device.kind, storage, studies_dir)
+        runs.append((model, model_cfg, name))
+    _check_names(runs)
+    for model, model_cfg, name in runs:
+        url = storage_url(storage, studies_dir, name)
+        space, _ = study_space(name, url, model_cfg.space, data_yaml, model_cfg.probe.train_images)
+        record = new_record(dataclasses.replace(model_cfg, space=space), device, budget, paths[model], data_yaml, False)
+        check_continues(name, url, record)
+    return runs, ordered is not None
+
+
+def _say_plan(progress: Progress, budget: float | str, runs: list, ordered: bool) -> None:
+    shared = runs[0][1].probe.budget
+    progress.say(f"{len(runs)} models, one study each; the probe budget ({budget}) is shared: {shared} each."
+                 if shared != probe_budget.NONE else f"{len(runs)} models, one study each.")  # fmt: skip
+    if ordered:
+        progress.say(f"Smallest first: {', '.join(model for model, _, _ in runs)}; a config a smaller model does not "
+                     "fit rules the larger ones out there without a pre-flight.")  # fmt: skip
+    else:
+        progress.say("Each model's memory frontier is mapped in full: tuner tells which model is larger only for one "
+                     "family's scales (yolov8n.yaml, yolov8s.yaml), not for weights files.")  # fmt: skip
+
+
+def _check_names(runs: list[tuple[str, Any, str]]) -> None:
+    """Two models whose files have one name (v1/yolo.pt, v2/yolo.pt) would share a study; refused before any runs."""
+    seen: dict[str, str] = {}
+    for model, _, name in runs:
+        if name in seen:
+            raise ConfigError(f"--model {seen[name]} and {model} would share the study {name!r} (a study is named "
+                              "after the model's file); copy one to a file of another name, then re-run.")  # fmt: skip
+        seen[name] = model
+
+
+def _record_family(family: str, runs: list, ordered: bool, storage: str | None, studies_dir: Path) -> None:
+    """Each model's study learns the others (StudyRecord.family), smallest first where that is known: train-best
+    falls back to a smaller model's best stable config when the pick's own step-downs run out."""
+    from tuner.study.records import StudyRecord
+
+    record = {"name": family, "models": [model for model, _, _ in runs], "studies": [name for _, _, name in runs],
+              "smallest_first": ordered}  # fmt: skip
+    for _, _, name in runs:
+        study = _stored_study(name, storage, studies_dir)
+        if study is not None:
+            StudyRecord(family=record).save(study, "family")
+
+
+def _stored_limits(name: str, storage: str | None, studies_dir: Path) -> dict[str, Any] | None:
+    """What study `name`'s pre-flights found (Limits.to_dict), where it mapped them."""
+    from tuner.study.records import StudyRecord
+
+    study = _stored_study(name, storage, studies_dir)
+    return None if study is None else StudyRecord.of(study).limits
+
+
+def _stored_study(name: str, storage: str | None, studies_dir: Path):
+    """Study `name`, or None where it was not created (no empty SQLite file is left behind for it)."""
+    from tuner.study.storage import load_study, sqlite_path
+
+    url = storage_url(storage, studies_dir, name)
+    if (path := sqlite_path(url)) is not None and not path.exists():
+        return None
     try:
-        return StudyRecord.of(load_study(name, storage_url(storage, studies_dir, name))).limits
+        return load_study(name, url)
     except StudyError:
         return None
 
@@ -127,7 +190,7 @@ def share(setting: float | str, models: int) -> float | str:
 
 def pick(results: list[ModelResult]) -> ModelResult | None:
     """The most accurate of the models' best stable configs; those within the noise of it (the larger of the
-    studies' noise) tie, and a tie goes to the lowest peak memory, as within a study."""
+    studies' noise) tie, and a tie goes to the lowest peak memory (a smaller model, as a rule, also trains faster)."""
     fitted = [result for result in results if result.value is not None]
     if not fitted:
         return None

@@ -33,7 +33,14 @@ from tuner.study.training_time import Prediction
 from tuner.train.checkpoints import preflight
 from tuner.train.plan import new_plan
 from tuner.train.records import RunPlan, RunState
-from tuner.train.source import DEFAULT_SHARE, fitted_budget, source_from_config, source_from_study, study_name_for
+from tuner.train.source import (
+    DEFAULT_SHARE,
+    fitted_budget,
+    smaller_model_study,
+    source_from_config,
+    source_from_study,
+    study_name_for,
+)
 from tuner.train.run_folder import (
     RunFiles,
     apply_val_every,
@@ -47,7 +54,7 @@ from tuner.train.run_folder import (
     save_plan,
     save_state,
 )
-from tuner.train.supervisor import Runner, Screen, Supervisor, duration
+from tuner.train.supervisor import NoSmallerConfig, Runner, Screen, Supervisor, duration
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,10 +123,31 @@ def train_best(
         run = _Run(plan, new_state(plan), False, True, settings.max_restarts, settings.plots)
     target = devices.resolve(device or run.plan.device)
     budget, budget_text = _budget(memory_budget, run.plan, target, screen)
-    with locked(run_files):
-        summary = _train(run_files, run, target, budget, budget_text, screen, runner)
+    try:
+        with locked(run_files):
+            summary = _train(run_files, run, target, budget, budget_text, screen, runner)
+    except NoSmallerConfig as exc:
+        study = _smaller_model(exc, run.plan.study, storage, Path(studies_dir), Path(results_dir), screen)
+        return train_best(study_name=study, storage=storage, studies_dir=studies_dir, results_dir=results_dir,
+                          settings_file=settings_file, epochs=epochs, device=device, memory_budget=memory_budget,
+                          max_restarts=max_restarts, strategy=strategy, val_every=val_every, plots=plots, seed=seed,
+                          train_time=train_time, quiet=quiet, as_json=as_json, runner=runner)  # fmt: skip
     print_summary(summary, screen, as_json)
     return 0
+
+
+def _smaller_model(failed: NoSmallerConfig, study: str, storage: str | None, studies_dir: Path, results_dir: Path,
+                   screen: Screen) -> str:  # fmt: skip
+    """The study train-best falls back to when `study`'s config ran out of memory with nothing smaller left: the
+    next smaller model's, where the study was probed with smaller models (the seed note's fallback); else `failed`."""
+    smaller = smaller_model_study(study, storage, studies_dir)
+    if smaller is None:
+        raise failed
+    name, model = smaller
+    screen.say(f"{str(failed).split(' Raise')[0]} Falling back to the smaller model {model}: the best stable config "
+               f"of study {name!r}, trained as a run of its own in {results_dir / name / 'train'} (this run is kept "
+               "as it is).", important=True)  # fmt: skip
+    return name
 
 
 def _check_flags(epochs, max_restarts, val_every, strategy, config, train_time, seed=None) -> float | None:

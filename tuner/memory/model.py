@@ -269,13 +269,13 @@ class _Evidence:
         return not measurement.oom and measurement.peak_mb < self.limit_mb
 
     def verdict(self, imgsz: int, batch: int) -> bool | None:
-        if any(size <= imgsz and count <= batch for size, count in self.ruled_out):
-            return False
-        for taken in self.taken:
+        for taken in self.taken:  # this model's own measurements first: they outrank another model's
             if self.fits(taken) and taken.imgsz >= imgsz and taken.batch >= batch:
                 return True
             if not self.fits(taken) and taken.imgsz <= imgsz and taken.batch <= batch:
                 return False
+        if any(size <= imgsz and count <= batch for size, count in self.ruled_out):
+            return False
         return None
 
     def bracket(self, sizes: Sequence[int], batch: int) -> tuple[int, int]:

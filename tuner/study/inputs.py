@@ -60,8 +60,11 @@ SCALES = "nsmlx"  # Ultralytics' model scales, smallest first
 
 def by_scale(names: list[str]) -> list[str] | None:
     """`names` smallest first, where they are one model family's YAMLs at different scales (yolov8n.yaml,
-    yolov8s.yaml): at the same imgsz and batch the larger needs at least as much memory. None where tuner cannot
-    tell which is larger without loading them (weights files, different families or variants)."""
+    yolov8s.yaml, as Ultralytics ships them): at the same imgsz and batch the larger needs at least as much memory.
+    None where tuner cannot tell which is larger without loading them (weights files, local YAML files, different
+    families or variants)."""
+    if any(Path(name).expanduser().is_file() for name in names):  # a local YAML may be anything, whatever its name
+        return None
     matches = [SCALED_YAML.match(Path(name).name) for name in names]
     if any(match is None for match in matches):
         return None

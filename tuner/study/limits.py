@@ -229,7 +229,7 @@ def map_limits(inputs: Inputs, progress: Progress, runner: Runner = run_child, b
         progress.say(f"Continuing the mapping: {len(before.measurements)} pre-flight(s) measured before, stored in the study.")
     if ruled_out:
         out = {config for smaller in ruled_out if smaller.limit_mb >= limit for config in smaller.configs}
-        names = ", ".join(smaller.model for smaller in ruled_out)
+        names = ", ".join(smaller.model for smaller in ruled_out if smaller.limit_mb >= limit) or "a smaller model"
         progress.say(f"{len(out)} config(s) that {names} did not fit rule this larger model out there and beyond, "
                      "without a pre-flight." if out else f"Nothing {names} did not fit rules this model out.")  # fmt: skip
     while True:

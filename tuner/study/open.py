@@ -101,6 +101,11 @@ def _check_same_study(name: str, stored: StudyRecord, new: StudyRecord) -> None:
             f"Study {name!r} was created with {key} = {_show(old)}, but this run asks for {_show(now)}. "
             f"{fix}, or pass --study-name for a new study."
         )
+    if stored.model_path and new.model_path and _starts_from(stored.model_path) != _starts_from(new.model_path):
+        raise ConfigError(
+            f"Study {name!r} trained {stored.model_path} ({_starts_from(stored.model_path)}), but this run trains "
+            f"{new.model_path} ({_starts_from(new.model_path)}). Pass --study-name for a new study."
+        )
     for what, old, now in (("a memory budget of {} MiB", stored.budget_mb, new.budget_mb),
                            ("device {}", _card(stored), _card(new))):  # fmt: skip
         if old is not None and old != now:
@@ -108,6 +113,29 @@ def _check_same_study(name: str, stored: StudyRecord, new: StudyRecord) -> None:
                 f"Study {name!r} was created with {what.format(old)}, but this run has {what.format(now)}. "
                 "Re-run with the same --memory-budget/--device, or pass --study-name for a new study."
             )
+
+
+def _starts_from(model_path: str) -> str:
+    """What a study's probes start from: weights (a .pt: the user's, or tuner's base checkpoint on the embedded data)
+    or random init (a model YAML): on the embedded data yolov8s.yaml started from random init before it had a base
+    checkpoint, and those trials measure something else."""
+    return "weights" if Path(model_path).suffix.lower() == ".pt" else "random init"
+
+
+def check_continues(name: str, url: str, record: StudyRecord) -> None:
+    """Refuse now, before anything runs, a study that `open_study` would refuse (several models: a later model's
+    study must not be refused after an earlier one has run). Nothing is created or changed."""
+    from tuner.study.storage import sqlite_path
+
+    path = sqlite_path(url)
+    if path is not None and not path.exists():
+        return
+    opened = open_storage(url, create=False)
+    try:
+        if name in optuna.get_all_study_names(opened):
+            _check_same_study(name, StudyRecord.of(optuna.load_study(study_name=name, storage=opened)), record)
+    finally:
+        opened.engine.dispose()
 
 
 def _card(record: StudyRecord) -> str | None:

@@ -170,6 +170,20 @@ def source_from_study(name: str, storage: str | None, studies_dir: Path) -> Sour
     )
 
 
+def smaller_model_study(name: str, storage: str | None, studies_dir: Path) -> tuple[str, str] | None:
+    """(study, model) of the next smaller model with a stable config, where study `name` is one of several models
+    probed together smallest first (StudyRecord.family); None where there is none, or which is smaller is unknown."""
+    study = _try_load_study(name, storage, studies_dir)
+    family = StudyRecord.of(study).family if study is not None else None
+    if not family or not family.get("smallest_first") or name not in family["studies"]:
+        return None
+    for index in reversed(range(family["studies"].index(name))):
+        other = _try_load_study(family["studies"][index], storage, studies_dir)
+        if other is not None and StudyRecord.of(other).best is not None:
+            return family["studies"][index], family["models"][index]
+    return None
+
+
 def _read_best_yaml(path: Path) -> dict[str, Any]:
     """best.yaml's values, each checked as the settings are (tuner.checks); a bad one is one line naming the file."""
     try:

@@ -48,6 +48,11 @@ class TrainFailed(TunerError):
     exit_code = 1
 
 
+class NoSmallerConfig(TrainFailed):
+    """Out of memory twice with a config that has nothing smaller to step down to (train-best may fall back to a
+    smaller model's study: tuner.commands.train_best)."""
+
+
 class Screen:
     """What a person watching train-best sees: progress lines on stderr, only the important ones with --quiet."""
 
@@ -232,7 +237,7 @@ class Supervisor:
         lower = step_down(params, self.plan.candidates, self.plan.frontier)
         if lower is None:
             self.save()
-            raise TrainFailed(
+            raise NoSmallerConfig(
                 f"{where}: out of memory twice with {params}, and there is no smaller config to step down to. "
                 "Raise --memory-budget or free memory, then re-run to continue."
             )
