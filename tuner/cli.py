@@ -134,10 +134,15 @@ def _add_probe(subparsers) -> None:
 
 def _cmd_probe(args: argparse.Namespace) -> int:
     from tuner.commands.probe import run_probe
+    from tuner.commands.probe_models import run_models
 
     checks.positive_int(args.workers, "--workers")
+    cfg = configs.load(args.config, configs.probe_overrides(args))
+    if "," in cfg.model:  # several models: one study each (tuner.commands.probe_models)
+        return run_models(cfg, **_study_options(args), quiet=args.quiet, as_json=args.json,
+                          limits_only=args.limits_only, workers=args.workers, worker=args.worker)  # fmt: skip
     return run_probe(
-        configs.load(args.config, configs.probe_overrides(args)),
+        cfg,
         **_study_options(args),
         quiet=args.quiet,
         as_json=args.json,

@@ -60,12 +60,6 @@ def run_probe(
     with `summaries`: the summary is added to it, and printed as text whatever `as_json`; `ruled_out` are the
     configs smaller models did not fit, which the pre-flights need not run.
     """
-    if "," in cfg.model and summaries is None:
-        from tuner.commands.probe_models import run_models
-
-        return run_models(cfg, study_name=study_name, storage=storage, studies_dir=Path(studies_dir),
-                          results_dir=Path(results_dir), quiet=quiet, as_json=as_json, limits_only=limits_only,
-                          workers=workers, worker=worker)  # fmt: skip
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # tuner prints each trial's end itself
     device = devices.resolve(cfg.device)
     layout = tuner_workers.layout(device, workers, cfg.device, worker)
@@ -98,17 +92,21 @@ def run_probe(
         Search(study, trials, progress, found, plan=plan).run()
         return 0
     if limits_only:
-        if summaries is not None:
-            summaries.append({"study": name, "stable_limit_mb": found.stable_limit_mb, "frontier": found.frontier.to_list()})
-        return _print_limits(study, record, found, progress, as_json and summaries is None)
+        return _print_limits(study, record, found, progress, as_json, summaries)
     _announce(study, trials, found, plan, progress)
     search = Search(study, trials, progress, found, plan=plan)
     _search_with_workers(search, workers, argv, Path(studies_dir) / name, layout)
     return _finish(study, cfg, device, record, url, Path(results_dir), progress, as_json, summaries)
 
 
-def _print_limits(study: optuna.Study, record: StudyRecord, found: limits.Limits, progress: Progress, as_json: bool) -> int:
-    """`--limits-only`: what the pre-flights found, as text or JSON."""
+def _print_limits(study: optuna.Study, record: StudyRecord, found: limits.Limits, progress: Progress, as_json: bool,
+                  summaries: list[dict[str, Any]] | None = None) -> int:  # fmt: skip
+    """`--limits-only`: what the pre-flights found, as text or JSON (one model of several: as text, and added to
+    `summaries`)."""
+    if summaries is not None:
+        summaries.append({"study": study.study_name, "stable_limit_mb": found.stable_limit_mb,
+                          "frontier": found.frontier.to_list()})  # fmt: skip
+        as_json = False
     if as_json:
         print(json.dumps({"study": study.study_name, "budget_mb": record.budget_mb, **found.summary()}, indent=2))
     else:
