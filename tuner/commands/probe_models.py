@@ -75,9 +75,8 @@ def run_models(cfg: configs.ProbeConfig, *, study_name: str | None, storage: str
             results.append(ModelResult(model, name, left_out=str(exc)))
         else:
             results.append(ModelResult(model, name, summaries[0]))
-        _record_family(family, runs, ordered, storage, studies_dir)  # as each study is there: a later failure keeps it
-        stored = _stored_limits(name, storage, studies_dir) if ordered else None
-        if stored:
+        stored = _record_family(name, family, runs, ordered, storage, studies_dir)
+        if ordered and stored:
             smaller.append(limits.RuledOut.of(model, stored))
     if limits_only:
         if as_json:
@@ -138,25 +137,20 @@ def _check_names(runs: list[tuple[str, Any, str]]) -> None:
         seen[name] = model
 
 
-def _record_family(family: str, runs: list, ordered: bool, storage: str | None, studies_dir: Path) -> None:
-    """Each model's study learns the others (StudyRecord.family), smallest first where that is known: train-best
-    falls back to a smaller model's best stable config when the pick's own step-downs run out."""
-    from tuner.study.records import StudyRecord
-
-    record = {"name": family, "models": [model for model, _, _ in runs], "studies": [name for _, _, name in runs],
-              "smallest_first": ordered}  # fmt: skip
-    for _, _, name in runs:
-        study = _stored_study(name, storage, studies_dir)
-        if study is not None:
-            StudyRecord(family=record).save(study, "family")
-
-
-def _stored_limits(name: str, storage: str | None, studies_dir: Path) -> dict[str, Any] | None:
-    """What study `name`'s pre-flights found (Limits.to_dict), where it mapped them."""
+def _record_family(name: str, family: str, runs: list, ordered: bool, storage: str | None,
+                   studies_dir: Path) -> dict[str, Any] | None:  # fmt: skip
+    """Study `name`, as soon as it has run, learns the others (StudyRecord.family), smallest first where that is
+    known: train-best falls back to a smaller model's best stable config when the pick's own step-downs run out.
+    Returns what its pre-flights found (Limits.to_dict), None where it was not created or mapped nothing."""
     from tuner.study.records import StudyRecord
 
     study = _stored_study(name, storage, studies_dir)
-    return None if study is None else StudyRecord.of(study).limits
+    if study is None:
+        return None
+    record = {"name": family, "models": [model for model, _, _ in runs], "studies": [other for _, _, other in runs],
+              "smallest_first": ordered}  # fmt: skip
+    StudyRecord(family=record).save(study, "family")
+    return StudyRecord.of(study).limits
 
 
 def _stored_study(name: str, storage: str | None, studies_dir: Path):
