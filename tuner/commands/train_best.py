@@ -89,12 +89,14 @@ def train_best(
     quiet: bool = False,
     as_json: bool = False,
     runner: Runner = run_child,
+    at_most: Params | None = None,
 ) -> int:
     """`tuner train-best`: start, continue or report the run of a study.
 
     Settings come from the defaults, then configs/train.yaml (or `settings_file`), then the flags (the
     arguments that are not None); a run that exists keeps its config.yaml and applies only the flags.
-    `runner` runs one training process (tests pass a fake).
+    `runner` runs one training process (tests pass a fake). `at_most`: a new run from the study starts at its
+    first stable config no larger than this one (the fallback from a larger model's config that ran out of memory).
     """
     screen = Screen(quiet)
     time_limit = _check_flags(epochs, max_restarts, val_every, strategy, config, train_time, seed)
@@ -117,7 +119,7 @@ def train_best(
         if config is not None:
             source = source_from_config(Path(config), name, storage, Path(studies_dir))
         else:
-            source = source_from_study(name, storage, Path(studies_dir))
+            source = source_from_study(name, storage, Path(studies_dir), at_most)
         settings = _fit_to_time(settings, source.prediction, time_limit, screen)
         plan = new_plan(source, settings, now())
         run = _Run(plan, new_state(plan), False, True, settings.max_restarts, settings.plots)
@@ -131,7 +133,8 @@ def train_best(
         return train_best(study_name=study, storage=storage, studies_dir=studies_dir, results_dir=results_dir,
                           settings_file=settings_file, epochs=epochs, device=device, memory_budget=memory_budget,
                           max_restarts=max_restarts, strategy=strategy, val_every=val_every, plots=plots, seed=seed,
-                          train_time=train_time, quiet=quiet, as_json=as_json, runner=runner)  # fmt: skip
+                          train_time=train_time, quiet=quiet, as_json=as_json, runner=runner,
+                          at_most=exc.params)  # fmt: skip
     print_summary(summary, screen, as_json)
     return 0
 
@@ -144,9 +147,10 @@ def _smaller_model(failed: NoSmallerConfig, study: str, storage: str | None, stu
     if smaller is None:
         raise failed
     name, model = smaller
-    screen.say(f"{str(failed).split(' Raise')[0]} Falling back to the smaller model {model}: the best stable config "
-               f"of study {name!r}, trained as a run of its own in {results_dir / name / 'train'} (this run is kept "
-               "as it is).", important=True)  # fmt: skip
+    screen.say(f"{str(failed).split(' Raise')[0]} Falling back to the smaller model {model}: the most accurate "
+               f"stable config of study {name!r} no larger than {failed.params.imgsz}/{failed.params.batch} "
+               f"(imgsz/batch), trained as a run of its own in {results_dir / name / 'train'} (this run is kept as it "
+               "is).", important=True)  # fmt: skip
     return name
 
 

@@ -139,7 +139,10 @@ def source_from_config(path: Path, name: str, storage: str | None, studies_dir: 
 TRAIN_EPOCHS = configs.TRAIN_DEFAULTS["epochs"]  # what a study's prediction is scaled to; the plan scales it to its own
 
 
-def source_from_study(name: str, storage: str | None, studies_dir: Path) -> Source:
+def source_from_study(name: str, storage: str | None, studies_dir: Path, at_most: Params | None = None) -> Source:
+    """The study's best stable config; with `at_most` (a larger model's config that ran out of memory), the first
+    config of the ladder no larger than it in imgsz and batch, where there is one (else the best: the run's own
+    step-downs go on from there)."""
     from tuner.study.storage import load_study, storage_url
 
     url = storage_url(storage, studies_dir, name)
@@ -152,6 +155,9 @@ def source_from_study(name: str, storage: str | None, studies_dir: Path) -> Sour
         )
     stored = record.config or configs.from_stored({})  # a study without a stored config: today's defaults
     where = f"study {name!r}"
+    candidates = _candidates(study, record)
+    start = _no_larger(candidates, at_most) if at_most is not None else None
+    best, trial = (start.params, start.trial) if start is not None else (record.best.params, record.best.trial)
     return Source(
         study=name,
         origin=f"study {name!r} in {url}",
@@ -162,12 +168,17 @@ def source_from_study(name: str, storage: str | None, studies_dir: Path) -> Sour
         optimizer=stored.probe.optimizer,
         lr0=float(stored.probe.lr0),
         metric=stored.metric,
-        best=record.best.params,
-        candidates=_candidates(study, record),
+        best=best,
+        candidates=candidates,
         frontier=StableSizes.of(record),
         usable_memory_mb=record.usable_memory_mb,
-        prediction=selection.pick_prediction(study.get_trials(deepcopy=False), record.best.trial, TRAIN_EPOCHS),
+        prediction=selection.pick_prediction(study.get_trials(deepcopy=False), trial, TRAIN_EPOCHS),
     )
+
+
+def _no_larger(candidates: tuple[Candidate, ...], limit: Params) -> Candidate | None:
+    """The first config of the ladder no larger than `limit` in imgsz and batch (its own size included)."""
+    return next((c for c in candidates if c.params.imgsz <= limit.imgsz and c.params.batch <= limit.batch), None)
 
 
 def smaller_model_study(name: str, storage: str | None, studies_dir: Path) -> tuple[str, str] | None:

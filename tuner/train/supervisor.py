@@ -49,8 +49,12 @@ class TrainFailed(TunerError):
 
 
 class NoSmallerConfig(TrainFailed):
-    """Out of memory twice with a config that has nothing smaller to step down to (train-best may fall back to a
-    smaller model's study: tuner.commands.train_best)."""
+    """Out of memory twice with a config (`params`) that has nothing smaller to step down to (train-best may fall
+    back to a smaller model's study: tuner.commands.train_best)."""
+
+    def __init__(self, message: str, params: Params) -> None:
+        super().__init__(message)
+        self.params = params
 
 
 class Screen:
@@ -239,7 +243,8 @@ class Supervisor:
             self.save()
             raise NoSmallerConfig(
                 f"{where}: out of memory twice with {params}, and there is no smaller config to step down to. "
-                "Raise --memory-budget or free memory, then re-run to continue."
+                "Raise --memory-budget or free memory, then re-run to continue.",
+                params,
             )
         new_params, why = lower
         self._set_stage(index, dataclasses.replace(progress, params=new_params))
