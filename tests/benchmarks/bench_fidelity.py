@@ -15,6 +15,7 @@ trainings in `--workdir` are reused, so an interrupted run continues where it st
     python tests/benchmarks/bench_fidelity.py --workdir /tmp/bench-fidelity --epochs 10     # a quicker look
     python tests/benchmarks/bench_fidelity.py --workdir /tmp/fidelity-thin --kind thin --epochs 30   # another kind
     python tests/benchmarks/bench_fidelity.py --workdir /tmp/fidelity-thin --kind thin --epochs 30 --full-seeds 2
+    python tests/benchmarks/bench_fidelity.py --workdir DIR --configs 320/8/0.6/0.15,480/2/0.4/0.2   # other configs
                                                           # each config trained twice: the full training's own noise
 """
 
@@ -48,6 +49,14 @@ CONFIGS = [
     (640, 1, 1.0, 0.1),
 ]
 SEEDS = (0, 1)
+
+
+def parse_configs(text: str) -> list[tuple]:
+    """`320/8/0.6/0.15,480/2/0.4/0.2` as CONFIGS' tuples."""
+    try:
+        return [(int(i), int(b), float(m), float(x)) for i, b, m, x in (item.split("/") for item in text.split(","))]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give imgsz/batch/mosaic/mixup, comma-separated") from None
 
 
 def spearman(xs: list[float], ys: list[float]) -> float:
@@ -87,28 +96,38 @@ def inputs_of(kind: str, workdir: Path) -> tuple[Path, Path | str]:
     return kinds.build(kind, workdir / "data", 96, 32), base
 
 
+def base_line() -> str:
+    """Which base checkpoint the figures are of (kinds.base_fingerprint: the build differs between machines)."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    import kinds
+
+    base = tuner_inputs.model(configs.load(None, {}).model, embedded=True)
+    return f"base checkpoint {Path(base).name}, fingerprint {kinds.base_fingerprint(base)}"
+
+
 def probe_metrics(
-    config: tuple, workdir: Path, budget_text: str, kind: str = "shapes", settings: dict | None = None
+    config: tuple, workdir: Path, budget_text: str, kind: str = "shapes", settings: dict | None = None,
+    seeds: tuple[int, ...] = SEEDS,
 ) -> list[float | None]:
-    """The probe's metric of `config` for each seed (None where the probe did not finish), with the probe
-    `settings` (keys of `probe` in configs/probe.yaml) over the defaults."""
-    cached = workdir / "probes" / ("%d-%d-%g-%g.json" % config)
-    if cached.exists():
-        return json.loads(cached.read_text())
+    """The probe's metric of `config` for each of `seeds`, with the probe `settings` (keys of `probe` in
+    configs/probe.yaml) over the defaults; each seed's is kept in the workdir and reused."""
     cfg = configs.load(None, {"memory_budget": budget_text, "probe": {**(settings or {}), "trial_timeout": 7200}})  # accuracy, not time
     device = devices.resolve("cpu")
     budget = parse_budget(cfg.memory_budget, device.total_memory)
-    data, model = inputs_of(kind, workdir)
-    trials = Inputs(cfg, device, budget, data, model, workdir / "probes")
-    params = Params(*config)
     values = []
-    for seed in SEEDS:
+    for seed in seeds:
         folder = workdir / "probes" / ("%d-%d-%g-%g-seed%d" % (*config, seed))
-        attempt = run_child(PROBE_CHILD, trials.spec(params, seed), folder, device, budget, cfg.probe.trial_timeout)
-        if attempt.outcome.value != "ok":
-            raise SystemExit(f"the probe of {config} seed {seed} ended {attempt.outcome.value}: {attempt.reason}; see {folder}")
-        values.append(attempt.value)
-    cached.write_text(json.dumps(values))
+        cached = folder.with_name(folder.name + ".json")
+        if not cached.exists():
+            data, model = inputs_of(kind, workdir)
+            trials = Inputs(cfg, device, budget, data, model, workdir / "probes")
+            attempt = run_child(PROBE_CHILD, trials.spec(Params(*config), seed), folder, device, budget,
+                                cfg.probe.trial_timeout)  # fmt: skip
+            if attempt.outcome.value != "ok":
+                raise SystemExit(f"the probe of {config} seed {seed} ended {attempt.outcome.value}: {attempt.reason}; "
+                                 f"see {folder}")  # fmt: skip
+            cached.write_text(json.dumps(attempt.value))
+        values.append(json.loads(cached.read_text()))
     return values
 
 
@@ -152,6 +171,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--full-seeds", type=int, default=1, metavar="N",
                         help="train each config in full with seeds 0..N-1 (train-best --seed): rho is then taken against "
                              "their mean, and their spread is the full training's own noise (default: 1)")
+    parser.add_argument("--configs", metavar="I/B/MOSAIC/MIXUP,...", type=parse_configs, default=CONFIGS,
+                        help="the configs to measure (default: six spread over the space)")
+    parser.add_argument("--seeds", type=int, default=len(SEEDS), metavar="N",
+                        help=f"probe each config with seeds 0..N-1 (default: {len(SEEDS)}; the noise needs 2)")
+    parser.add_argument("--probes-only", action="store_true", help="run the probes, not the full trainings")
     parser.add_argument("--probe", action="append", default=[], metavar="KEY=VALUE",
                         help="a probe setting over the defaults (e.g. anneal=true); the probes of another workdir")
     args = parser.parse_args(argv)
@@ -160,8 +184,11 @@ def main(argv: list[str] | None = None) -> int:
     settings = {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.probe)}
     (args.workdir / "probes").mkdir(parents=True, exist_ok=True)
     rows = []
-    for config in CONFIGS:
-        probes = probe_metrics(config, args.workdir, args.memory_budget, args.kind, settings)
+    for config in args.configs:
+        probes = probe_metrics(config, args.workdir, args.memory_budget, args.kind, settings, tuple(range(args.seeds)))
+        if args.probes_only:
+            print(f"{config}: probe {probes}", flush=True)
+            continue
         fulls = [full_metric(config, args.workdir, args.epochs, args.memory_budget, args.kind, seed)
                  for seed in range(args.full_seeds)]  # fmt: skip
         values = [value for value, _ in fulls]
@@ -169,14 +196,17 @@ def main(argv: list[str] | None = None) -> int:
         seconds = sum(s for _, s in fulls) / len(fulls)
         rows.append({"config": config, "probes": probes, "full": full, "full_s": seconds, "fulls": values})
         print(f"{config}: probe {probes}, {args.epochs} epochs {full} ({seconds:.0f} s)", flush=True)
+    if args.probes_only:
+        return 0
     (args.workdir / "bench_fidelity.json").write_text(json.dumps(rows, indent=2))
     usable = [r for r in rows if r["full"] is not None and all(v is not None for v in r["probes"])]
-    noise = [abs(r["probes"][0] - r["probes"][1]) for r in usable]
+    noise = [abs(r["probes"][0] - r["probes"][1]) for r in usable if len(r["probes"]) > 1]
     means = [sum(r["probes"]) / len(r["probes"]) for r in usable]
     rho = spearman(means, [r["full"] for r in usable])
     full_noise = [max(r["fulls"]) - min(r["fulls"]) for r in usable if len(r["fulls"]) > 1]
     shown = ", ".join(f"{key}={value}" for key, value in settings.items()) or "default settings"
-    print(f"\n{args.kind} dataset, 2 CPU cores; probe: {shown}, seeds {SEEDS}; full: train-best, {args.epochs} epochs\n")
+    print(f"\n{args.kind} dataset, 2 CPU cores; probe: {shown}, seeds 0-{args.seeds - 1}; full: train-best, {args.epochs} epochs; "
+          f"{base_line()}\n")
     print("| imgsz / batch / mosaic / mixup | probe mAP50-95 (seeds) | probe mean | full mAP50-95 | full wall |")
     print("|---|---|---|---|---|")
     for row in rows:
@@ -186,8 +216,9 @@ def main(argv: list[str] | None = None) -> int:
         if row["full"] is not None and len(row["fulls"]) > 1:
             full += " (" + " / ".join(f"{v:.3f}" for v in row["fulls"]) + ")"
         print(f"| {' / '.join(f'{v:g}' for v in row['config'])} | {probes} | {mean} | {full} | {row['full_s'] / 60:.0f} min |")
+    shown_noise = f"{sum(noise) / len(noise):.3f}" if noise else "not measured (one seed)"
     print(f"\nSpearman ρ (probe mean vs full) over {len(usable)} configs: {rho:.2f} (goal >= 0.8, issue 18); "
-          f"probe noise, mean |seed {SEEDS[0]} - seed {SEEDS[1]}|: {sum(noise) / max(1, len(noise)):.3f}")  # fmt: skip
+          f"probe noise, mean |seed 0 - seed 1|: {shown_noise}")  # fmt: skip
     if full_noise:
         print(f"full training's noise over {args.full_seeds} seeds, mean spread: {sum(full_noise) / len(full_noise):.3f} "
               f"({', '.join(f'{v:.3f}' for v in full_noise)})")  # fmt: skip

@@ -158,6 +158,15 @@ def print_validation_shares(workdir: Path) -> None:
                   f"time ({validation / (validation + training):.0%})")  # fmt: skip
 
 
+def base_line() -> str:
+    """Which base checkpoint both methods trained from (kinds.base_fingerprint: the build differs between machines)."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    import kinds
+
+    base = base_model.base_checkpoint()
+    return f"base checkpoint {base.name}, fingerprint {kinds.base_fingerprint(base)}"
+
+
 def markdown(rows: list[dict]) -> str:
     head = "| method | config | mAP50-95 | epochs | step-downs | restarts | peak MiB | wall time |"
     lines = [head, "|" + "---|" * 8]
@@ -278,11 +287,13 @@ def main(argv: list[str] | None = None) -> int:
         args.workdir.mkdir(parents=True, exist_ok=True)
         rows = compare(args.workdir, args.epochs, args.memory_budget, args.device, args.n_trials, extra)
         print(markdown(rows))
+        print(base_line())
         print_validation_shares(args.workdir)
     else:
         with tempfile.TemporaryDirectory(prefix="tuner-bench-") as folder:
             rows = compare(Path(folder), args.epochs, args.memory_budget, args.device, args.n_trials, extra)
             print(markdown(rows))
+            print(base_line())
             print_validation_shares(Path(folder))
     return 0
 

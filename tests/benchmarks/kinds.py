@@ -35,6 +35,25 @@ class Kind:
 KINDS = {"thin": Kind("thin", 480, THIN_NAMES), "dense": Kind("dense", 640, DENSE_NAMES)}
 
 
+def base_fingerprint(weights: Path | str) -> str:
+    """The first 12 hex digits of a sha256 over a checkpoint's model tensors (names, shapes, values), not the file: a
+    .pt also holds its save date. Benchmark figures on these kinds move with the base checkpoint, and its build is
+    not reproducible from one machine to another (the same recipe and seed trained other weights on 2026-12-05), so
+    each benchmark prints the fingerprint of the one it used."""
+    import hashlib
+
+    import torch
+
+    checkpoint = torch.load(str(weights), map_location="cpu", weights_only=False)
+    model = checkpoint.get("ema") or checkpoint["model"]
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.float().state_dict().items()):
+        digest.update(name.encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:12]
+
+
 def build(kind: str, out: Path, n_train: int, n_val: int, seed: int = 0) -> Path:
     """Write `kind`'s dataset (YOLO layout) under `out` unless its data.yaml is there; return the data.yaml."""
     import cv2
