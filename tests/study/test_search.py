@@ -194,13 +194,14 @@ def test_a_probe_is_never_stopped_at_its_last_epoch(tmp_path):
 
 
 def test_the_startup_design_stays_inside_the_frontier_and_reaches_it():
-    space = Space(imgsz=(160, 224, 288, 352, 416), batch=(2, 4, 8, 16), mosaic=(0, 1), mixup=(0, 0.3))
-    largest = {2: 416, 4: 352, 8: 224, 16: None}
+    space = Space(imgsz=(160, 224, 288, 352, 416), batch=(1, 2, 4, 8, 16), mosaic=(0, 1), mixup=(0, 0.3))
+    largest = {1: 416, 2: 288, 4: 224, 8: 160, 16: None}
     design = startup_design(space, 4, largest)
     assert all(largest[cell["batch"]] is not None and cell["imgsz"] <= largest[cell["batch"]] for cell in design)
-    assert design[0] == {"imgsz": 160, "batch": 8} and design[-1] == {"imgsz": 416, "batch": 2}
-    assert startup_design(space, 4) == [{"imgsz": 160, "batch": 16}, {"imgsz": 224, "batch": 8},
-                                        {"imgsz": 352, "batch": 4}, {"imgsz": 416, "batch": 2}]  # fmt: skip
+    assert design == [{"imgsz": 160, "batch": 2}, {"imgsz": 224, "batch": 2}, {"imgsz": 352, "batch": 1},
+                      {"imgsz": 416, "batch": 1}]  # fmt: skip
+    no_small = {1: None, 2: None, 4: 416, 8: 224, 16: None}  # the smallest batch that fits, where none below 2 does
+    assert startup_design(space, 2, no_small) == [{"imgsz": 160, "batch": 4}, {"imgsz": 416, "batch": 4}]
 
 
 DISTRIBUTIONS = {"imgsz": CategoricalDistribution([160, 352]), "batch": CategoricalDistribution([2, 16]),

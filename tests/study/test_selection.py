@@ -104,17 +104,21 @@ def test_selection_on_a_real_sqlite_study(tmp_path):
     assert selection.best_stable(loaded.trials, 1000, None).params["imgsz"] == 224
 
 
-def test_startup_design_covers_every_imgsz_and_both_ends_of_batch():
+def test_startup_design_covers_every_imgsz_at_the_design_batch():
+    """imgsz spread over the space at batch 2 (the pre-flights mapped the memory; the design is for accuracy);
+    where the space has fewer sizes than cells, other batches fill it, the nearest to 2 first, smaller first."""
     from tuner.config import Space
     from tuner.study.space import startup_design
 
-    space = Space(imgsz=(160, 224, 288, 352), batch=(2, 4, 8, 16), mosaic=(0, 1), mixup=(0, 0.3))
+    space = Space(imgsz=(160, 224, 288, 352), batch=(1, 2, 4, 8, 16), mosaic=(0, 1), mixup=(0, 0.3))
     design = startup_design(space, 4)
     assert [cell["imgsz"] for cell in design] == [160, 224, 288, 352]
-    assert [cell["batch"] for cell in design] == [16, 8, 4, 2]
-    assert startup_design(space, 2) == [{"imgsz": 160, "batch": 16}, {"imgsz": 352, "batch": 2}]
-    one_size = Space(imgsz=(64,), batch=(2, 4), mosaic=(0, 1), mixup=(0, 0.3))
-    assert startup_design(one_size, 3) == [{"imgsz": 64, "batch": 4}, {"imgsz": 64, "batch": 2}]
+    assert [cell["batch"] for cell in design] == [2, 2, 2, 2]
+    assert startup_design(space, 2) == [{"imgsz": 160, "batch": 2}, {"imgsz": 352, "batch": 2}]
+    one_size = Space(imgsz=(64,), batch=(1, 2, 4), mosaic=(0, 1), mixup=(0, 0.3))
+    assert startup_design(one_size, 3) == [{"imgsz": 64, "batch": 2}, {"imgsz": 64, "batch": 1}, {"imgsz": 64, "batch": 4}]
+    large = Space(imgsz=(160, 224), batch=(8, 16), mosaic=(0, 1), mixup=(0, 0.3))  # no batch 2: the smallest
+    assert startup_design(large, 2) == [{"imgsz": 160, "batch": 8}, {"imgsz": 224, "batch": 8}]
 
 
 def test_noise_repeats_go_to_distinct_configs():
