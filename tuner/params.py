@@ -39,6 +39,10 @@ class Params:
         """imgsz x batch: what sets the tensors' sizes, so the memory (mosaic and mixup change the pixels)."""
         return (self.imgsz, self.batch)
 
+    def within(self, limit: Params) -> bool:
+        """No larger than `limit` in imgsz and in batch (its own size included)."""
+        return self.imgsz <= limit.imgsz and self.batch <= limit.batch
+
     def __str__(self) -> str:
         return f"imgsz {self.imgsz} batch {self.batch} mosaic {self.mosaic:.2f} mixup {self.mixup:.2f}"
 

@@ -107,13 +107,13 @@ class OomWithModel(FakeRunner):
         return super().__call__(module, spec, folder, device, budget, timeout, on_epoch)
 
 
-N_BEST = [({"imgsz": 64, "batch": 1, "mosaic": 0.2, "mixup": 0.0}, 0.30, 900.0)]
+N_BEST = (({"imgsz": 64, "batch": 1, "mosaic": 0.2, "mixup": 0.0}, 0.30, 900.0),)
 
 
 def two_model_studies(workdir, data, smallest_first: bool = True, smaller=N_BEST) -> None:
     """As `tuner probe --model yolov8n.yaml,yolov8s.yaml` leaves them; yolov8s's best is its smallest config, and
     yolov8n's trials are `smaller` (the most accurate first)."""
-    make_study(workdir, "fam-yolov8n", data, smaller)
+    make_study(workdir, "fam-yolov8n", data, list(smaller))
     make_study(workdir, "fam-yolov8s", data, [({"imgsz": 64, "batch": 1, "mosaic": 0.5, "mixup": 0.0}, 0.35, 1500.0)])
     family = {"name": "fam", "models": ["yolov8n.yaml", "yolov8s.yaml"], "studies": ["fam-yolov8n", "fam-yolov8s"],
               "smallest_first": smallest_first}  # fmt: skip
@@ -138,20 +138,24 @@ def test_a_pick_with_nothing_smaller_falls_back_to_the_smaller_models_best(workd
     assert state_of(train_dir(workdir, "fam-yolov8s")).epochs_done == 0  # kept: a re-run goes on from there
 
 
+@pytest.mark.parametrize("second, start", [((64, 1), (64, 1)), ((80, 2), (80, 2))])
 def test_the_fallback_starts_at_the_smaller_models_best_config_no_larger_than_the_one_that_ran_out(
-    workdir, tiny_data, train_with
+    workdir, tiny_data, train_with, second, start
 ):
     """yolov8n's best (96/2) needs more than yolov8s's 64/1 that ran out of memory: the fallback trains yolov8n's
-    next config no larger than 64/1 in imgsz and batch, not its best (which would only run out and step down)."""
+    next config no larger than 64/1 in imgsz and batch, not its best (which would only run out and step down); where
+    none is no larger, its config with the fewest pixels a batch (80/2 before 96/2). The run's config.yaml says so."""
     smaller = [({"imgsz": 96, "batch": 2, "mosaic": 0.2, "mixup": 0.0}, 0.40, 1200.0),
-               ({"imgsz": 64, "batch": 1, "mosaic": 0.7, "mixup": 0.1}, 0.30, 900.0)]  # fmt: skip
+               ({"imgsz": second[0], "batch": second[1], "mosaic": 0.7, "mixup": 0.1}, 0.30, 900.0)]  # fmt: skip
     two_model_studies(workdir, tiny_data, smaller=smaller)
     runner = OomWithModel("yolov8s.yaml")
     code, _, err = train_with(runner, study_name="fam-yolov8s", epochs=2)
     assert code == 0, err
     fallback = [spec.params for spec in runner.specs if spec.model == "yolov8n.yaml"]
-    assert [(p.imgsz, p.batch, p.mosaic) for p in fallback] == [(64, 1, 0.7)]
-    assert "no larger than 64/1 (imgsz/batch)" in err
+    assert [(p.imgsz, p.batch, p.mosaic) for p in fallback] == [(*start, 0.7)]
+    assert "no larger than 64/1 (imgsz/batch), else at its smallest" in err
+    origin = (train_dir(workdir, "fam-yolov8n") / "config.yaml").read_text()
+    assert ("its first stable config no larger than 64/1" if second == (64, 1) else "its smallest stable config") in origin
 
 
 @pytest.mark.parametrize("study", ["fam-yolov8n", "fam-yolov8s-unordered"])

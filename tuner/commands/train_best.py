@@ -144,13 +144,13 @@ def _smaller_model(failed: NoSmallerConfig, study: str, storage: str | None, stu
     """The study train-best falls back to when `study`'s config ran out of memory with nothing smaller left: the
     next smaller model's, where the study was probed with smaller models (the seed note's fallback); else `failed`."""
     smaller = smaller_model_study(study, storage, studies_dir)
-    if smaller is None:
+    if smaller is None or failed.params is None:
         raise failed
     name, model = smaller
-    screen.say(f"{str(failed).split(' Raise')[0]} Falling back to the smaller model {model}: the most accurate "
-               f"stable config of study {name!r} no larger than {failed.params.imgsz}/{failed.params.batch} "
-               f"(imgsz/batch), trained as a run of its own in {results_dir / name / 'train'} (this run is kept as it "
-               "is).", important=True)  # fmt: skip
+    screen.say(f"{str(failed).split(' Raise')[0]} Falling back to the smaller model {model}: study {name!r}, "
+               f"trained as a run of its own in {results_dir / name / 'train'} (this run is kept as it is); a new run "
+               f"starts at its first stable config no larger than {failed.params.imgsz}/{failed.params.batch} "
+               "(imgsz/batch), else at its smallest.", important=True)  # fmt: skip
     return name
 
 

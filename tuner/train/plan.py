@@ -158,8 +158,7 @@ def step_down(
 def _smaller_candidate(current: Params, candidates: tuple[Candidate, ...]) -> Candidate | None:
     """The first config of the ladder no larger than `current` in imgsz and batch, and not its size."""
     for candidate in candidates:
-        smaller = candidate.params.imgsz <= current.imgsz and candidate.params.batch <= current.batch
-        if smaller and candidate.params.size != current.size:
+        if candidate.params.within(current) and candidate.params.size != current.size:
             return candidate
     return None
 

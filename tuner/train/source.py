@@ -140,9 +140,8 @@ TRAIN_EPOCHS = configs.TRAIN_DEFAULTS["epochs"]  # what a study's prediction is 
 
 
 def source_from_study(name: str, storage: str | None, studies_dir: Path, at_most: Params | None = None) -> Source:
-    """The study's best stable config; with `at_most` (a larger model's config that ran out of memory), the first
-    config of the ladder no larger than it in imgsz and batch, where there is one (else the best: the run's own
-    step-downs go on from there)."""
+    """The study's best stable config; with `at_most` (a larger model's config that ran out of memory), the start of
+    a fallback instead (`_fallback_start`), said in `origin`."""
     from tuner.study.storage import load_study, storage_url
 
     url = storage_url(storage, studies_dir, name)
@@ -156,11 +155,14 @@ def source_from_study(name: str, storage: str | None, studies_dir: Path, at_most
     stored = record.config or configs.from_stored({})  # a study without a stored config: today's defaults
     where = f"study {name!r}"
     candidates = _candidates(study, record)
-    start = _no_larger(candidates, at_most) if at_most is not None else None
-    best, trial = (start.params, start.trial) if start is not None else (record.best.params, record.best.trial)
+    origin = f"study {name!r} in {url}"
+    best, trial = record.best.params, record.best.trial
+    if at_most is not None:
+        start, how = _fallback_start(candidates, at_most)
+        best, trial, origin = start.params, start.trial, f"{origin}, {how}"
     return Source(
         study=name,
-        origin=f"study {name!r} in {url}",
+        origin=origin,
         model=_check_model(str(record.model_path), f"the model of {where}"),
         data=_check_data(str(record.data_path), f"the dataset of {where}"),
         device=str(record.device or "auto"),
@@ -176,9 +178,16 @@ def source_from_study(name: str, storage: str | None, studies_dir: Path, at_most
     )
 
 
-def _no_larger(candidates: tuple[Candidate, ...], limit: Params) -> Candidate | None:
-    """The first config of the ladder no larger than `limit` in imgsz and batch (its own size included)."""
-    return next((c for c in candidates if c.params.imgsz <= limit.imgsz and c.params.batch <= limit.batch), None)
+def _fallback_start(candidates: tuple[Candidate, ...], limit: Params) -> tuple[Candidate, str]:
+    """Where a smaller model's run starts after `limit`, a larger model's config, ran out of memory: the first config
+    of its ladder no larger than `limit` in imgsz and batch; where none is, the one with the fewest pixels a batch
+    (the least memory, as far as the sizes tell). With how it was chosen, for the run's origin."""
+    described = f"{limit.imgsz}/{limit.batch}"
+    start = next((candidate for candidate in candidates if candidate.params.within(limit)), None)
+    if start is not None:
+        return start, f"its first stable config no larger than {described} (imgsz/batch), the fallback's start"
+    start = min(candidates, key=lambda candidate: candidate.params.batch * candidate.params.imgsz**2)
+    return start, f"its smallest stable config (none is no larger than {described} in imgsz and batch), the fallback's start"
 
 
 def smaller_model_study(name: str, storage: str | None, studies_dir: Path) -> tuple[str, str] | None:

@@ -52,7 +52,7 @@ class NoSmallerConfig(TrainFailed):
     """Out of memory twice with a config (`params`) that has nothing smaller to step down to (train-best may fall
     back to a smaller model's study: tuner.commands.train_best)."""
 
-    def __init__(self, message: str, params: Params) -> None:
+    def __init__(self, message: str, params: Params | None = None) -> None:
         super().__init__(message)
         self.params = params
 
