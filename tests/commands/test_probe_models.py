@@ -161,6 +161,7 @@ def test_two_models_are_two_studies_and_the_pick_is_the_better_one(workdir, tiny
     report = (workdir / "results" / summary["family"] / "report.md").read_text()
     assert all(f"| {model} " in report or f"| {model} **(pick)**" in report for model in ("yolov8n.yaml", "yolov8s.yaml"))
     assert "Model 2/2: yolov8s.yaml" in err
+    assert "Next: tuner train-best" not in err  # each model's summary leaves the next step to the pick across them
 
 
 def test_a_local_yaml_is_not_ordered_by_its_name(tmp_path):

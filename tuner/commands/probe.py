@@ -236,7 +236,7 @@ def _finish(study, cfg, device, record: StudyRecord, url: str, results_dir: Path
         frontier = (record.limits or {}).get("frontier")
         summaries.append({**summary, "stable_limit_mb": record.stable_limit_mb, "frontier": frontier})
         as_json = False
-    print_probe_summary(summary, progress, as_json)
+    print_probe_summary(summary, progress, as_json, next_step=summaries is None)  # several: the pick across them says
     return 0 if best is not None else 1
 
 
@@ -351,7 +351,9 @@ def cost_summary(spent_s: float, predicted: training_time.Prediction | None) -> 
     return {"probe_s": round(spent_s, 1), "training_s": training_s, "line": probe_budget.cost_line(spent_s, training_s)}
 
 
-def print_probe_summary(summary: dict[str, Any], progress: Progress, as_json: bool) -> None:
+def print_probe_summary(summary: dict[str, Any], progress: Progress, as_json: bool, next_step: bool = True) -> None:
+    """The study's summary, as text or JSON; `next_step`: end the pick's line with the train-best command (one model
+    of several leaves that to the pick across them)."""
     if as_json:
         print(json.dumps(summary, indent=2))
         return
@@ -373,7 +375,8 @@ def print_probe_summary(summary: dict[str, Any], progress: Progress, as_json: bo
         predicted = Prediction.from_json(best.get("train_predicted"))
         if predicted is not None:
             lines.append(f"Predicted full training: {predicted.describe()} (as its probe timed it).")
-        lines.append(f"Written to {best['best_yaml']}. Next: tuner train-best --study-name {summary['study']}")
+        next_line = f" Next: tuner train-best --study-name {summary['study']}" if next_step else ""
+        lines.append(f"Written to {best['best_yaml']}.{next_line}")
         if summary.get("hint"):
             lines.append(f"Note: {summary['hint']}")
     if summary.get("train_time"):
