@@ -51,6 +51,12 @@ CONFIGS = [
 SEEDS = (0, 1)
 
 
+def positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number of 1 or more")
+    return int(text)
+
+
 def parse_configs(text: str) -> list[tuple]:
     """`320/8/0.6/0.15,480/2/0.4/0.2` as CONFIGS' tuples."""
     try:
@@ -110,7 +116,11 @@ def probe_metrics(
     seeds: tuple[int, ...] = SEEDS,
 ) -> list[float | None]:
     """The probe's metric of `config` for each of `seeds`, with the probe `settings` (keys of `probe` in
-    configs/probe.yaml) over the defaults; each seed's is kept in the workdir and reused."""
+    configs/probe.yaml) over the defaults; each seed's is kept in the workdir and reused (and a workdir's from
+    before, one file of seeds 0 and 1 per config)."""
+    earlier = workdir / "probes" / ("%d-%d-%g-%g.json" % config)
+    if earlier.exists() and set(seeds) <= {0, 1}:
+        return [json.loads(earlier.read_text())[seed] for seed in seeds]
     cfg = configs.load(None, {"memory_budget": budget_text, "probe": {**(settings or {}), "trial_timeout": 7200}})  # accuracy, not time
     device = devices.resolve("cpu")
     budget = parse_budget(cfg.memory_budget, device.total_memory)
@@ -173,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
                              "their mean, and their spread is the full training's own noise (default: 1)")
     parser.add_argument("--configs", metavar="I/B/MOSAIC/MIXUP,...", type=parse_configs, default=CONFIGS,
                         help="the configs to measure (default: six spread over the space)")
-    parser.add_argument("--seeds", type=int, default=len(SEEDS), metavar="N",
+    parser.add_argument("--seeds", type=positive, default=len(SEEDS), metavar="N",
                         help=f"probe each config with seeds 0..N-1 (default: {len(SEEDS)}; the noise needs 2)")
     parser.add_argument("--probes-only", action="store_true", help="run the probes, not the full trainings")
     parser.add_argument("--probe", action="append", default=[], metavar="KEY=VALUE",
@@ -185,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     (args.workdir / "probes").mkdir(parents=True, exist_ok=True)
     rows = []
     for config in args.configs:
-        probes = probe_metrics(config, args.workdir, args.memory_budget, args.kind, settings, tuple(range(args.seeds)))
+        seeds = tuple(range(args.seeds))
+        probes = probe_metrics(config, args.workdir, args.memory_budget, args.kind, settings, seeds)
         if args.probes_only:
             print(f"{config}: probe {probes}", flush=True)
             continue
@@ -205,8 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     rho = spearman(means, [r["full"] for r in usable])
     full_noise = [max(r["fulls"]) - min(r["fulls"]) for r in usable if len(r["fulls"]) > 1]
     shown = ", ".join(f"{key}={value}" for key, value in settings.items()) or "default settings"
-    print(f"\n{args.kind} dataset, 2 CPU cores; probe: {shown}, seeds 0-{args.seeds - 1}; full: train-best, {args.epochs} epochs; "
-          f"{base_line()}\n")
+    print(f"\n{args.kind} dataset, 2 CPU cores; probe: {shown}, seeds 0-{args.seeds - 1}; "
+          f"full: train-best, {args.epochs} epochs; {base_line()}\n")
     print("| imgsz / batch / mosaic / mixup | probe mAP50-95 (seeds) | probe mean | full mAP50-95 | full wall |")
     print("|---|---|---|---|---|")
     for row in rows:
