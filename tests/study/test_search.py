@@ -27,7 +27,7 @@ from tuner.study.inputs import Inputs
 from tuner.study.open import open_study
 from tuner.study.progress import Progress
 from tuner.study.records import StudyRecord, TrialRecord
-from tuner.study.search import CONSTRAINT, Search
+from tuner.study.search import CONSTRAINT, Search, enqueue_startup
 from tuner.study.space import startup_design
 
 
@@ -46,8 +46,13 @@ def prepared(tmp_path: Path, n_trials: int, budget_mb: float = 2000, space=None,
 
 
 def searched(tmp_path: Path, n_trials: int, budget_mb: float = 2000, progress=None, space=None, race: int = 0,
-             pruner: str = "halving", **probe) -> tuple[optuna.Study, limits.Limits, FakeProbe]:  # fmt: skip
+             pruner: str = "halving", after_design=(), **probe) -> tuple[optuna.Study, limits.Limits, FakeProbe]:  # fmt: skip
+    """A search with FakeProbe; `after_design`: configs (params dicts) queued to run right after the startup design."""
     study, trials, found = prepared(tmp_path, n_trials, budget_mb, space, race, pruner)
+    if after_design:
+        enqueue_startup(study, trials.cfg, found)  # the search queues it once per study: these come after it
+        for params in after_design:
+            study.enqueue_trial(params)
     fake = FakeProbe(budget_mb, **probe)
     Search(study, trials, progress or quiet(), found, runner=fake).run()
     return study, found, fake
@@ -63,7 +68,8 @@ def ran(space: Space, imgsz: int, batch: int, mosaic: float, value: float, peak:
 
 
 def test_the_search_trains_only_inside_the_frontier_and_tells_the_sampler_what_went_over(tmp_path):
-    study, found, fake = searched(tmp_path, n_trials=14, budget_mb=1000, excess=1.2)
+    weak = [{"imgsz": 160, "batch": 2, "mosaic": 0.0, "mixup": 0.0}, {"imgsz": 192, "batch": 2, "mosaic": 0.0, "mixup": 0.0}]
+    study, found, fake = searched(tmp_path, n_trials=14, budget_mb=1000, excess=1.2, after_design=weak)
     frontier, limit = found.frontier.largest(), found.stable_limit_mb
     assert fake.ran and all(frontier[p.batch] is not None and p.imgsz <= frontier[p.batch] for p in fake.ran)
     trials = study.get_trials()
