@@ -10,7 +10,6 @@ yolov8s gets one by the same recipe where a study asks for it (`tuner probe --mo
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import subprocess
 import sys
@@ -43,11 +42,16 @@ class BaseRecipe:
     optimizer: str = "AdamW"
     lr0: float = 0.002
     seed: int = 0
+    # CPU threads of the build, whatever the machine has or OMP_NUM_THREADS says: from scratch, another thread count
+    # trains other weights (measured 2026-12-05 on one machine: 1 thread 0.239 mAP50-95 on BASE_DATA's val split, 2
+    # threads 0.447, each the same build after build), and a parent that had imported Ultralytics passed on its
+    # OMP_NUM_THREADS=1, so two builds of one recipe differed. Part of the key: a build by another count is not reused.
+    threads: int = 2
     minutes: int = 3  # what the one-line notice promises: 2.6 min measured on 2 idle CPU cores, 5-8 min on busy ones
 
     @property
     def key(self) -> str:
-        recipe = f"e{self.epochs}-i{self.imgsz}-b{self.batch}-{self.optimizer}-{self.lr0:g}"
+        recipe = f"e{self.epochs}-i{self.imgsz}-b{self.batch}-{self.optimizer}-{self.lr0:g}-t{self.threads}"
         return f"base-v{cache.GENERATOR_VERSION}-{BASE_DATA.key}-{recipe}"
 
 
@@ -106,10 +110,9 @@ def _print_stderr(message: str) -> None:
 
 
 def _base_env() -> dict[str, str]:
-    """The child's environment. The one-off build uses every core (or the user's OMP_NUM_THREADS): left alone,
-    Ultralytics sets OMP_NUM_THREADS=1 and its select_device() sets torch to cpu_count - 1 threads."""
-    threads = os.environ.get("OMP_NUM_THREADS") or str(min(len(os.sched_getaffinity(0)), 16))
-    return offline.child_env({"OMP_NUM_THREADS": threads})
+    """The child's environment: the recipe's threads (BaseRecipe.threads), not the machine's cores nor an inherited
+    OMP_NUM_THREADS (Ultralytics sets it to 1 in a process that imports it)."""
+    return offline.child_env({"OMP_NUM_THREADS": str(BASE_RECIPE.threads)})
 
 
 def _train_base(data_yaml: Path, project: Path, device: str, model_yaml: str = "yolov8n.yaml") -> None:
@@ -120,7 +123,7 @@ def _train_base(data_yaml: Path, project: Path, device: str, model_yaml: str = "
     offline.settle()
     recipe = BASE_RECIPE
     model = YOLO(model_yaml)
-    threads = int(os.environ.get("OMP_NUM_THREADS") or torch.get_num_threads())
+    threads = recipe.threads
     # Ultralytics' select_device() sets torch to cpu_count - 1 threads (1 on 2 cores); undo that right after it.
     model.add_callback("on_pretrain_routine_start", lambda trainer: torch.set_num_threads(threads))
     model.train(
