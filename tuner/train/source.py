@@ -157,7 +157,7 @@ def source_from_study(name: str, storage: str | None, studies_dir: Path, at_most
     candidates = _candidates(study, record)
     origin = f"study {name!r} in {url}"
     best, trial = record.best.params, record.best.trial
-    if at_most is not None:
+    if at_most is not None and candidates:  # no ladder (none stable by its records): the pick, as before
         start, how = _fallback_start(candidates, at_most)
         best, trial, origin = start.params, start.trial, f"{origin}, {how}"
     return Source(
