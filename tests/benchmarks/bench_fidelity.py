@@ -107,8 +107,7 @@ def base_line() -> str:
     sys.path.insert(0, str(Path(__file__).parent))
     import kinds
 
-    base = tuner_inputs.model(configs.load(None, {}).model, embedded=True)
-    return f"base checkpoint {Path(base).name}, fingerprint {kinds.base_fingerprint(base)}"
+    return kinds.describe_base(tuner_inputs.model(configs.load(None, {}).model, embedded=True))
 
 
 def probe_metrics(

@@ -163,8 +163,7 @@ def base_line() -> str:
     sys.path.insert(0, str(Path(__file__).parent))
     import kinds
 
-    base = base_model.base_checkpoint()
-    return f"base checkpoint {base.name}, fingerprint {kinds.base_fingerprint(base)}"
+    return kinds.describe_base(base_model.base_checkpoint())
 
 
 def markdown(rows: list[dict]) -> str:

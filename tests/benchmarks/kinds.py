@@ -54,6 +54,11 @@ def base_fingerprint(weights: Path | str) -> str:
     return digest.hexdigest()[:12]
 
 
+def describe_base(weights: Path | str) -> str:
+    """The line a benchmark prints under its figures: which base checkpoint they are of."""
+    return f"base checkpoint {Path(weights).name}, fingerprint {base_fingerprint(weights)}"
+
+
 def build(kind: str, out: Path, n_train: int, n_val: int, seed: int = 0) -> Path:
     """Write `kind`'s dataset (YOLO layout) under `out` unless its data.yaml is there; return the data.yaml."""
     import cv2
