@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
+import subprocess
+import sys
+import zipfile
 from pathlib import Path
 
 import optuna
@@ -11,6 +15,7 @@ import pytest
 
 from tests.conftest import TINY, TINY_NAME, tiny_probe_args
 from tuner import config as configs
+from tuner import offline
 from tuner.commands import probe as probe_command
 from tuner.commands import probe_models
 from tuner.commands.probe_models import ModelResult, family_name, pick, share, write_report
@@ -116,9 +121,54 @@ def test_a_model_that_fits_nowhere_is_left_out_and_the_study_goes_on(workdir, ti
 def test_models_run_smallest_first_only_where_tuner_can_tell_which_is_larger():
     assert inputs.by_scale(["yolov8s.yaml", "yolov8n.yaml"]) == ["yolov8n.yaml", "yolov8s.yaml"]
     assert inputs.by_scale(["yolo11x.yaml", "yolo11n.yaml", "yolo11m.yaml"]) == ["yolo11n.yaml", "yolo11m.yaml", "yolo11x.yaml"]
+    assert inputs.by_scale(["yolov8l.yaml", "yolov8m.yaml"]) == ["yolov8m.yaml", "yolov8l.yaml"]  # deeper and wider
     assert inputs.by_scale(["yolov8n.yaml", "yolo11s.yaml"]) is None  # two families: either may be larger
     assert inputs.by_scale(["yolov8n-p2.yaml", "yolov8s.yaml"]) is None  # two variants
-    assert inputs.by_scale(["a.pt", "yolov8n.yaml"]) is None  # weights: not loaded to count them
+    assert inputs.by_scale(["yolov8.yaml", "yolov8s.yaml"]) is None  # no scale in the name: Ultralytics guesses
+    assert inputs.by_scale(["a.pt", "yolov8n.yaml"]) is None  # no such weights file
+
+
+@pytest.fixture(scope="module")
+def scaled_weights(tmp_path_factory) -> dict[str, Path]:
+    """yolov8n.pt and yolov8s.pt as Ultralytics saves them (`YOLO(yaml).save`), random weights, under names that
+    say nothing of their scale."""
+    folder = tmp_path_factory.mktemp("weights")
+    paths = {scale: folder / f"model-{index}.pt" for index, scale in enumerate("sn")}
+    script = "; ".join(["import sys", "from ultralytics import YOLO",
+                        *(f"YOLO('yolov8{scale}.yaml').save(sys.argv[{index + 1}])" for index, scale in enumerate(paths))])  # fmt: skip
+    subprocess.run([sys.executable, "-c", script, *map(str, paths.values())], env=offline.child_env(), check=True,
+                   capture_output=True, timeout=120)  # fmt: skip
+    return paths
+
+
+def test_weights_files_are_ordered_by_the_architecture_they_store(scaled_weights, tmp_path):
+    small, large = str(scaled_weights["n"]), str(scaled_weights["s"])
+    assert inputs.by_scale([large, small]) == [small, large]
+    assert inputs.by_scale([large, "yolov8n.yaml"]) == ["yolov8n.yaml", large]  # a weights file and a shipped YAML
+    assert inputs.by_scale([small, "yolo11s.yaml"]) is None  # another architecture
+    empty = tmp_path / "empty.pt"  # a checkpoint that stores no model (a state dict saved on its own, say)
+    with zipfile.ZipFile(empty, "w") as archive:
+        archive.writestr("empty/data.pkl", pickle.dumps({"weights": [1, 2]}))
+        archive.writestr("empty/version", "3\n")
+    assert inputs.by_scale([small, str(empty)]) is None
+
+
+class _Payload:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.mkdir, (str(self.marker),))
+
+
+def test_reading_a_weights_files_architecture_runs_none_of_its_code(tmp_path):
+    marker = tmp_path / "ran"
+    weights = tmp_path / "evil.pt"
+    with zipfile.ZipFile(weights, "w") as archive:
+        archive.writestr("evil/data.pkl", pickle.dumps({"model": _Payload(marker)}))
+        archive.writestr("evil/version", "3\n")
+    assert inputs.by_scale([str(weights), "yolov8s.yaml"]) is None
+    assert not marker.exists()  # pickle.load would have made it
 
 
 @pytest.mark.parametrize(
@@ -193,3 +243,18 @@ def test_models_that_fit_nowhere_under_limits_only_exit_1_and_the_larger_needs_n
     assert large["left_out"].startswith("A smaller model did not fit the smallest config")
     assert not (workdir / "studies" / "tight-yolov8s" / "preflight").exists()  # not one pre-flight of yolov8s
     assert (workdir / "studies" / "tight-yolov8n" / "preflight").is_dir()
+
+
+def test_weights_files_of_one_architecture_run_smallest_first_and_the_larger_needs_no_preflight(
+    workdir, tiny_data, run_cli, scaled_weights
+):
+    """As above, with weights files named in no order and under names that say nothing of their scale."""
+    small, large = scaled_weights["n"], scaled_weights["s"]
+    code, out, err = run_cli(*tiny_probe_args(tiny_data, "--model", f"{large},{small}", "--limits-only", "--json",
+                                              "--memory-budget", "150MB", "--study-name", "tight"))  # fmt: skip
+    assert code == 1, err
+    assert f"Smallest first: {small}, {large}" in err
+    first, second = json.loads(out)["models"]
+    assert (first["model"], second["model"]) == (str(small), str(large))
+    assert second["left_out"].startswith("A smaller model did not fit the smallest config")
+    assert not (workdir / "studies" / f"tight-{large.stem}" / "preflight").exists()  # not one pre-flight of it

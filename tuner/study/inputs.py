@@ -8,9 +8,7 @@ settings, and cost seconds); model names are checked against the files Ultralyti
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import math
-import re
 import zipfile
 from pathlib import Path
 from typing import Iterable
@@ -23,7 +21,7 @@ from tuner.memory.device import Device
 from tuner.memory.model import Measurement
 from tuner.params import Params
 from tuner.process.contract import EpochRecord, ProbeSpec
-from tuner.study import cost, training_time
+from tuner.study import architecture, cost, training_time
 from tuner.study.training_time import Prediction
 
 DEFAULT_MODEL = "yolov8n.yaml"
@@ -54,23 +52,12 @@ def models(requested: str) -> list[str]:
     return names
 
 
-SCALED_YAML = re.compile(r"^(yolo[a-z]*\d+)([nsmlx])(.*)\.ya?ml$", re.IGNORECASE)  # yolov8n.yaml, yolo11s-p2.yaml
-SCALES = "nsmlx"  # Ultralytics' model scales, smallest first
-
-
 def by_scale(names: list[str]) -> list[str] | None:
-    """`names` smallest first, where they are one model family's YAMLs at different scales (yolov8n.yaml,
-    yolov8s.yaml, as Ultralytics ships them): at the same imgsz and batch the larger needs at least as much memory.
-    None where tuner cannot tell which is larger without loading them (weights files, local YAML files, different
-    families or variants)."""
-    if any(Path(name).expanduser().is_file() for name in names):  # a local YAML may be anything, whatever its name
-        return None
-    matches = [SCALED_YAML.match(Path(name).name) for name in names]
-    if any(match is None for match in matches):
-        return None
-    if len({(match.group(1).lower(), match.group(3).lower()) for match in matches}) != 1:
-        return None
-    return sorted(names, key=lambda name: SCALES.index(SCALED_YAML.match(Path(name).name).group(2).lower()))
+    """`names` smallest first, where they are one architecture at different scales (yolov8n.yaml, yolov8s.yaml as
+    Ultralytics ships them, or weights files of them: tuner.study.architecture): at the same imgsz and batch the
+    larger needs at least as much memory. None where tuner cannot tell which is larger (local YAML files, different
+    architectures, a weights file that stores no architecture)."""
+    return architecture.smallest_first(names)
 
 
 def model(requested: str, *, embedded: bool) -> Path | str:
@@ -135,13 +122,7 @@ def _torch_archive(path: Path) -> bool:
 
 def _shipped_model_yaml(name: str) -> bool:
     """Ultralytics resolves yolov8n.yaml to cfg/models/v8/yolov8.yaml with scale n."""
-    spec = importlib.util.find_spec("ultralytics")
-    if spec is None or not spec.submodule_search_locations:
-        return False
-    models = Path(spec.submodule_search_locations[0]) / "cfg" / "models"
-    unscaled = re.sub(r"(\d+)([nslmx])(.+)?$", r"\1\3", Path(name).stem)
-    wanted = {Path(name).stem, unscaled}
-    return any(found.stem in wanted for found in models.rglob("*.yaml"))
+    return architecture.shipped_yaml(name) is not None
 
 
 @dataclasses.dataclass(frozen=True)
