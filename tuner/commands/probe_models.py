@@ -4,8 +4,8 @@ Each model gets a study of its own, the same as `tuner probe --model a.pt` would
 run before goes on): its own pre-flights and memory frontier, and its own search over imgsz x batch x mosaic x
 mixup inside that frontier. Dominance holds within a model; across models only one way: where the models are one
 architecture's scales (yolov8n.yaml, yolov8s.yaml, or weights files of them: tuner.study.architecture) they run
-smallest first, and a config the smaller did not fit rules the
-larger out there without a pre-flight (tuner.study.limits.RuledOut), never the other way round. The probe budget is
+smallest first, and a config the smaller did not fit rules the larger out there without a pre-flight
+(tuner.study.limits.RuledOut), never the other way round. The probe budget is
 shared: each study gets 1/n of it. A model that fits nowhere is said in one line and left out. The pick is the most
 accurate of the studies' picks, a tie within the noise (the larger of the studies') going to the lower peak memory;
 results/<family>/report.md sets the models side by side.
