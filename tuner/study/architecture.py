@@ -131,18 +131,6 @@ class _Stub:
     def __setstate__(self, state: Any) -> None:
         self.state = state[0] if isinstance(state, tuple) and len(state) == 2 and isinstance(state[0], dict) else state
 
-    def __call__(self, *args, **kwargs) -> _Stub:
-        return _Stub()
-
-    def __setitem__(self, key, value) -> None:
-        pass
-
-    def append(self, value) -> None:
-        pass
-
-    def extend(self, values) -> None:
-        pass
-
 
 class _Unpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> type:
