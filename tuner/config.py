@@ -44,8 +44,8 @@ DEFAULTS: dict[str, Any] = {
     "probe": {
         "epochs": 3,
         "fraction": 1.0,
-        "train_images": 200,  # tuner.data.sample: a probe trains on at most this many train images (0: all)
-        "val_images": 100,  # and validates on at most this many val images (0: all)
+        "train_images": 128,  # tuner.data.sample: a probe trains on at most this many train images (0: all)
+        "val_images": 64,  # and validates on at most this many val images (0: all)
         "optimizer": "AdamW",
         "lr0": 0.0003,
         "warmup_epochs": 0.0,
@@ -369,7 +369,7 @@ def _choices(text: str, flag: str) -> list[int] | str:
 def _probe_images(text: str) -> dict[str, int]:
     sizes = parse_list(text, "--probe-images", int)
     if len(sizes) != 2:
-        raise ConfigError(f"`--probe-images` takes two sizes, TRAIN,VAL (e.g. 200,100; 0 for a whole split); got {text!r}.")
+        raise ConfigError(f"`--probe-images` takes two sizes, TRAIN,VAL (e.g. 128,64; 0 for a whole split); got {text!r}.")
     return {"train_images": sizes[0], "val_images": sizes[1]}
 
 

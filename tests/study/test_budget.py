@@ -4,6 +4,7 @@ to it before the first trial, and the deadline it becomes."""
 from __future__ import annotations
 
 import dataclasses
+import io
 import time
 
 import pytest
@@ -13,7 +14,9 @@ from tuner import checks
 from tuner.errors import ConfigError
 from tuner.study import limits, probe_budget
 from tuner.study.open import open_study
+from tuner.data.sample import Sample
 from tuner.study.probe_budget import Plan
+from tuner.study.progress import Progress
 from tuner.study.records import StudyRecord
 from tuner.study.search import Search, enqueue_startup, main_trials_done, startup_trials
 
@@ -63,7 +66,7 @@ def test_the_plan_never_goes_below_the_startup_design_and_one_noise_repeat():
     plan = probe_budget.fit(5.0, [10.0, 20.0, 30.0], 8, 2, 2)
     assert (plan.n_trials, plan.repeats, plan.race) == (3, 1, 0)
     assert plan.seconds == 80.0 and plan.cut == ("5 main trials", "1 repeat", "the race")
-    assert probe_budget.deadline_s(plan, 0.0) == 80.0  # the floor gets its predicted time, not the budget's 5 s
+    assert probe_budget.deadline_s(plan, 0.0) == 5.0  # the floor runs past it (Search.deadline), nothing else does
     assert plan.over_budget and plan.describe().endswith(
         "budget 5 s: 5 main trials, 1 repeat and the race cut; the startup design and one noise repeat alone take "
         "longer, and run in full (the sampler needs the design, the pick the noise).")  # fmt: skip
@@ -81,6 +84,24 @@ def test_a_share_is_of_the_reference_training_and_the_plan_says_so():
     assert Plan.from_json(plan.to_json()) == plan
     unpredicted = probe_budget.fit("15%", [], 8, 2, 2)  # no pre-flight timed its batches: nothing to plan by
     assert unpredicted.budget_s is None and unpredicted.probes == 12 and "no prediction" in unpredicted.describe()
+
+
+def test_the_pre_flights_count_against_the_budget_and_the_plan_says_so():
+    plan = probe_budget.fit("15%", [60.0, 60.0, 60.0], 8, 2, 2, ("480/4", 3300.0, 40), preflight_s=135.0)
+    assert (plan.n_trials, plan.repeats, plan.race) == (5, 1, 0)  # 495 s: 135 of pre-flights and 6 probes of 60
+    assert plan.seconds == 495.0 and plan.describe().startswith(
+        "Plan: 6 probes, about 8 min with the pre-flights' 2 min, 15% of a 40-epoch training at 480/4")
+    assert Plan.from_json({key: value for key, value in plan.to_json().items() if key != "preflight_s"}).preflight_s == 0.0
+
+
+def test_a_share_follows_the_best_config_so_far_and_a_duration_stays_put():
+    share = probe_budget.fit("15%", [60.0, 60.0, 60.0], 8, 2, 2, ("480/4", 3300.0, 40))
+    assert probe_budget.budget_now(share) == pytest.approx(495.0)  # no best config yet: the plan's reference
+    assert probe_budget.budget_now(share, 2000.0) == pytest.approx(300.0)  # the best trains faster: less to spend
+    assert probe_budget.deadline_s(share, 100.0, 6000.0) == pytest.approx(800.0)  # slower: more
+    duration = probe_budget.fit(400.0, [60.0, 60.0, 60.0], 8, 2, 2, ("480/4", 3300.0, 40))
+    assert probe_budget.budget_now(duration, 2000.0) == 400.0
+    assert probe_budget.budget_now(probe_budget.fit("none", [60.0], 8, 2, 2), 2000.0) is None
 
 
 def test_the_cost_line_sets_the_probe_against_the_picks_training():
@@ -106,10 +127,11 @@ def _searched(tmp_path, plan: Plan | None, done_s: float = 0.0):
 
 
 def _clocked_search(tmp_path, monkeypatch, plan: Plan, probe_s: float, timeout: float | None = None,
-                    n_trials: int = 6, queued_from: int | None = None) -> list:  # fmt: skip
+                    n_trials: int = 6, queued_from: int | None = None, progress=None) -> list:  # fmt: skip
     """A search of `n_trials` main trials (6: a 3-cell startup design) and 2 repeats whose fake probes each take
     `probe_s` of the clock; the configs it ran. `queued_from`: the design was queued from a config of that many
-    trials, as `tuner probe` queues it before the plan cuts the main trials."""
+    trials, as `tuner probe` queues it before the plan cuts the main trials. Its probes sample 960 train and 96 val
+    images, so each ok probe predicts its config's full training (thousands of seconds: tests.fakes.batch_s)."""
     clock = [time.monotonic()]
     monkeypatch.setattr(time, "monotonic", lambda: clock[0])
     fake = FakeProbe(2000)
@@ -119,7 +141,8 @@ def _clocked_search(tmp_path, monkeypatch, plan: Plan, probe_s: float, timeout: 
         return fake(*args, **kwargs)
 
     trials = inputs(tmp_path, 2000)
-    trials = dataclasses.replace(trials, cfg=dataclasses.replace(trials.cfg, n_trials=n_trials, timeout=timeout))
+    trials = dataclasses.replace(trials, cfg=dataclasses.replace(trials.cfg, n_trials=n_trials, timeout=timeout),
+                                 sample=Sample("s.yaml", 200, 100, 960, 96), planned_epochs=30)  # fmt: skip
     assert trials.cfg.probe.repeats == 2
     found = limits.map_limits(trials, quiet(), runner=FakePreflight(2000))
     record = StudyRecord(config=trials.cfg, device="cpu", budget_mb=2000.0, stable_limit_mb=trials.stable_limit_mb,
@@ -127,7 +150,7 @@ def _clocked_search(tmp_path, monkeypatch, plan: Plan, probe_s: float, timeout: 
     study, _ = open_study("s", f"sqlite:///{tmp_path / 's.db'}", trials.cfg, record)
     if queued_from:
         enqueue_startup(study, dataclasses.replace(trials.cfg, n_trials=queued_from), found)
-    Search(study, trials, quiet(), found, runner=clocked, plan=plan).run()
+    Search(study, trials, progress or quiet(), found, runner=clocked, plan=plan).run()
     return fake.ran
 
 
@@ -166,3 +189,18 @@ def test_a_continued_study_counts_the_probe_time_already_spent(tmp_path):
     assert len(fake.ran) == 1 and main_trials_done(study) == 1 and len(study.get_trials()) == 2
     _, fake = _searched(tmp_path / "room", Plan(600.0, 600.0, 6, 2, 0, 50.0), done_s=100.0)
     assert fake.ran  # 500 s left: the search goes on
+
+
+def test_a_share_of_the_training_follows_the_best_config_found_and_says_so(tmp_path, monkeypatch):
+    """Each fake probe takes 1 s; the best config's full training is predicted at thousands of seconds. 1% of it is
+    tens of seconds: every trial runs, though the plan's own reference left 0.5 s. 0.01% of it is under a second:
+    the floor alone runs, though the plan's reference left 1000 s."""
+    stream = io.StringIO()
+    progress = Progress(1, 1, "mAP50-95", stream=stream)
+    grown = _clocked_search(tmp_path / "a", monkeypatch, Plan("1%", 0.5, 6, 2, 0, 5.0, "160/2", 50.0, 30), 1.0,
+                            progress=progress)  # fmt: skip
+    assert len(grown) == 8  # six main trials and both repeats
+    said = [line for line in stream.getvalue().splitlines() if line.startswith("Budget: 1% of the best config so far")]
+    assert said and all("whose full training is predicted at" in line for line in said)
+    shrunk = _clocked_search(tmp_path / "b", monkeypatch, Plan("0.01%", 1000.0, 6, 2, 0, 5.0, "160/2", 1e7, 30), 1.0)
+    assert len(shrunk) == 4  # the 3-cell design and one repeat

@@ -138,21 +138,24 @@ def _probe_costs(trials: Inputs, found: limits.Limits) -> str:
 
 
 def fit_plan(trials: Inputs, found: limits.Limits) -> probe_budget.Plan:
-    """The study's probes fitted to `probe.budget` by their predicted times (tuner.study.probe_budget): the startup
-    design's cells each at its pre-flights' prediction over the sample; a share is of the full training (train-best's
-    epochs over the whole splits) of the design's median cell."""
+    """The study's probes fitted to `probe.budget` by their predicted times (tuner.study.probe_budget), after the
+    pre-flights' seconds: the startup design's cells each at its pre-flights' prediction over the sample; a share is
+    of the full training (train-best's epochs over the whole splits) of the design's median cell, until the search
+    has a best config of its own."""
     cfg, speed = trials.cfg, cost.fit_speed(found.frontier.measurements)
     design = [Params(cell["imgsz"], cell["batch"], 1.0, 0.0) for cell in
               space.startup_design(cfg.space, startup_trials(cfg), found.frontier.largest())]  # fmt: skip
     if speed is None or not design:
-        return probe_budget.fit(cfg.probe.budget, [], cfg.n_trials, cfg.probe.repeats, cfg.probe.race)
+        return probe_budget.fit(cfg.probe.budget, [], cfg.n_trials, cfg.probe.repeats, cfg.probe.race,
+                                preflight_s=found.seconds)  # fmt: skip
     median = sorted(design, key=lambda params: (params.imgsz, params.batch))[len(design) // 2]
     reference = None
     if trials.sample is not None:
         seconds = cost.probe_seconds(median, speed, trials.sample.train_total, trials.sample.val_total, trials.planned_epochs)
         reference = (f"{median.imgsz}/{median.batch}", round(seconds, 1), trials.planned_epochs)
     design_s = [trials.probe_seconds(params, speed) for params in design]
-    return probe_budget.fit(cfg.probe.budget, design_s, cfg.n_trials, cfg.probe.repeats, cfg.probe.race, reference)
+    return probe_budget.fit(cfg.probe.budget, design_s, cfg.n_trials, cfg.probe.repeats, cfg.probe.race, reference,
+                            found.seconds)  # fmt: skip
 
 
 def fitted(cfg: ProbeConfig, plan: probe_budget.Plan) -> ProbeConfig:

@@ -91,11 +91,13 @@ def _sampler(cfg: configs.ProbeConfig) -> optuna.samplers.BaseSampler:
 def _check_same_study(name: str, stored: StudyRecord, new: StudyRecord) -> None:
     if stored.config is None:
         return
-    old_id, new_id = configs.identity(stored.config.to_dict()), configs.identity(new.config.to_dict())
+    old_id, new_id = (_drawn(configs.identity(record.config.to_dict()), stored.sample) for record in (stored, new))
     differences = _differences(old_id, new_id)
     if differences:
         key, old, now = differences[0]
         flag = FLAGS.get((key, _show(old)))
+        if key in ("probe.train_images", "probe.val_images"):
+            flag = "--probe-images {},{}".format(*(stored.config.to_dict()["probe"][k] for k in ("train_images", "val_images")))
         fix = f"Re-run with {flag}" if flag else "Re-run with the study's settings"
         raise ConfigError(
             f"Study {name!r} was created with {key} = {_show(old)}, but this run asks for {_show(now)}. "
@@ -113,6 +115,18 @@ def _check_same_study(name: str, stored: StudyRecord, new: StudyRecord) -> None:
                 f"Study {name!r} was created with {what.format(old)}, but this run has {what.format(now)}. "
                 "Re-run with the same --memory-budget/--device, or pass --study-name for a new study."
             )
+
+
+def _drawn(identity: dict[str, Any], sample: samples.Sample | None) -> dict[str, Any]:
+    """`identity` with the sample sizes it asks for as the images a probe would use of the study's splits (`sample`,
+    as stored): on splits smaller than both, 128 and 200 train images are the same whole split, and the same study."""
+    if sample is None:
+        return identity
+    probe = dict(identity["probe"])
+    for key, total in (("train_images", sample.train_total), ("val_images", sample.val_total)):
+        if isinstance(probe.get(key), int):
+            probe[key] = total if probe[key] <= 0 else min(probe[key], total)
+    return {**identity, "probe": probe}
 
 
 def _starts_from(model_path: str) -> str:

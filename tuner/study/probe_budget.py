@@ -1,16 +1,18 @@
 """The probe's budget: how much of the full training it may spend deciding, fitted before the first trial, kept.
 
 `probe.budget` (`--probe-budget`, checked by tuner.checks.probe_budget) is a duration ("6m", "90s", "1h30m", or seconds), a share of the full training
-("15%", the default), or "none" (0: unbounded). A share is of the reference training: the full training (train-best's
-planned epochs over the whole splits) of the startup design's median cell, as the pre-flights' speeds predict it
-(tuner.study.cost). The plan then fits the study into the budget by its probes' predicted times: the startup
-design's cells each at its own prediction, every other probe (main trials the sampler proposes, repeats, race
-runs) at their mean. Over the budget, the race is cut first, then repeats down to one, then main trials, never below
-the startup design (without it the sampler models nothing) and one noise repeat (without it the pick cannot tell
-a tie from a lead: the default run on the embedded dataset once picked by 0.0003). The budget is then a deadline: no trial starts once the
-probe has spent it, over every run of the study (a continued study counts the trials' durations so far), except the
-floor's own: the design and its one repeat run in full even where probes take longer than predicted
-(tuner.study.search.Search.deadline); only --timeout stops them.
+("15%", the default), or "none" (0: unbounded). The pre-flights count against it: they are part of what the probe
+costs. A share is of the full training it decides (train-best's planned epochs over the whole splits): before the
+first trial, of the startup design's median cell, as the pre-flights' speeds predict it (tuner.study.cost); once a
+stable config has finished, of the best one so far, as its own probe timed it (`budget_now`), so the probe comes to
+about that share of the training it picks, whichever config that is. The plan fits the study into the budget by its
+probes' predicted times: the startup design's cells each at its own prediction, every other probe (main trials the
+sampler proposes, repeats, race runs) at their mean. Over the budget, the race is cut first, then repeats down to
+one, then main trials, never below the startup design (without it the sampler models nothing) and one noise repeat
+(without it the pick cannot tell a tie from a lead: the default run on the embedded dataset once picked by 0.0003).
+The budget is then a deadline: no trial starts once the probe has spent it, over every run of the study (a continued
+study counts the trials' durations so far), except the floor's own: the design and its one repeat run in full even
+where they alone take longer than the budget (tuner.study.search.Search.deadline); only --timeout stops them.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ class Plan:
     reference_s: float | None = None  # its full training's predicted seconds
     epochs: int | None = None  # of the reference training
     cut: tuple[str, ...] = ()  # what was cut, "2 repeats", "the race"
+    preflight_s: float = 0.0  # the pre-flights' seconds, spent before the plan: counted in `seconds` and the budget
 
     @property
     def probes(self) -> int:
@@ -55,6 +58,7 @@ class Plan:
         line = f"Plan: {self.probes} probes"
         if self.seconds is not None:
             line += f", about {minutes(self.seconds)}"
+            line += f" with the pre-flights' {minutes(self.preflight_s)}" if self.preflight_s >= 1 else ""
             if self.reference_s:
                 line += (f", {100 * self.seconds / self.reference_s:.0f}% of a {self.epochs}-epoch training at "
                          f"{self.reference} (about {minutes(self.reference_s)})")  # fmt: skip
@@ -101,23 +105,25 @@ def _plural(count: int, one: str) -> str:
 
 def fit(
     setting: float | str, design_s: Sequence[float], n_trials: int, repeats: int, race: int,
-    reference: tuple[str, float, int] | None = None,
+    reference: tuple[str, float, int] | None = None, preflight_s: float = 0.0,
 ) -> Plan:  # fmt: skip
     """The plan for `n_trials` main trials, `repeats` and `race` runs under `setting`, from the startup design's
-    predicted probe times `design_s` (empty where no pre-flight timed its batches); `reference` is the reference
-    training (its config, predicted seconds, epochs), which a share is of."""
+    predicted probe times `design_s` (empty where no pre-flight timed its batches), after pre-flights that took
+    `preflight_s`; `reference` is the reference training (its config, predicted seconds, epochs), which a share is
+    of."""
     label, reference_s, epochs = reference or (None, None, None)
     share = share_of(setting)
     budget_s = None if setting == NONE else (share * reference_s if share is not None and reference_s else None)
     if budget_s is None and isinstance(setting, float):
         budget_s = setting
     if not design_s:
-        return Plan(setting, budget_s, n_trials, repeats, race, None, label, reference_s, epochs)
+        return Plan(setting, budget_s, n_trials, repeats, race, None, label, reference_s, epochs, (), preflight_s)
     each = sum(design_s) / len(design_s)
     floor = min(len(design_s), n_trials)
 
     def cost(trials: int, again: int, raced: int) -> float:
-        return sum(design_s[:trials]) + max(0, trials - len(design_s)) * each + (again + raced) * each
+        probes = sum(design_s[:trials]) + max(0, trials - len(design_s)) * each + (again + raced) * each
+        return preflight_s + probes
 
     counts = {"race": race, "repeats": repeats, "trials": n_trials}
     if budget_s is not None:
@@ -133,17 +139,25 @@ def fit(
         cut.append("the race" if counts["race"] == 0 else _plural(race - counts["race"], "race run"))
     seconds = cost(counts["trials"], counts["repeats"], counts["race"])
     return Plan(setting, budget_s, counts["trials"], counts["repeats"], counts["race"], round(seconds, 1), label,
-                reference_s, epochs, tuple(cut))  # fmt: skip
+                reference_s, epochs, tuple(cut), round(preflight_s, 1))  # fmt: skip
 
 
-def deadline_s(plan: Plan | None, spent_s: float) -> float | None:
-    """Seconds left to the probe under `plan`, once `spent_s` went on its trials; None where it is unbounded.
-
-    A plan over the budget with its floor alone (the startup design and one repeat) gets the floor's predicted time,
-    not the budget's; and the floor runs in full even past it (tuner.study.search.Search.deadline)."""
+def budget_now(plan: Plan | None, best_training_s: float | None = None) -> float | None:
+    """The probe's budget in seconds now: a share of the best stable config's predicted full training so far
+    (`best_training_s`, for the plan's epochs) once one is known, else of the plan's reference; a duration as set;
+    None where it is unbounded."""
     if plan is None or plan.budget_s is None:
         return None
-    return max(plan.budget_s, plan.seconds or 0.0) - spent_s
+    share = share_of(plan.setting)
+    return share * best_training_s if share is not None and best_training_s else plan.budget_s
+
+
+def deadline_s(plan: Plan | None, spent_s: float, best_training_s: float | None = None) -> float | None:
+    """Seconds left to the probe under `plan`, once `spent_s` went on it (its trials and pre-flights); None where it
+    is unbounded. The floor (the startup design and one repeat) runs in full even past it
+    (tuner.study.search.Search.deadline)."""
+    budget = budget_now(plan, best_training_s)
+    return None if budget is None else budget - spent_s
 
 
 def spent(trials: Iterable[FrozenTrial]) -> float:

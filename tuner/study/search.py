@@ -32,6 +32,7 @@ from tuner.study import dominance, limits, probe_budget, pruners, selection, spa
 from tuner.study.inputs import Inputs
 from tuner.study.progress import Progress
 from tuner.study.records import Race, StudyRecord, TrialRecord, counts_towards_total, retried
+from tuner.study.training_time import minutes
 
 SAME_ERROR_STOP = 2  # stop when the first trials of a run all fail with the same message
 MAX_INFERRED_IN_A_ROW = 30  # the sampler keeps proposing configs known not to fit: the space is used up
@@ -90,7 +91,9 @@ class Search:
         self.waiting_said = False
         self.plan = plan  # the probes fitted to the budget (tuner.study.probe_budget): its deadline is kept
         self.timeout_at: float | None = None  # --timeout's end: no trial starts after it, whatever the study has
-        self.budget_at: float | None = None  # the budget's end: no trial starts after it once the floor has run
+        self.started_at = 0.0  # time.monotonic() at this run's start, and what the study had spent on probes by then
+        self.spent_before = 0.0  # (its trials of earlier runs and the pre-flights): the budget counts both
+        self.following: str | None = None  # the config whose full training the budget is a share of, once said
         self.floor: Callable[[], bool] = lambda: True  # whether this stage's part of the floor has run
 
     @property
@@ -108,9 +111,31 @@ class Search:
         """When no more trial may start (time.monotonic): --timeout's end; and once this stage's part of the floor has
         run (the startup design, then one noise repeat), the budget's end too. The plan runs its floor in full, even
         where the probes take longer than the pre-flights predicted (a slower machine, another job beside it)."""
-        budget = self.budget_at if self.budget_at is not None and self.floor() else None  # the floor reads the study:
-        ends = [end for end in (self.timeout_at, budget) if end is not None]                 # only where it matters
+        budget = self.budget_end() if self.plan is not None and self.floor() else None  # both read the study:
+        ends = [end for end in (self.timeout_at, budget) if end is not None]            # only where it matters
         return min(ends) if ends else None
+
+    def budget_end(self) -> float | None:
+        """When the budget ends (time.monotonic); None where it is unbounded. A share follows the best stable config
+        so far (tuner.study.probe_budget.budget_now): its full training as its probe timed it; said when it moves."""
+        best = self._best_training() if probe_budget.share_of(self.plan.setting) is not None else None
+        left = probe_budget.deadline_s(self.plan, self.spent_before, best and best[1])
+        if best is not None and best[0] != self.following:
+            self.following = best[0]
+            self.progress.say(f"Budget: {self.plan.setting} of the best config so far, {best[0]}, whose full training "
+                              f"is predicted at {minutes(best[1])}: {minutes(probe_budget.budget_now(self.plan, best[1]))} "
+                              "in all.")  # fmt: skip
+        return None if left is None else self.started_at + left
+
+    def _best_training(self) -> tuple[str, float] | None:
+        """The best stable config so far ("320/2") and its predicted full training for the plan's epochs, seconds;
+        None before one has finished with a timed probe."""
+        trials = self._trials()
+        record = StudyRecord.of(self.study)
+        choice = selection.best_stable(trials, self.limit_mb, selection.noise(trials).spread, record.budget_mb)
+        epochs = self.plan.epochs or self.inputs.planned_epochs
+        found = choice and selection.pick_prediction(trials, choice.trial.number, epochs)
+        return None if not found else (f"{choice.trial.params['imgsz']}/{choice.trial.params['batch']}", found.seconds)
 
     def _design_done(self) -> bool:
         """Every cell of the startup design has started (none of its `startup:` places is still waiting): the budget
@@ -130,10 +155,10 @@ class Search:
                    for t in trials)  # fmt: skip
 
     def run(self) -> None:
-        now = time.monotonic()
-        left = probe_budget.deadline_s(self.plan, probe_budget.spent(self._trials()))
+        self.started_at = now = time.monotonic()
+        preflights = float((StudyRecord.of(self.study).limits or {}).get("seconds") or 0.0)
+        self.spent_before = probe_budget.spent(self._trials()) + preflights
         self.timeout_at = None if self.cfg.timeout is None else now + self.cfg.timeout
-        self.budget_at = None if left is None else now + left
         if not self.study.get_trials(deepcopy=False):  # limits mapped by --limits-only: the design is not queued yet
             enqueue_startup(self.study, self.cfg, self.limits)
         done = main_trials_done(self.study)
@@ -156,7 +181,7 @@ class Search:
             return
         trials = self._trials()
         repeats = selection.to_repeat(trials, self.cfg.probe.repeats, self.limit_mb)
-        if _past(self.budget_at):  # the floor's one noise repeat, unless it ran already, and no more
+        if self.plan is not None and _past(self.budget_end()):  # the floor's one noise repeat, unless it ran already
             repeats = [] if self._repeat_done() else repeats[:1]
         for original in repeats:
             workers.enqueue(self.study, original.params, f"repeat:{original.number}", TrialRecord(repeat_of=original.number))
