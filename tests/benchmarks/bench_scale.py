@@ -60,6 +60,23 @@ def run_probe(kind: str, n_train: int, workdir: Path, budget: str) -> dict:
     return result
 
 
+def probe_times(workdir: Path, name: str) -> tuple[list[float], float]:
+    """The seconds of each probe that ran (a process: inferred trials took none), and of the floor's probes with the
+    pre-flights (the startup design and the first repeat: what a run takes whatever its budget)."""
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///{workdir / 'studies' / f'{name}.db'}")
+    ran = [t for t in study.trials if t.user_attrs.get("duration_s") and not t.user_attrs.get("inferred_from")]
+    design = [t for t in ran if str(t.user_attrs.get("slot", "")).startswith("startup:")]
+    repeat = [t for t in ran if t.user_attrs.get("repeat_of") is not None][:1]
+    preflights = float((study.user_attrs.get("limits") or {}).get("seconds") or 0.0)
+    return [t.user_attrs["duration_s"] for t in ran], preflights + sum(t.user_attrs["duration_s"] for t in design + repeat)
+
+
+def budget_lines(workdir: Path, result: dict) -> list[str]:
+    """What the run said of its budget once the best config moved it."""
+    log = workdir / f"{result['summary']['study']}.log"
+    return [line for line in log.read_text().splitlines() if line.startswith("Budget: ")] if log.exists() else []
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, required=True)
@@ -73,8 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     large = run_probe(args.kind, args.small * args.factor, args.workdir, args.memory_budget)
 
     print(f"\n{args.kind}, default tuner probe, memory budget {args.memory_budget}, 2 CPU cores\n")
-    print("| train images | probe wall | probe / predicted training of the pick | pick | outcomes | timeouts |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("| train images | probe wall | probes run, mean | floor (design + 1 repeat) | probe / predicted training "
+          "of the pick | pick | outcomes | timeouts |")  # fmt: skip
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for result in (small, large):
         summary = result["summary"]
         cost = summary.get("cost") or {}
@@ -82,10 +100,12 @@ def main(argv: list[str] | None = None) -> int:
         best = summary.get("best")
         pick = "none" if not best else "{imgsz}/{batch}/{mosaic:g}/{mixup:g}".format(**best["params"])
         outcomes = ", ".join(f"{count} {outcome}" for outcome, count in summary["counts"].items() if count)
-        print(f"| {result['n_train']} | {result['wall_s'] / 60:.1f} min | {share} | {pick} | {outcomes} | "
-              f"{len(result['timeouts'])} |")  # fmt: skip
+        runs, floor_s = probe_times(args.workdir, result["summary"]["study"])
+        print(f"| {result['n_train']} | {result['wall_s'] / 60:.1f} min | {len(runs)}, {sum(runs) / max(1, len(runs)):.0f} s "
+              f"| {floor_s / 60:.1f} min | {share} | {pick} | {outcomes} | {len(result['timeouts'])} |")  # fmt: skip
     for result in (small, large):
         print(f"{result['n_train']} images: {result['plan']}")
+        print(f"{result['n_train']} images: " + " ".join(budget_lines(args.workdir, result)))
     growth = large["wall_s"] / small["wall_s"]
     cost = large["summary"].get("cost") or {}
     share = cost["probe_s"] / cost["training_s"] if cost.get("training_s") else None

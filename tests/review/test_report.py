@@ -19,6 +19,7 @@ from optuna.trial import TrialState, create_trial
 from tuner import config as configs
 from tuner.data.sample import Sample
 from tuner.review import findings, plots, report
+from tuner.study import probe_budget
 from tuner.study.records import StudyRecord
 from tuner.study.storage import open_storage, sqlite_path, storage_url
 
@@ -406,3 +407,15 @@ def test_settings_show_the_sample_without_a_config_and_the_space_without_a_sampl
     config = dataclasses.replace(config, space=dataclasses.replace(config.space, imgsz=(320, 416), batch=(2, 4)))
     only_config = report.setting_lines(StudyRecord(config=config))
     assert f"- Space: imgsz {list(config.space.imgsz)}" in only_config
+
+
+def test_report_md_says_what_the_share_budget_followed(study):
+    """A share budget moves with the best config found (tuner.study.search.Search.budget_end): report.md gives the plan
+    as fitted before the first trial, then what the budget became."""
+    plan = probe_budget.fit("15%", [60.0, 60.0, 60.0], 8, 2, 2, ("480/2", 7200.0, 40), preflight_s=130.0)
+    follows = probe_budget.Follows("224/4", 3480.0, 522.0)
+    StudyRecord(probe_plan=plan.to_json(), budget_follows=follows.to_json()).save(study, "probe_plan", "budget_follows")
+    text = _write(study)["report.md"].read_text()
+    assert plan.describe() in text
+    assert ("Budget then 15% of the best config so far, 224/4, whose full training is predicted at 58 min: 9 min in "
+            "all.") in text  # fmt: skip

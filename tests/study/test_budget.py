@@ -7,6 +7,7 @@ import dataclasses
 import io
 import time
 
+import optuna
 import pytest
 from tests.fakes import FakePreflight, FakeProbe, inputs, quiet
 from tests.study.test_search import ran
@@ -202,5 +203,8 @@ def test_a_share_of_the_training_follows_the_best_config_found_and_says_so(tmp_p
     assert len(grown) == 8  # six main trials and both repeats
     said = [line for line in stream.getvalue().splitlines() if line.startswith("Budget: 1% of the best config so far")]
     assert said and all("whose full training is predicted at" in line for line in said)
+    stored = probe_budget.Follows.from_json(optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'a' / 's.db'}")
+                                            .user_attrs["budget_follows"])  # fmt: skip
+    assert stored.budget_s == pytest.approx(0.01 * stored.training_s) and said[-1].endswith(stored.describe())
     shrunk = _clocked_search(tmp_path / "b", monkeypatch, Plan("0.01%", 1000.0, 6, 2, 0, 5.0, "160/2", 1e7, 30), 1.0)
     assert len(shrunk) == 4  # the 3-cell design and one repeat

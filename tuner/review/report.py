@@ -127,7 +127,9 @@ def cost_section(found: Findings) -> str:
     plan = probe_budget.Plan.from_json(found.record.probe_plan)
     spent = probe_budget.spent(found.trials) + float((found.record.limits or {}).get("seconds") or 0.0)
     pick = found.best and selection.pick_prediction(found.trials, found.best.trial, found.planned_epochs)
+    follows = probe_budget.Follows.from_json(found.record.budget_follows)
     lines = [plan.describe()] if plan is not None else []
+    lines += [f"Budget then {plan.setting} {follows.describe()}"] if plan is not None and follows is not None else []
     return "\n\n".join([*lines, probe_budget.cost_line(spent, pick.seconds if pick else None)])
 
 

@@ -95,6 +95,30 @@ class Plan:
         return cls(**{**known, "cut": tuple(known.get("cut") or ())})
 
 
+@dataclasses.dataclass(frozen=True)
+class Follows:
+    """The best config a share budget follows once one has finished: its predicted full training, the budget it sets."""
+
+    config: str  # "320/2"
+    training_s: float
+    budget_s: float
+
+    def describe(self) -> str:
+        """`of the best config so far, 320/2, whose full training is predicted at 58 min: 9 min in all.`"""
+        return (f"of the best config so far, {self.config}, whose full training is predicted at "
+                f"{minutes(self.training_s)}: {minutes(self.budget_s)} in all.")  # fmt: skip
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, values: dict[str, Any] | None) -> Follows | None:
+        try:
+            return cls(str(values["config"]), float(values["training_s"]), float(values["budget_s"]))
+        except (KeyError, TypeError, ValueError):
+            return None
+
+
 def _joined(parts: Sequence[str]) -> str:
     return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
 

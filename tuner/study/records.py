@@ -335,6 +335,7 @@ class StudyRecord:
     mapping_lease: MappingLease | None = None  # who maps the limits while they are mapped (tuner.study.workers)
     sample: Sample | None = None  # the images every probe trains and validates on (tuner.data.sample)
     probe_plan: dict[str, Any] | None = None  # the probes fitted to the budget (tuner.study.probe_budget.Plan.to_json)
+    budget_follows: dict[str, Any] | None = None  # the best config a share budget last followed (config, training_s, budget_s)
     family: dict[str, Any] | None = None  # the studies of one probe of several models (tuner.commands.probe_models)
 
     @classmethod

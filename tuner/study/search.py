@@ -32,7 +32,6 @@ from tuner.study import dominance, limits, probe_budget, pruners, selection, spa
 from tuner.study.inputs import Inputs
 from tuner.study.progress import Progress
 from tuner.study.records import Race, StudyRecord, TrialRecord, counts_towards_total, retried
-from tuner.study.training_time import minutes
 
 SAME_ERROR_STOP = 2  # stop when the first trials of a run all fail with the same message
 MAX_INFERRED_IN_A_ROW = 30  # the sampler keeps proposing configs known not to fit: the space is used up
@@ -122,9 +121,9 @@ class Search:
         left = probe_budget.deadline_s(self.plan, self.spent_before, best and best[1])
         if best is not None and best[0] != self.following:
             self.following = best[0]
-            self.progress.say(f"Budget: {self.plan.setting} of the best config so far, {best[0]}, whose full training "
-                              f"is predicted at {minutes(best[1])}: {minutes(probe_budget.budget_now(self.plan, best[1]))} "
-                              "in all.")  # fmt: skip
+            follows = probe_budget.Follows(best[0], best[1], probe_budget.budget_now(self.plan, best[1]))
+            StudyRecord(budget_follows=follows.to_json()).save(self.study, "budget_follows")
+            self.progress.say(f"Budget: {self.plan.setting} {follows.describe()}")
         return None if left is None else self.started_at + left
 
     def _best_training(self) -> tuple[str, float] | None:
