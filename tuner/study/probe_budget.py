@@ -23,6 +23,7 @@ from typing import Any, Iterable, Sequence
 from optuna.trial import FrozenTrial
 
 from tuner.checks import NONE
+from tuner.study import selection
 from tuner.study.records import TrialRecord
 from tuner.study.training_time import minutes
 
@@ -174,6 +175,17 @@ def budget_now(plan: Plan | None, best_training_s: float | None = None) -> float
         return None
     share = share_of(plan.setting)
     return share * best_training_s if share is not None and best_training_s else plan.budget_s
+
+
+def following(plan: Plan, trials: Sequence[FrozenTrial], limit_mb: float, budget_mb: float | None, epochs: int) -> Follows | None:
+    """What a share budget follows now: the best stable config so far (as the pick weighs it, noise and headroom
+    included) with its full training for `epochs` as its probe timed it; None before one has finished timed."""
+    choice = selection.best_stable(trials, limit_mb, selection.noise(trials).spread, budget_mb)
+    found = choice and selection.pick_prediction(trials, choice.trial.number, epochs)
+    if not found:
+        return None
+    config = f"{choice.trial.params['imgsz']}/{choice.trial.params['batch']}"
+    return Follows(config, found.seconds, budget_now(plan, found.seconds))
 
 
 def deadline_s(plan: Plan | None, spent_s: float, best_training_s: float | None = None) -> float | None:

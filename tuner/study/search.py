@@ -117,24 +117,17 @@ class Search:
     def budget_end(self) -> float | None:
         """When the budget ends (time.monotonic); None where it is unbounded. A share follows the best stable config
         so far (tuner.study.probe_budget.budget_now): its full training as its probe timed it; said when it moves."""
-        best = self._best_training() if probe_budget.share_of(self.plan.setting) is not None else None
-        left = probe_budget.deadline_s(self.plan, self.spent_before, best and best[1])
-        if best is not None and best[0] != self.following:
-            self.following = best[0]
-            follows = probe_budget.Follows(best[0], best[1], probe_budget.budget_now(self.plan, best[1]))
+        follows = None
+        if probe_budget.share_of(self.plan.setting) is not None:
+            record = StudyRecord.of(self.study)
+            epochs = self.plan.epochs or self.inputs.planned_epochs
+            follows = probe_budget.following(self.plan, self._trials(), self.limit_mb, record.budget_mb, epochs)
+        left = probe_budget.deadline_s(self.plan, self.spent_before, follows and follows.training_s)
+        if follows is not None and follows.config != self.following:
+            self.following = follows.config
             StudyRecord(budget_follows=follows.to_json()).save(self.study, "budget_follows")
             self.progress.say(f"Budget: {self.plan.setting} {follows.describe()}")
         return None if left is None else self.started_at + left
-
-    def _best_training(self) -> tuple[str, float] | None:
-        """The best stable config so far ("320/2") and its predicted full training for the plan's epochs, seconds;
-        None before one has finished with a timed probe."""
-        trials = self._trials()
-        record = StudyRecord.of(self.study)
-        choice = selection.best_stable(trials, self.limit_mb, selection.noise(trials).spread, record.budget_mb)
-        epochs = self.plan.epochs or self.inputs.planned_epochs
-        found = choice and selection.pick_prediction(trials, choice.trial.number, epochs)
-        return None if not found else (f"{choice.trial.params['imgsz']}/{choice.trial.params['batch']}", found.seconds)
 
     def _design_done(self) -> bool:
         """Every cell of the startup design has started (none of its `startup:` places is still waiting): the budget
