@@ -97,7 +97,7 @@ def _check_same_study(name: str, stored: StudyRecord, new: StudyRecord) -> None:
         key, old, now = differences[0]
         flag = FLAGS.get((key, _show(old)))
         if key in ("probe.train_images", "probe.val_images"):
-            flag = "--probe-images {},{}".format(*(stored.config.to_dict()["probe"][k] for k in ("train_images", "val_images")))
+            flag = f"--probe-images {stored.config.probe.train_images},{stored.config.probe.val_images}"
         fix = f"Re-run with {flag}" if flag else "Re-run with the study's settings"
         raise ConfigError(
             f"Study {name!r} was created with {key} = {_show(old)}, but this run asks for {_show(now)}. "

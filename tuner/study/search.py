@@ -119,9 +119,9 @@ class Search:
         so far (tuner.study.probe_budget.budget_now): its full training as its probe timed it; said when it moves."""
         follows = None
         if probe_budget.share_of(self.plan.setting) is not None:
-            record = StudyRecord.of(self.study)
-            epochs = self.plan.epochs or self.inputs.planned_epochs
-            follows = probe_budget.following(self.plan, self._trials(), self.limit_mb, record.budget_mb, epochs)
+            record = StudyRecord.of(self.study)  # one read: the stable limit (self.limit_mb) is in it too
+            limit, epochs = record.stable_limit_mb or self.inputs.stable_limit_mb, self.plan.epochs or self.inputs.planned_epochs
+            follows = probe_budget.following(self.plan, self._trials(), limit, record.budget_mb, epochs)
         left = probe_budget.deadline_s(self.plan, self.spent_before, follows and follows.training_s)
         if follows is not None and follows.config != self.following:
             self.following = follows.config
