@@ -105,6 +105,17 @@ def test_a_share_follows_the_best_config_so_far_and_a_duration_stays_put():
     assert probe_budget.budget_now(probe_budget.fit("none", [60.0], 8, 2, 2), 2000.0) is None
 
 
+def test_a_start_keeps_a_mean_probe_in_hand_and_the_floors_repeat_while_it_is_owed(tmp_path):
+    space = inputs(tmp_path, 2000).cfg.space
+    timed = [ran(space, 160, 2, 0.5, 0.2, 700.0) for _ in range(3)]
+    for trial, seconds in zip(timed, (30.0, 60.0, 90.0)):
+        trial.user_attrs = {**trial.user_attrs, "duration_s": seconds}
+    untimed = ran(space, 320, 2, 0.5, 0.2, 700.0)  # an inferred OOM ran nothing: no duration, not in the mean
+    assert probe_budget.reserve_s([*timed, untimed]) == pytest.approx(60.0)
+    assert probe_budget.reserve_s(timed, owed=1) == pytest.approx(120.0)
+    assert probe_budget.reserve_s([untimed], owed=1) == 0.0  # nothing timed yet: the design is the floor anyway
+
+
 def test_the_cost_line_sets_the_probe_against_the_picks_training():
     assert probe_budget.cost_line(420.0, 3480.0) == "Probe: 7 min, 12% of the pick's predicted 58 min training."
     assert probe_budget.cost_line(42.0, None) == "Probe: 42 s."
@@ -139,7 +150,7 @@ def _clocked_search(tmp_path, monkeypatch, plan: Plan, probe_s: float, timeout: 
 
     def clocked(*args, **kwargs):
         clock[0] += probe_s
-        return fake(*args, **kwargs)
+        return dataclasses.replace(fake(*args, **kwargs), duration_s=probe_s)
 
     trials = inputs(tmp_path, 2000)
     trials = dataclasses.replace(trials, cfg=dataclasses.replace(trials.cfg, n_trials=n_trials, timeout=timeout),
@@ -156,10 +167,12 @@ def _clocked_search(tmp_path, monkeypatch, plan: Plan, probe_s: float, timeout: 
 
 
 def test_the_budget_is_a_deadline_kept_after_every_trial_once_the_floor_has_run(tmp_path, monkeypatch):
-    """Each fake probe takes 1 s of the clock. A 5.5 s budget: the 3-cell design and three more main trials start
-    before it ends (the last at 5 s), and of the two repeats only the floor's one runs after it."""
+    """Each fake probe takes 1 s of the clock. A 5.5 s budget: after the 3-cell design one more main trial starts (at
+    3 s, with 2.5 s left: room for it and the floor's repeat), then the floor's repeat, and the study ends at 5 s,
+    inside the budget; a fifth main trial at 4 s would have left the repeat to end at 6 s."""
     ran = _clocked_search(tmp_path / "a", monkeypatch, Plan(5.5, 5.5, 6, 2, 0, 5.0), 1.0)
-    assert len(ran) == 7 and ran[-1] in ran[:6]  # six main trials, one repeat of one of them
+    assert len(ran) == 5 and ran[-1] in ran[:4]  # four main trials, one repeat of one of them
+    assert len(_clocked_search(tmp_path / "c", monkeypatch, Plan(6.5, 6.5, 6, 2, 0, 6.0), 1.0)) == 6  # one more
     assert len(_clocked_search(tmp_path / "b", monkeypatch, Plan(2.5, 2.5, 6, 2, 0, 2.0), 1.0)) == 4  # the floor
     _, ran_all = _searched(tmp_path / "free", None)
     assert len(ran_all.ran) >= 8  # without a budget every trial runs, and the repeats

@@ -10,8 +10,9 @@ probes' predicted times: the startup design's cells each at its own prediction, 
 sampler proposes, repeats, race runs) at their mean. Over the budget, the race is cut first, then repeats down to
 one, then main trials, never below the startup design (without it the sampler models nothing) and one noise repeat
 (without it the pick cannot tell a tie from a lead: the default run on the embedded dataset once picked by 0.0003).
-The budget is then a deadline: no trial starts once the probe has spent it, over every run of the study (a continued
-study counts the trials' durations so far), except the floor's own: the design and its one repeat run in full even
+The budget is then a deadline: no trial starts unless a probe of the study's mean time (and the floor's repeat,
+while it is owed) still fits in what is left of it, over every run of the study (a continued study counts the
+trials' durations so far), except the floor's own: the design and its one repeat run in full even
 where they alone take longer than the budget (tuner.study.search.Search.deadline); only --timeout stops them.
 """
 
@@ -194,6 +195,15 @@ def deadline_s(plan: Plan | None, spent_s: float, best_training_s: float | None 
     (tuner.study.search.Search.deadline)."""
     budget = budget_now(plan, best_training_s)
     return None if budget is None else budget - spent_s
+
+
+def reserve_s(trials: Iterable[FrozenTrial], owed: int = 0) -> float:
+    """Seconds a start needs in hand: the mean of the study's probes so far for the one about to start, and one more
+    for each probe the floor still owes (its noise repeat, while it has not run). A probe starts only where that
+    fits in what is left, so the budget holds at its end and not only at a probe's start."""
+    durations = [TrialRecord.of(trial).duration_s for trial in trials]
+    ran = [seconds for seconds in durations if seconds]
+    return (1 + owed) * sum(ran) / len(ran) if ran else 0.0
 
 
 def spent(trials: Iterable[FrozenTrial]) -> float:

@@ -115,19 +115,24 @@ class Search:
         return min(ends) if ends else None
 
     def budget_end(self) -> float | None:
-        """When the budget ends (time.monotonic); None where it is unbounded. A share follows the best stable config
-        so far (tuner.study.probe_budget.budget_now): its full training as its probe timed it; said when it moves."""
-        follows = None
+        """When the budget's last probe may start (time.monotonic): its end, less a probe of the study's mean time and
+        the floor's repeat while it is owed (tuner.study.probe_budget.reserve_s), so that what starts ends inside it;
+        None where it is unbounded. A share follows the best stable config so far (probe_budget.budget_now): its full
+        training as its probe timed it; said when it moves."""
+        follows, trials = None, self._trials()
         if probe_budget.share_of(self.plan.setting) is not None:
             record = StudyRecord.of(self.study)  # one read: the stable limit (self.limit_mb) is in it too
             limit, epochs = record.stable_limit_mb or self.inputs.stable_limit_mb, self.plan.epochs or self.inputs.planned_epochs
-            follows = probe_budget.following(self.plan, self._trials(), limit, record.budget_mb, epochs)
+            follows = probe_budget.following(self.plan, trials, limit, record.budget_mb, epochs)
         left = probe_budget.deadline_s(self.plan, self.spent_before, follows and follows.training_s)
         if follows is not None and follows.config != self.following:
             self.following = follows.config
             StudyRecord(budget_follows=follows.to_json()).save(self.study, "budget_follows")
             self.progress.say(f"Budget: {self.plan.setting} {follows.describe()}")
-        return None if left is None else self.started_at + left
+        if left is None:
+            return None
+        owed = int(self.plan.repeats > 0 and self.cfg.probe.repeats > 0 and not self._repeat_done(trials))
+        return self.started_at + left - probe_budget.reserve_s(trials, owed)  # the next probe ends inside the budget
 
     def _design_done(self) -> bool:
         """Every cell of the startup design has started (none of its `startup:` places is still waiting): the budget
@@ -137,10 +142,10 @@ class Search:
         return not any(t.state == TrialState.WAITING and (TrialRecord.of(t).slot or "").startswith("startup:")
                        for t in self._trials())  # fmt: skip
 
-    def _repeat_done(self) -> bool:
+    def _repeat_done(self, trials: list[FrozenTrial] | None = None) -> bool:
         """The floor's one noise repeat has started, or finished as a run that counts (not a surplus or an inferred
         OOM)."""
-        trials = self._trials()
+        trials = self._trials() if trials is None else trials
         again = retried(trials)
         return any(TrialRecord.of(t).repeat_of is not None
                    and (t.state == TrialState.RUNNING or (t.state.is_finished() and counts_towards_total(t, again)))
