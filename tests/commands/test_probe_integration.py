@@ -384,10 +384,12 @@ def test_a_training_time_picks_within_it_and_one_nothing_fits_is_one_line_exit_1
     assert code == 1, err
     line = next(line for line in err.splitlines() if line.startswith("No stable config trains within"))
     assert re.fullmatch(r"No stable config trains within the training time of 1 s: the fastest, imgsz 64 batch \d .+, "
-                        r"is predicted at \d+ s\. Raise --train-time or plan fewer epochs \(configs/train\.yaml\), then re-run\.", line)  # fmt: skip
+                        r"is predicted at \d+(\.\d)? (s|min|h)\. Raise --train-time or plan fewer epochs \(configs/train\.yaml\), then re-run\.", line)  # fmt: skip
     assert best_yaml.read_bytes() == written  # the earlier pick stays as it was
     assert "trial 2" not in err  # no probe ran again
+    assert "memory" not in err.split(f"Study {TINY_NAME}:", 1)[1]  # the summary blames the time, not memory
     report = (workdir / "results" / TINY_NAME / "report.md").read_text()
     assert "training time 1 s), predicted" in report and "(over the training time)" in report
+    assert "No stable config trains within the training time of 1 s (`--train-time`)" in report
     code, _, err = run_cli(*tiny_probe_args(tiny_data, "--n-trials", "2", "--train-time", "soon"))
     assert code == 2 and "`train_time` is 'soon', but must be a duration (90s, 45m, 2h, 1h30m, or seconds) or none." in err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pickle
@@ -22,6 +23,7 @@ from tuner.commands.probe_models import ModelResult, family_name, pick, share, w
 from tuner.errors import ConfigError, NothingFits
 from tuner.review import plots
 from tuner.study import inputs
+from tuner.study.progress import Progress
 
 TWO = "yolov8n.yaml,yolov8s.yaml"
 
@@ -69,6 +71,19 @@ def test_the_pick_is_the_most_accurate_and_a_tie_goes_to_the_lower_peak():
     left = ModelResult("m", "s-m", left_out="needs 5000 MiB")
     assert pick([left, _result("x", None), small]) is small
     assert pick([left, _result("x", None)]) is None
+
+
+def test_where_every_models_stable_configs_train_too_long_the_verdict_names_the_time_not_memory(tmp_path):
+    stream = io.StringIO()
+    slow = _result("yolov8n.yaml", None)
+    slow.summary["train_time"] = {"none_fit": True, "line": "No stable config trains within the training time of 1 s: ..."}
+    probe_models._print("fam", [slow], None, tmp_path / "report.md", Progress(1, 1, "mAP50-95", stream=stream), False)
+    said = stream.getvalue()
+    assert "No model has a stable config that trains within the training time:" in said
+    assert "  yolov8n.yaml: No stable config trains within the training time of 1 s" in said and "memory" not in said
+    probe_models._print("fam", [_result("yolov8n.yaml", None)], None, tmp_path / "report.md",
+                        Progress(1, 1, "mAP50-95", stream=stream), False)  # fmt: skip
+    assert "raise --memory-budget" in stream.getvalue()  # no time limit left them out: memory did
 
 
 def test_the_report_sets_the_models_side_by_side(tmp_path):

@@ -251,7 +251,8 @@ def _train_time_note(limit_s: float | None, slow: dict[tuple, float], trials, re
         return None
     budget = training_time.minutes(limit_s)
     unbounded = selection.best_stable(trials, record.stable_limit_mb, spread, record.budget_mb)
-    if choice is None and slow:
+    none_fit = choice is None and bool(slow)
+    if none_fit:
         key, seconds = min(slow.items(), key=lambda item: item[1])
         line = (f"No stable config trains within the training time of {budget}: the fastest, {Params(*key)}, is "
                 f"predicted at {training_time.minutes(seconds)}. Raise --train-time or plan fewer epochs "
@@ -262,7 +263,7 @@ def _train_time_note(limit_s: float | None, slow: dict[tuple, float], trials, re
                 f"{training_time.minutes(seconds or 0)}; the pick is the most accurate stable config predicted to fit.")  # fmt: skip
     else:
         line = f"Training time {budget}: the pick is predicted to fit; {len(slow)} stable config(s) would not."
-    return {"limit_s": limit_s, "over": len(slow), "line": line}
+    return {"limit_s": limit_s, "over": len(slow), "none_fit": none_fit, "line": line}
 
 
 def _write_report(study: optuna.Study, results_dir: Path, url: str, progress: Progress) -> None:
@@ -365,7 +366,9 @@ def print_probe_summary(summary: dict[str, Any], progress: Progress, as_json: bo
     if summary["noise"] is not None:
         lines.append(f"Noise: repeated configs differ by {summary['noise']:.3f} on average.")
     best = summary["best"]
-    if best is None:
+    if best is None and (summary.get("train_time") or {}).get("none_fit"):
+        pass  # stable configs there are, all too slow: the training time's line below says so, not memory
+    elif best is None:
         lines.append(
             "No stable config: every trial ran out of memory, failed or went over the stable limit. "
             "Lower the imgsz/batch choices or raise --memory-budget, then re-run."

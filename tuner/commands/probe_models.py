@@ -263,7 +263,11 @@ def _print(family: str, results: list[ModelResult], picked: ModelResult | None, 
     for result in results:
         value = "fits nowhere" if result.left_out else ("no stable config" if result.value is None else f"{result.value:.4f}")
         lines.append(f"  {result.model}: {value}" + (" <- pick" if result is picked else ""))
-    if picked is None:
+    too_slow = [result for result in results if ((result.summary or {}).get("train_time") or {}).get("none_fit")]
+    if picked is None and too_slow:
+        lines.append("No model has a stable config that trains within the training time:")
+        lines.extend(f"  {result.model}: {result.summary['train_time']['line']}" for result in too_slow)
+    elif picked is None:
         lines.append("No model has a stable config. Lower the imgsz/batch choices or raise --memory-budget, then re-run.")
     else:
         best = picked.summary["best"]

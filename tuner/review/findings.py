@@ -160,6 +160,17 @@ class Findings:
     def counts(self) -> dict[str, int]:
         return count_outcomes(self.trials)
 
+    @property
+    def time_excludes_all(self) -> float | None:
+        """The study's training time where it left no pick though stable configs there are (all train longer); None
+        otherwise."""
+        record = self.record
+        limit = record.config.train_time if record.config else None
+        if self.best is not None or not limit or record.stable_limit_mb is None:
+            return None
+        unbounded = selection.best_stable(self.trials, record.stable_limit_mb, record.noise.spread, record.budget_mb)
+        return limit if unbounded is not None else None
+
     def training_seconds(self, params: Params) -> float | None:
         """The predicted wall time of the full training of `params` on the whole splits, validation included (None
         where the pre-flights timed no batches or the study stored no sample, so the splits' sizes are unknown)."""
