@@ -110,11 +110,14 @@ class OomWithModel(FakeRunner):
 N_BEST = (({"imgsz": 64, "batch": 1, "mosaic": 0.2, "mixup": 0.0}, 0.30, 900.0),)
 
 
-def two_model_studies(workdir, data, smallest_first: bool = True, smaller=N_BEST) -> None:
-    """As `tuner probe --model yolov8n.yaml,yolov8s.yaml` leaves them; yolov8s's best is its smallest config, and
-    yolov8n's trials are `smaller` (the most accurate first)."""
+S_BEST = (({"imgsz": 64, "batch": 1, "mosaic": 0.5, "mixup": 0.0}, 0.35, 1500.0),)
+
+
+def two_model_studies(workdir, data, smallest_first: bool = True, smaller=N_BEST, larger=S_BEST) -> None:
+    """As `tuner probe --model yolov8n.yaml,yolov8s.yaml` leaves them; yolov8s's trials are `larger` (by default its
+    best is its smallest config), and yolov8n's are `smaller` (the most accurate first)."""
     make_study(workdir, "fam-yolov8n", data, list(smaller))
-    make_study(workdir, "fam-yolov8s", data, [({"imgsz": 64, "batch": 1, "mosaic": 0.5, "mixup": 0.0}, 0.35, 1500.0)])
+    make_study(workdir, "fam-yolov8s", data, list(larger))
     family = {"name": "fam", "models": ["yolov8n.yaml", "yolov8s.yaml"], "studies": ["fam-yolov8n", "fam-yolov8s"],
               "smallest_first": smallest_first}  # fmt: skip
     for name, model in (("fam-yolov8n", "yolov8n.yaml"), ("fam-yolov8s", "yolov8s.yaml")):
@@ -136,6 +139,19 @@ def test_a_pick_with_nothing_smaller_falls_back_to_the_smaller_models_best(workd
     summary = json.loads((train_dir(workdir, "fam-yolov8n") / "summary.json").read_text())
     assert summary["study"] == "fam-yolov8n" and summary["epochs"] == 2
     assert state_of(train_dir(workdir, "fam-yolov8s")).epochs_done == 0  # kept: a re-run goes on from there
+
+
+def test_the_larger_model_steps_down_within_its_own_study_before_it_falls_back(workdir, tiny_data, train_with):
+    """yolov8s's best (96/2) runs out of memory twice: train-best steps down to yolov8s's next stable config (64/1)
+    first, as a one-model study would, and only when that runs out too falls back to yolov8n."""
+    larger = [({"imgsz": 96, "batch": 2, "mosaic": 0.5, "mixup": 0.0}, 0.38, 1700.0), *S_BEST]
+    two_model_studies(workdir, tiny_data, larger=larger)
+    runner = OomWithModel("yolov8s.yaml")
+    code, _, err = train_with(runner, study_name="fam-yolov8s", epochs=2)
+    assert code == 0, err
+    tried = [(spec.model, spec.params.imgsz, spec.params.batch) for spec in runner.specs]
+    assert tried == [("yolov8s.yaml", 96, 2)] * 2 + [("yolov8s.yaml", 64, 1)] * 2 + [("yolov8n.yaml", 64, 1)]
+    assert "Falling back to the smaller model yolov8n.yaml" in err
 
 
 @pytest.mark.parametrize("second, start", [((64, 1), (64, 1)), ((80, 2), (80, 2))])
