@@ -170,8 +170,12 @@ def test_the_budget_is_a_deadline_kept_after_every_trial_once_the_floor_has_run(
     """Each fake probe takes 1 s of the clock. A 5.5 s budget: after the 3-cell design one more main trial starts (at
     3 s, with 2.5 s left: room for it and the floor's repeat), then the floor's repeat, and the study ends at 5 s,
     inside the budget; a fifth main trial at 4 s would have left the repeat to end at 6 s."""
-    ran = _clocked_search(tmp_path / "a", monkeypatch, Plan(5.5, 5.5, 6, 2, 0, 5.0), 1.0)
+    stream = io.StringIO()
+    ran = _clocked_search(tmp_path / "a", monkeypatch, Plan(5.5, 5.5, 6, 2, 0, 5.0), 1.0,
+                          progress=Progress(1, 1, "mAP50-95", stream=stream))  # fmt: skip
     assert len(ran) == 5 and ran[-1] in ran[:4]  # four main trials, one repeat of one of them
+    assert ("Budget: 4 of the plan's 6 main trials ran; a probe takes about 1 s, which no longer fits in what is left "
+            "(kept for the noise repeat).") in stream.getvalue()
     assert len(_clocked_search(tmp_path / "c", monkeypatch, Plan(6.5, 6.5, 6, 2, 0, 6.0), 1.0)) == 6  # one more
     assert len(_clocked_search(tmp_path / "b", monkeypatch, Plan(2.5, 2.5, 6, 2, 0, 2.0), 1.0)) == 4  # the floor
     _, ran_all = _searched(tmp_path / "free", None)

@@ -32,6 +32,7 @@ from tuner.study import dominance, limits, probe_budget, pruners, selection, spa
 from tuner.study.inputs import Inputs
 from tuner.study.progress import Progress
 from tuner.study.records import Race, StudyRecord, TrialRecord, counts_towards_total, retried
+from tuner.study.training_time import minutes
 
 SAME_ERROR_STOP = 2  # stop when the first trials of a run all fail with the same message
 MAX_INFERRED_IN_A_ROW = 30  # the sampler keeps proposing configs known not to fit: the space is used up
@@ -134,6 +135,15 @@ class Search:
         owed = int(self.plan.repeats > 0 and self.cfg.probe.repeats > 0 and not self._repeat_done(trials))
         return self.started_at + left - probe_budget.reserve_s(trials, owed)  # the next probe ends inside the budget
 
+    def _say_budget_stop(self) -> None:
+        """Say where the budget stopped the main trials short of the plan's, and why: a probe no longer fits."""
+        trials = self._trials()
+        done, each = main_trials_done(self.study), probe_budget.reserve_s(trials)
+        if done < self.cfg.n_trials and each:
+            kept = " (kept for the noise repeat)" if self.plan.repeats and not self._repeat_done(trials) else ""
+            self.progress.say(f"Budget: {done} of the plan's {self.cfg.n_trials} main trials ran; a probe takes about "
+                              f"{minutes(each)}, which no longer fits in what is left{kept}.")  # fmt: skip
+
     def _design_done(self) -> bool:
         """Every cell of the startup design has started (none of its `startup:` places is still waiting): the budget
         decides what starts next. Counted by the places queued, not by `startup_trials`, which the plan's cut of the
@@ -166,6 +176,7 @@ class Search:
             if _past(self.timeout_at):
                 return
             if _past(self.deadline):  # the budget is spent and the design has run: on to the floor's repeat
+                self._say_budget_stop()
                 break
             free = self.cfg.n_trials - workers.places_taken(self._trials())
             if free > 0:
