@@ -84,6 +84,12 @@ def test_where_every_models_stable_configs_train_too_long_the_verdict_names_the_
     probe_models._print("fam", [_result("yolov8n.yaml", None)], None, tmp_path / "report.md",
                         Progress(1, 1, "mAP50-95", stream=stream), False)  # fmt: skip
     assert "raise --memory-budget" in stream.getvalue()  # no time limit left them out: memory did
+    mixed = io.StringIO()
+    probe_models._print("fam", [slow, _result("yolov8s.yaml", None)], None, tmp_path / "report.md",
+                        Progress(1, 1, "mAP50-95", stream=mixed), False)  # fmt: skip
+    said = mixed.getvalue()
+    assert "  yolov8n.yaml: none within the training time" in said and "  yolov8s.yaml: no stable config" in said
+    assert "The others have no stable config within the memory budget" in said  # each its own reason
 
 
 def test_the_report_sets_the_models_side_by_side(tmp_path):

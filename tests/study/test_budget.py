@@ -110,9 +110,14 @@ def test_a_start_keeps_a_mean_probe_in_hand_and_the_floors_repeat_while_it_is_ow
     timed = [ran(space, 160, 2, 0.5, 0.2, 700.0) for _ in range(3)]
     for trial, seconds in zip(timed, (30.0, 60.0, 90.0)):
         trial.user_attrs = {**trial.user_attrs, "duration_s": seconds}
-    untimed = ran(space, 320, 2, 0.5, 0.2, 700.0)  # an inferred OOM ran nothing: no duration, not in the mean
+    untimed = ran(space, 320, 2, 0.5, 0.2, 700.0)  # no duration (an inferred OOM, which ran nothing): not in the mean
+    untimed.user_attrs = {"outcome": "oom", "inferred": True}
+    pruned = ran(space, 352, 2, 0.5, 0.2, 700.0)
+    pruned.user_attrs = {**pruned.user_attrs, "outcome": "pruned", "duration_s": 20.0}
     assert probe_budget.reserve_s([*timed, untimed]) == pytest.approx(60.0)
     assert probe_budget.reserve_s(timed, owed=1) == pytest.approx(120.0)
+    # the next probe may be pruned too (the mean of all four, 50 s); the owed repeat trains to its end (60 s)
+    assert probe_budget.reserve_s([*timed, pruned], owed=1) == pytest.approx(50.0 + 60.0)
     assert probe_budget.reserve_s([untimed], owed=1) == 0.0  # nothing timed yet: the design is the floor anyway
 
 

@@ -366,14 +366,13 @@ def print_probe_summary(summary: dict[str, Any], progress: Progress, as_json: bo
     if summary["noise"] is not None:
         lines.append(f"Noise: repeated configs differ by {summary['noise']:.3f} on average.")
     best = summary["best"]
-    if best is None and (summary.get("train_time") or {}).get("none_fit"):
-        pass  # stable configs there are, all too slow: the training time's line below says so, not memory
-    elif best is None:
+    too_slow = (summary.get("train_time") or {}).get("none_fit")  # then the training time's line below says why
+    if best is None and not too_slow:
         lines.append(
             "No stable config: every trial ran out of memory, failed or went over the stable limit. "
             "Lower the imgsz/batch choices or raise --memory-budget, then re-run."
         )
-    else:
+    elif best is not None:
         lines.append(
             f"Best stable config: {Params.of(best['params'])} -> {best['value']:.4f}, "
             f"peak {best['peak_mem_mb']:.0f} MiB (trial {best['trial']})."

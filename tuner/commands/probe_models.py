@@ -259,16 +259,20 @@ def _print(family: str, results: list[ModelResult], picked: ModelResult | None, 
         print(json.dumps({"family": family, "models": [result.to_json() for result in results], "pick": chosen,
                           "report": str(report)}, indent=2))  # fmt: skip
         return
+    too_slow = [result for result in results if ((result.summary or {}).get("train_time") or {}).get("none_fit")]
     lines = [f"Models compared: {report}"]
     for result in results:
-        value = "fits nowhere" if result.left_out else ("no stable config" if result.value is None else f"{result.value:.4f}")
+        value = ("fits nowhere" if result.left_out else "none within the training time" if result in too_slow
+                 else "no stable config" if result.value is None else f"{result.value:.4f}")  # fmt: skip
         lines.append(f"  {result.model}: {value}" + (" <- pick" if result is picked else ""))
-    too_slow = [result for result in results if ((result.summary or {}).get("train_time") or {}).get("none_fit")]
-    if picked is None and too_slow:
-        lines.append("No model has a stable config that trains within the training time:")
-        lines.extend(f"  {result.model}: {result.summary['train_time']['line']}" for result in too_slow)
-    elif picked is None:
-        lines.append("No model has a stable config. Lower the imgsz/batch choices or raise --memory-budget, then re-run.")
+    if picked is None:
+        if too_slow:
+            lines.append("No model has a stable config that trains within the training time:")
+            lines.extend(f"  {result.model}: {result.summary['train_time']['line']}" for result in too_slow)
+        if len(too_slow) < len(results):
+            lines.append("The others have no stable config within the memory budget: lower their imgsz/batch choices or "
+                         "raise --memory-budget." if too_slow else "No model has a stable config. Lower the imgsz/batch "
+                         "choices or raise --memory-budget, then re-run.")  # fmt: skip
     else:
         best = picked.summary["best"]
         lines.append(f"Pick: {picked.model}, {Params.of(best['params'])} -> {best['value']:.4f}. "

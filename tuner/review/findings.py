@@ -161,8 +161,8 @@ class Findings:
         return count_outcomes(self.trials)
 
     @property
-    def time_excludes_all(self) -> float | None:
-        """The study's training time where it left no pick though stable configs there are (all train longer); None
+    def train_time_excluding_all(self) -> float | None:
+        """The study's training time where it left no pick though there are stable configs (all train longer); None
         otherwise."""
         record = self.record
         limit = record.config.train_time if record.config else None

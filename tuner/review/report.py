@@ -105,7 +105,7 @@ def render_markdown(found: Findings, images: Sequence[str]) -> str:
     trials, metric_name, grid = found.trials, found.metric_name, found.grid
     sections = [
         f"# Study `{found.study_name}`\n\n{setting_lines(found.record)}",
-        "## Best stable config\n\n" + best_section(found.best, metric_name, found.command, found.time_excludes_all)
+        "## Best stable config\n\n" + best_section(found.best, metric_name, found.command, found.train_time_excluding_all)
         + grow_hint(found),
         "## Probe cost\n\n" + cost_section(found),
         "## Trials by outcome\n\n" + outcome_table(found.counts),
@@ -168,7 +168,7 @@ def setting_lines(record: StudyRecord) -> str:
 
 
 def best_section(best: BestConfig | None, metric_name: str, command: str, train_time_s: float | None = None) -> str:
-    """The pick; or, without one, why: `train_time_s` where stable configs there are and none trains within it."""
+    """The pick; or, without one, why: `train_time_s` where there are stable configs and none trains within it."""
     if best is None and train_time_s:
         return (f"No stable config trains within the training time of {training_time.minutes(train_time_s)} "
                 "(`--train-time`); the top configs below show what each would take. Raise `--train-time` or plan "

@@ -24,6 +24,7 @@ from typing import Any, Iterable, Sequence
 from optuna.trial import FrozenTrial
 
 from tuner.checks import NONE
+from tuner.process.contract import Outcome
 from tuner.study import selection
 from tuner.study.records import TrialRecord
 from tuner.study.training_time import minutes
@@ -198,12 +199,14 @@ def deadline_s(plan: Plan | None, spent_s: float, best_training_s: float | None 
 
 
 def reserve_s(trials: Iterable[FrozenTrial], owed: int = 0) -> float:
-    """Seconds a start needs in hand: the mean of the study's probes so far for the one about to start, and one more
-    for each probe the floor still owes (its noise repeat, while it has not run). A probe starts only where that
-    fits in what is left, so the budget holds at its end and not only at a probe's start."""
-    durations = [TrialRecord.of(trial).duration_s for trial in trials]
-    ran = [seconds for seconds in durations if seconds]
-    return (1 + owed) * sum(ran) / len(ran) if ran else 0.0
+    """Seconds a start needs in hand: the mean of the study's probes so far for the one about to start (pruned ones
+    included: it may be pruned too), and the mean of those that trained to the end for each probe the floor still owes
+    (its noise repeat, which no pruner stops). A probe starts only where that fits in what is left, so the budget
+    holds, about, at its end and not only at a probe's start."""
+    records = [TrialRecord.of(trial) for trial in trials]
+    ran = [record.duration_s for record in records if record.duration_s]
+    whole = [record.duration_s for record in records if record.duration_s and record.outcome == Outcome.OK] or ran
+    return sum(ran) / len(ran) + owed * sum(whole) / len(whole) if ran else 0.0
 
 
 def spent(trials: Iterable[FrozenTrial]) -> float:

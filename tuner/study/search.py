@@ -117,7 +117,8 @@ class Search:
 
     def budget_end(self) -> float | None:
         """When the budget's last probe may start (time.monotonic): its end, less a probe of the study's mean time and
-        the floor's repeat while it is owed (tuner.study.probe_budget.reserve_s), so that what starts ends inside it;
+        the floor's repeat while it is owed (tuner.study.probe_budget.reserve_s), so that what starts ends, about,
+        inside it;
         None where it is unbounded. A share follows the best stable config so far (probe_budget.budget_now): its full
         training as its probe timed it; said when it moves."""
         follows, trials = None, self._trials()
@@ -132,17 +133,23 @@ class Search:
             self.progress.say(f"Budget: {self.plan.setting} {follows.describe()}")
         if left is None:
             return None
-        owed = int(self.plan.repeats > 0 and self.cfg.probe.repeats > 0 and not self._repeat_done(trials))
-        return self.started_at + left - probe_budget.reserve_s(trials, owed)  # the next probe ends inside the budget
+        return self.started_at + left - probe_budget.reserve_s(trials, self._repeat_owed(trials))
+
+    def _repeat_owed(self, trials: list[FrozenTrial]) -> int:
+        """1 while the floor's noise repeat is still to be queued for a stable config (none where no config is stable
+        yet, or one ran twice already: the noise is measured). A repeat owed to a config that becomes stable only with
+        the last main trial runs past the budget: the floor runs in full."""
+        return int(self.plan.repeats > 0 and bool(selection.to_repeat(trials, 1, self.limit_mb)))
 
     def _say_budget_stop(self) -> None:
-        """Say where the budget stopped the main trials short of the plan's, and why: a probe no longer fits."""
+        """Say that the budget stopped the main trials short of the plan's, and why: a probe no longer fits."""
+        if _past(self.timeout_at):  # --timeout's end came meanwhile: it stopped them
+            return
         trials = self._trials()
-        done, each = main_trials_done(self.study), probe_budget.reserve_s(trials)
-        if done < self.cfg.n_trials and each:
-            kept = " (kept for the noise repeat)" if self.plan.repeats and not self._repeat_done(trials) else ""
-            self.progress.say(f"Budget: {done} of the plan's {self.cfg.n_trials} main trials ran; a probe takes about "
-                              f"{minutes(each)}, which no longer fits in what is left{kept}.")  # fmt: skip
+        done, each = workers.main_trials_done(trials), probe_budget.reserve_s(trials)
+        why = f"a probe takes about {minutes(each)}, which no longer fits in what is left" if each else "none is left"
+        kept = " (kept for the noise repeat)" if self._repeat_owed(trials) else ""
+        self.progress.say(f"Budget: {done} of the plan's {self.cfg.n_trials} main trials ran; {why}{kept}.")
 
     def _design_done(self) -> bool:
         """Every cell of the startup design has started (none of its `startup:` places is still waiting): the budget
@@ -152,10 +159,10 @@ class Search:
         return not any(t.state == TrialState.WAITING and (TrialRecord.of(t).slot or "").startswith("startup:")
                        for t in self._trials())  # fmt: skip
 
-    def _repeat_done(self, trials: list[FrozenTrial] | None = None) -> bool:
+    def _repeat_done(self) -> bool:
         """The floor's one noise repeat has started, or finished as a run that counts (not a surplus or an inferred
         OOM)."""
-        trials = self._trials() if trials is None else trials
+        trials = self._trials()
         again = retried(trials)
         return any(TrialRecord.of(t).repeat_of is not None
                    and (t.state == TrialState.RUNNING or (t.state.is_finished() and counts_towards_total(t, again)))
