@@ -118,13 +118,13 @@ class Search:
     def budget_end(self) -> float | None:
         """When the budget's last probe may start (time.monotonic): its end, less a probe of the study's mean time and
         the floor's repeat while it is owed (tuner.study.probe_budget.reserve_s), so that what starts ends, about,
-        inside it;
-        None where it is unbounded. A share follows the best stable config so far (probe_budget.budget_now): its full
-        training as its probe timed it; said when it moves."""
+        inside it; None where it is unbounded. A share follows the best stable config so far
+        (probe_budget.budget_now): its full training as its probe timed it; said when it moves."""
         follows, trials = None, self._trials()
+        record = StudyRecord.of(self.study)  # one read of each a check is made after every trial and while waiting
+        limit = record.stable_limit_mb or self.inputs.stable_limit_mb  # self.limit_mb, without reading it again
         if probe_budget.share_of(self.plan.setting) is not None:
-            record = StudyRecord.of(self.study)  # one read: the stable limit (self.limit_mb) is in it too
-            limit, epochs = record.stable_limit_mb or self.inputs.stable_limit_mb, self.plan.epochs or self.inputs.planned_epochs
+            epochs = self.plan.epochs or self.inputs.planned_epochs
             follows = probe_budget.following(self.plan, trials, limit, record.budget_mb, epochs)
         left = probe_budget.deadline_s(self.plan, self.spent_before, follows and follows.training_s)
         if follows is not None and follows.config != self.following:
@@ -133,13 +133,13 @@ class Search:
             self.progress.say(f"Budget: {self.plan.setting} {follows.describe()}")
         if left is None:
             return None
-        return self.started_at + left - probe_budget.reserve_s(trials, self._repeat_owed(trials))
+        return self.started_at + left - probe_budget.reserve_s(trials, self._repeat_owed(trials, limit))
 
-    def _repeat_owed(self, trials: list[FrozenTrial]) -> int:
+    def _repeat_owed(self, trials: list[FrozenTrial], limit_mb: float) -> int:
         """1 while the floor's noise repeat is still to be queued for a stable config (none where no config is stable
         yet, or one ran twice already: the noise is measured). A repeat owed to a config that becomes stable only with
         the last main trial runs past the budget: the floor runs in full."""
-        return int(self.plan.repeats > 0 and bool(selection.to_repeat(trials, 1, self.limit_mb)))
+        return int(self.plan.repeats > 0 and bool(selection.to_repeat(trials, 1, limit_mb)))
 
     def _say_budget_stop(self) -> None:
         """Say that the budget stopped the main trials short of the plan's, and why: a probe no longer fits."""
@@ -148,7 +148,7 @@ class Search:
         trials = self._trials()
         done, each = workers.main_trials_done(trials), probe_budget.reserve_s(trials)
         why = f"a probe takes about {minutes(each)}, which no longer fits in what is left" if each else "none is left"
-        kept = " (kept for the noise repeat)" if self._repeat_owed(trials) else ""
+        kept = " (kept for the noise repeat)" if self._repeat_owed(trials, self.limit_mb) else ""
         self.progress.say(f"Budget: {done} of the plan's {self.cfg.n_trials} main trials ran; {why}{kept}.")
 
     def _design_done(self) -> bool:
