@@ -45,6 +45,11 @@ class ModelResult:
         best = (self.summary or {}).get("best")
         return None if best is None else best["value"]
 
+    @property
+    def too_slow(self) -> bool:
+        """Stable configs it has, and none trains within the training time (tuner.commands.probe._train_time_note)."""
+        return bool(((self.summary or {}).get("train_time") or {}).get("none_fit"))
+
     def to_json(self) -> dict[str, Any]:
         return {"model": self.model, "study": self.study, "left_out": self.left_out, **(self.summary or {})}
 
@@ -259,10 +264,10 @@ def _print(family: str, results: list[ModelResult], picked: ModelResult | None, 
         print(json.dumps({"family": family, "models": [result.to_json() for result in results], "pick": chosen,
                           "report": str(report)}, indent=2))  # fmt: skip
         return
-    too_slow = [result for result in results if ((result.summary or {}).get("train_time") or {}).get("none_fit")]
+    too_slow = [result for result in results if result.too_slow]
     lines = [f"Models compared: {report}"]
     for result in results:
-        value = ("fits nowhere" if result.left_out else "none within the training time" if result in too_slow
+        value = ("fits nowhere" if result.left_out else "none within the training time" if result.too_slow
                  else "no stable config" if result.value is None else f"{result.value:.4f}")  # fmt: skip
         lines.append(f"  {result.model}: {value}" + (" <- pick" if result is picked else ""))
     if picked is None:
