@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections import Counter
 from datetime import datetime
 from pathlib import Path
 from typing import Callable
@@ -16,7 +17,9 @@ import sqlalchemy
 
 from tuner.cli import main
 from tuner.data import shapes
+from tuner.params import config_key
 from tuner.process.contract import PROBE_CHILD, STAGE_CHILD
+from tuner.study.records import TrialRecord
 
 TINY = shapes.ShapesSpec(seed=7, n_train=8, n_val=4, image_size=160)
 TINY_NAME = f"{TINY.key}-yolov8n-cpu"  # the default study name of the tiny dataset, yolov8n.yaml and the CPU
@@ -143,6 +146,15 @@ def has_loaded_torch(process: psutil.Process) -> bool:
 @pytest.fixture
 def trial_hook():
     return TrialHook
+
+
+def repeats_owed(trials: list[optuna.trial.FrozenTrial], wanted: int) -> int:
+    """The noise repeats a finished study runs for `wanted`: fewer by each config the sampler itself proposed twice
+    among the main trials, whose second run measured the noise already (tuner.study.selection.to_repeat). TPE does
+    that now and then where every probe scores alike, as tiny probes do (0.000)."""
+    main = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE and TrialRecord.of(t).repeat_of is None]
+    twice = [runs for runs in Counter(config_key(t.params) for t in main).values() if runs >= 2]
+    return max(0, wanted - len(twice))
 
 
 def tiny_probe_args(data_yaml: Path, *extra: str) -> list[str]:
