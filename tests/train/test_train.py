@@ -6,6 +6,7 @@ import csv
 import dataclasses
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -470,10 +471,58 @@ def test_train_best_starts_from_the_probes_prediction_and_then_shows_measured_ep
     lines = err.splitlines()
     assert "Predicted: about 2 min for 3 epochs" in err  # 20 s to start + 3 x 30 s
     start = next(i for i, line in enumerate(lines) if "training 3 epochs" in line)
-    assert lines[start].endswith("| ETA 1.5 min (predicted)")  # 3 epochs x 30 s
+    assert re.search(r"\| ETA 1\.5 min, at \d\d:\d\d \(predicted\)$", lines[start]), lines[start]  # 3 epochs x 30 s
     assert "epoch 1/3" in lines[start + 1] and "(predicted)" not in lines[start + 1]  # measured from here on
     plan = yaml.safe_load((train_dir(workdir, "timed") / "config.yaml").read_text())
     assert Prediction.from_json(plan["prediction"]) == Prediction.of(30.0, 3)
+
+
+def test_a_two_stage_runs_eta_counts_the_later_stage_at_the_predicted_pace(workdir, tiny_data, train_with):
+    """The ETA is the run's, not its stage's: stage 1 of a two-stage run starts with every epoch of both stages at
+    the prediction's 30 s."""
+    from tuner.study import training_time
+    from tuner.study.training_time import Prediction
+
+    best = write_best_yaml(workdir / "results" / "staged" / "best.yaml", tiny_data)
+    comment = "".join(f"# {line}\n" for line in training_time.comment_lines(Prediction.of(30.0, 40)))
+    best.write_text(comment + best.read_text())
+    code, _, err = train_with(FakeRunner(oom_imgsz=10**6, oom_after=0), config=best, epochs=4, strategy="two-stage")
+    assert code == 0, err
+    starts = [line for line in err.splitlines() if "(predicted)" in line]
+    assert len(starts) == 2, err
+    assert "| ETA 2.0 min, at " in starts[0]  # 4 epochs x 30 s
+    assert "| ETA 2.0 min" not in starts[1] and "| ETA " in starts[1]  # what stage 2 has left
+
+
+class SlowRunner(FakeRunner):
+    """FakeRunner whose epochs take `epoch_s` of wall time each."""
+
+    def __init__(self, epoch_s: float) -> None:
+        super().__init__(oom_imgsz=10**6, oom_after=0)
+        self.epoch_s = epoch_s
+
+    def __call__(self, module, spec, folder, device, budget, timeout, on_epoch) -> Attempt:
+        def slow(record):
+            time.sleep(self.epoch_s)
+            return on_epoch(record)
+
+        return super().__call__(module, spec, folder, device, budget, timeout, slow)
+
+
+@pytest.mark.parametrize("limit, over", [("1", True), ("60", False)])
+def test_each_epochs_eta_says_how_far_the_measured_pace_runs_over_the_training_time(workdir, tiny_data, train_with,
+                                                                                      limit, over):  # fmt: skip
+    """Without a prediction --train-time cannot fit the epochs; the run keeps the limit in its plan and each epoch's ETA
+    says where the measured pace (0.4 s an epoch, 4 epochs) runs past it, and only there."""
+    best = write_best_yaml(workdir / "results" / f"paced{limit}" / "best.yaml", tiny_data)
+    code, _, err = train_with(SlowRunner(0.4), config=best, epochs=4, train_time=limit)
+    assert code == 0, err
+    assert "holds no prediction of this config's training" in err
+    first = next(line for line in err.splitlines() if "epoch 1/4" in line)
+    assert re.search(r"\| ETA \d+ s, at \d\d:\d\d", first), first
+    assert ("over the training time of" in first) == over, first
+    plan = yaml.safe_load((train_dir(workdir, f"paced{limit}") / "config.yaml").read_text())
+    assert plan["train_time_s"] == float(limit)
 
 
 def test_restarts_stop_at_max_restarts_and_keep_the_run(workdir, tiny_data, train_with):

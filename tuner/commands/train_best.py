@@ -121,7 +121,7 @@ def train_best(
         else:
             source = source_from_study(name, storage, Path(studies_dir), at_most)
         settings = _fit_to_time(settings, source.prediction, time_limit, screen)
-        plan = new_plan(source, settings, now())
+        plan = new_plan(source, settings, now(), time_limit)
         run = _Run(plan, new_state(plan), False, True, settings.max_restarts, settings.plots)
     target = devices.resolve(device or run.plan.device)
     budget, budget_text = _budget(memory_budget, run.plan, target, screen)

@@ -194,8 +194,8 @@ def best_yaml_arguments(
     return {**best.to_dict(), **train_settings(stage, optimizer, settings.seed, device, settings.plots)}
 
 
-def new_plan(source: Source, settings: TrainSettings, created: str) -> RunPlan:
-    """The resolved config of a new run, as saved to config.yaml."""
+def new_plan(source: Source, settings: TrainSettings, created: str, train_time_s: float | None = None) -> RunPlan:
+    """The resolved config of a new run, as saved to config.yaml; `train_time_s` the --train-time it was fitted to."""
     return RunPlan(
         study=source.study,
         origin=source.origin,
@@ -218,4 +218,5 @@ def new_plan(source: Source, settings: TrainSettings, created: str) -> RunPlan:
         tuner_version=__version__,
         created=created,
         prediction=source.prediction.for_epochs(settings.epochs) if source.prediction else None,
+        train_time_s=train_time_s,
     )

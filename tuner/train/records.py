@@ -187,14 +187,17 @@ class RunPlan:
     tuner_version: str
     created: str
     prediction: Prediction | None = None  # the best's full training as its probe timed it (tuner.study.training_time)
+    train_time_s: float | None = None  # --train-time of the new run: each epoch's ETA is held against it
 
     def to_json(self) -> dict[str, Any]:
-        """The plan as config.yaml holds it; `prediction` only where it has one (a plan of today without is as it was)."""
+        """The plan as config.yaml holds it; `prediction` and `train_time_s` only where it has them (a plan of today
+        without is as it was)."""
         plain = _plain(self)
-        prediction = plain.pop("prediction")
+        prediction, train_time_s = plain.pop("prediction"), plain.pop("train_time_s")
         return {
             **plain,
             **({"prediction": prediction.to_json()} if prediction else {}),
+            **({"train_time_s": train_time_s} if train_time_s is not None else {}),
             "settings": dataclasses.asdict(self.settings) if self.settings else None,
             "best": self.best.to_dict(),
             "candidates": [candidate.to_dict() for candidate in self.candidates],
@@ -205,7 +208,7 @@ class RunPlan:
     @classmethod
     def from_json(cls, values: Any, where: str = "config.yaml") -> RunPlan:
         # what older tuners did not write
-        legacy = {"usable_memory_mb": None, "settings": None, "frontier": None, "prediction": None}
+        legacy = {"usable_memory_mb": None, "settings": None, "frontier": None, "prediction": None, "train_time_s": None}
         fields = _fields(_schema(cls), values, where, legacy)
         return cls(**{
             **fields,

@@ -76,6 +76,11 @@ def duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+def clock_at(seconds: float) -> str:
+    """The local time `seconds` from now, as a person reads it: "21:45", or "Sun 09:10" where it is a day off."""
+    return time.strftime("%a %H:%M" if seconds > 20 * 3600 else "%H:%M", time.localtime(time.time() + seconds))
+
+
 class Supervisor:
     """Runs the stages of a run in order, each in a watched child process, until all are finished.
 
@@ -108,9 +113,27 @@ class Supervisor:
         self.wall_before = state.wall_s
 
     def save(self) -> None:
-        wall_s = round(self.wall_before + time.monotonic() - self.started, 2)
-        self.state = dataclasses.replace(self.state, wall_s=wall_s, updated=now())
+        self.state = dataclasses.replace(self.state, wall_s=round(self.wall_s(), 2), updated=now())
         save_state(self.run_files, self.state)
+
+    def wall_s(self) -> float:
+        """The run's wall time so far, its earlier invocations included."""
+        return self.wall_before + time.monotonic() - self.started
+
+    def eta(self, index: int, stage_left_s: float, epoch_s: float) -> str:
+        """` | ETA 12 min, at 21:45` for the rest of the run: stage `index`'s `stage_left_s`, then the later stages'
+        epochs at the prediction's pace (the best config's), else at `epoch_s`; under --train-time, with how far the
+        run goes over it at this pace, where it does (more than 2% of it: the pace of one epoch to the next varies)."""
+        later = zip(self.plan.stages[index + 1 :], self.state.stages[index + 1 :])
+        pace = self.plan.prediction.epoch_s if self.plan.prediction else epoch_s
+        left = stage_left_s + pace * sum(stage.epochs - progress.epochs_done for stage, progress in later)
+        if left <= 0:
+            return ""
+        limit, text = self.plan.train_time_s, f" | ETA {duration(left)}, at {clock_at(left)}"
+        over = None if limit is None else self.wall_s() + left - limit
+        if over is not None and over > 0.02 * limit:
+            text += f", {duration(over)} over the training time of {duration(limit)}"
+        return text
 
     def _change(self, **changes) -> None:
         self.state = dataclasses.replace(self.state, **changes)
@@ -281,8 +304,9 @@ class Supervisor:
     def _announce(self, index: int, params: Params, resume: Path | None) -> None:
         """The stage's start; until its first epoch ends, its ETA is the probe's prediction (train-best's plan)."""
         stage, progress = self.plan.stages[index], self.state.stages[index]
-        left = stage.epochs - progress.epochs_done
-        eta = f" | ETA {duration(left * self.plan.prediction.epoch_s)} (predicted)" if self.plan.prediction and left else ""
+        left, prediction = stage.epochs - progress.epochs_done, self.plan.prediction
+        eta = self.eta(index, left * prediction.epoch_s, prediction.epoch_s) if prediction else ""
+        eta = eta and f"{eta} (predicted)"
         if resume is None:
             self.screen.say(f"{self.label(index)}: training {stage.epochs} epochs with {params} "
                             f"(from {self._init_weights(index)}){eta}")  # fmt: skip
@@ -321,5 +345,5 @@ class _EpochRecorder:
         return (
             f"{supervisor.label(self.index)} | epoch {record.epoch}/{epochs} | {value} | "
             f"imgsz {record.imgsz} batch {record.batch}{memory} | {per_epoch:.1f} s/epoch"
-            + (f" | ETA {duration(left)}" if left > 0 else "")
+            + supervisor.eta(self.index, left, per_epoch)
         )
