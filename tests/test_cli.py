@@ -53,12 +53,12 @@ def assert_one_line_error(code: int, err: str, *needles: str) -> None:
     [
         (["--imgsz", "630"], ["multiple of 32", "try 640"]),
         (["--imgsz", "big"], ["--imgsz` must be comma-separated"]),
-        (["--batch", "0,4"], ["`batch` is 0"]),
-        (["--mosaic", "0,1.5"], ["`mosaic` is 1.5"]),
+        (["--batch", "0,4"], ["`--batch` is 0"]),
+        (["--mosaic", "0,1.5"], ["`--mosaic` is 1.5"]),
         (["--mixup", "0.2,0.1"], ["low must not exceed high"]),
-        (["--mixup", "-0.1,0.2"], ["`mixup` is -0.1"]),  # a value starting with '-': not argparse's usage text
-        (["--batch", "-4"], ["`batch` is -4"]),
-        (["--race", "-1"], ["probe.race"]),
+        (["--mixup", "-0.1,0.2"], ["`--mixup` is -0.1"]),  # a value starting with '-': not argparse's usage text
+        (["--batch", "-4"], ["`--batch` is -4"]),
+        (["--race", "-1"], ["`--race` is -1"]),
         (["--memory-budget", "lots"], ["memory budget 'lots'", "800MB"]),
         (["--memory-budget=-2GB"], ["memory budget"]),
         (["--memory-budget", "0"], ["greater than 0"]),
@@ -69,14 +69,16 @@ def assert_one_line_error(code: int, err: str, *needles: str) -> None:
         (["--model", "weights.onnx"], ["must be a model YAML"]),
         (["--storage", "nosuchdb://nowhere"], ["Cannot open the study storage", "--storage"]),
         (["--config", "nope.yaml"], ["nope.yaml does not exist"]),
-        (["--probe-fraction", "1.5"], ["probe.fraction"]),
+        (["--probe-fraction", "1.5"], ["`--probe-fraction` is 1.5"]),
         (["--pruner", "hyperband"], ["pruner", "halving", "median"]),
         (["--seed", "x"], ["--seed", "invalid int value: 'x'", "tuner probe --help"]),  # argparse's own: not its usage
         (["--n-trials", "ten"], ["--n-trials", "'ten'"]),
         (["--safety-margin", "some"], ["--safety-margin", "invalid float value"]),
-        (["--trial-timeout", "soon"], ["`probe.trial_timeout` is 'soon'", "or auto"]),
-        (["--probe-budget", "soon"], ["`probe.budget` is 'soon'", "6m, 90s, 1h30m", "15%", "or none"]),
-        (["--probe-budget=-5%"], ["`probe.budget` is '-5%'"]),
+        (["--trial-timeout", "soon"], ["`--trial-timeout` is 'soon'", "or auto"]),
+        (["--probe-budget", "soon"], ["`--probe-budget` is 'soon'", "6m, 90s, 1h30m", "15%", "or none"]),
+        (["--probe-budget=-5%"], ["`--probe-budget` is '-5%'"]),
+        (["--probe-epochs", "0"], ["`--probe-epochs` is 0"]),
+        (["--train-time", "2x"], ["`--train-time` is '2x'", "90s, 45m, 2h"]),
     ],
 )
 def test_bad_flags(workdir, tiny_data, run_cli, flags, needles):
@@ -98,7 +100,7 @@ def test_bad_flags(workdir, tiny_data, run_cli, flags, needles):
         (["dashboard", "--port", "web"], ["--port", "'web'"]),
         (["probe", "--sed", "1"], ["Unrecognized arguments: --sed"]),
         (["probe", "--probe-images", "200"], ["`--probe-images` takes two sizes, TRAIN,VAL"]),
-        (["probe", "--probe-images", "200,-1"], ["`probe.val_images` is -1"]),
+        (["probe", "--probe-images", "200,-1"], ["`--probe-images` is -1"]),
     ],
 )
 def test_every_commands_bad_values_are_one_line(workdir, run_cli, argv, needles):
@@ -173,7 +175,7 @@ def test_console_script_runs_as_a_real_process(workdir):
     done = subprocess.run([sys.executable, "-m", "tuner", "probe", "--imgsz", "100"], capture_output=True, text=True)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
-        "tuner: error: The value of `imgsz` is 100, but must be a multiple of 32 (YOLO's largest stride); try 96."
+        "tuner: error: The value of `--imgsz` is 100, but must be a multiple of 32 (YOLO's largest stride); try 96."
     ]
 
 

@@ -97,21 +97,21 @@ def as_list(value: Any, name: str) -> list[Any]:
     return list(values)
 
 
-def imgsz_choices(value: Any) -> tuple[int, ...]:
+def imgsz_choices(value: Any, name: str = "imgsz") -> tuple[int, ...]:
     sizes = []
-    for size in as_list(value, "imgsz"):
-        positive_int(size, "imgsz")
+    for size in as_list(value, name):
+        positive_int(size, name)
         if size % STRIDE:
             raise ConfigError(
-                f"The value of `imgsz` is {size}, but must be a multiple of {STRIDE} (YOLO's largest stride); "
+                f"The value of `{name}` is {size}, but must be a multiple of {STRIDE} (YOLO's largest stride); "
                 f"try {max(STRIDE, round(size / STRIDE) * STRIDE)}."
             )
         sizes.append(size)
     return tuple(sorted(set(sizes)))
 
 
-def batch_choices(value: Any) -> tuple[int, ...]:
-    return tuple(sorted({positive_int(batch, "batch") for batch in as_list(value, "batch")}))
+def batch_choices(value: Any, name: str = "batch") -> tuple[int, ...]:
+    return tuple(sorted({positive_int(batch, name) for batch in as_list(value, name)}))
 
 
 def range(value: Any, name: str) -> tuple[float, float]:

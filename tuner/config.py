@@ -12,7 +12,7 @@ import copy
 import dataclasses
 import difflib
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -174,7 +174,32 @@ def load(config_file: Path | None, overrides: dict[str, Any]) -> ProbeConfig:
     if config_file is not None:
         _merge(merged, read_file(config_file), source=str(config_file))
     _merge(merged, overrides, source="the command line")
-    return _build(merged)
+    given = _paths(overrides)
+    return _build(merged, lambda name: FLAGS[name][1] if name in FLAGS and FLAGS[name][0] in given else name)
+
+
+# The `tuner probe` flag of each setting (as `_build` names it: its path in the file, the flag): a value that the
+# flag gave is named by the flag in an error, one that a config file gave by its key there.
+FLAGS = {
+    "model": ("model", "--model"), "data": ("data", "--data"), "n_trials": ("n_trials", "--n-trials"),
+    "timeout": ("timeout", "--timeout"), "safety_margin": ("safety_margin", "--safety-margin"),
+    "seed": ("seed", "--seed"), "pruner": ("pruner", "--pruner"), "train_time": ("train_time", "--train-time"),
+    "imgsz": ("space.imgsz", "--imgsz"), "batch": ("space.batch", "--batch"),
+    "mosaic": ("space.mosaic", "--mosaic"), "mixup": ("space.mixup", "--mixup"),
+    "probe.epochs": ("probe.epochs", "--probe-epochs"), "probe.fraction": ("probe.fraction", "--probe-fraction"),
+    "probe.train_images": ("probe.train_images", "--probe-images"),
+    "probe.val_images": ("probe.val_images", "--probe-images"),
+    "probe.trial_timeout": ("probe.trial_timeout", "--trial-timeout"), "probe.repeats": ("probe.repeats", "--repeats"),
+    "probe.race": ("probe.race", "--race"), "probe.budget": ("probe.budget", "--probe-budget"),
+}  # fmt: skip
+
+
+def _paths(values: dict[str, Any], prefix: str = "") -> set[str]:
+    """The dotted paths of the settings in `values` (nested like the config file)."""
+    out = set()
+    for key, value in values.items():
+        out |= _paths(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}"}
+    return out
 
 
 def from_stored(stored: dict[str, Any]) -> ProbeConfig:
@@ -242,55 +267,57 @@ def _suggest(key: str, known: dict[str, Any], root: dict[str, Any]) -> str:
     return f" Known settings here: {', '.join(known)}."
 
 
-def _model(value: Any) -> str:
+def _model(value: Any, name: str = "model") -> str:
     """`model`: one model, or several as a list or comma-separated (each its own study: tuner.commands.probe_models)."""
     if isinstance(value, (list, tuple)):
         if not value:
-            raise ConfigError("The value of `model` is an empty list, but must name at least one model.")
-        return ",".join(checks.text(item, "model") for item in value)
-    return checks.text(value, "model")
+            raise ConfigError(f"The value of `{name}` is an empty list, but must name at least one model.")
+        return ",".join(checks.text(item, name) for item in value)
+    return checks.text(value, name)
 
 
-def _build(raw: dict[str, Any]) -> ProbeConfig:
+def _build(raw: dict[str, Any], named: Callable[[str], str] = str) -> ProbeConfig:
+    """The checked config of the merged settings `raw`; `named` gives what an error calls a setting (load: the flag,
+    where the flag gave its value)."""
     space = raw["space"]
     probe = raw["probe"]
     if raw["metric"] not in METRIC_NAMES:
         raise ConfigError(f"The value of `metric` is {raw['metric']!r}, but must be one of: {', '.join(METRIC_NAMES)}.")
     return ProbeConfig(
-        model=_model(raw["model"]),
-        data=None if raw["data"] is None else checks.text(raw["data"], "data"),
+        model=_model(raw["model"], named("model")),
+        data=None if raw["data"] is None else checks.text(raw["data"], named("data")),
         device=str(raw["device"]),
         memory_budget=raw["memory_budget"],
-        safety_margin=checks.fraction(raw["safety_margin"], "safety_margin", low=0.0, high=0.9, high_open=True),
-        n_trials=checks.positive_int(raw["n_trials"], "n_trials"),
-        timeout=None if raw["timeout"] is None else checks.positive_float(raw["timeout"], "timeout"),
+        safety_margin=checks.fraction(raw["safety_margin"], named("safety_margin"), low=0.0, high=0.9, high_open=True),
+        n_trials=checks.positive_int(raw["n_trials"], named("n_trials")),
+        timeout=None if raw["timeout"] is None else checks.positive_float(raw["timeout"], named("timeout")),
         metric=raw["metric"],
-        sampler=checks.choice(raw["sampler"], "sampler", SAMPLERS),
-        pruner=checks.choice(raw["pruner"], "pruner", PRUNERS),
-        seed=checks.integer(raw["seed"], "seed"),
+        sampler=checks.choice(raw["sampler"], named("sampler"), SAMPLERS),
+        pruner=checks.choice(raw["pruner"], named("pruner"), PRUNERS),
+        seed=checks.integer(raw["seed"], named("seed")),
         space=Space(
-            imgsz=None if _auto(space["imgsz"]) else checks.imgsz_choices(space["imgsz"]),
-            batch=None if _auto(space["batch"]) else checks.batch_choices(space["batch"]),
-            mosaic=checks.range(space["mosaic"], "mosaic"),
-            mixup=checks.range(space["mixup"], "mixup"),
+            imgsz=None if _auto(space["imgsz"]) else checks.imgsz_choices(space["imgsz"], named("imgsz")),
+            batch=None if _auto(space["batch"]) else checks.batch_choices(space["batch"], named("batch")),
+            mosaic=checks.range(space["mosaic"], named("mosaic")),
+            mixup=checks.range(space["mixup"], named("mixup")),
         ),
         probe=ProbeSettings(
-            epochs=checks.positive_int(probe["epochs"], "probe.epochs"),
-            fraction=checks.fraction(probe["fraction"], "probe.fraction", low=0.0, high=1.0, low_open=True),
-            train_images=checks.non_negative_int(probe["train_images"], "probe.train_images"),
-            val_images=checks.non_negative_int(probe["val_images"], "probe.val_images"),
-            optimizer=checks.choice(probe["optimizer"], "probe.optimizer", OPTIMIZERS),
-            lr0=checks.positive_float(probe["lr0"], "probe.lr0"),
-            warmup_epochs=checks.fraction(probe["warmup_epochs"], "probe.warmup_epochs", low=0.0, high=1e9),
-            trial_timeout=checks.seconds_or_auto(probe["trial_timeout"], "probe.trial_timeout"),
-            anneal=checks.boolean(probe["anneal"], "probe.anneal"),
-            repeats=checks.non_negative_int(probe["repeats"], "probe.repeats"),
-            race=checks.non_negative_int(probe["race"], "probe.race"),
-            budget=checks.probe_budget(probe["budget"], "probe.budget"),
+            epochs=checks.positive_int(probe["epochs"], named("probe.epochs")),
+            fraction=checks.fraction(probe["fraction"], named("probe.fraction"), low=0.0, high=1.0, low_open=True),
+            train_images=checks.non_negative_int(probe["train_images"], named("probe.train_images")),
+            val_images=checks.non_negative_int(probe["val_images"], named("probe.val_images")),
+            optimizer=checks.choice(probe["optimizer"], named("probe.optimizer"), OPTIMIZERS),
+            lr0=checks.positive_float(probe["lr0"], named("probe.lr0")),
+            warmup_epochs=checks.fraction(probe["warmup_epochs"], named("probe.warmup_epochs"), low=0.0, high=1e9),
+            trial_timeout=checks.seconds_or_auto(probe["trial_timeout"], named("probe.trial_timeout")),
+            anneal=checks.boolean(probe["anneal"], named("probe.anneal")),
+            repeats=checks.non_negative_int(probe["repeats"], named("probe.repeats")),
+            race=checks.non_negative_int(probe["race"], named("probe.race")),
+            budget=checks.probe_budget(probe["budget"], named("probe.budget")),
         ),
-        train_time=checks.duration_or_none(raw["train_time"], "train_time"),
-        heartbeat_interval=checks.positive_int(raw["heartbeat_interval"], "heartbeat_interval"),
-        grace_period=checks.positive_int(raw["grace_period"], "grace_period"),
+        train_time=checks.duration_or_none(raw["train_time"], named("train_time")),
+        heartbeat_interval=checks.positive_int(raw["heartbeat_interval"], named("heartbeat_interval")),
+        grace_period=checks.positive_int(raw["grace_period"], named("grace_period")),
     )
 
 

@@ -392,4 +392,4 @@ def test_a_training_time_picks_within_it_and_one_nothing_fits_is_one_line_exit_1
     assert "training time 1 s), predicted" in report and "(over the training time)" in report
     assert "No stable config trains within the training time of 1 s (`--train-time`)" in report
     code, _, err = run_cli(*tiny_probe_args(tiny_data, "--n-trials", "2", "--train-time", "soon"))
-    assert code == 2 and "`train_time` is 'soon', but must be a duration (90s, 45m, 2h, 1h30m, or seconds) or none." in err
+    assert code == 2 and "`--train-time` is 'soon', but must be a duration (90s, 45m, 2h, 1h30m, or seconds) or none." in err
