@@ -13,6 +13,8 @@ wall time, and train-best's mAP50-95 and wall time. Every step is kept in `--wor
     python tests/benchmarks/bench_models.py --workdir /tmp/bench-models --memory-budget 3GB            # probes only
     python tests/benchmarks/bench_models.py --workdir /tmp/bench-models --memory-budget 3GB --epochs 40
     python tests/benchmarks/bench_models.py --workdir /tmp/bench-models-thin --kind thin --epochs 30
+    python tests/benchmarks/bench_models.py --workdir /tmp/bench-models-s40 --weights N.pt,S.pt --epochs 40
+                                                          # weights of your own in place of the base checkpoints
 """
 
 from __future__ import annotations
@@ -34,14 +36,15 @@ from tuner.data import base_model  # noqa: E402
 MODELS = ("yolov8n.yaml", "yolov8s.yaml")
 
 
-def inputs(kind: str, workdir: Path) -> tuple[list[str], list[str]]:
+def inputs(kind: str, workdir: Path, weights: list[str] | None = None) -> tuple[list[str], list[str]]:
     """The probe flags for (one model, two models): the model names on the embedded data (tuner builds their base
-    checkpoints), else the base checkpoints' paths and the kind's dataset."""
-    if kind == "shapes":
+    checkpoints), else the base checkpoints' paths and the kind's dataset; `weights` (yolov8n's, yolov8s's) in place
+    of the base checkpoints where given."""
+    if kind == "shapes" and weights is None:
         return ["--model", MODELS[0]], ["--model", ",".join(MODELS)]
-    data = kinds.build(kind, workdir.resolve() / "data" / f"{kind}-96", 96, 32)
-    weights = [str(base_model.base_checkpoint(model=model)) for model in MODELS]
-    return ["--data", str(data), "--model", weights[0]], ["--data", str(data), "--model", ",".join(weights)]
+    data = [] if kind == "shapes" else ["--data", str(kinds.build(kind, workdir.resolve() / "data" / f"{kind}-96", 96, 32))]
+    weights = weights or [str(base_model.base_checkpoint(model=model)) for model in MODELS]
+    return [*data, "--model", weights[0]], [*data, "--model", ",".join(weights)]
 
 
 def probe(folder: Path, flags: list[str]) -> dict:
@@ -74,20 +77,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory-budget", default="3GB")
     parser.add_argument("--kind", choices=("shapes", "thin", "dense"), default="shapes")
     parser.add_argument("--epochs", type=int, default=0, help="train-best epochs of each pick (default: 0, probes only)")
+    parser.add_argument("--weights", help="N.pt,S.pt: yolov8n's and yolov8s's weights in place of the base checkpoints "
+                                          "(a yolov8s pretrained as well as yolov8n, e.g. by a longer recipe)")  # fmt: skip
     args = parser.parse_args(argv)
+    weights = [str(Path(path).resolve()) for path in args.weights.split(",")] if args.weights else None
+    if weights is not None and len(weights) != len(MODELS):
+        parser.error(f"--weights takes {len(MODELS)} paths, yolov8n's and yolov8s's; got {args.weights!r}")
     workdir = args.workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    for model in MODELS:  # built (or found) before any probe is timed
+    for model in MODELS if weights is None else ():  # built (or found) before any probe is timed
         base_model.base_checkpoint(model=model)
     print(f"base checkpoints ready in {time.monotonic() - started:.0f} s")
-    one_flags, two_flags = inputs(args.kind, workdir)
+    one_flags, two_flags = inputs(args.kind, workdir, weights)
     common = ["--device", "cpu", "--memory-budget", args.memory_budget]
     one = probe(workdir / "one", [*one_flags, *common])
     two = probe(workdir / "two", [*two_flags, *common])
 
     names = {model: Path(model).stem for model in MODELS}
-    names.update({str(base_model.base_checkpoint(model=model)): Path(model).stem for model in MODELS})
+    bases = weights or [str(base_model.base_checkpoint(model=model)) for model in MODELS]
+    names.update(zip(bases, (Path(model).stem for model in MODELS)))
     print(f"\n{args.kind}, memory budget {args.memory_budget}, 2 CPU cores\n")
     print("| model | frontier: largest stable imgsz per batch | its study's pick | probe metric | probe |")
     print("|---|---|---|---|---|")
