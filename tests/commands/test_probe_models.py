@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import os
@@ -101,6 +102,19 @@ def test_the_report_sets_the_models_side_by_side(tmp_path):
     assert "| yolov8m.yaml | s-m | fits nowhere |" in text and "needs 9000 MiB" in text
     assert "tuner train-best --study-name s-yolov8s.yaml" in text
     assert "![Memory frontier per model](frontiers.png)" in text and (tmp_path / "fam" / "frontiers.png").is_file()
+    assert "[trials.csv](trials.csv)" not in text  # no study wrote one (a limits-only run)
+
+
+def test_the_familys_trials_csv_holds_every_models_trials_with_its_study(tmp_path):
+    small, large = _result("yolov8n.yaml", 0.300, peak=900), _result("yolov8s.yaml", 0.340, peak=1800)
+    for result, rows in ((small, "0,yolov8n.yaml,0.3\n1,yolov8n.yaml,0.2\n"), (large, "0,yolov8s.yaml,0.34\n")):
+        (tmp_path / result.study).mkdir()
+        (tmp_path / result.study / "trials.csv").write_text("number,model,value\n" + rows)
+    text = write_report(tmp_path / "fam", [small, large], large, "mAP50-95").read_text()
+    assert "[trials.csv](trials.csv)" in text
+    assert (tmp_path / "fam" / "trials.csv").read_text().splitlines() == [
+        "study,number,model,value", f"{small.study},0,yolov8n.yaml,0.3", f"{small.study},1,yolov8n.yaml,0.2",
+        f"{large.study},0,yolov8s.yaml,0.34"]  # fmt: skip
 
 
 def test_the_frontier_plot_draws_one_staircase_per_model_that_fits(tmp_path):
@@ -231,6 +245,10 @@ def test_two_models_are_two_studies_and_the_pick_is_the_better_one(workdir, tiny
     assert summary["family"] == f"{TINY.key}-yolov8n+yolov8s-cpu"
     report = (workdir / "results" / summary["family"] / "report.md").read_text()
     assert all(f"| {model} " in report or f"| {model} **(pick)**" in report for model in ("yolov8n.yaml", "yolov8s.yaml"))
+    with (workdir / "results" / summary["family"] / "trials.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(row["study"], row["model"], row["imgsz"]) for row in rows if row["state"] == "COMPLETE"] == [
+        (names[0], "yolov8n.yaml", "64"), (names[1], "yolov8s.yaml", "64")]  # fmt: skip
     assert "Model 2/2: yolov8s.yaml" in err
     assert "Next: tuner train-best" not in err  # each model's summary leaves the next step to the pick across them
 

@@ -8,12 +8,14 @@ smallest first, and a config the smaller did not fit rules the larger out there 
 (tuner.study.limits.RuledOut), never the other way round. The probe budget is
 shared: each study gets 1/n of it. A model that fits nowhere is said in one line and left out. The pick is the most
 accurate of the studies' picks, a tie within the noise (the larger of the studies') going to the lower peak memory;
-results/<family>/report.md sets the models side by side.
+results/<family>/report.md sets the models side by side, and results/<family>/trials.csv holds every model's trials.
 """
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -202,7 +204,8 @@ def pick(results: list[ModelResult]) -> ModelResult | None:
 
 
 def write_report(folder: Path, results: list[ModelResult], picked: ModelResult | None, metric: str) -> Path:
-    """results/<family>/report.md: the models side by side, each with its frontier, pick and costs."""
+    """results/<family>/report.md: the models side by side, each with its frontier, pick and costs; and trials.csv,
+    every model's trials (`write_trials`)."""
     lines = [
         f"# Models: {folder.name}",
         "",
@@ -228,6 +231,8 @@ def write_report(folder: Path, results: list[ModelResult], picked: ModelResult |
     lines += ["", "Each model's report: " + ", ".join(f"[{result.study}](../{result.study}/report.md)"
                                                    for result in results if result.summary)]  # fmt: skip
     folder.mkdir(parents=True, exist_ok=True)
+    if write_trials(folder, results):
+        lines.append("\nEvery trial of every model, one row each, with its study and model: [trials.csv](trials.csv).")
     frontiers = {name_of(result.model): result.summary["frontier"] for result in results
                  if result.summary and result.summary.get("frontier")}  # fmt: skip
     if frontiers:
@@ -239,6 +244,28 @@ def write_report(folder: Path, results: list[ModelResult], picked: ModelResult |
     path = folder / "report.md"
     files.write_text(path, "\n".join(lines) + "\n")
     return path
+
+
+def write_trials(folder: Path, results: list[ModelResult]) -> Path | None:
+    """results/<family>/trials.csv: the rows of every model's trials.csv (results/<study>/trials.csv, beside the
+    family's folder), each with its `study` first, so that one file holds the search over every model; None where no
+    study wrote one (a limits-only run writes none)."""
+    header, rows = None, []
+    for result in results:
+        path = folder.parent / result.study / "trials.csv"
+        if not path.is_file():
+            continue
+        with path.open(newline="") as handle:
+            reader = csv.DictReader(handle)
+            header = header or ["study", *(reader.fieldnames or [])]
+            rows.extend({"study": result.study, **row} for row in reader)
+    if header is None:
+        return None
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=header, lineterminator="\n", extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return files.write_text(folder / "trials.csv", buffer.getvalue())
 
 
 def _row(result: ModelResult, picked: ModelResult | None) -> str:
