@@ -94,7 +94,7 @@ class Search:
         self.started_at = 0.0  # time.monotonic() at this run's start, and what the study had spent on probes by then
         self.spent_before = 0.0  # (its trials of earlier runs and the pre-flights): the budget counts both
         self.following: str | None = None  # the config whose full training the budget is a share of, once said
-        self.floor: Callable[[], bool] = lambda: True  # whether this stage's part of the floor has run
+        self.floor: Callable[[list[FrozenTrial]], bool] = lambda trials: True  # this stage's part of the floor has run
 
     @property
     def limit_mb(self) -> float:
@@ -111,16 +111,20 @@ class Search:
         """When no more trial may start (time.monotonic): --timeout's end; and once this stage's part of the floor has
         run (the startup design, then one noise repeat), the budget's end too. The plan runs its floor in full, even
         where the probes take longer than the pre-flights predicted (a slower machine, another job beside it)."""
-        budget = self.budget_end() if self.plan is not None and self.floor() else None  # both read the study:
-        ends = [end for end in (self.timeout_at, budget) if end is not None]            # only where it matters
+        budget = None
+        if self.plan is not None:  # the study's trials read once for both: a round trip each on PostgreSQL
+            trials = self._trials()
+            budget = self.budget_end(trials) if self.floor(trials) else None
+        ends = [end for end in (self.timeout_at, budget) if end is not None]
         return min(ends) if ends else None
 
-    def budget_end(self) -> float | None:
+    def budget_end(self, trials: list[FrozenTrial] | None = None) -> float | None:
         """When the budget's last probe may start (time.monotonic): its end, less a probe of the study's mean time and
         the floor's repeat while it is owed (tuner.study.probe_budget.reserve_s), so that what starts ends, about,
         inside it; None where it is unbounded. A share follows the best stable config so far
-        (probe_budget.budget_now): its full training as its probe timed it; said when it moves."""
-        follows, trials = None, self._trials()
+        (probe_budget.budget_now): its full training as its probe timed it; said when it moves. `trials`: the study's,
+        where the caller has read them."""
+        follows, trials = None, self._trials() if trials is None else trials
         record = StudyRecord.of(self.study)  # one read of each a check is made after every trial and while waiting
         limit = record.stable_limit_mb or self.inputs.stable_limit_mb  # self.limit_mb, without reading it again
         if probe_budget.share_of(self.plan.setting) is not None:
@@ -151,18 +155,17 @@ class Search:
         kept = " (kept for the noise repeat)" if self._repeat_owed(trials, self.limit_mb) else ""
         self.progress.say(f"Budget: {done} of the plan's {self.cfg.n_trials} main trials ran; {why}{kept}.")
 
-    def _design_done(self) -> bool:
+    def _design_done(self, trials: list[FrozenTrial]) -> bool:
         """Every cell of the startup design has started (none of its `startup:` places is still waiting): the budget
         decides what starts next. Counted by the places queued, not by `startup_trials`, which the plan's cut of the
         main trials shrinks; and by starts, not ends, so that other workers' design trials still running do not let
         this worker start trials of the sampler's past the budget."""
         return not any(t.state == TrialState.WAITING and (TrialRecord.of(t).slot or "").startswith("startup:")
-                       for t in self._trials())  # fmt: skip
+                       for t in trials)  # fmt: skip
 
-    def _repeat_done(self) -> bool:
+    def _repeat_done(self, trials: list[FrozenTrial]) -> bool:
         """The floor's one noise repeat has started, or finished as a run that counts (not a surplus or an inferred
         OOM)."""
-        trials = self._trials()
         again = retried(trials)
         return any(TrialRecord.of(t).repeat_of is not None
                    and (t.state == TrialState.RUNNING or (t.state.is_finished() and counts_towards_total(t, again)))
@@ -196,14 +199,14 @@ class Search:
             return
         trials = self._trials()
         repeats = selection.to_repeat(trials, self.cfg.probe.repeats, self.limit_mb)
-        if self.plan is not None and _past(self.budget_end()):  # the floor's one noise repeat, unless it ran already
-            repeats = [] if self._repeat_done() else repeats[:1]
+        if self.plan is not None and _past(self.budget_end(trials)):  # the floor's one noise repeat, unless it ran already
+            repeats = [] if self._repeat_done(trials) else repeats[:1]
         for original in repeats:
             workers.enqueue(self.study, original.params, f"repeat:{original.number}", TrialRecord(repeat_of=original.number))
         # no repeat to run (none asked for, none stable, or the noise measured already): the floor is the design
-        self.floor = (lambda: self._design_done() and self._repeat_done()) if repeats else self._design_done
+        self.floor = (lambda now: self._design_done(now) and self._repeat_done(now)) if repeats else self._design_done
         self._drain()
-        self.floor = lambda: True
+        self.floor = lambda now: True
         self._race()
         self._drain()
 
