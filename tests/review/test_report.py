@@ -410,7 +410,7 @@ def test_settings_show_the_sample_without_a_config_and_the_space_without_a_sampl
 
 
 def test_report_md_says_what_the_share_budget_followed(study):
-    """A share budget moves with the best config found (tuner.study.search.Search.budget_end): report.md gives the plan
+    """A share budget moves with the best config found (tuner.study.deadlines.Deadlines.budget_end): report.md gives the plan
     as fitted before the first trial, then what the budget became."""
     plan = probe_budget.fit("15%", [60.0, 60.0, 60.0], 8, 2, 2, ("480/2", 7200.0, 40), preflight_s=130.0)
     follows = probe_budget.Follows("224/4", 3480.0, 522.0)

@@ -67,7 +67,7 @@ def test_the_plan_never_goes_below_the_startup_design_and_one_noise_repeat():
     plan = probe_budget.fit(5.0, [10.0, 20.0, 30.0], 8, 2, 2)
     assert (plan.n_trials, plan.repeats, plan.race) == (3, 1, 0)
     assert plan.seconds == 80.0 and plan.cut == ("5 main trials", "1 repeat", "the race")
-    assert probe_budget.deadline_s(plan, 0.0) == 5.0  # the floor runs past it (Search.deadline), nothing else does
+    assert probe_budget.deadline_s(plan, 0.0) == 5.0  # the floor runs past it (tuner.study.deadlines), nothing else does
     assert plan.over_budget and plan.describe().endswith(
         "budget 5 s: 5 main trials, 1 repeat and the race cut; the startup design and one noise repeat alone take "
         "longer, and run in full (the sampler needs the design, the pick the noise).")  # fmt: skip

@@ -362,7 +362,7 @@ def test_a_race_run_that_lost_its_place_below_one_still_held_is_run_again(tmp_pa
     probe = dataclasses.replace(trials.cfg.probe, race=3)
     racing = dataclasses.replace(trials, cfg=dataclasses.replace(trials.cfg, probe=probe))
     search = Search(study, racing, quiet(), found, runner=FakeProbe(2000, scores=scores))
-    search.timeout_at = time.monotonic() + 5
+    search.gate.timeout_at = time.monotonic() + 5
     search._race()
     race = StudyRecord.of(study).race
     assert race is not None and race.runs == 2 and race.verdict == "separated", race  # race:1 again, then they parted

@@ -13,7 +13,7 @@ one, then main trials, never below the startup design (without it the sampler mo
 The budget is then a deadline: no trial starts unless a probe of the study's mean time (and the floor's repeat,
 while it is owed) still fits in what is left of it, over every run of the study (a continued study counts the
 trials' durations so far), except the floor's own: the design and its one repeat run in full even
-where they alone take longer than the budget (tuner.study.search.Search.deadline); only --timeout stops them.
+where they alone take longer than the budget (tuner.study.deadlines); only --timeout stops them.
 """
 
 from __future__ import annotations
@@ -193,7 +193,7 @@ def following(plan: Plan, trials: Sequence[FrozenTrial], limit_mb: float, budget
 def deadline_s(plan: Plan | None, spent_s: float, best_training_s: float | None = None) -> float | None:
     """Seconds left to the probe under `plan`, once `spent_s` went on it (its trials and pre-flights); None where it
     is unbounded. The floor (the startup design and one repeat) runs in full even past it
-    (tuner.study.search.Search.deadline)."""
+    (tuner.study.deadlines)."""
     budget = budget_now(plan, best_training_s)
     return None if budget is None else budget - spent_s
 

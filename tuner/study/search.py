@@ -11,14 +11,14 @@ may fit is untried: that trial ends unrun, and the cell is queued in its place.
 
 Every finished trial carries Optuna's `memory_mb` constraint (its peak minus the stable limit; > 0 is
 infeasible), so TPE models a probe that completed over the limit, or never ran, as infeasible rather
-than as a good score; the pruner compares only with stable trials (tuner.study.pruners).
+than as a good score; the pruner compares only with stable trials (tuner.study.pruners). No trial starts past
+--timeout's end, nor, once the floor has run, past the probe budget's (tuner.study.deadlines).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Callable
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -28,11 +28,11 @@ from tuner.errors import StudyFailed
 from tuner.params import Params
 from tuner.process.contract import PROBE_CHILD, Cause, EpochRecord, Outcome
 from tuner.process.trial import Attempt, run_child
-from tuner.study import dominance, limits, probe_budget, pruners, selection, space, workers
+from tuner.study import deadlines, dominance, limits, probe_budget, pruners, selection, space, workers
+from tuner.study.deadlines import past
 from tuner.study.inputs import Inputs
 from tuner.study.progress import Progress
-from tuner.study.records import Race, StudyRecord, TrialRecord, counts_towards_total, retried
-from tuner.study.training_time import minutes
+from tuner.study.records import Race, StudyRecord, TrialRecord
 
 SAME_ERROR_STOP = 2  # stop when the first trials of a run all fail with the same message
 MAX_INFERRED_IN_A_ROW = 30  # the sampler keeps proposing configs known not to fit: the space is used up
@@ -45,10 +45,6 @@ class ProbeFailed(Exception):
 
 class Surplus(Exception):
     """Another worker already fills this trial's place: it FAILs unrun and counts for nothing (tuner.study.workers)."""
-
-
-def _past(deadline: float | None) -> bool:
-    return deadline is not None and time.monotonic() >= deadline
 
 
 def startup_trials(cfg: ProbeConfig) -> int:
@@ -90,11 +86,7 @@ class Search:
         self.worker = worker or workers.worker_id()
         self.waiting_said = False
         self.plan = plan  # the probes fitted to the budget (tuner.study.probe_budget): its deadline is kept
-        self.timeout_at: float | None = None  # --timeout's end: no trial starts after it, whatever the study has
-        self.started_at = 0.0  # time.monotonic() at this run's start, and what the study had spent on probes by then
-        self.spent_before = 0.0  # (its trials of earlier runs and the pre-flights): the budget counts both
-        self.following: str | None = None  # the config whose full training the budget is a share of, once said
-        self.floor: Callable[[list[FrozenTrial]], bool] = lambda trials: True  # this stage's part of the floor has run
+        self.gate = deadlines.Deadlines(study, inputs, progress, plan)
 
     @property
     def limit_mb(self) -> float:
@@ -108,85 +100,23 @@ class Search:
 
     @property
     def deadline(self) -> float | None:
-        """When no more trial may start (time.monotonic): --timeout's end; and once this stage's part of the floor has
-        run (the startup design, then one noise repeat), the budget's end too. The plan runs its floor in full, even
-        where the probes take longer than the pre-flights predicted (a slower machine, another job beside it)."""
-        budget = None
-        if self.plan is not None:  # the study's trials read once for both: a round trip each on PostgreSQL
-            trials = self._trials()
-            budget = self.budget_end(trials) if self.floor(trials) else None
-        ends = [end for end in (self.timeout_at, budget) if end is not None]
-        return min(ends) if ends else None
-
-    def budget_end(self, trials: list[FrozenTrial] | None = None) -> float | None:
-        """When the budget's last probe may start (time.monotonic): its end, less a probe of the study's mean time and
-        the floor's repeat while it is owed (tuner.study.probe_budget.reserve_s), so that what starts ends, about,
-        inside it; None where it is unbounded. A share follows the best stable config so far
-        (probe_budget.budget_now): its full training as its probe timed it; said when it moves. `trials`: the study's,
-        where the caller has read them."""
-        follows, trials = None, self._trials() if trials is None else trials
-        record = StudyRecord.of(self.study)  # one read of each a check is made after every trial and while waiting
-        limit = record.stable_limit_mb or self.inputs.stable_limit_mb  # self.limit_mb, without reading it again
-        if probe_budget.share_of(self.plan.setting) is not None:
-            epochs = self.plan.epochs or self.inputs.planned_epochs
-            follows = probe_budget.following(self.plan, trials, limit, record.budget_mb, epochs)
-        left = probe_budget.deadline_s(self.plan, self.spent_before, follows and follows.training_s)
-        if follows is not None and follows.config != self.following:
-            self.following = follows.config
-            StudyRecord(budget_follows=follows.to_json()).save(self.study, "budget_follows")
-            self.progress.say(f"Budget: {self.plan.setting} {follows.describe()}")
-        if left is None:
-            return None
-        return self.started_at + left - probe_budget.reserve_s(trials, self._repeat_owed(trials, limit))
-
-    def _repeat_owed(self, trials: list[FrozenTrial], limit_mb: float) -> int:
-        """1 while the floor's noise repeat is still to be queued for a stable config (none where no config is stable
-        yet, or one ran twice already: the noise is measured). A repeat owed to a config that becomes stable only with
-        the last main trial runs past the budget: the floor runs in full."""
-        return int(self.plan.repeats > 0 and bool(selection.to_repeat(trials, 1, limit_mb)))
-
-    def _say_budget_stop(self) -> None:
-        """Say that the budget stopped the main trials short of the plan's, and why: a probe no longer fits."""
-        if _past(self.timeout_at):  # --timeout's end came meanwhile: it stopped them
-            return
-        trials = self._trials()
-        done, each = workers.main_trials_done(trials), probe_budget.reserve_s(trials)
-        why = f"a probe takes about {minutes(each)}, which no longer fits in what is left" if each else "none is left"
-        kept = " (kept for the noise repeat)" if self._repeat_owed(trials, self.limit_mb) else ""
-        self.progress.say(f"Budget: {done} of the plan's {self.cfg.n_trials} main trials ran; {why}{kept}.")
-
-    def _design_done(self, trials: list[FrozenTrial]) -> bool:
-        """Every cell of the startup design has started (none of its `startup:` places is still waiting): the budget
-        decides what starts next. Counted by the places queued, not by `startup_trials`, which the plan's cut of the
-        main trials shrinks; and by starts, not ends, so that other workers' design trials still running do not let
-        this worker start trials of the sampler's past the budget."""
-        return not any(t.state == TrialState.WAITING and (TrialRecord.of(t).slot or "").startswith("startup:")
-                       for t in trials)  # fmt: skip
-
-    def _repeat_done(self, trials: list[FrozenTrial]) -> bool:
-        """The floor's one noise repeat has started, or finished as a run that counts (not a surplus or an inferred
-        OOM)."""
-        again = retried(trials)
-        return any(TrialRecord.of(t).repeat_of is not None
-                   and (t.state == TrialState.RUNNING or (t.state.is_finished() and counts_towards_total(t, again)))
-                   for t in trials)  # fmt: skip
+        """When no more trial may start (tuner.study.deadlines): --timeout's end, and the budget's once the floor ran."""
+        return self.gate.deadline
 
     def run(self) -> None:
-        self.started_at = now = time.monotonic()
-        preflights = float((StudyRecord.of(self.study).limits or {}).get("seconds") or 0.0)
-        self.spent_before = probe_budget.spent(self._trials()) + preflights
-        self.timeout_at = None if self.cfg.timeout is None else now + self.cfg.timeout
+        gate = self.gate
+        gate.start(self._trials())
         if not self.study.get_trials(deepcopy=False):  # limits mapped by --limits-only: the design is not queued yet
             enqueue_startup(self.study, self.cfg, self.limits)
         done = main_trials_done(self.study)
         if done:
             self.progress.say(f"Continuing: {done} of {self.cfg.n_trials} trials done.")
-        self.floor = self._design_done
+        gate.floor = deadlines.design_done
         while not self.failure and main_trials_done(self.study) < self.cfg.n_trials:
-            if _past(self.timeout_at):
+            if past(gate.timeout_at):
                 return
-            if _past(self.deadline):  # the budget is spent and the design has run: on to the floor's repeat
-                self._say_budget_stop()
+            if past(self.deadline):  # the budget is spent and the design has run: on to the floor's repeat
+                gate.say_budget_stop(self._trials(), self.limit_mb)
                 break
             free = self.cfg.n_trials - workers.places_taken(self._trials())
             if free > 0:
@@ -195,18 +125,18 @@ class Search:
                 self._wait_for_others()
         if self.failure:
             raise StudyFailed(self.failure)
-        if _past(self.timeout_at):
+        if past(gate.timeout_at):
             return
         trials = self._trials()
         repeats = selection.to_repeat(trials, self.cfg.probe.repeats, self.limit_mb)
-        if self.plan is not None and _past(self.budget_end(trials)):  # the floor's one noise repeat, unless it ran already
-            repeats = [] if self._repeat_done(trials) else repeats[:1]
+        if self.plan is not None and past(gate.budget_end(trials)):  # the floor's one noise repeat, unless it ran already
+            repeats = [] if deadlines.repeat_done(trials) else repeats[:1]
         for original in repeats:
             workers.enqueue(self.study, original.params, f"repeat:{original.number}", TrialRecord(repeat_of=original.number))
         # no repeat to run (none asked for, none stable, or the noise measured already): the floor is the design
-        self.floor = (lambda now: self._design_done(now) and self._repeat_done(now)) if repeats else self._design_done
+        gate.floor = deadlines.design_and_repeat_done if repeats else deadlines.design_done
         self._drain()
-        self.floor = lambda now: True
+        gate.floor = deadlines.floor_done
         self._race()
         self._drain()
 
@@ -215,7 +145,7 @@ class Search:
 
     def _drain(self) -> None:
         """Run the queued trials, and wait for those other workers run, until none is open."""
-        while not _past(self.deadline):
+        while not past(self.deadline):
             running, waiting = workers.open_work(self._trials())
             if waiting:
                 self._optimize(waiting)
@@ -250,7 +180,7 @@ class Search:
             names = ", ".join(f"trial {min(t.number for t in runs)}" for runs in tied)
             self.progress.say(f"Race: {names} tie within the noise; probing them with more seeds.")
         while len(tied) >= 2 and spent < self.cfg.probe.race and decides:
-            if _past(self.deadline):
+            if past(self.deadline):
                 return
             slot = workers.free_race_slot(self._trials(), self.cfg.probe.race)
             if slot is None:  # every place is held (some by trials of other workers): the budget is spent
@@ -464,7 +394,7 @@ class Search:
             study.stop()
 
     def _stop_at_deadline(self, study: optuna.Study, frozen: FrozenTrial) -> None:
-        if _past(self.deadline):  # --timeout, or the budget once the floor has run, is spent: no trial starts after this
+        if past(self.deadline):  # --timeout, or the budget once the floor has run, is spent: no trial starts after this
             study.stop()
 
     def _stop_on_repeated_errors(self, study: optuna.Study, frozen: FrozenTrial) -> None:
