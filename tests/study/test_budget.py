@@ -19,7 +19,8 @@ from tuner.data.sample import Sample
 from tuner.study.probe_budget import Plan
 from tuner.study.progress import Progress
 from tuner.study.records import StudyRecord
-from tuner.study.search import Search, enqueue_startup, main_trials_done, startup_trials
+from tuner.study.search import Search, main_trials_done
+from tuner.study.space import enqueue_startup, startup_trials
 
 
 @pytest.mark.parametrize(

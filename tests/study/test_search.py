@@ -27,7 +27,8 @@ from tuner.study.inputs import Inputs
 from tuner.study.open import open_study
 from tuner.study.progress import Progress
 from tuner.study.records import StudyRecord, TrialRecord
-from tuner.study.search import CONSTRAINT, Search, enqueue_startup
+from tuner.study.search import CONSTRAINT, Search
+from tuner.study.space import enqueue_startup
 from tuner.study.space import startup_design
 
 

@@ -27,7 +27,8 @@ from tuner.study import limits, workers
 from tuner.study.open import open_study
 from tuner.study.progress import Progress
 from tuner.study.records import MappingLease, Race, StudyRecord, TrialRecord, counts_towards_total
-from tuner.study.search import Search, enqueue_startup, main_trials_done
+from tuner.study.search import Search, main_trials_done
+from tuner.study.space import enqueue_startup
 from tuner.study.space import suggest
 
 

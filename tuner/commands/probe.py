@@ -26,7 +26,8 @@ from tuner.study.inputs import Inputs
 from tuner.study.open import mapped_limits, open_study, probe_sample, study_space
 from tuner.study.progress import Progress
 from tuner.study.records import Best, StudyRecord
-from tuner.study.search import Search, startup_trials
+from tuner.study.search import Search
+from tuner.study.space import startup_trials
 from tuner.study.selection import Choice
 from tuner.study.training_time import Prediction
 from tuner.study.storage import default_study_name, legacy_study_name, storage_url, stored_config

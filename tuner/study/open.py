@@ -23,7 +23,7 @@ from tuner.study import workers as tuner_workers
 from tuner.study.inputs import Inputs
 from tuner.study.progress import Progress
 from tuner.study.records import StudyRecord
-from tuner.study.search import enqueue_startup, startup_trials
+from tuner.study.space import enqueue_startup, startup_trials
 from tuner.study.storage import open_storage, sqlite_path
 
 MAX_RETRY = 2  # a trial orphaned by a killed tuner is run again at most this often

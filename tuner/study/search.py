@@ -23,7 +23,6 @@ import time
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.config import ProbeConfig
 from tuner.errors import StudyFailed
 from tuner.params import Params
 from tuner.process.contract import PROBE_CHILD, Cause, EpochRecord, Outcome
@@ -47,20 +46,9 @@ class Surplus(Exception):
     """Another worker already fills this trial's place: it FAILs unrun and counts for nothing (tuner.study.workers)."""
 
 
-def startup_trials(cfg: ProbeConfig) -> int:
-    """Trials before TPE models the results: the startup design (see space.startup_design)."""
-    return max(2, min(len(cfg.space.imgsz), cfg.n_trials // 2))
-
-
 def main_trials_done(study: optuna.Study) -> int:
     """Trials that count towards n_trials: finished, really run, and not a noise repeat."""
     return workers.main_trials_done(study.get_trials(deepcopy=False))
-
-
-def enqueue_startup(study: optuna.Study, cfg: ProbeConfig, found: limits.Limits) -> None:
-    """Queue the startup design inside the frontier, once per study (each cell its own slot)."""
-    for index, cell in enumerate(space.startup_design(cfg.space, startup_trials(cfg), found.frontier.largest())):
-        workers.enqueue(study, cell, f"startup:{index}")
 
 
 class Search:
@@ -107,7 +95,7 @@ class Search:
         gate = self.gate
         gate.start(self._trials())
         if not self.study.get_trials(deepcopy=False):  # limits mapped by --limits-only: the design is not queued yet
-            enqueue_startup(self.study, self.cfg, self.limits)
+            space.enqueue_startup(self.study, self.cfg, self.limits)
         done = main_trials_done(self.study)
         if done:
             self.progress.say(f"Continuing: {done} of {self.cfg.n_trials} trials done.")

@@ -18,13 +18,16 @@ memory, which the pre-flights map without the sampler.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import optuna
 from optuna.distributions import CategoricalDistribution, IntDistribution
 from optuna.trial import FrozenTrial
 
-from tuner.config import Space
+from tuner.config import ProbeConfig, Space
+
+if TYPE_CHECKING:
+    from tuner.study.limits import Limits
 
 STEP = 0.05  # mosaic/mixup in steps of 0.05 where the range allows: readable, and repeats match exactly
 
@@ -107,3 +110,17 @@ def startup_design(space: Space, count: int, largest: dict[int, int | None] | No
                     key=lambda cell: (nearness(cell["batch"]), cell["imgsz"]))  # fmt: skip
     design += [cell for cell in others if cell not in design][: count - len(design)]
     return design
+
+
+def startup_trials(cfg: ProbeConfig) -> int:
+    """Trials before TPE models the results: the startup design (`startup_design`)."""
+    return max(2, min(len(cfg.space.imgsz), cfg.n_trials // 2))
+
+
+def enqueue_startup(study: optuna.Study, cfg: ProbeConfig, found: Limits) -> None:
+    """Queue the startup design inside the frontier the pre-flights found, once per study, each cell its own slot
+    (tuner.study.workers)."""
+    from tuner.study import workers
+
+    for index, cell in enumerate(startup_design(cfg.space, startup_trials(cfg), found.frontier.largest())):
+        workers.enqueue(study, cell, f"startup:{index}")
