@@ -73,8 +73,7 @@ class Search:
         self.runner = runner
         self.worker = worker or workers.worker_id()
         self.waiting_said = False
-        self.plan = plan  # the probes fitted to the budget (tuner.study.probe_budget): its deadline is kept
-        self.gate = deadlines.Deadlines(study, inputs, progress, plan)
+        self.gate = deadlines.Deadlines(study, inputs, progress, plan)  # plan: the probes fitted to the budget, kept
 
     @property
     def limit_mb(self) -> float:
@@ -117,7 +116,7 @@ class Search:
             return
         trials = self._trials()
         repeats = selection.to_repeat(trials, self.cfg.probe.repeats, self.limit_mb)
-        if self.plan is not None and past(gate.budget_end(trials)):  # the floor's one noise repeat, unless it ran already
+        if gate.plan is not None and past(gate.budget_end(trials)):  # the floor's one noise repeat, unless it ran already
             repeats = [] if deadlines.repeat_done(trials) else repeats[:1]
         for original in repeats:
             workers.enqueue(self.study, original.params, f"repeat:{original.number}", TrialRecord(repeat_of=original.number))
