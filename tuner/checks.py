@@ -139,17 +139,21 @@ def seconds_or_auto(value: Any, name: str) -> float | str:
 
 
 NONE = "none"  # an unbounded probe budget
+FLOOR = "floor"  # a probe budget of the floor alone: the startup design and one noise repeat (tuner.study.probe_budget)
 _DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?$")
 
 
 def probe_budget(value: Any, name: str = "probe.budget") -> float | str:
-    """`value` as the setting holds it: seconds (a float > 0), a share ("15%"), or "none"; one line on a bad one."""
+    """`value` as the setting holds it: seconds (a float > 0), a share ("15%"), "floor" or "none"; one line on a bad
+    one."""
     fix = (f"The value of `{name}` is {value!r}, but must be a duration (6m, 90s, 1h30m, or seconds), a share of the "
-           "full training (15%), or none.")  # fmt: skip
+           "full training (15%), floor (the startup design and one noise repeat), or none.")  # fmt: skip
     if isinstance(value, bool):
         raise ConfigError(fix)
     if value is None or value == 0 or str(value).strip().lower() in (NONE, "0"):
         return NONE
+    if str(value).strip().lower() == FLOOR:
+        return FLOOR
     if isinstance(value, (int, float)):
         if not 0 < value < math.inf:
             raise ConfigError(fix)

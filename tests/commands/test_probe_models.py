@@ -20,7 +20,7 @@ from tuner import config as configs
 from tuner import offline
 from tuner.commands import probe as probe_command
 from tuner.commands import probe_models
-from tuner.commands.probe_models import ModelResult, family_name, pick, share, write_report
+from tuner.commands.probe_models import ModelResult, Rest, family_name, pick, rest_s, write_report
 from tuner.errors import ConfigError, NothingFits
 from tuner.review import plots
 from tuner.study import inputs
@@ -29,11 +29,13 @@ from tuner.study.progress import Progress
 TWO = "yolov8n.yaml,yolov8s.yaml"
 
 
-def _result(model: str, value: float | None, peak: float = 1000.0, noise: float | None = None) -> ModelResult:
+def _result(model: str, value: float | None, peak: float = 1000.0, noise: float | None = None,
+            training_s: float | None = None, spent_s: float = 90.0) -> ModelResult:  # fmt: skip
+    predicted = None if training_s is None else {"seconds": training_s, "epochs": 40, "epoch_s": training_s / 40}
     best = None if value is None else {"params": {"imgsz": 320, "batch": 2, "mosaic": 0.5, "mixup": 0.1},
-                                       "value": value, "peak_mem_mb": peak, "trial": 0, "train_predicted": None}  # fmt: skip
+                                       "value": value, "peak_mem_mb": peak, "trial": 0, "train_predicted": predicted}  # fmt: skip
     summary = {"study": f"s-{model}", "best": best, "noise": noise, "frontier": [{"batch": 2, "imgsz": 320}],
-               "cost": {"probe_s": 90.0}}  # fmt: skip
+               "cost": {"probe_s": spent_s}}  # fmt: skip
     return ModelResult(model, f"s-{model}", summary)
 
 
@@ -58,10 +60,30 @@ def test_a_config_file_lists_the_models(tmp_path):
         configs.load(path, {})
 
 
-def test_the_family_and_the_shared_budget():
+def test_the_family_is_named_after_the_data_the_models_and_the_device():
     assert family_name(None, ["yolov8n.yaml", "yolov8s.yaml"], "cpu") == "shapes-yolov8n+yolov8s-cpu"
     assert family_name("road-damage/data.yaml", ["runs/train3/weights/best.pt", "b.pt"], "mps") == "road-damage-train3+b-mps"
-    assert share("15%", 2) == "7.5%" and share(600.0, 3) == 200.0 and share("none", 2) == "none"
+
+
+def test_what_the_floors_leave_of_the_shared_budget_goes_by_the_leaders_training():
+    leader = _result("n", 0.40, training_s=3600.0, spent_s=200.0)
+    other = _result("s", 0.30, training_s=9000.0, spent_s=150.0)
+    left_out = ModelResult("m", "s-m", left_out="fits nowhere", preflight_s=50.0)
+    # 15% of the leader's pick's 60-minute training, less all three studies' spending (the left-out one's pre-flights)
+    assert rest_s("15%", [leader, other, left_out], leader) == (pytest.approx(140.0), pytest.approx(540.0), 400.0)
+    assert rest_s(600.0, [leader, other], leader) == (250.0, 600.0, 350.0)  # a duration is the whole run's
+    assert rest_s(300.0, [leader, other], leader)[0] == -50.0  # the floors spent more than the budget: none left
+    assert rest_s("15%", [_result("n", 0.4, spent_s=10.0)], _result("n", 0.4))[:2] == (None, None)  # no prediction
+    assert rest_s("none", [leader], leader)[:2] == (None, None)
+    stream = io.StringIO()
+    cfg = configs.load(None, {"model": TWO, "probe": {"budget": "15%"}})
+    assert probe_models._spend_the_rest(cfg, [], [leader, _result("s", 0.3, spent_s=400.0)],  # nothing run: 600 > 540
+                                        Progress(0, 0, "mAP50-95", stream=stream), None, Path("no-studies"),
+                                        Path("no-results"), True) is None  # fmt: skip
+    assert "The floors took 10 min of the shared budget's 9 min: no probe more fits." in stream.getvalue()
+    rest = Rest("yolov8n.yaml", "s-n", 300.0, 840.0, 540.0)
+    assert rest.describe() == ("The floors took 9 min of the shared budget's 14 min: the other 5 min go to "
+                               "yolov8n.yaml, the leading model.")  # fmt: skip
 
 
 def test_the_pick_is_the_most_accurate_and_a_tie_goes_to_the_lower_peak():
@@ -226,29 +248,42 @@ def test_bad_model_lists_are_one_line_and_nothing_runs(workdir, tiny_data, run_c
     assert not (workdir / "studies").exists() or not list((workdir / "studies").glob("*.db"))
 
 
-def test_two_models_are_two_studies_and_the_pick_is_the_better_one(workdir, tiny_data, run_cli):
-    code, out, err = run_cli(*tiny_probe_args(tiny_data, "--model", TWO, "--n-trials", "1", "--json"))
+def test_two_models_are_two_studies_that_run_their_floors_and_the_leader_gets_the_rest_of_the_budget(
+    workdir, tiny_data, run_cli
+):
+    """Two models under one 10-minute budget, 3 main trials each planned (a 2-cell startup design at imgsz 64, no
+    repeats): each study runs its design, then the leading model's study runs its third trial with what is left."""
+    code, out, err = run_cli(*tiny_probe_args(tiny_data, "--model", TWO, "--n-trials", "3", "--probe-budget", "10m",
+                                              "--json"))  # fmt: skip
     assert code == 0, err
     summary = json.loads(out)
     names = [model["study"] for model in summary["models"]]
     assert names == [TINY_NAME, f"{TINY.key}-yolov8s-cpu"]  # each the name `--model M` alone gives it
+    rest = summary["rest"]
+    assert rest["model"] in ("yolov8n.yaml", "yolov8s.yaml") and rest["study"] in names
+    assert rest["budget_s"] == 600.0 and 0 < rest["floors_s"] < 600.0 and rest["seconds"] == pytest.approx(600.0 - rest["floors_s"], abs=0.2)
+    ran = {}
     for name, model in zip(names, ("yolov8n.yaml", "yolov8s.yaml")):
         study = optuna.load_study(study_name=name, storage=f"sqlite:///{workdir / 'studies' / f'{name}.db'}")
         assert study.user_attrs["config"]["model"] == model  # each study is the one `--model M` alone would run
         assert study.user_attrs["family"] == {"name": f"{TINY.key}-yolov8n+yolov8s-cpu", "studies": names,
                                               "models": ["yolov8n.yaml", "yolov8s.yaml"], "smallest_first": True}  # fmt: skip
-        assert [trial.params["imgsz"] for trial in study.trials if trial.params] == [64]
+        ran[name] = [trial.params["batch"] for trial in study.trials if trial.params]
         assert (workdir / "results" / name / "best.yaml").is_file()
+    leader, other = rest["study"], next(name for name in names if name != rest["study"])
+    assert sorted(ran[other]) == [2, 4] and len(ran[leader]) == 3  # the other: its design, the floor alone
+    assert sorted(ran[leader][:2]) == [2, 4]
+    assert f"go to {rest['model']}, the leading model." in err and f"Model {rest['model']}, continued" in err
     values = [model["best"]["value"] for model in summary["models"]]
     assert summary["pick"]["value"] == max(values)  # no repeats, no noise: no tie
-    assert summary["pick"]["study"] == names[values.index(max(values))]
     assert summary["family"] == f"{TINY.key}-yolov8n+yolov8s-cpu"
     report = (workdir / "results" / summary["family"] / "report.md").read_text()
     assert all(f"| {model} " in report or f"| {model} **(pick)**" in report for model in ("yolov8n.yaml", "yolov8s.yaml"))
+    assert f"go to {rest['model']}, the leading model." in report
     with (workdir / "results" / summary["family"] / "trials.csv").open(newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert [(row["study"], row["model"], row["imgsz"]) for row in rows if row["state"] == "COMPLETE"] == [
-        (names[0], "yolov8n.yaml", "64"), (names[1], "yolov8s.yaml", "64")]  # fmt: skip
+    assert sorted((row["study"], row["model"]) for row in rows if row["state"] in ("COMPLETE", "PRUNED")) == sorted(
+        [(names[0], "yolov8n.yaml")] * len(ran[names[0]]) + [(names[1], "yolov8s.yaml")] * len(ran[names[1]]))  # fmt: skip
     assert "Model 2/2: yolov8s.yaml" in err
     assert "Next: tuner train-best" not in err  # each model's summary leaves the next step to the pick across them
 

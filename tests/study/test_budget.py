@@ -27,9 +27,9 @@ from tuner.study.space import enqueue_startup, startup_trials
     ("value", "expected"),
     [("6m", 360.0), ("90s", 90.0), ("1h30m", 5400.0), ("1h", 3600.0), ("2m30s", 150.0), ("45", 45.0), (120, 120.0),
      (2.5, 2.5), ("15%", "15%"), (" 7.5 % ", "7.5%"), ("none", "none"), ("None", "none"), (None, "none"), (0, "none"),
-     ("0", "none")],
+     ("0", "none"), ("floor", "floor"), (" Floor ", "floor")],
 )  # fmt: skip
-def test_a_budget_is_a_duration_a_share_of_the_training_or_none(value, expected):
+def test_a_budget_is_a_duration_a_share_of_the_training_the_floor_or_none(value, expected):
     assert checks.probe_budget(value) == expected
 
 
@@ -76,6 +76,20 @@ def test_the_plan_never_goes_below_the_startup_design_and_one_noise_repeat():
     assert no_repeats.repeats == 0 and no_repeats.describe().endswith("the startup design alone takes longer, and runs "
                                                                       "in full (the sampler needs it).")  # fmt: skip
     assert not probe_budget.fit(240.0, [10.0, 20.0, 30.0], 8, 2, 2).over_budget
+
+
+def test_a_floor_budget_plans_the_startup_design_and_one_noise_repeat_and_nothing_past_them(tmp_path, monkeypatch):
+    plan = probe_budget.fit("floor", [10.0, 20.0, 30.0], 8, 2, 2, ("480/4", 3300.0, 40))
+    assert (plan.n_trials, plan.repeats, plan.race, plan.seconds) == (3, 1, 0, 80.0) and not plan.over_budget
+    assert plan.describe() == ("Plan: 4 probes, about 80 s, 2% of a 40-epoch training at 480/4 (about 55 min); budget: "
+                               "the floor only (the startup design and one noise repeat): 5 main trials, 1 repeat and "
+                               "the race cut.")  # fmt: skip
+    assert probe_budget.deadline_s(plan, 0.0) == 0.0 and Plan.from_json(plan.to_json()) == plan
+    unpredicted = probe_budget.fit("floor", [], 8, 2, 2)  # no plan to cut by: the deadline stops all past the floor
+    assert unpredicted.describe().endswith("budget: the floor only (the startup design and one noise repeat).")
+    # a search under it, its probes 1 s each (a 3-cell design of 6 main trials): the design and one repeat, no more
+    ran = _clocked_search(tmp_path, monkeypatch, Plan("floor", 0.0, 6, 2, 0, 4.0), 1.0)
+    assert len(ran) == 4 and ran[-1] in ran[:3]
 
 
 def test_a_share_is_of_the_reference_training_and_the_plan_says_so():

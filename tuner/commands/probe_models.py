@@ -5,10 +5,15 @@ run before goes on): its own pre-flights and memory frontier, and its own search
 mixup inside that frontier. Dominance holds within a model; across models only one way: where the models are one
 architecture's scales (yolov8n.yaml, yolov8s.yaml, or weights files of them: tuner.study.architecture) they run
 smallest first, and a config the smaller did not fit rules the larger out there without a pre-flight
-(tuner.study.limits.RuledOut), never the other way round. The probe budget is
-shared: each study gets 1/n of it. A model that fits nowhere is said in one line and left out. The pick is the most
-accurate of the studies' picks, a tie within the noise (the larger of the studies') going to the lower peak memory;
-results/<family>/report.md sets the models side by side, and results/<family>/trials.csv holds every model's trials.
+(tuner.study.limits.RuledOut), never the other way round. A model that fits nowhere is said in one line and left out.
+
+The models share one probe budget, spent as one search over the model and the rest: each study first runs its floor
+alone (`--probe-budget floor`: its pre-flights, its startup design and one noise repeat, which every model needs to be
+compared at all), then what is left of the budget goes to the leading model's study, continued (`rest_s`), where the
+sampler spends it inside that model's frontier. A share is of the leading model's pick's full training; a duration
+is the whole run's; with no budget each study runs its whole plan. The pick is the most accurate of the studies'
+picks, a tie within the noise (the larger of the studies') going to the lower peak memory; results/<family>/report.md
+sets the models side by side, and results/<family>/trials.csv holds every model's trials.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ class ModelResult:
     study: str
     summary: dict[str, Any] | None = None
     left_out: str | None = None
+    preflight_s: float = 0.0  # what a model left out spent finding so (its summary counts it where it has one)
 
     @property
     def value(self) -> float | None:
@@ -52,8 +58,34 @@ class ModelResult:
         """Stable configs it has, and none trains within the training time (tuner.commands.probe._train_time_note)."""
         return bool(((self.summary or {}).get("train_time") or {}).get("none_fit"))
 
+    @property
+    def spent_s(self) -> float:
+        """What its study spent on the probe: its trials and pre-flights."""
+        return float(((self.summary or {}).get("cost") or {}).get("probe_s") or self.preflight_s)
+
     def to_json(self) -> dict[str, Any]:
         return {"model": self.model, "study": self.study, "left_out": self.left_out, **(self.summary or {})}
+
+
+@dataclasses.dataclass(frozen=True)
+class Rest:
+    """What the floors left of the shared probe budget, and the model it went to."""
+
+    model: str
+    study: str
+    seconds: float
+    budget_s: float  # the shared budget in all
+    floors_s: float  # what the studies' floors spent of it
+
+    def describe(self) -> str:
+        """`The floors took 9.0 min of the shared budget's 14 min: the other 5.0 min go to yolov8n.yaml, the leading
+        model.`"""
+        return (f"The floors took {training_time.minutes(self.floors_s)} of the shared budget's "
+                f"{training_time.minutes(self.budget_s)}: the other {training_time.minutes(self.seconds)} go to "
+                f"{self.model}, the leading model.")  # fmt: skip
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
 
 def run_models(cfg: configs.ProbeConfig, *, study_name: str | None, storage: str | None, studies_dir: Path,
@@ -84,16 +116,63 @@ def run_models(cfg: configs.ProbeConfig, *, study_name: str | None, storage: str
         else:
             results.append(ModelResult(model, name, summaries[0]))
         stored = _record_family(name, family, runs, ordered, storage, studies_dir)
+        if stored and results[-1].summary is None:
+            results[-1] = dataclasses.replace(results[-1], preflight_s=float(stored.get("seconds") or 0.0))
         if ordered and stored:
             smaller.append(limits.RuledOut.of(model, stored))
     if limits_only:
         if as_json:
             print(json.dumps({"family": family, "models": [result.to_json() for result in results]}, indent=2))
         return 0 if any(result.summary for result in results) else 1
+    rest = _spend_the_rest(cfg, runs, results, progress, storage, studies_dir, results_dir, quiet)
     picked = pick(results)
-    report = write_report(Path(results_dir) / family, results, picked, cfg.metric_name)
-    _print(family, results, picked, report, progress, as_json)
+    report = write_report(Path(results_dir) / family, results, picked, cfg.metric_name, rest)
+    _print(family, results, picked, report, progress, as_json, rest)
     return 0 if picked is not None else 1
+
+
+def _spend_the_rest(cfg: configs.ProbeConfig, runs: list, results: list[ModelResult], progress: Progress,
+                    storage: str | None, studies_dir: Path, results_dir: Path, quiet: bool) -> Rest | None:  # fmt: skip
+    """What the floors left of the shared budget, spent on the leading model's study (continued with it as its
+    budget, on top of what it spent); `results` gets its new summary. None where nothing was left to spend (no
+    budget, or the floors spent it), said in one line."""
+    from tuner.commands.probe import run_probe
+
+    leader = pick(results)
+    if leader is None or cfg.probe.budget in (probe_budget.NONE, probe_budget.FLOOR):
+        return None
+    seconds, budget_s, floors_s = rest_s(cfg.probe.budget, results, leader)
+    study = _stored_study(leader.study, storage, studies_dir)
+    each = probe_budget.reserve_s(study.get_trials(deepcopy=False)) if study is not None else 0.0
+    if seconds is None or seconds < max(each, 1.0):
+        if budget_s is not None:
+            progress.say(f"The floors took {training_time.minutes(floors_s)} of the shared budget's "
+                         f"{training_time.minutes(budget_s)}: no probe more fits.", important=True)  # fmt: skip
+        return None
+    rest = Rest(leader.model, leader.study, round(seconds, 1), round(budget_s, 1), round(floors_s, 1))
+    progress.say(rest.describe(), important=True)
+    progress.say(f"Model {leader.model}, continued", important=True)
+    model_cfg = next(model_cfg for model, model_cfg, _ in runs if model == leader.model)
+    model_cfg = dataclasses.replace(model_cfg, probe=dataclasses.replace(model_cfg.probe, budget=leader.spent_s + seconds))
+    summaries: list[dict[str, Any]] = []
+    run_probe(model_cfg, study_name=leader.study, storage=storage, studies_dir=studies_dir, results_dir=results_dir,
+              quiet=quiet, summaries=summaries)  # fmt: skip
+    results[results.index(leader)] = dataclasses.replace(leader, summary=summaries[0])
+    return rest
+
+
+def rest_s(setting: float | str, results: list[ModelResult], leader: ModelResult) -> tuple[float | None, float | None, float]:
+    """(what is left of the shared budget `setting` once every study ran its floor, the budget in seconds, what the
+    studies spent): a share is of the leading model's pick's predicted full training, a duration is the run's; the
+    rest and the budget are None where the budget is none or unknown (the pick's training not predicted)."""
+    floors_s = sum(result.spent_s for result in results)
+    fraction = probe_budget.share_of(setting)
+    if fraction is not None:
+        predicted = training_time.Prediction.from_json(((leader.summary or {}).get("best") or {}).get("train_predicted"))
+        budget_s = None if predicted is None else fraction * predicted.seconds
+    else:
+        budget_s = setting if isinstance(setting, float) else None
+    return (None if budget_s is None else budget_s - floors_s), budget_s, floors_s
 
 
 def _runs(cfg: configs.ProbeConfig, device: devices.Device, study_name: str | None, storage: str | None,
@@ -106,12 +185,12 @@ def _runs(cfg: configs.ProbeConfig, device: devices.Device, study_name: str | No
     models = inputs.models(cfg.model)
     paths = {model: inputs.model(model, embedded=cfg.data is None) for model in models}
     ordered = inputs.by_scale(models)
-    shared = share(cfg.probe.budget, len(models))
+    first = cfg.probe.budget if cfg.probe.budget == probe_budget.NONE else probe_budget.FLOOR  # the rest: the leader's
     data_yaml = inputs.dataset(cfg.data)
     budget = parse_budget(cfg.memory_budget, device.total_memory)
     runs = []
     for model in ordered or models:
-        model_cfg = dataclasses.replace(cfg, model=model, probe=dataclasses.replace(cfg.probe, budget=shared))
+        model_cfg = dataclasses.replace(cfg, model=model, probe=dataclasses.replace(cfg.probe, budget=first))
         name = f"{study_name}-{name_of(model)}" if study_name else default_name(model_cfg, device.kind, storage, studies_dir)
         runs.append((model, model_cfg, name))
     _check_names(runs)
@@ -124,9 +203,14 @@ def _runs(cfg: configs.ProbeConfig, device: devices.Device, study_name: str | No
 
 
 def _say_plan(progress: Progress, budget: float | str, runs: list, ordered: bool) -> None:
-    shared = runs[0][1].probe.budget
-    progress.say(f"{len(runs)} models, one study each; the probe budget ({budget}) is shared: {shared} each."
-                 if shared != probe_budget.NONE else f"{len(runs)} models, one study each.")  # fmt: skip
+    if budget == probe_budget.NONE:
+        progress.say(f"{len(runs)} models, one study each, each its whole plan (no probe budget).")
+    elif budget == probe_budget.FLOOR:
+        progress.say(f"{len(runs)} models, one study each, each its floor (its startup design and one noise repeat).")
+    else:
+        shown = budget if isinstance(budget, str) else training_time.minutes(budget)
+        progress.say(f"{len(runs)} models, one study each, sharing the probe budget ({shown}): each runs its floor "
+                     "(its startup design and one noise repeat), then what is left goes to the leading model's study.")  # fmt: skip
     if ordered:
         progress.say(f"Smallest first: {', '.join(model for model, _, _ in runs)}; a config a smaller model does not "
                      "fit rules the larger ones out there without a pre-flight.")  # fmt: skip
@@ -181,16 +265,6 @@ def family_name(data: str | None, models: list[str], device_kind: str) -> str:
     return f"{data_part}-{'+'.join(name_of(model) for model in models)}-{device_kind}"
 
 
-def share(setting: float | str, models: int) -> float | str:
-    """Each model's part of the probe budget `setting` (as tuner.checks.probe_budget holds it)."""
-    if setting == probe_budget.NONE:
-        return setting
-    fraction = probe_budget.share_of(setting)
-    if fraction is not None:
-        return f"{fraction * 100 / models:g}%"
-    return float(setting) / models
-
-
 def pick(results: list[ModelResult]) -> ModelResult | None:
     """The most accurate of the models' best stable configs; those within the noise of it (the larger of the
     studies' noise) tie, and a tie goes to the lowest peak memory (a smaller model, as a rule, also trains faster)."""
@@ -203,14 +277,17 @@ def pick(results: list[ModelResult]) -> ModelResult | None:
     return min(tied, key=lambda result: (result.summary["best"]["peak_mem_mb"], -result.value))
 
 
-def write_report(folder: Path, results: list[ModelResult], picked: ModelResult | None, metric: str) -> Path:
-    """results/<family>/report.md: the models side by side, each with its frontier, pick and costs; and trials.csv,
-    every model's trials (`write_trials`)."""
+def write_report(folder: Path, results: list[ModelResult], picked: ModelResult | None, metric: str,
+                 rest: Rest | None = None) -> Path:  # fmt: skip
+    """results/<family>/report.md: the models side by side, each with its frontier, pick and costs, and where the
+    shared budget's rest went; and trials.csv, every model's trials (`write_trials`)."""
+    spent = f" {rest.describe()}" if rest else ""
     lines = [
         f"# Models: {folder.name}",
         "",
         f"{len(results)} models, one study each (their own reports are linked below). The pick is the most "
-        "accurate of their best stable configs; a tie within the noise goes to the one with the lower peak memory.",
+        "accurate of their best stable configs; a tie within the noise goes to the one with the lower peak memory."
+        f"{spent} Probe cost, all models: {training_time.minutes(sum(result.spent_s for result in results))}.",
         "",
         f"| model | study | frontier: largest stable imgsz per batch | best stable config | {metric} | noise | "
         "peak MiB | full training (predicted) | probe cost |",
@@ -285,11 +362,11 @@ def _row(result: ModelResult, picked: ModelResult | None) -> str:
 
 
 def _print(family: str, results: list[ModelResult], picked: ModelResult | None, report: Path, progress: Progress,
-           as_json: bool) -> None:  # fmt: skip
+           as_json: bool, rest: Rest | None = None) -> None:  # fmt: skip
     if as_json:
         chosen = None if picked is None else {"model": picked.model, "study": picked.study, **picked.summary["best"]}
         print(json.dumps({"family": family, "models": [result.to_json() for result in results], "pick": chosen,
-                          "report": str(report)}, indent=2))  # fmt: skip
+                          "rest": rest and rest.to_json(), "report": str(report)}, indent=2))  # fmt: skip
         return
     too_slow = [result for result in results if result.too_slow]
     lines = [f"Models compared: {report}"]
@@ -297,6 +374,9 @@ def _print(family: str, results: list[ModelResult], picked: ModelResult | None, 
         value = ("fits nowhere" if result.left_out else "none within the training time" if result.too_slow
                  else "no stable config" if result.value is None else f"{result.value:.4f}")  # fmt: skip
         lines.append(f"  {result.model}: {value}" + (" <- pick" if result is picked else ""))
+    total = training_time.minutes(sum(result.spent_s for result in results))
+    lines.append(f"Probe cost, all models: {total}" + (f" (the rest of the budget, {training_time.minutes(rest.seconds)}, "
+                                                       f"went to {rest.model})." if rest else "."))  # fmt: skip
     if picked is None:
         if too_slow:
             lines.append("No model has a stable config that trains within the training time:")

@@ -1,7 +1,9 @@
 """The probe's budget: how much of the full training it may spend deciding, fitted before the first trial, kept.
 
-`probe.budget` (`--probe-budget`, checked by tuner.checks.probe_budget) is a duration ("6m", "90s", "1h30m", or seconds), a share of the full training
-("15%", the default), or "none" (0: unbounded). The pre-flights count against it: they are part of what the probe
+`probe.budget` (`--probe-budget`, checked by tuner.checks.probe_budget) is a duration ("6m", "90s", "1h30m", or
+seconds), a share of the full training ("15%", the default), "floor" (the floor below and nothing more: the cheapest
+decision, and what each model's study runs first where several models share a budget, tuner.commands.probe_models),
+or "none" (0: unbounded). The pre-flights count against it: they are part of what the probe
 costs. A share is of the full training it decides (train-best's planned epochs over the whole splits): before the
 first trial, of the startup design's median cell, as the pre-flights' speeds predict it (tuner.study.cost); once a
 stable config has finished, of the best one so far, as its own probe timed it (`budget_now`), so the probe comes to
@@ -23,7 +25,7 @@ from typing import Any, Iterable, Sequence
 
 from optuna.trial import FrozenTrial
 
-from tuner.checks import NONE
+from tuner.checks import FLOOR, NONE
 from tuner.process.contract import Outcome
 from tuner.study import selection
 from tuner.study.records import TrialRecord
@@ -77,9 +79,12 @@ class Plan:
     def over_budget(self) -> bool:
         """The plan is its floor (the startup design and one repeat) and still costs more than the budget (a small
         dataset's short training)."""
-        return self.budget_s is not None and self.seconds is not None and self.seconds > self.budget_s
+        return (self.setting != FLOOR and self.budget_s is not None and self.seconds is not None
+                and self.seconds > self.budget_s)  # fmt: skip
 
     def budget_text(self) -> str:
+        if self.setting == FLOOR:
+            return "budget: the floor only (the startup design and one noise repeat)"
         if self.budget_s is None:
             return "no probe budget" if self.setting == NONE else f"budget {self.setting}, but no prediction to plan by"
         if isinstance(self.setting, str):
@@ -143,6 +148,8 @@ def fit(
     budget_s = None if setting == NONE else (share * reference_s if share is not None and reference_s else None)
     if budget_s is None and isinstance(setting, float):
         budget_s = setting
+    if setting == FLOOR:  # nothing past the floor, which runs in full
+        budget_s = 0.0
     if not design_s:
         return Plan(setting, budget_s, n_trials, repeats, race, None, label, reference_s, epochs, (), preflight_s)
     each = sum(design_s) / len(design_s)
