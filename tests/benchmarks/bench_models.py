@@ -4,7 +4,8 @@ On the embedded dataset (or, with `--kind thin` or `--kind dense`, 96 train / 32
 tests/benchmarks/kinds.py), yolov8n and yolov8s from their base checkpoints (built once from their YAMLs by the
 same recipe, on separate synthetic shapes at imgsz 256), one memory budget, one job at a time:
 - one model:  `tuner probe` of yolov8n alone (default settings);
-- two models: `tuner probe --model yolov8n,yolov8s` (one study per model, the probe budget shared);
+- two models: `tuner probe --model yolov8n,yolov8s` (one study per model, the probe budget shared: each runs its
+  floor, the rest goes to the leading model's study);
 - with `--epochs N`, `tuner train-best` of each pick (the two-model pick's run is the one-model one's where both
   picked the same model and config).
 Prints each model's frontier (largest stable imgsz per batch), each run's pick with its probe metric, the probe's
@@ -15,6 +16,8 @@ wall time, and train-best's mAP50-95 and wall time. Every step is kept in `--wor
     python tests/benchmarks/bench_models.py --workdir /tmp/bench-models-thin --kind thin --epochs 30
     python tests/benchmarks/bench_models.py --workdir /tmp/bench-models-s40 --weights N.pt,S.pt --epochs 40
                                                           # weights of your own in place of the base checkpoints
+    python tests/benchmarks/bench_models.py --workdir /tmp/bench-models-25m --probe-budget 25m
+                                                          # a budget past the two floors: the rest goes to the leader
 """
 
 from __future__ import annotations
@@ -79,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=0, help="train-best epochs of each pick (default: 0, probes only)")
     parser.add_argument("--weights", help="N.pt,S.pt: yolov8n's and yolov8s's weights in place of the base checkpoints "
                                           "(a yolov8s pretrained as well as yolov8n, e.g. by a longer recipe)")  # fmt: skip
+    parser.add_argument("--probe-budget", help="both runs' --probe-budget (default: tuner's)")
     args = parser.parse_args(argv)
     weights = [str(Path(path).resolve()) for path in args.weights.split(",")] if args.weights else None
     if weights is not None and len(weights) != len(MODELS):
@@ -91,13 +95,19 @@ def main(argv: list[str] | None = None) -> int:
     print(f"base checkpoints ready in {time.monotonic() - started:.0f} s")
     one_flags, two_flags = inputs(args.kind, workdir, weights)
     common = ["--device", "cpu", "--memory-budget", args.memory_budget]
+    common += ["--probe-budget", args.probe_budget] if args.probe_budget else []
     one = probe(workdir / "one", [*one_flags, *common])
     two = probe(workdir / "two", [*two_flags, *common])
 
     names = {model: Path(model).stem for model in MODELS}
     bases = weights or [str(base_model.base_checkpoint(model=model)) for model in MODELS]
     names.update(zip(bases, (Path(model).stem for model in MODELS)))
-    print(f"\n{args.kind}, memory budget {args.memory_budget}, 2 CPU cores\n")
+    budget = f", probe budget {args.probe_budget}" if args.probe_budget else ""
+    print(f"\n{args.kind}, memory budget {args.memory_budget}{budget}, 2 CPU cores\n")
+    if two["summary"].get("rest"):
+        rest = two["summary"]["rest"]
+        print(f"two models: the floors took {rest['floors_s'] / 60:.1f} of {rest['budget_s'] / 60:.1f} min; the other "
+              f"{rest['seconds'] / 60:.1f} min went to {names.get(rest['model'], rest['model'])}\n")  # fmt: skip
     print("| model | frontier: largest stable imgsz per batch | its study's pick | probe metric | probe |")
     print("|---|---|---|---|---|")
     for model in two["summary"]["models"]:

@@ -20,7 +20,7 @@ from tuner import config as configs
 from tuner import offline
 from tuner.commands import probe as probe_command
 from tuner.commands import probe_models
-from tuner.commands.probe_models import ModelResult, Rest, family_name, pick, rest_s, write_report
+from tuner.commands.probe_models import ModelResult, Rest, family_name, joined, pick, rest_s, write_report
 from tuner.errors import ConfigError, NothingFits
 from tuner.review import plots
 from tuner.study import inputs
@@ -65,6 +65,22 @@ def test_the_family_is_named_after_the_data_the_models_and_the_device():
     assert family_name("road-damage/data.yaml", ["runs/train3/weights/best.pt", "b.pt"], "mps") == "road-damage-train3+b-mps"
 
 
+def test_a_study_run_in_a_second_family_keeps_the_smaller_model_the_first_gave_it():
+    """yolov8s probed with yolov8n, then with yolov8m: its record holds all three smallest first, so train-best of
+    its pick still falls back to yolov8n's study (the second family alone would leave it none)."""
+    ns = {"name": "d-yolov8n+yolov8s-cpu", "models": ["yolov8n.yaml", "yolov8s.yaml"], "studies": ["d-n", "d-s"],
+          "smallest_first": True}  # fmt: skip
+    sm = {"name": "d-yolov8s+yolov8m-cpu", "models": ["yolov8s.yaml", "yolov8m.yaml"], "studies": ["d-s", "d-m"],
+          "smallest_first": True}  # fmt: skip
+    assert joined(ns, sm) == {"name": sm["name"], "models": ["yolov8n.yaml", "yolov8s.yaml", "yolov8m.yaml"],
+                              "studies": ["d-n", "d-s", "d-m"], "smallest_first": True}  # fmt: skip
+    assert joined(None, sm) == sm and joined(sm, sm) == sm  # the first run, and the same family again
+    assert joined({**ns, "smallest_first": False}, sm) == sm  # an unordered family says nothing of which is smaller
+    other = {"name": "d-yolo11n+yolov8s-cpu", "models": ["yolo11n.yaml", "yolov8s.yaml"], "studies": ["d-11", "d-s"],
+             "smallest_first": True}  # fmt: skip
+    assert joined(other, sm) == sm  # yolo11n and yolov8m cannot be ordered: the new family alone
+
+
 def test_what_the_floors_leave_of_the_shared_budget_goes_by_the_leaders_training():
     leader = _result("n", 0.40, training_s=3600.0, spent_s=200.0)
     other = _result("s", 0.30, training_s=9000.0, spent_s=150.0)
@@ -81,6 +97,10 @@ def test_what_the_floors_leave_of_the_shared_budget_goes_by_the_leaders_training
                                         Progress(0, 0, "mAP50-95", stream=stream), None, Path("no-studies"),
                                         Path("no-results"), True) is None  # fmt: skip
     assert "The floors took 10 min of the shared budget's 9 min: no probe more fits." in stream.getvalue()
+    assert probe_models._spend_the_rest(cfg, [], [_result("n", 0.4)], Progress(0, 0, "mAP50-95", stream=stream), None,
+                                        Path("no-studies"), Path("no-results"), True) is None  # fmt: skip
+    assert ("The shared budget (15%) is a share of the leading model's full training, which no probe timed: no probe "
+            "past the floors.") in stream.getvalue()
     rest = Rest("yolov8n.yaml", "s-n", 300.0, 840.0, 540.0)
     assert rest.describe() == ("The floors took 9 min of the shared budget's 14 min: the other 5 min go to "
                                "yolov8n.yaml, the leading model.")  # fmt: skip

@@ -144,10 +144,13 @@ def _spend_the_rest(cfg: configs.ProbeConfig, runs: list, results: list[ModelRes
     seconds, budget_s, floors_s = rest_s(cfg.probe.budget, results, leader)
     study = _stored_study(leader.study, storage, studies_dir)
     each = probe_budget.reserve_s(study.get_trials(deepcopy=False)) if study is not None else 0.0
+    if budget_s is None:
+        progress.say(f"The shared budget ({cfg.probe.budget}) is a share of the leading model's full training, which no "
+                     "probe timed: no probe past the floors.", important=True)  # fmt: skip
+        return None
     if seconds is None or seconds < max(each, 1.0):
-        if budget_s is not None:
-            progress.say(f"The floors took {training_time.minutes(floors_s)} of the shared budget's "
-                         f"{training_time.minutes(budget_s)}: no probe more fits.", important=True)  # fmt: skip
+        progress.say(f"The floors took {training_time.minutes(floors_s)} of the shared budget's "
+                     f"{training_time.minutes(budget_s)}: no probe more fits.", important=True)  # fmt: skip
         return None
     rest = Rest(leader.model, leader.study, round(seconds, 1), round(budget_s, 1), round(floors_s, 1))
     progress.say(rest.describe(), important=True)
@@ -242,8 +245,22 @@ def _record_family(name: str, family: str, runs: list, ordered: bool, storage: s
         return None
     record = {"name": family, "models": [model for model, _, _ in runs], "studies": [other for _, _, other in runs],
               "smallest_first": ordered}  # fmt: skip
-    StudyRecord(family=record).save(study, "family")
+    StudyRecord(family=joined(StudyRecord.of(study).family, record)).save(study, "family")
     return StudyRecord.of(study).limits
+
+
+def joined(before: dict[str, Any] | None, now: dict[str, Any]) -> dict[str, Any]:
+    """The family a study records once it has run in family `now`, where it ran in family `before` too (n+s, then s+m):
+    both families' models smallest first, where both were ordered and all of them still are, so that the study's
+    fallback to a smaller model (tuner.train.source.smaller_model_study) keeps the one `before` gave it; else `now`.
+    A model in both keeps the study `now` gives it."""
+    if not before or before.get("name") == now["name"] or not (before.get("smallest_first") and now["smallest_first"]):
+        return now
+    studies = {**dict(zip(before["models"], before["studies"])), **dict(zip(now["models"], now["studies"]))}
+    order = inputs.by_scale(list(studies))
+    if order is None:
+        return now
+    return {"name": now["name"], "models": order, "studies": [studies[model] for model in order], "smallest_first": True}
 
 
 def _stored_study(name: str, storage: str | None, studies_dir: Path):
