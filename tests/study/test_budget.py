@@ -16,7 +16,7 @@ from tuner.errors import ConfigError
 from tuner.study import limits, probe_budget
 from tuner.study.open import open_study
 from tuner.data.sample import Sample
-from tuner.study.probe_budget import Plan
+from tuner.study.probe_budget import Plan, Ran
 from tuner.study.progress import Progress
 from tuner.study.records import StudyRecord
 from tuner.study.search import Search, main_trials_done
@@ -227,6 +227,23 @@ def test_a_continued_study_counts_the_probe_time_already_spent(tmp_path):
     assert len(fake.ran) == 1 and main_trials_done(study) == 1 and len(study.get_trials()) == 2
     _, fake = _searched(tmp_path / "room", Plan(600.0, 600.0, 6, 2, 0, 50.0), done_s=100.0)
     assert fake.ran  # 500 s left: the search goes on
+    done = Ran.of(study.get_trials())  # the earlier run's trial, and this run's repeat of it
+    assert (done.main, done.repeats) == (1, 1) and done.seconds > 100.0 and done.mean_s == pytest.approx(done.seconds / 2)
+
+
+def test_a_continued_studys_plan_counts_what_it_ran_at_its_seconds_and_cuts_none_of_it():
+    """A 3-cell design and one repeat ran in 200 s, 50 s a probe: a 300 s budget leaves room for two more probes, and
+    the plan spends them on main trials (the race first cut, then repeats down to the one that ran). Planned from
+    scratch, the design's predicted 60 s would have left room for more."""
+    design, ran = [10.0, 20.0, 30.0], Ran(main=3, repeats=1, seconds=200.0, mean_s=50.0)
+    plan = probe_budget.fit(300.0, design, 8, 2, 2, ran=ran)
+    assert (plan.n_trials, plan.repeats, plan.race, plan.seconds, plan.ran_s) == (5, 1, 0, 300.0, 200.0)
+    assert plan.describe() == ("Plan: 6 probes, about 5 min and the 3 min its probes ran before; budget 5 min: 3 main "
+                               "trials, 1 repeat and the race cut.")  # fmt: skip
+    assert probe_budget.fit(300.0, design, 8, 2, 2).n_trials == 8  # from scratch
+    more = Ran(main=6, repeats=2, seconds=500.0, mean_s=50.0)  # ran past the floor before: none of it is cut
+    floor = probe_budget.fit("floor", design, 8, 2, 2, ran=more)
+    assert (floor.n_trials, floor.repeats, floor.race, floor.seconds) == (6, 2, 0, 500.0)
 
 
 def test_a_share_of_the_training_follows_the_best_config_found_and_says_so(tmp_path, monkeypatch):

@@ -1,4 +1,5 @@
 import io
+import time
 
 from tuner.params import Params
 from tuner.process.contract import EpochRecord
@@ -41,3 +42,18 @@ def test_one_live_line_per_trial_on_a_terminal():
 
 def test_quiet_prints_only_what_matters():
     assert run(io.StringIO(), quiet=True).splitlines() == ["Best stable config: ..."]
+
+
+def test_a_continued_runs_eta_is_its_own_pace_and_its_best_the_studys(monkeypatch):
+    """4 of 8 trials were done by earlier runs; this run's first trial takes 60 s: 3 more at that pace is 3 min (the
+    study's count over this run's time would say 1 min), and the best shown is the study's 0.300, not this trial's."""
+    clock = [1000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    stream = io.StringIO()
+    progress = Progress(total=8, budget=2000 * 2**20, metric_name="mAP50-95", stream=stream)
+    progress.done, progress.best = 4, 0.300  # as tuner.study.search sets them on a continued study
+    clock[0] += 300.0  # the pre-flights and the plan: not this run's pace
+    progress.trial_start(4, PARAMS)
+    clock[0] += 60.0
+    progress.trial_end("ok", 0.25, 950, None)
+    assert stream.getvalue().splitlines()[-1].endswith("-> mAP50-95 0.250 | peak 950 MiB | best 0.300 | ETA 3 min")

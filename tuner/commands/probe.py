@@ -86,7 +86,7 @@ def run_probe(
     trials = Inputs(cfg, device, budget, data_yaml, model, Path(studies_dir) / name, sample, workers if shared else 1,
                     training_time.planned_epochs())  # fmt: skip
     found = mapped_limits(study, trials, progress, queue_design=not limits_only, created=created, ruled_out=ruled_out)
-    plan = None if limits_only else fit_plan(trials, found)
+    plan = None if limits_only else fit_plan(trials, found, probe_budget.Ran.of(study.get_trials(deepcopy=False)))
     if plan is not None:
         trials = dataclasses.replace(trials, cfg=fitted(trials.cfg, plan))
     if worker:
@@ -138,17 +138,17 @@ def _probe_costs(trials: Inputs, found: limits.Limits) -> str:
             f"as the pre-flights' speeds predict it; {timeout}.")
 
 
-def fit_plan(trials: Inputs, found: limits.Limits) -> probe_budget.Plan:
+def fit_plan(trials: Inputs, found: limits.Limits, ran: probe_budget.Ran = probe_budget.Ran()) -> probe_budget.Plan:
     """The study's probes fitted to `probe.budget` by their predicted times (tuner.study.probe_budget), after the
-    pre-flights' seconds: the startup design's cells each at its pre-flights' prediction over the sample; a share is
-    of the full training (train-best's epochs over the whole splits) of the design's median cell, until the search
-    has a best config of its own."""
+    pre-flights' seconds and what earlier runs of the study probed (`ran`, at the seconds it took): the startup
+    design's cells each at its pre-flights' prediction over the sample; a share is of the full training (train-best's
+    epochs over the whole splits) of the design's median cell, until the search has a best config of its own."""
     cfg, speed = trials.cfg, cost.fit_speed(found.frontier.measurements)
     design = [Params(cell["imgsz"], cell["batch"], 1.0, 0.0) for cell in
               space.startup_design(cfg.space, startup_trials(cfg), found.frontier.largest())]  # fmt: skip
     if speed is None or not design:
         return probe_budget.fit(cfg.probe.budget, [], cfg.n_trials, cfg.probe.repeats, cfg.probe.race,
-                                preflight_s=found.seconds)  # fmt: skip
+                                preflight_s=found.seconds, ran=ran)  # fmt: skip
     median = sorted(design, key=lambda params: (params.imgsz, params.batch))[len(design) // 2]
     reference = None
     if trials.sample is not None:
@@ -156,7 +156,7 @@ def fit_plan(trials: Inputs, found: limits.Limits) -> probe_budget.Plan:
         reference = (f"{median.imgsz}/{median.batch}", round(seconds, 1), trials.planned_epochs)
     design_s = [trials.probe_seconds(params, speed) for params in design]
     return probe_budget.fit(cfg.probe.budget, design_s, cfg.n_trials, cfg.probe.repeats, cfg.probe.race, reference,
-                            found.seconds)  # fmt: skip
+                            found.seconds, ran)  # fmt: skip
 
 
 def fitted(cfg: ProbeConfig, plan: probe_budget.Plan) -> ProbeConfig:

@@ -27,8 +27,8 @@ from optuna.trial import FrozenTrial
 
 from tuner.checks import FLOOR, NONE
 from tuner.process.contract import Outcome
-from tuner.study import selection
-from tuner.study.records import TrialRecord
+from tuner.study import selection, workers
+from tuner.study.records import TrialRecord, counts_towards_total, retried
 from tuner.study.training_time import minutes
 
 
@@ -52,6 +52,7 @@ class Plan:
     epochs: int | None = None  # of the reference training
     cut: tuple[str, ...] = ()  # what was cut, "2 repeats", "the race"
     preflight_s: float = 0.0  # the pre-flights' seconds, spent before the plan: counted in `seconds` and the budget
+    ran_s: float = 0.0  # the probes earlier runs of the study spent (`Ran`): counted in `seconds` and the budget
 
     @property
     def probes(self) -> int:
@@ -64,6 +65,7 @@ class Plan:
         if self.seconds is not None:
             line += f", about {minutes(self.seconds)}"
             line += f" with the pre-flights' {minutes(self.preflight_s)}" if self.preflight_s >= 1 else ""
+            line += f" and the {minutes(self.ran_s)} its probes ran before" if self.ran_s >= 1 else ""
             if self.reference_s:
                 line += (f", {100 * self.seconds / self.reference_s:.0f}% of a {self.epochs}-epoch training at "
                          f"{self.reference} (about {minutes(self.reference_s)})")  # fmt: skip
@@ -135,14 +137,34 @@ def _plural(count: int, one: str) -> str:
     return f"{count} {one}" + ("" if count == 1 else "s")
 
 
+@dataclasses.dataclass(frozen=True)
+class Ran:
+    """What earlier runs of a study probed: its main trials and noise repeats that count, their seconds, and the mean
+    probe's (pruned ones included, as the deadline's reserve counts it)."""
+
+    main: int = 0
+    repeats: int = 0
+    seconds: float = 0.0
+    mean_s: float | None = None
+
+    @classmethod
+    def of(cls, trials: Sequence[FrozenTrial]) -> Ran:
+        again = retried(trials)
+        repeats = sum(1 for t in trials if TrialRecord.of(t).repeat_of is not None and t.state.is_finished()
+                      and counts_towards_total(t, again))  # fmt: skip
+        mean = reserve_s(trials)
+        return cls(workers.main_trials_done(trials), repeats, spent(trials), mean or None)
+
+
 def fit(
     setting: float | str, design_s: Sequence[float], n_trials: int, repeats: int, race: int,
-    reference: tuple[str, float, int] | None = None, preflight_s: float = 0.0,
+    reference: tuple[str, float, int] | None = None, preflight_s: float = 0.0, ran: Ran = Ran(),
 ) -> Plan:  # fmt: skip
     """The plan for `n_trials` main trials, `repeats` and `race` runs under `setting`, from the startup design's
     predicted probe times `design_s` (empty where no pre-flight timed its batches), after pre-flights that took
     `preflight_s`; `reference` is the reference training (its config, predicted seconds, epochs), which a share is
-    of."""
+    of. A continued study's plan counts what it `ran` at the seconds it took, and only the rest at predictions (the
+    mean probe it ran, where it ran any); it cuts nothing it ran."""
     label, reference_s, epochs = reference or (None, None, None)
     share = share_of(setting)
     budget_s = None if setting == NONE else (share * reference_s if share is not None and reference_s else None)
@@ -152,16 +174,17 @@ def fit(
         budget_s = 0.0
     if not design_s:
         return Plan(setting, budget_s, n_trials, repeats, race, None, label, reference_s, epochs, (), preflight_s)
-    each = sum(design_s) / len(design_s)
-    floor = min(len(design_s), n_trials)
+    each = ran.mean_s or sum(design_s) / len(design_s)
+    floor = max(min(len(design_s), n_trials), min(ran.main, n_trials))
 
     def cost(trials: int, again: int, raced: int) -> float:
-        probes = sum(design_s[:trials]) + max(0, trials - len(design_s)) * each + (again + raced) * each
-        return preflight_s + probes
+        design = sum(design_s[ran.main:trials])  # the design's cells not run yet
+        probes = design + max(0, trials - max(ran.main, len(design_s))) * each + (max(0, again - ran.repeats) + raced) * each
+        return preflight_s + ran.seconds + probes
 
     counts = {"race": race, "repeats": repeats, "trials": n_trials}
     if budget_s is not None:
-        for key, low in (("race", 0), ("repeats", min(1, repeats)), ("trials", floor)):
+        for key, low in (("race", 0), ("repeats", max(min(1, repeats), min(ran.repeats, repeats))), ("trials", floor)):
             while counts[key] > low and cost(counts["trials"], counts["repeats"], counts["race"]) > budget_s:
                 counts[key] -= 1
     cut = []
@@ -173,7 +196,7 @@ def fit(
         cut.append("the race" if counts["race"] == 0 else _plural(race - counts["race"], "race run"))
     seconds = cost(counts["trials"], counts["repeats"], counts["race"])
     return Plan(setting, budget_s, counts["trials"], counts["repeats"], counts["race"], round(seconds, 1), label,
-                reference_s, epochs, tuple(cut), round(preflight_s, 1))  # fmt: skip
+                reference_s, epochs, tuple(cut), round(preflight_s, 1), round(ran.seconds, 1))  # fmt: skip
 
 
 def budget_now(plan: Plan | None, best_training_s: float | None = None) -> float | None:

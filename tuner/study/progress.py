@@ -21,10 +21,11 @@ class Progress:
         self.quiet = quiet
         self.stream = stream or sys.stderr
         self.live = self.stream.isatty() and not quiet
-        self.started = time.monotonic()
-        self.done = 0
-        self.best: float | None = None
+        self.done = 0  # main trials the study has done (a continued study's earlier runs and other workers' included)
+        self.best: float | None = None  # the study's best value so far (tuner.study.search sets it from the study)
         self._prefix = ""
+        self._first_start: float | None = None  # this run's first trial's start, and how many were done by then:
+        self._done_before = 0  # the ETA is this run's pace, not the study's count over this run's time
 
     def say(self, text: str, *, important: bool = False) -> None:
         if self.quiet and not important:
@@ -33,6 +34,8 @@ class Progress:
         print(text, file=self.stream, flush=True)
 
     def trial_start(self, number: int, params: Params, note: str = "") -> None:
+        if self._first_start is None:
+            self._first_start, self._done_before = time.monotonic(), self.done
         self._prefix = f"trial {number} [{self.done + 1}/{self.total}] {params}{note}"
         if self.live:
             self._live(f"{self._prefix} | starting")
@@ -57,10 +60,11 @@ class Progress:
         result = f"{self.metric_name} {value:.3f}" if value is not None else outcome.upper()
         peak = f" | peak {peak_mb:.0f} MiB" if peak_mb else ""
         why = f" | {reason}" if reason and outcome != "ok" else ""
-        elapsed = time.monotonic() - self.started
+        ran = self.done - self._done_before
         eta = ""
-        if 0 < self.done < self.total:
-            eta = f" | ETA {elapsed / self.done * (self.total - self.done) / 60:.0f} min"
+        if self._first_start is not None and ran > 0 and self.done < self.total:
+            elapsed = time.monotonic() - self._first_start
+            eta = f" | ETA {elapsed / ran * (self.total - self.done) / 60:.0f} min"
         best = f" | best {self.best:.3f}" if self.best is not None else ""
         self.say(f"{self._prefix} -> {result}{peak}{why}{best}{eta}")
 

@@ -98,6 +98,8 @@ class Search:
         done = main_trials_done(self.study)
         if done:
             self.progress.say(f"Continuing: {done} of {self.cfg.n_trials} trials done.")
+            self.progress.done = done
+            self.progress.best = max((t.value for t in self._trials() if t.state == TrialState.COMPLETE), default=None)
         gate.floor = deadlines.design_done
         while not self.failure and main_trials_done(self.study) < self.cfg.n_trials:
             if past(gate.timeout_at):
