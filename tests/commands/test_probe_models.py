@@ -20,9 +20,10 @@ from tuner import config as configs
 from tuner import offline
 from tuner.commands import probe as probe_command
 from tuner.commands import probe_models
-from tuner.commands.probe_models import ModelResult, Rest, family_name, joined, pick, rest_s, write_report
+from tuner.commands.probe_models import family_name, joined, pick, rest_s
 from tuner.errors import ConfigError, NothingFits
 from tuner.review import plots
+from tuner.review.models import ModelResult, Rest, write_report
 from tuner.study import inputs
 from tuner.study.progress import Progress
 
