@@ -159,14 +159,15 @@ def _searched(tmp_path, plan: Plan | None, done_s: float = 0.0):
 
 
 def _clocked_search(tmp_path, monkeypatch, plan: Plan, probe_s: float, timeout: float | None = None,
-                    n_trials: int = 6, queued_from: int | None = None, progress=None) -> list:  # fmt: skip
+                    n_trials: int = 6, queued_from: int | None = None, progress=None, fake: FakeProbe | None = None,
+                    ) -> list:  # fmt: skip
     """A search of `n_trials` main trials (6: a 3-cell startup design) and 2 repeats whose fake probes each take
     `probe_s` of the clock; the configs it ran. `queued_from`: the design was queued from a config of that many
     trials, as `tuner probe` queues it before the plan cuts the main trials. Its probes sample 960 train and 96 val
     images, so each ok probe predicts its config's full training (thousands of seconds: tests.fakes.batch_s)."""
     clock = [time.monotonic()]
     monkeypatch.setattr(time, "monotonic", lambda: clock[0])
-    fake = FakeProbe(2000)
+    fake = fake or FakeProbe(2000)
 
     def clocked(*args, **kwargs):
         clock[0] += probe_s
@@ -187,15 +188,15 @@ def _clocked_search(tmp_path, monkeypatch, plan: Plan, probe_s: float, timeout: 
 
 
 def test_the_budget_is_a_deadline_kept_after_every_trial_once_the_floor_has_run(tmp_path, monkeypatch):
-    """Each fake probe takes 1 s of the clock. A 5.5 s budget: after the 3-cell design one more main trial starts (at
-    3 s, with 2.5 s left: room for it and the floor's repeat), then the floor's repeat, and the study ends at 5 s,
-    inside the budget; a fifth main trial at 4 s would have left the repeat to end at 6 s."""
+    """Each fake probe takes 1 s of the clock. A 5.5 s budget: the 3-cell design, the floor's repeat of its best
+    (the floor first), then one more main trial (at 4 s, with 1.5 s left: room for a mean probe), and the study ends
+    at 5 s, inside the budget; a fifth main trial at 5 s would have ended at 6 s."""
     stream = io.StringIO()
     ran = _clocked_search(tmp_path / "a", monkeypatch, Plan(5.5, 5.5, 6, 2, 0, 5.0), 1.0,
                           progress=Progress(1, 1, "mAP50-95", stream=stream))  # fmt: skip
-    assert len(ran) == 5 and ran[-1] in ran[:4]  # four main trials, one repeat of one of them
-    assert ("Budget: 4 of the plan's 6 main trials ran; a probe takes about 1 s, which no longer fits in what is left "
-            "(kept for the noise repeat).") in stream.getvalue()
+    assert len(ran) == 5 and ran[3] in ran[:3] and ran[4] not in ran[:4]  # the design, its repeat, one main trial
+    assert ("Budget: 4 of the plan's 6 main trials ran; a probe takes about 1 s, which no longer fits in what is "
+            "left.") in stream.getvalue()
     assert len(_clocked_search(tmp_path / "c", monkeypatch, Plan(6.5, 6.5, 6, 2, 0, 6.0), 1.0)) == 6  # one more
     assert len(_clocked_search(tmp_path / "b", monkeypatch, Plan(2.5, 2.5, 6, 2, 0, 2.0), 1.0)) == 4  # the floor
     _, ran_all = _searched(tmp_path / "free", None)
@@ -262,3 +263,37 @@ def test_a_share_of_the_training_follows_the_best_config_found_and_says_so(tmp_p
     assert stored.budget_s == pytest.approx(0.01 * stored.training_s) and said[-1].endswith(stored.describe())
     shrunk = _clocked_search(tmp_path / "b", monkeypatch, Plan("0.01%", 1000.0, 6, 2, 0, 5.0, "160/2", 1e7, 30), 1.0)
     assert len(shrunk) == 4  # the 3-cell design and one repeat
+
+
+def test_the_floors_repeat_runs_before_the_sampler_so_a_share_follows_a_pick_that_knows_the_noise(tmp_path, monkeypatch):
+    """The design's best, 384 / 2, scores 0.50 once and 0.40 again: within the noise of 160 / 2 (0.44), the pick
+    for its headroom, whose full training is a quarter as long. Its repeat runs right after the design, the budget
+    falls to 0.1% of 160 / 2's training, and nothing past the floor runs. (With the repeats after the main trials,
+    the budget followed 384 / 2 through three more main trials, and the probe spent 7 s against the pick's 2 s.)"""
+    stream = io.StringIO()
+    scores = {(384, 2): (0.50, 0.40) + (0.45,) * 3, (288, 2): (0.20,) * 5, (160, 2): (0.44,) * 5}
+    ran = _clocked_search(tmp_path, monkeypatch, Plan("0.1%", 0.5, 6, 2, 0, 5.0, "160/2", 50.0, 30), 1.0,
+                          progress=Progress(1, 1, "mAP50-95", stream=stream), fake=FakeProbe(2000, scores=scores))  # fmt: skip
+    assert [(p.imgsz, p.batch) for p in ran] == [(160, 2), (288, 2), (384, 2), (384, 2)]
+    said = [line for line in stream.getvalue().splitlines() if line.startswith("Budget: 0.1% of the best config so far")]
+    assert [line.split(", ")[1] for line in said] == ["384/2", "160/2"]
+
+
+def test_without_a_budget_the_repeats_follow_the_main_trials(tmp_path):
+    """No budget, nothing to follow: the noise repeats of the best configs run once every main trial has."""
+    study, fake = _searched(tmp_path, None)
+    assert len(fake.ran) == 8 and {fake.ran[6], fake.ran[7]} <= set(fake.ran[:6])
+
+
+def test_a_race_the_budget_ends_is_stored_and_said_as_ended_by_it(tmp_path, monkeypatch):
+    """The 3-cell design (its main trials) and both repeats leave 384 / 2 and 160 / 2 tied, and the tie decides the
+    pick; the race starts with 1.5 s of the budget left and its first run spends it: the race is stored as ended by
+    the budget, not left announced and unfinished, and not blamed on --race."""
+    stream = io.StringIO()
+    scores = {(384, 2): (0.50, 0.40) + (0.45,) * 3, (288, 2): (0.20,) * 5, (160, 2): (0.44,) * 5}
+    ran = _clocked_search(tmp_path, monkeypatch, Plan(6.5, 6.5, 3, 2, 2, 5.0), 1.0, n_trials=3, queued_from=6,
+                          progress=Progress(1, 1, "mAP50-95", stream=stream), fake=FakeProbe(2000, scores=scores))  # fmt: skip
+    assert [(p.imgsz, p.batch) for p in ran] == [(160, 2), (288, 2), (384, 2), (384, 2), (160, 2), (384, 2)]
+    race = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 's.db'}").user_attrs["race"]
+    assert race["verdict"] == "out of time" and race["runs"] == 1
+    assert "still tie after 1 more run(s) (the probe's budget or --timeout ran out)" in stream.getvalue()

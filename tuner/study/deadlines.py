@@ -37,6 +37,17 @@ def design_done(trials: list[FrozenTrial]) -> bool:
                    for t in trials)  # fmt: skip
 
 
+def design_finished(trials: list[FrozenTrial]) -> bool:
+    """Every cell of the startup design has ended (none of its `startup:` places is waiting or running): what it
+    found is known, and the floor's noise repeat can be chosen from it."""
+    return not any(not t.state.is_finished() and (TrialRecord.of(t).slot or "").startswith("startup:") for t in trials)
+
+
+def repeat_queued(trials: list[FrozenTrial]) -> bool:
+    """A noise repeat is queued, running or counted: the floor's is taken care of."""
+    return any(TrialRecord.of(t).repeat_of is not None and t.state == TrialState.WAITING for t in trials) or repeat_done(trials)
+
+
 def repeat_done(trials: list[FrozenTrial]) -> bool:
     """The floor's one noise repeat has started, or finished as a run that counts (not a surplus or an inferred
     OOM)."""

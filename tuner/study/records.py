@@ -240,7 +240,7 @@ class Race:
     """How the race among tied top configs ended: the configs still tied (first trial numbers, the most accurate
     first), the extra runs spent over the whole study, and "separated", "settled" (the most accurate of the tied
     configs needs no more memory than the others: it is the pick either way, so no more runs are spent), or
-    "still tied" (the race's budget is spent)."""
+    "still tied" (the race's budget is spent), or "out of time" (the probe budget or --timeout ended it first)."""
 
     tied: tuple[int, ...] = ()
     runs: int = 0
@@ -263,7 +263,8 @@ class Race:
             after = f" after {self.runs} more run(s)" if self.runs else ""
             return (f"{names} tie within the noise{after}, but the most accurate, trial {self.tied[0]}, needs no more "
                     "memory than the others, so it is the pick either way: no more runs are spent on them.")  # fmt: skip
-        return (f"{names} still tie after {self.runs} more run(s) (the race's budget, --race, is spent); "
+        why = "the probe's budget or --timeout ran out" if self.verdict == "out of time" else "the race's budget, --race, is spent"
+        return (f"{names} still tie after {self.runs} more run(s) ({why}); "
                 "tuner picks the one with the most memory headroom among them.")  # fmt: skip
 
 

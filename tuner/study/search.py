@@ -118,12 +118,13 @@ class Search:
             return
         trials = self._trials()
         repeats = selection.to_repeat(trials, self.cfg.probe.repeats, self.limit_mb)
-        if gate.plan is not None and past(gate.budget_end(trials)):  # the floor's one noise repeat, unless it ran already
-            repeats = [] if deadlines.repeat_done(trials) else repeats[:1]
+        if gate.plan is not None and past(gate.budget_end(trials)):  # the floor's one noise repeat, unless it is queued
+            repeats = [] if deadlines.repeat_queued(trials) else repeats[:1]
         for original in repeats:
             workers.enqueue(self.study, original.params, f"repeat:{original.number}", TrialRecord(repeat_of=original.number))
         # no repeat to run (none asked for, none stable, or the noise measured already): the floor is the design
-        gate.floor = deadlines.design_and_repeat_done if repeats else deadlines.design_done
+        owed = repeats or (deadlines.repeat_queued(trials) and not deadlines.repeat_done(trials))
+        gate.floor = deadlines.design_and_repeat_done if owed else deadlines.design_done
         self._drain()
         gate.floor = deadlines.floor_done
         self._race()
@@ -163,14 +164,16 @@ class Search:
         re-rank them within the noise (configs that differ only in mosaic or mixup: README, calibration)."""
         spent = workers.race_runs(self.study.get_trials(deepcopy=False))
         tied, decides = self._standing()
-        if len(tied) < 2 or spent >= self.cfg.probe.race:
+        if len(tied) < 2 or spent >= self.cfg.probe.race or past(self.deadline):
             return
         if decides:
             names = ", ".join(f"trial {min(t.number for t in runs)}" for runs in tied)
             self.progress.say(f"Race: {names} tie within the noise; probing them with more seeds.")
+        out_of_time = False
         while len(tied) >= 2 and spent < self.cfg.probe.race and decides:
-            if past(self.deadline):
-                return
+            if past(self.deadline):  # the budget or --timeout ended it: said so, not left announced and unfinished
+                out_of_time = True
+                break
             slot = workers.free_race_slot(self._trials(), self.cfg.probe.race)
             if slot is None:  # every place is held (some by trials of other workers): the budget is spent
                 break
@@ -182,7 +185,7 @@ class Search:
             self._drain()
             spent = workers.race_runs(self._trials())
             tied, decides = self._standing()
-        verdict = "separated" if len(tied) < 2 else "still tied" if decides else "settled"
+        verdict = "separated" if len(tied) < 2 else "out of time" if out_of_time else "still tied" if decides else "settled"
         race = Race(tuple(min(t.number for t in runs) for runs in tied), spent, verdict)
         StudyRecord(race=race).save(self.study, "race")
         self.progress.say(f"Race: {race.describe()}", important=True)
@@ -208,7 +211,12 @@ class Search:
             n_trials=n_trials,
             timeout=timeout,
             catch=(ProbeFailed, Surplus),
-            callbacks=[self._stop_on_repeated_errors, self._stop_when_places_taken, self._stop_at_deadline],
+            callbacks=[
+                self._stop_on_repeated_errors,
+                self._queue_the_floors_repeat,
+                self._stop_when_places_taken,
+                self._stop_at_deadline,
+            ],
             gc_after_trial=False,
         )
 
@@ -375,6 +383,21 @@ class Search:
         tail = "\n".join(f"    {line}" for line in attempt.log_tail().splitlines())
         self.progress.say(f"  trial {trial.number} failed: {attempt.reason}\n  log {attempt.log}:\n{tail}")
         raise ProbeFailed(attempt.reason)
+
+    def _queue_the_floors_repeat(self, study: optuna.Study, frozen: FrozenTrial) -> None:
+        """Under a probe budget the floor comes first: once the startup design has ended, the floor's noise repeat
+        (of its best stable config; of the first config to become stable, where none of the design's is) is queued
+        ahead of the sampler's trials. The pick, and a share budget that follows it, then weigh the noise before
+        anything past the floor is spent. (Until 2026-12-06 the repeats came after the main trials: on 960 images
+        the budget followed the design's best, 480 / 2, through four more main trials, its repeat then tied it with
+        320 / 2, the pick, whose training is half as long, and the probe came to 17% of it against a 15% share.)"""
+        if self.gate.plan is None or self.cfg.probe.repeats <= 0:
+            return
+        trials = study.get_trials(deepcopy=False)
+        if not deadlines.design_finished(trials):
+            return
+        for original in selection.to_repeat(trials, 1, self.limit_mb):  # none once any config has a second run
+            workers.enqueue(study, original.params, f"repeat:{original.number}", TrialRecord(repeat_of=original.number))
 
     def _stop_when_places_taken(self, study: optuna.Study, frozen: FrozenTrial) -> None:
         """Ask for no new main trial once other workers hold every place left (Optuna's MaxTrialsCallback,
