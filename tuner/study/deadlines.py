@@ -18,7 +18,7 @@ from optuna.trial import FrozenTrial, TrialState
 from tuner.study import probe_budget, selection, workers
 from tuner.study.inputs import Inputs
 from tuner.study.progress import Progress
-from tuner.study.records import StudyRecord, TrialRecord, counts_towards_total, retried
+from tuner.study.records import StudyRecord, TrialRecord, repeats_run
 from tuner.study.training_time import minutes
 
 Floor = Callable[[list[FrozenTrial]], bool]  # whether this stage's part of the floor has run, from the study's trials
@@ -51,10 +51,8 @@ def repeat_queued(trials: list[FrozenTrial]) -> bool:
 def repeat_done(trials: list[FrozenTrial]) -> bool:
     """The floor's one noise repeat has started, or finished as a run that counts (not a surplus or an inferred
     OOM)."""
-    again = retried(trials)
-    return any(TrialRecord.of(t).repeat_of is not None
-               and (t.state == TrialState.RUNNING or (t.state.is_finished() and counts_towards_total(t, again)))
-               for t in trials)  # fmt: skip
+    running = any(TrialRecord.of(t).repeat_of is not None and t.state == TrialState.RUNNING for t in trials)
+    return running or bool(repeats_run(trials))
 
 
 def design_and_repeat_done(trials: list[FrozenTrial]) -> bool:

@@ -28,7 +28,7 @@ from optuna.trial import FrozenTrial
 from tuner.checks import FLOOR, NONE
 from tuner.process.contract import Outcome
 from tuner.study import selection, workers
-from tuner.study.records import TrialRecord, counts_towards_total, retried
+from tuner.study.records import TrialRecord, repeats_run
 from tuner.study.training_time import minutes
 
 
@@ -149,11 +149,8 @@ class Ran:
 
     @classmethod
     def of(cls, trials: Sequence[FrozenTrial]) -> Ran:
-        again = retried(trials)
-        repeats = sum(1 for t in trials if TrialRecord.of(t).repeat_of is not None and t.state.is_finished()
-                      and counts_towards_total(t, again))  # fmt: skip
         mean = reserve_s(trials)
-        return cls(workers.main_trials_done(trials), repeats, spent(trials), mean or None)
+        return cls(workers.main_trials_done(trials), len(repeats_run(trials)), spent(trials), mean or None)
 
 
 def fit(

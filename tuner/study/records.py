@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -190,6 +190,13 @@ def stable_configs(trials: Iterable[FrozenTrial], limit_mb: float) -> dict[tuple
 def retried(trials: Iterable[FrozenTrial]) -> set[int]:
     """Numbers of the trials a heartbeat failed and Optuna queued again (RetryHeartbeatStaleTrialCallback)."""
     return {number for t in trials for number in t.system_attrs.get("retry_history", ())}
+
+
+def repeats_run(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
+    """The noise repeats (and race runs) that finished and count: not a surplus, an inferred OOM or a retried orphan."""
+    again = retried(trials)
+    return [t for t in trials if TrialRecord.of(t).repeat_of is not None and t.state.is_finished()
+            and counts_towards_total(t, again)]  # fmt: skip
 
 
 def counts_towards_total(trial: FrozenTrial, retried_numbers: set[int] | frozenset[int] = frozenset()) -> bool:
