@@ -3,7 +3,8 @@
 For each of several configs spread over the default space (small to large imgsz, batch 1 to 8, mosaic and
 mixup varied), on the embedded dataset:
 - the probe's metric: the exact probe a `tuner probe` trial runs (`python -m tuner.study.probe_child` under the
-  watchdog, default probe settings), with two seeds, so that the probe's own noise is measured too;
+  watchdog, default probe settings, on the sample of the splits a study draws), with two seeds, so that the
+  probe's own noise is measured too;
 - the full-training metric: `tuner train-best --config <config>.yaml --epochs 40` (train-best's recipe:
   nbs, warmup, close_mosaic, the per-epoch checkpoints), mAP50-95 of best.pt as Ultralytics validates it.
 
@@ -16,6 +17,8 @@ trainings in `--workdir` are reused, so an interrupted run continues where it st
     python tests/benchmarks/bench_fidelity.py --workdir /tmp/fidelity-thin --kind thin --epochs 30   # another kind
     python tests/benchmarks/bench_fidelity.py --workdir /tmp/fidelity-thin --kind thin --epochs 30 --full-seeds 2
     python tests/benchmarks/bench_fidelity.py --workdir DIR --configs 320/8/0.6/0.15,480/2/0.4/0.2   # other configs
+    python tests/benchmarks/bench_fidelity.py --workdir DIR --kind thin --train-images 960 --val-images 320 \
+        --epochs 15 --configs 160/2/0.55/0.25,320/2/0.6/0.15,480/2/0.4/0.2   # ten times the data, the probes' sample
                                                           # each config trained twice: the full training's own noise
 """
 
@@ -31,6 +34,7 @@ from pathlib import Path
 import yaml
 
 from tuner import config as configs
+from tuner.data import sample as samples
 from tuner.memory import device as devices
 from tuner.memory.budget import parse_budget
 from tuner.params import Params
@@ -49,6 +53,7 @@ CONFIGS = [
     (640, 1, 1.0, 0.1),
 ]
 SEEDS = (0, 1)
+SIZES = (96, 32)  # a kind's train and val images (--train-images, --val-images)
 
 
 def positive(text: str) -> int:
@@ -88,10 +93,10 @@ def spearman(xs: list[float], ys: list[float]) -> float:
     return cov / var if var else 0.0
 
 
-def inputs_of(kind: str, workdir: Path) -> tuple[Path, Path | str]:
+def inputs_of(kind: str, workdir: Path, sizes: tuple[int, int] = SIZES) -> tuple[Path, Path | str]:
     """The data.yaml and base model of `kind`: the embedded shapes with their base checkpoint, or a kind of
-    tests/benchmarks/kinds.py (96 train / 32 val images) with that same checkpoint, pretrained on shapes at imgsz 256,
-    another resolution and another kind than the data's."""
+    tests/benchmarks/kinds.py (`sizes`: train and val images, 96 / 32 by default) with that same checkpoint,
+    pretrained on shapes at imgsz 256, another resolution and another kind than the data's."""
     cfg = configs.load(None, {})
     base = tuner_inputs.model(cfg.model, embedded=True)
     if kind == "shapes":
@@ -99,7 +104,12 @@ def inputs_of(kind: str, workdir: Path) -> tuple[Path, Path | str]:
     sys.path.insert(0, str(Path(__file__).parent))
     import kinds
 
-    return kinds.build(kind, workdir / "data", 96, 32), base
+    data = kinds.build(kind, workdir / "data", *sizes)
+    held = tuple(len(list((workdir / "data" / "images" / split).iterdir())) for split in ("train", "val"))
+    if held != tuple(sizes):
+        raise SystemExit(f"{workdir} holds data of {held[0]} / {held[1]} images, not {sizes[0]} / {sizes[1]}: "
+                         "pass another --workdir.")  # fmt: skip
+    return data, base
 
 
 def base_line() -> str:
@@ -112,11 +122,12 @@ def base_line() -> str:
 
 def probe_metrics(
     config: tuple, workdir: Path, budget_text: str, kind: str = "shapes", settings: dict | None = None,
-    seeds: tuple[int, ...] = SEEDS,
+    seeds: tuple[int, ...] = SEEDS, sizes: tuple[int, int] = SIZES,
 ) -> list[float | None]:
     """The probe's metric of `config` for each of `seeds`, with the probe `settings` (keys of `probe` in
-    configs/probe.yaml) over the defaults; each seed's is kept in the workdir and reused (and a workdir's from
-    before, one file of seeds 0 and 1 per config)."""
+    configs/probe.yaml) over the defaults, on the sample of the splits a study draws with those settings
+    (tuner.data.sample; before 2026-12-06 on the whole splits, which on the kinds' 96 / 32 images is the same); each
+    seed's is kept in the workdir and reused (and a workdir's from before, one file of seeds 0 and 1 per config)."""
     earlier = workdir / "probes" / ("%d-%d-%g-%g.json" % config)
     if earlier.exists() and set(seeds) <= {0, 1}:
         return [json.loads(earlier.read_text())[seed] for seed in seeds]
@@ -128,8 +139,9 @@ def probe_metrics(
         folder = workdir / "probes" / ("%d-%d-%g-%g-seed%d" % (*config, seed))
         cached = folder.with_name(folder.name + ".json")
         if not cached.exists():
-            data, model = inputs_of(kind, workdir)
-            trials = Inputs(cfg, device, budget, data, model, workdir / "probes")
+            data, model = inputs_of(kind, workdir, sizes)
+            sample = samples.make(data, workdir / "sample", cfg.probe.train_images, cfg.probe.val_images, cfg.seed)
+            trials = Inputs(cfg, device, budget, data, model, workdir / "probes", sample=sample)
             attempt = run_child(PROBE_CHILD, trials.spec(Params(*config), seed), folder, device, budget,
                                 cfg.probe.trial_timeout)  # fmt: skip
             if attempt.outcome.value != "ok":
@@ -141,7 +153,8 @@ def probe_metrics(
 
 
 def full_metric(
-    config: tuple, workdir: Path, epochs: int, budget_text: str, kind: str = "shapes", seed: int = 0
+    config: tuple, workdir: Path, epochs: int, budget_text: str, kind: str = "shapes", seed: int = 0,
+    sizes: tuple[int, int] = SIZES,
 ) -> tuple[float | None, float]:
     """mAP50-95 of `config` after `epochs` of train-best (`--seed seed`), and the wall seconds it took (reused when
     done)."""
@@ -150,7 +163,7 @@ def full_metric(
     if not summary_file.exists():
         imgsz, batch, mosaic, mixup = config
         cfg = configs.load(None, {})
-        data, model = inputs_of(kind, workdir)
+        data, model = inputs_of(kind, workdir, sizes)
         recipe = {"model": str(model), "data": str(data), "optimizer": cfg.probe.optimizer,
                   "lr0": cfg.probe.lr0, "imgsz": imgsz, "batch": batch, "mosaic": mosaic, "mixup": mixup}  # fmt: skip
         config_yaml = workdir / f"{name}.yaml"
@@ -185,21 +198,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=positive, default=len(SEEDS), metavar="N",
                         help=f"probe each config with seeds 0..N-1 (default: {len(SEEDS)}; the noise needs 2)")
     parser.add_argument("--probes-only", action="store_true", help="run the probes, not the full trainings")
+    parser.add_argument("--train-images", type=positive, default=SIZES[0], help="a kind's train images (not shapes)")
+    parser.add_argument("--val-images", type=positive, default=SIZES[1], help="a kind's val images (not shapes)")
     parser.add_argument("--probe", action="append", default=[], metavar="KEY=VALUE",
                         help="a probe setting over the defaults (e.g. anneal=true); the probes of another workdir")
     args = parser.parse_args(argv)
     if args.full_seeds < 1:
         parser.error("--full-seeds takes 1 or more")
     settings = {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.probe)}
+    sizes = (args.train_images, args.val_images)
     (args.workdir / "probes").mkdir(parents=True, exist_ok=True)
     rows = []
     for config in args.configs:
         seeds = tuple(range(args.seeds))
-        probes = probe_metrics(config, args.workdir, args.memory_budget, args.kind, settings, seeds)
+        probes = probe_metrics(config, args.workdir, args.memory_budget, args.kind, settings, seeds, sizes)
         if args.probes_only:
             print(f"{config}: probe {probes}", flush=True)
             continue
-        fulls = [full_metric(config, args.workdir, args.epochs, args.memory_budget, args.kind, seed)
+        fulls = [full_metric(config, args.workdir, args.epochs, args.memory_budget, args.kind, seed, sizes)
                  for seed in range(args.full_seeds)]  # fmt: skip
         values = [value for value, _ in fulls]
         full = None if any(v is None for v in values) else sum(values) / len(values)
@@ -215,7 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     rho = spearman(means, [r["full"] for r in usable])
     full_noise = [max(r["fulls"]) - min(r["fulls"]) for r in usable if len(r["fulls"]) > 1]
     shown = ", ".join(f"{key}={value}" for key, value in settings.items()) or "default settings"
-    print(f"\n{args.kind} dataset, 2 CPU cores; probe: {shown}, seeds 0-{args.seeds - 1}; "
+    data = "" if args.kind == "shapes" else f" ({sizes[0]} train / {sizes[1]} val images)"
+    print(f"\n{args.kind} dataset{data}, 2 CPU cores; probe: {shown}, seeds 0-{args.seeds - 1}; "
           f"full: train-best, {args.epochs} epochs; {base_line()}\n")
     print("| imgsz / batch / mosaic / mixup | probe mAP50-95 (seeds) | probe mean | full mAP50-95 | full wall |")
     print("|---|---|---|---|---|")
