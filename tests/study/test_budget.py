@@ -297,3 +297,15 @@ def test_a_race_the_budget_ends_is_stored_and_said_as_ended_by_it(tmp_path, monk
     race = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 's.db'}").user_attrs["race"]
     assert race["verdict"] == "out of time" and race["runs"] == 1
     assert "still tie after 1 more run(s) (the probe's budget or --timeout ran out)" in stream.getvalue()
+
+
+def test_the_eta_ends_no_later_than_the_budget_once_the_floor_has_run(tmp_path, monkeypatch):
+    """Probes of a minute, a 5-minute budget, a progress of 8 probes: the design's lines count the plan at this
+    pace (7 min, ..., 5 min); once the design has run, the budget ends the run sooner, and the repeat's line says
+    the minute that is left of it, not the plan's 4 more probes at a minute each."""
+    stream = io.StringIO()
+    ran = _clocked_search(tmp_path, monkeypatch, Plan(300.0, 300.0, 6, 2, 0, 240.0), 60.0,
+                          progress=Progress(8, 1, "mAP50-95", stream=stream))  # fmt: skip
+    assert len(ran) == 4  # the floor: the 3-cell design and its repeat
+    etas = [line.rsplit("| ETA ", 1)[-1] for line in stream.getvalue().splitlines() if " -> " in line]
+    assert etas == ["7 min", "6 min", "5 min", "1 min"]

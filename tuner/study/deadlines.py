@@ -83,6 +83,7 @@ class Deadlines:
         """This run starts now, on a study that holds `trials`: --timeout counts from now, the budget from what the
         study's earlier runs and pre-flights spent."""
         self.started_at = now = time.monotonic()
+        self.progress.ends_at = None  # another study's, where one progress serves several (tuner probe --model a,b)
         preflights = float((StudyRecord.of(self.study).limits or {}).get("seconds") or 0.0)
         self.spent_before = probe_budget.spent(trials) + preflights
         timeout = self.inputs.cfg.timeout
@@ -118,6 +119,9 @@ class Deadlines:
             self.progress.say(f"Budget: {self.plan.setting} {follows.describe()}")
         if left is None:
             return None
+        owed = self.repeat_owed(trials, limit) or int(repeat_queued(trials) and not repeat_done(trials))
+        floor_s = probe_budget.reserve_s(trials, owed) - probe_budget.reserve_s(trials)  # the floor's repeat, if owed
+        self.progress.ends_at = max(self.started_at + left, time.monotonic() + floor_s)  # the floor runs in full
         return self.started_at + left - probe_budget.reserve_s(trials, self.repeat_owed(trials, limit))
 
     def repeat_owed(self, trials: list[FrozenTrial], limit_mb: float) -> int:

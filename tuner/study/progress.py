@@ -26,6 +26,8 @@ class Progress:
         self._prefix = ""
         self._first_start: float | None = None  # this run's first trial's start, and how many were done by then:
         self._done_before = 0  # the ETA is this run's pace, not the study's count over this run's time
+        self.ends_at: float | None = None  # when the probe budget ends the run (time.monotonic), once the floor has
+        # run and the budget is kept (tuner.study.deadlines sets it): the ETA is no later than that
 
     def say(self, text: str, *, important: bool = False) -> None:
         if self.quiet and not important:
@@ -63,8 +65,11 @@ class Progress:
         ran = self.done - self._done_before
         eta = ""
         if self._first_start is not None and ran > 0 and self.done < self.total:
-            elapsed = time.monotonic() - self._first_start
-            eta = f" | ETA {elapsed / ran * (self.total - self.done) / 60:.0f} min"
+            now = time.monotonic()
+            left = (now - self._first_start) / ran * (self.total - self.done)  # the plan's count at this run's pace
+            if self.ends_at is not None:  # a budget that fell (a share following a cheaper pick) ends it sooner
+                left = min(left, max(0.0, self.ends_at - now))
+            eta = f" | ETA {left / 60:.0f} min"
         best = f" | best {self.best:.3f}" if self.best is not None else ""
         self.say(f"{self._prefix} -> {result}{peak}{why}{best}{eta}")
 
