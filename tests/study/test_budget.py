@@ -16,6 +16,7 @@ from tuner.errors import ConfigError
 from tuner.study import limits, probe_budget
 from tuner.study.open import open_study
 from tuner.data.sample import Sample
+from tuner.study.deadlines import Deadlines
 from tuner.study.probe_budget import Plan, Ran
 from tuner.study.progress import Progress
 from tuner.study.records import StudyRecord
@@ -280,9 +281,27 @@ def test_the_floors_repeat_runs_before_the_sampler_so_a_share_follows_a_pick_tha
 
 
 def test_without_a_budget_the_repeats_follow_the_main_trials(tmp_path):
-    """No budget, nothing to follow: the noise repeats of the best configs run once every main trial has."""
-    study, fake = _searched(tmp_path, None)
-    assert len(fake.ran) == 8 and {fake.ran[6], fake.ran[7]} <= set(fake.ran[:6])
+    """`--probe-budget none` (a plan that keeps no budget, as tuner probe fits it), or a share with nothing to plan
+    by: the noise repeats of the best configs run once every main trial has."""
+    for name, setting in (("none", "none"), ("share", "15%")):
+        plan = probe_budget.fit(setting, [], 6, 2, 2)
+        assert plan.budget_s is None
+        study, fake = _searched(tmp_path / name, plan)
+        assert len(fake.ran) == 8 and {fake.ran[6], fake.ran[7]} <= set(fake.ran[:6])
+
+
+def test_a_queued_repeat_not_started_is_still_owed_by_the_floor(tmp_path):
+    """Another worker's trial queued before it may run first: the deadline keeps the queued repeat's time in hand,
+    as it keeps one still to be queued. A race run waiting is no floor repeat."""
+    trials = inputs(tmp_path, 2000)
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'q.db'}")
+    gate = Deadlines(study, trials, quiet(), Plan(60.0, 60.0, 6, 2, 0, 50.0))
+    study.add_trial(ran(trials.cfg.space, 160, 2, 0.5, 0.1, 700.0))  # trial 0, the config both would run again
+    study.enqueue_trial({"imgsz": 160, "batch": 2, "mosaic": 0.5, "mixup": 0.1}, user_attrs={"slot": "race:1", "repeat_of": 0})
+    assert gate.repeat_owed(study.get_trials(), 2000.0) == 0
+    study.enqueue_trial({"imgsz": 160, "batch": 2, "mosaic": 0.5, "mixup": 0.1}, user_attrs={"slot": "repeat:0", "repeat_of": 0})
+    assert gate.repeat_owed(study.get_trials(), 2000.0) == 1
+    assert Deadlines(study, trials, quiet(), Plan(60.0, 60.0, 6, 0, 0, 50.0)).repeat_owed(study.get_trials(), 2000.0) == 0
 
 
 def test_a_race_the_budget_ends_is_stored_and_said_as_ended_by_it(tmp_path, monkeypatch):
@@ -297,6 +316,12 @@ def test_a_race_the_budget_ends_is_stored_and_said_as_ended_by_it(tmp_path, monk
     race = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 's.db'}").user_attrs["race"]
     assert race["verdict"] == "out of time" and race["runs"] == 1
     assert "still tie after 1 more run(s) (the probe's budget or --timeout ran out)" in stream.getvalue()
+    stream = io.StringIO()  # 1 s less: the budget is spent when the race would start; none starts, and that is said
+    ran = _clocked_search(tmp_path / "b", monkeypatch, Plan(5.5, 5.5, 3, 2, 2, 5.0), 1.0, n_trials=3, queued_from=6,
+                          progress=Progress(1, 1, "mAP50-95", stream=stream), fake=FakeProbe(2000, scores=scores))  # fmt: skip
+    assert len(ran) == 5 and "probing them with more seeds" not in stream.getvalue()
+    race = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'b' / 's.db'}").user_attrs["race"]
+    assert race["verdict"] == "out of time" and race["runs"] == 0
 
 
 def test_the_eta_ends_no_later_than_the_budget_once_the_floor_has_run(tmp_path, monkeypatch):

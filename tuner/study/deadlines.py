@@ -43,9 +43,14 @@ def design_finished(trials: list[FrozenTrial]) -> bool:
     return not any(not t.state.is_finished() and (TrialRecord.of(t).slot or "").startswith("startup:") for t in trials)
 
 
+def repeat_waiting(trials: list[FrozenTrial]) -> bool:
+    """A noise repeat (a `repeat:` place, not a race run) is queued and has not started."""
+    return any(t.state == TrialState.WAITING and (TrialRecord.of(t).slot or "").startswith("repeat:") for t in trials)
+
+
 def repeat_queued(trials: list[FrozenTrial]) -> bool:
     """A noise repeat is queued, running or counted: the floor's is taken care of."""
-    return any(TrialRecord.of(t).repeat_of is not None and t.state == TrialState.WAITING for t in trials) or repeat_done(trials)
+    return repeat_waiting(trials) or repeat_done(trials)
 
 
 def repeat_done(trials: list[FrozenTrial]) -> bool:
@@ -119,16 +124,24 @@ class Deadlines:
             self.progress.say(f"Budget: {self.plan.setting} {follows.describe()}")
         if left is None:
             return None
-        owed = self.repeat_owed(trials, limit) or int(repeat_queued(trials) and not repeat_done(trials))
+        owed = self.repeat_owed(trials, limit)
         floor_s = probe_budget.reserve_s(trials, owed) - probe_budget.reserve_s(trials)  # the floor's repeat, if owed
         self.progress.ends_at = max(self.started_at + left, time.monotonic() + floor_s)  # the floor runs in full
-        return self.started_at + left - probe_budget.reserve_s(trials, self.repeat_owed(trials, limit))
+        return self.started_at + left - probe_budget.reserve_s(trials, owed)
+
+    @property
+    def keeps_budget(self) -> bool:
+        """A budget bounds this run (not `none`, nor a share with nothing to plan by)."""
+        return self.plan is not None and self.plan.budget_s is not None
 
     def repeat_owed(self, trials: list[FrozenTrial], limit_mb: float) -> int:
-        """1 while the floor's noise repeat is still to be queued for a stable config (none where no config is stable
-        yet, or one ran twice already: the noise is measured). A repeat owed to a config that becomes stable only with
-        the last main trial runs past the budget: the floor runs in full."""
-        return int(self.plan is not None and self.plan.repeats > 0 and bool(selection.to_repeat(trials, 1, limit_mb)))
+        """1 while the floor's noise repeat is still to run: to be queued for a stable config (none where no config is
+        stable yet, or one ran twice already: the noise is measured), or queued and not started (another worker's
+        trial queued before it may run first). A repeat owed to a config that becomes stable only with the last main
+        trial runs past the budget: the floor runs in full."""
+        if self.plan is None or self.plan.repeats <= 0:
+            return 0
+        return int(bool(selection.to_repeat(trials, 1, limit_mb)) or (repeat_waiting(trials) and not repeat_done(trials)))
 
     def say_budget_stop(self, trials: list[FrozenTrial], limit_mb: float) -> None:
         """Say that the budget stopped the main trials short of the plan's, and why: a probe no longer fits."""

@@ -27,7 +27,7 @@ from tuner.errors import StudyFailed
 from tuner.params import Params
 from tuner.process.contract import PROBE_CHILD, Cause, EpochRecord, Outcome
 from tuner.process.trial import Attempt, run_child
-from tuner.study import deadlines, dominance, limits, probe_budget, pruners, selection, space, workers
+from tuner.study import deadlines, dominance, limits, probe_budget, pruners, records, selection, space, workers
 from tuner.study.deadlines import past
 from tuner.study.inputs import Inputs
 from tuner.study.progress import Progress
@@ -98,7 +98,7 @@ class Search:
         done = main_trials_done(self.study)
         if done:
             self.progress.say(f"Continuing: {done} of {self.cfg.n_trials} trials done.")
-            self.progress.done = done
+            self.progress.done = done + len(records.repeats_run(self._trials()))
             self.progress.best = max((t.value for t in self._trials() if t.state == TrialState.COMPLETE), default=None)
         gate.floor = deadlines.design_done
         while not self.failure and main_trials_done(self.study) < self.cfg.n_trials:
@@ -123,7 +123,7 @@ class Search:
         for original in repeats:
             workers.enqueue(self.study, original.params, f"repeat:{original.number}", TrialRecord(repeat_of=original.number))
         # no repeat to run (none asked for, none stable, or the noise measured already): the floor is the design
-        owed = repeats or (deadlines.repeat_queued(trials) and not deadlines.repeat_done(trials))
+        owed = repeats or deadlines.repeat_waiting(trials)
         gate.floor = deadlines.design_and_repeat_done if owed else deadlines.design_done
         self._drain()
         gate.floor = deadlines.floor_done
@@ -164,9 +164,9 @@ class Search:
         re-rank them within the noise (configs that differ only in mosaic or mixup: README, calibration)."""
         spent = workers.race_runs(self.study.get_trials(deepcopy=False))
         tied, decides = self._standing()
-        if len(tied) < 2 or spent >= self.cfg.probe.race or past(self.deadline):
+        if len(tied) < 2 or spent >= self.cfg.probe.race:
             return
-        if decides:
+        if decides and not past(self.deadline):  # else no run starts: the verdict below says why
             names = ", ".join(f"trial {min(t.number for t in runs)}" for runs in tied)
             self.progress.say(f"Race: {names} tie within the noise; probing them with more seeds.")
         out_of_time = False
@@ -228,7 +228,7 @@ class Search:
         if surplus is not None:
             TrialRecord(surplus=surplus).save(trial)
             raise Surplus(surplus)
-        self.progress.done = main_trials_done(self.study)
+        self.progress.done = main_trials_done(self.study) + len(records.repeats_run(trials))  # as the total counts them
         params = Params.of(space.suggest(trial, self.cfg.space, trials))
         repeat_of = TrialRecord.of(trial).repeat_of
         seed = self.cfg.seed + trial.number
@@ -391,7 +391,7 @@ class Search:
         anything past the floor is spent. (Until 2026-12-06 the repeats came after the main trials: on 960 images
         the budget followed the design's best, 480 / 2, through four more main trials, its repeat then tied it with
         320 / 2, the pick, whose training is half as long, and the probe came to 17% of it against a 15% share.)"""
-        if self.gate.plan is None or self.cfg.probe.repeats <= 0:
+        if not self.gate.keeps_budget or self.cfg.probe.repeats <= 0:
             return
         trials = study.get_trials(deepcopy=False)
         if not deadlines.design_finished(trials):
