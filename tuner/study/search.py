@@ -120,8 +120,7 @@ class Search:
         repeats = selection.to_repeat(trials, self.cfg.probe.repeats, self.limit_mb)
         if gate.plan is not None and past(gate.budget_end(trials)):  # the floor's one noise repeat, unless it is queued
             repeats = [] if deadlines.repeat_queued(trials) else repeats[:1]
-        for original in repeats:
-            workers.enqueue(self.study, original.params, f"repeat:{original.number}", TrialRecord(repeat_of=original.number))
+        self._enqueue_repeats(repeats)
         # no repeat to run (none asked for, none stable, or the noise measured already): the floor is the design
         owed = repeats or deadlines.repeat_waiting(trials)
         gate.floor = deadlines.design_and_repeat_done if owed else deadlines.design_done
@@ -396,8 +395,12 @@ class Search:
         trials = study.get_trials(deepcopy=False)
         if not deadlines.design_finished(trials):
             return
-        for original in selection.to_repeat(trials, 1, self.limit_mb):  # none once any config has a second run
-            workers.enqueue(study, original.params, f"repeat:{original.number}", TrialRecord(repeat_of=original.number))
+        self._enqueue_repeats(selection.to_repeat(trials, 1, self.limit_mb))  # none once any config has a second run
+
+    def _enqueue_repeats(self, originals: list[FrozenTrial]) -> None:
+        """Queue a noise repeat of each trial, in the place `repeat:<its number>` (one per config, over all workers)."""
+        for original in originals:
+            workers.enqueue(self.study, original.params, f"repeat:{original.number}", TrialRecord(repeat_of=original.number))
 
     def _stop_when_places_taken(self, study: optuna.Study, frozen: FrozenTrial) -> None:
         """Ask for no new main trial once other workers hold every place left (Optuna's MaxTrialsCallback,
