@@ -113,6 +113,25 @@ def test_a_surplus_trial_records_why_and_counts_for_nothing(tmp_path):
     assert "log" not in surplus[0].user_attrs and main_trials_done(study) == 2
 
 
+def test_draining_the_queue_starts_no_main_trial_where_another_worker_took_what_was_queued(tmp_path, monkeypatch):
+    # the main trials have ended (here: the budget fell after the design); this worker counted one queued trial,
+    # another popped it first, and Optuna's optimize then samples a new trial: it must not run
+    trials, found, record, url, study = _setup(tmp_path, n_trials=5, repeats=0)
+    other, _ = open_study("s", url, trials.cfg, record)
+    while workers.open_work(study.get_trials())[1]:
+        other.tell(other.ask(), state=TrialState.PRUNED)  # the other worker took every queued trial
+    counted = iter([(0, 1)])  # what this worker read just before
+    real = workers.open_work
+    monkeypatch.setattr(workers, "open_work", lambda t: next(counted, None) or real(t))
+    fake = FakeProbe(2000)
+    search = Search(study, trials, quiet(), found, runner=fake)
+    search._drain()
+    fresh = study.get_trials()[-1]
+    assert "another worker took the queued trial" in (TrialRecord.of(fresh).surplus or ""), fresh.user_attrs
+    assert fresh.state == TrialState.FAIL and "log" not in fresh.user_attrs
+    assert workers.from_queue(study.get_trials()[0]) and not workers.from_queue(fresh)
+
+
 def test_a_dead_workers_trial_is_failed_by_its_heartbeat_and_run_again_by_another(tmp_path, monkeypatch):
     monkeypatch.setattr(workers, "WAIT_POLL_S", 0.2)
     trials, found, record, url, study = _setup(tmp_path, n_trials=3, repeats=0, heartbeat_interval=1, grace_period=2)

@@ -73,6 +73,7 @@ class Search:
         self.runner = runner
         self.worker = worker or workers.worker_id()
         self.waiting_said = False
+        self.queued_only = False  # while draining the queue: a trial the sampler made instead is a surplus
         self.gate = deadlines.Deadlines(study, inputs, progress, plan)  # plan: the probes fitted to the budget, kept
 
     @property
@@ -137,7 +138,11 @@ class Search:
         while not past(self.deadline):
             running, waiting = workers.open_work(self._trials())
             if waiting:
-                self._optimize(waiting)
+                self.queued_only = True  # another worker may pop what we counted first: Optuna then samples anew
+                try:
+                    self._optimize(waiting)
+                finally:
+                    self.queued_only = False
             elif running:
                 self._wait_for_others()
             else:
@@ -224,6 +229,8 @@ class Search:
         TrialRecord(worker=self.worker).save(trial)
         trials = self._trials()
         surplus = workers.surplus_reason(trial, trials, self.cfg.n_trials)
+        if surplus is None and self.queued_only and not workers.from_queue(trials[trial.number]):
+            surplus = "another worker took the queued trial it was to run"  # the main trials have ended: none starts here
         if surplus is not None:
             TrialRecord(surplus=surplus).save(trial)
             raise Surplus(surplus)

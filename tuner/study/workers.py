@@ -90,6 +90,11 @@ def surplus_reason(trial: FrozenTrial | optuna.Trial, trials: list[FrozenTrial],
     return None
 
 
+def from_queue(trial: FrozenTrial) -> bool:
+    """Whether `trial` was queued (enqueue_trial, or Optuna's copy of an orphan its heartbeat failed), not sampled."""
+    return "fixed_params" in trial.system_attrs or "failed_trial" in trial.system_attrs
+
+
 def race_runs(trials: list[FrozenTrial]) -> int:
     """Runs spent racing over the whole study: trials of a `race:K` slot that ran or run (not surplus, not orphans)."""
     again = retried(trials)
