@@ -124,10 +124,10 @@ class Deadlines:
             self.progress.say(f"Budget: {self.plan.setting} {follows.describe()}")
         if left is None:
             return None
-        owed = self.repeat_owed(trials, limit)
-        floor_s = probe_budget.reserve_s(trials, owed) - probe_budget.reserve_s(trials)  # the floor's repeat, if owed
+        reserve = probe_budget.reserve_s(trials, self.repeat_owed(trials, limit))
+        floor_s = reserve - probe_budget.reserve_s(trials)  # the floor's repeat, if owed
         self.progress.ends_at = max(self.started_at + left, time.monotonic() + floor_s)  # the floor runs in full
-        return self.started_at + left - probe_budget.reserve_s(trials, owed)
+        return self.started_at + left - reserve
 
     @property
     def keeps_budget(self) -> bool:

@@ -92,7 +92,8 @@ def surplus_reason(trial: FrozenTrial | optuna.Trial, trials: list[FrozenTrial],
 
 def from_queue(trial: FrozenTrial) -> bool:
     """Whether `trial` was queued (enqueue_trial, or Optuna's copy of an orphan its heartbeat failed), not sampled."""
-    return "fixed_params" in trial.system_attrs or "failed_trial" in trial.system_attrs
+    retried_from = optuna.storages.RetryFailedTrialCallback.retried_trial_number(trial)
+    return "fixed_params" in trial.system_attrs or retried_from is not None
 
 
 def race_runs(trials: list[FrozenTrial]) -> int:
