@@ -39,6 +39,20 @@ def study_name(value: str, name: str) -> str:
     return value
 
 
+RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+
+
+def run_name(value: str, name: str) -> str:
+    """A train-best run's folder under results/<study>/, beside best.yaml and the report's files: no dots, so it
+    is never one of those files' names."""
+    if not RUN_NAME.fullmatch(value):
+        raise ConfigError(
+            f"The value of `{name}` is {value!r}, but must be letters, digits, '_' and '-', starting with a letter "
+            "or digit: it names the run's folder under the study's results."
+        )
+    return value
+
+
 def integer(value: Any, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ConfigError(f"The value of `{name}` is {value!r}, but must be an integer.")

@@ -173,6 +173,13 @@ def _add_train_best(subparsers) -> None:
         type=Path,
         help="a best.yaml to train instead of the study's best (default: the study's best stable config)",
     )
+    group.add_argument(
+        "--run",
+        default="train",
+        metavar="NAME",
+        help="the run's folder under <results-dir>/<study-name>/: another name trains another config of the study "
+        "beside the pick's run, e.g. --config results/<study>/larger.yaml --run larger (default: train)",
+    )
     train = TRAIN_DEFAULTS
     group.add_argument(
         "--settings",
@@ -229,6 +236,7 @@ def _cmd_train_best(args: argparse.Namespace) -> int:
     return train_best(
         **_study_options(args),
         config=args.config,
+        run=args.run,
         settings_file=args.settings,
         epochs=args.epochs,
         device=args.device,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import os
@@ -18,7 +19,12 @@ import yaml
 from optuna.trial import TrialState
 
 from tests.conftest import TINY_NAME, has_loaded_torch, heartbeat_age, tiny_probe_args, trial_processes, wait_until
+from tuner import config as tuner_config
+from tuner.commands import probe as probe_command
+from tuner.memory import device as devices
+from tuner.review import findings
 from tuner.study import training_time
+from tuner.study.progress import Progress
 from tuner.study.records import StudyRecord, TrialRecord
 
 pytestmark = pytest.mark.integration
@@ -349,6 +355,42 @@ def test_probes_train_and_validate_on_the_studys_sample_and_preflights_on_the_wh
     assert re.search(r"Predicted full training: about \d+ (s|min) for 40 epochs", err), err
     report = (workdir / "results" / TINY_NAME / "report.md").read_text()
     assert "Probes train on 4 of 8 train images" in report
+
+
+def test_on_data_many_times_the_sample_a_larger_stable_config_is_written_out_and_trains_beside_the_pick(
+    workdir, tiny_data, run_cli
+):
+    """Probes on 2 of 8 train images: the stable config at the larger imgsz is named (summary, report.md), written to
+    larger.yaml, and `train-best --config larger.yaml --run larger` trains it in a run of its own, beside the pick's."""
+    code, _, err = run_cli(*tiny_probe_args(tiny_data, "--imgsz", "64,96", "--batch", "2", "--n-trials", "2",
+                                            "--probe-images", "2,2"))  # fmt: skip
+    assert code == 0, err
+    study = load(workdir)
+    pick = StudyRecord.of(study).best
+    assert pick.params.imgsz == 64, err  # random init: both score 0.0, and the tie goes to the smaller peak
+    results = workdir / "results" / TINY_NAME
+    larger = yaml.safe_load((results / "larger.yaml").read_text())
+    assert (larger["imgsz"], larger["batch"]) == (96, 2)
+    assert "Probes trained on 2 of 8 train images: on data this many times their sample a larger imgsz" in err
+    command = f"tuner train-best --study-name {TINY_NAME} --config results/{TINY_NAME}/larger.yaml --run larger"
+    assert command in err and f"Train it: {command}" in (results / "larger.yaml").read_text()
+    assert "**A larger imgsz on large data:**" in (results / "report.md").read_text()
+    code, _, err = run_cli("train-best", "--config", str(results / "larger.yaml"), "--run", "larger", "--epochs", "1",
+                           "--device", "cpu", "--no-plots")  # fmt: skip
+    assert code == 0, err
+    trained = yaml.safe_load((results / "larger" / "config.yaml").read_text())
+    assert trained["study"] == TINY_NAME and trained["best"]["imgsz"] == 96  # the study's run, its ladder and all
+    assert (results / "larger" / "weights" / "last.pt").exists()
+    assert not (results / "train").exists()  # the pick's run is its own: untouched
+    code, _, err = run_cli("train-best", "--config", str(results / "larger.yaml"), "--run", "../x", "--device", "cpu")
+    assert code == 2 and "`--run` is '../x', but must be letters" in err
+    # a study that finds no larger config any more (here: as if its probes had used the whole splits) removes the file
+    found = findings.read(study, workdir / "results")
+    whole = dataclasses.replace(found.record.sample, train_images=8, val_images=4)
+    found = dataclasses.replace(found, record=dataclasses.replace(found.record, sample=whole))
+    cfg = tuner_config.load(None, {})
+    assert probe_command._write_larger(found, cfg, devices.resolve("cpu"), found.record, Progress(1, 1, "mAP50-95", quiet=True)) is None
+    assert not (results / "larger.yaml").exists() and (results / "best.yaml").exists()
 
 
 def test_a_tiny_probe_budget_cuts_the_plan_before_the_first_trial_and_says_so(workdir, tiny_data, run_cli):

@@ -2,6 +2,7 @@ import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
+from tuner.data.sample import Sample
 from tuner.memory.model import Measurement
 from tuner.params import Params
 from tuner.study import dominance, records, selection
@@ -258,3 +259,21 @@ def test_a_config_is_judged_by_its_earliest_run_with_a_prediction():
               make(7, 288, 4, 0.51, peak=900, train_s_predicted=1000.0)]  # fmt: skip
     slow = selection.too_slow(trials, 1000, lambda trial: trial.user_attrs.get("train_s_predicted"), 2000.0)
     assert slow == {Params(288, 4, 0.5, 0.1).key: 2500.0}
+
+
+def test_a_larger_config_is_named_only_on_data_many_times_the_probes_sample():
+    trials = [
+        make(0, 224, 2, 0.30, peak=700),  # the pick
+        make(1, 288, 2, 0.25, peak=800),
+        make(2, 352, 2, 0.20, peak=900),
+        make(3, 352, 16, 0.28, peak=1500),  # more accurate than trial 1, but over the stable limit
+        make(4, 160, 2, 0.27, peak=600),  # smaller than the pick
+    ]
+    pick = Params(224, 2, 0.5, 0.1)
+    many = Sample("sample.yaml", 128, 64, 960, 320)
+    assert selection.larger_on_more_data(trials, 1000, pick, many).first.number == 1
+    assert selection.larger_on_more_data(trials, 1000, pick, many, exclude=frozenset({Params.of(trials[1].params).key})).first.number == 2
+    assert selection.larger_on_more_data(trials, 1000, Params(352, 2, 0.5, 0.1), many) is None  # nothing larger ran
+    assert selection.larger_on_more_data(trials, 1000, pick, Sample("sample.yaml", 128, 64, 511, 320)) is None  # < 4x
+    assert selection.larger_on_more_data(trials, 1000, pick, Sample("data.yaml", 96, 32, 96, 32)) is None  # the whole split
+    assert selection.larger_on_more_data(trials, 1000, pick, None) is None  # a study from before samples

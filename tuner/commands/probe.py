@@ -230,12 +230,14 @@ def _finish(study, cfg, device, record: StudyRecord, url: str, results_dir: Path
         best = Best(choice.trial.number, Params.of(choice.params), choice.value, choice.peak_mb, choice.runs, str(best_yaml))
     record = dataclasses.replace(record, noise=noise, best=best)
     record.save(study, "noise", "best")
+    larger = _write_larger(findings.read(study, results_dir, url), cfg, device, record, progress)
     _write_report(study, results_dir, url, progress)
     hint = None
     if best is not None and not record.space_from_data:  # a derived space reaches the limit by itself
         hint = selection.room_to_grow(best.params.imgsz, best.peak_mem_mb, cfg.space.imgsz, record.stable_limit_mb)
     summary = probe_summary(study.study_name, trials, record, best_yaml if best else None, hint)
     summary["train_time"] = time_note
+    summary["larger"] = None if larger is None else larger_summary(larger)
     if summaries is not None:  # one model of several (tuner.commands.probe_models): its limits set beside the others'
         frontier = (record.limits or {}).get("frontier")
         summaries.append({**summary, "stable_limit_mb": record.stable_limit_mb, "frontier": frontier})
@@ -267,6 +269,33 @@ def _train_time_note(limit_s: float | None, slow: dict[tuple, float], trials, re
     return {"limit_s": limit_s, "over": len(slow), "none_fit": none_fit, "line": line}
 
 
+def _write_larger(found: findings.Findings, cfg: ProbeConfig, device: Device, record: StudyRecord,
+                  progress: Progress) -> findings.Larger | None:  # fmt: skip
+    """larger.yaml beside best.yaml, where the data is many times the probes' sample and a stable config at a larger
+    imgsz than the pick ran (findings.Larger); an earlier study's file is removed where there is none now."""
+    larger = found.larger()
+    path = found.results_dir / found.study_name / findings.LARGER_YAML
+    if larger is None:
+        path.unlink(missing_ok=True)
+        return None
+    config = larger.config
+    choice = Choice(trial=config.first, value=config.value, runs=config.runs, peak_mb=config.peak_mb,
+                    best_value=config.value, spread=record.noise.spread)  # fmt: skip
+    settings = train_settings_or_defaults(progress)
+    predicted = selection.pick_prediction(found.trials, config.first.number, settings.epochs)
+    write_best_yaml(path, choice, cfg, device, found.study_name, record, settings, predicted,
+                    title=f"Study {found.study_name!r}: the most accurate stable config at a larger imgsz than its pick",
+                    train_it=larger.command)  # fmt: skip
+    return larger
+
+
+def larger_summary(larger: findings.Larger) -> dict[str, Any]:
+    config = larger.config
+    return {"trial": config.first.number, "params": Params.of(config.first.params).to_dict(), "value": config.value,
+            "train_s_predicted": larger.seconds, "yaml": str(larger.yaml_path), "command": larger.command,
+            "line": larger.describe()}  # fmt: skip
+
+
 def _write_report(study: optuna.Study, results_dir: Path, url: str, progress: Progress) -> None:
     from tuner.review import dashboard, report
 
@@ -278,7 +307,8 @@ def _write_report(study: optuna.Study, results_dir: Path, url: str, progress: Pr
 
 def write_best_yaml(
     path: Path, choice: Choice, cfg: ProbeConfig, device: Device, name: str, study: StudyRecord,
-    settings: configs.TrainSettings, predicted: Prediction | None = None,
+    settings: configs.TrainSettings, predicted: Prediction | None = None, title: str | None = None,
+    train_it: str | None = None,
 ) -> None:
     """The best stable config as the Ultralytics training arguments train-best would use, with what it
     scored in a comment header: `yolo train cfg=best.yaml` trains what the probe measured. Its full training's
@@ -286,12 +316,12 @@ def write_best_yaml(
     params = Params.of(choice.params)
     spread = f", noise +/-{choice.spread:.3f}" if choice.spread is not None else ""
     header = [
-        f"Best stable config of study {name!r} (tuner {__version__}).",
+        f"{title or f'Best stable config of study {name!r}'} (tuner {__version__}).",
         f"{cfg.metric_name} {choice.value:.4f} (mean of {choice.runs} probe run(s){spread}; best of any config "
         f"{choice.best_value:.4f}), trial {choice.trial.number}.",
         f"Peak memory {choice.peak_mb:.0f} MiB of the {study.budget_mb:.0f} MiB budget on {device.torch} "
         f"(stable limit {study.stable_limit_mb:.0f} MiB).",
-        f"Train it: tuner train-best --study-name {name}",
+        f"Train it: {train_it or f'tuner train-best --study-name {name}'}",
         "These are the Ultralytics training arguments train-best uses for a single-stage run of "
         f"{settings.epochs} epochs: yolo train cfg=<this file> trains the same way.",
         *(training_time.comment_lines(predicted) if predicted is not None else []),
@@ -385,6 +415,9 @@ def print_probe_summary(summary: dict[str, Any], progress: Progress, as_json: bo
         lines.append(f"Written to {best['best_yaml']}.{next_line}")
         if summary.get("hint"):
             lines.append(f"Note: {summary['hint']}")
+        larger = summary.get("larger")
+        if larger:
+            lines.append(f"Note: {larger['line']} Written to {larger['yaml']}: {larger['command']}")
     if summary.get("train_time"):
         lines.append(summary["train_time"]["line"])
     lines.append(summary["cost"]["line"])

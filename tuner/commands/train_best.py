@@ -57,6 +57,9 @@ from tuner.train.run_folder import (
 from tuner.train.supervisor import NoSmallerConfig, Runner, Screen, Supervisor, duration
 
 
+RUN = "train"  # the run's folder under results/<study>/ (--run)
+
+
 @dataclasses.dataclass(frozen=True)
 class _Run:
     """A run about to train: its plan and state, and the settings this invocation trains it with."""
@@ -76,6 +79,7 @@ def train_best(
     studies_dir: Path = Path("studies"),
     results_dir: Path = Path("results"),
     config: Path | None = None,
+    run: str = RUN,
     settings_file: Path | None = None,
     epochs: int | None = None,
     device: str | None = None,
@@ -104,7 +108,7 @@ def train_best(
              "plots": plots, "seed": seed}  # fmt: skip
     settings = configs.load_train(settings_file, flags)
     name = study_name_for(study_name, storage, Path(studies_dir), config)
-    run_files = RunFiles(Path(results_dir) / name / "train")
+    run_files = RunFiles(Path(results_dir) / name / checks.run_name(run, "--run"))
     if run_files.config.exists():
         run = _continued_run(run_files, settings, flags, screen, time_limit)
         if run.state.finished:

@@ -15,6 +15,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from tuner.data.sample import Sample
 from tuner.params import Params
 from tuner.process.contract import Cause, Outcome
 from tuner.study import cost, selection, training_time
@@ -119,6 +120,36 @@ class BestConfig(Best):
     recorded: bool = True
 
 
+LARGER_YAML = "larger.yaml"  # beside best.yaml: the larger config's training arguments, as best.yaml's
+LARGER_RUN = "larger"  # its train-best run's folder, beside the pick's train/
+
+
+@dataclasses.dataclass(frozen=True)
+class Larger:
+    """A stable config at a larger imgsz than the pick, on data many times the probes' sample: its full training may
+    end ahead of the pick's though its probe trails (tuner.study.selection.larger_on_more_data)."""
+
+    config: selection.Summary
+    seconds: float | None  # its full training, predicted
+    pick_value: float
+    pick_seconds: float | None
+    sample: Sample
+    yaml_path: Path  # where `tuner probe` writes it
+    command: str  # train-best of it, in a run beside the pick's
+
+    def describe(self) -> str:
+        params = Params.of(self.config.first.params)
+        times = ""
+        if self.seconds is not None:
+            pick = f" against the pick's {training_time.minutes(self.pick_seconds)}" if self.pick_seconds else ""
+            times = f", its full training about {training_time.minutes(self.seconds)}{pick}"
+        return (f"Probes trained on {self.sample.train_images} of {self.sample.train_total} train images: on data this "
+                "many times their sample a larger imgsz can train better than its probe says (README, \"A larger imgsz "
+                f"on large data\"). The most accurate stable config larger than the pick: {params} -> "
+                f"{self.config.value:.4f} (trial {self.config.first.number}; the pick {self.pick_value:.4f}){times}. "
+                "A full training decides it.")  # fmt: skip
+
+
 @dataclasses.dataclass(frozen=True)
 class Point:
     """One trial on a plot. `value` is None for trials with no metric (oom, error)."""
@@ -155,6 +186,7 @@ class Findings:
     command: str  # the exact train-best command
     speed: cost.Speed | None = None  # the pre-flights' speed law (tuner.study.cost), where they timed their batches
     planned_epochs: int = 40  # of the full training, as train-best would run it from here
+    results_dir: Path = Path("results")
 
     @property
     def counts(self) -> dict[str, int]:
@@ -192,6 +224,24 @@ class Findings:
                              selection.config_seconds(runs, self.predicted), config.peak_mb))  # fmt: skip
         return sorted(out, key=lambda trade: (-trade.value, trade.trial))[:count]
 
+    def larger(self) -> Larger | None:
+        """A stable config at a larger imgsz than the pick, where the data is many times the probes' sample
+        (tuner.study.selection.larger_on_more_data), within the study's training time."""
+        record, best = self.record, self.best
+        if best is None or record.stable_limit_mb is None:
+            return None
+        train_time = record.config.train_time if record.config else None
+        slow = selection.too_slow(self.trials, record.stable_limit_mb, self.predicted, train_time)
+        found = selection.larger_on_more_data(self.trials, record.stable_limit_mb, best.params, record.sample,
+                                              exclude=frozenset(slow))  # fmt: skip
+        if found is None:
+            return None
+        pick = next((trial for trial in self.trials if trial.number == best.trial), None)
+        yaml_path = self.results_dir / self.study_name / LARGER_YAML
+        return Larger(found, self.predicted(found.first), best.value or 0.0,
+                      None if pick is None else self.predicted(pick), record.sample, yaml_path,
+                      f"{self.command} --config {_relative(yaml_path)} --run {LARGER_RUN}")  # fmt: skip
+
     def predicted(self, trial: FrozenTrial) -> float | None:
         """The full training's predicted seconds for the config of `trial` over the planned epochs: as its probe
         timed it (TrialRecord.prediction, tuner.study.training_time), else as the pre-flights' speeds predict it."""
@@ -216,6 +266,7 @@ def read(study: optuna.Study, results_dir: Path, url: str | None = None) -> Find
         command=train_best_command(study.study_name, Path(results_dir), url),
         speed=cost.fit_speed(Limits.from_dict(record.limits).frontier.measurements) if record.limits else None,
         planned_epochs=training_time.planned_epochs(),
+        results_dir=Path(results_dir),
     )
     return dataclasses.replace(found, best=best_config(record, trials, found.predicted))
 

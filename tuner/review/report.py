@@ -106,7 +106,7 @@ def render_markdown(found: Findings, images: Sequence[str]) -> str:
     sections = [
         f"# Study `{found.study_name}`\n\n{setting_lines(found.record)}",
         "## Best stable config\n\n" + best_section(found.best, metric_name, found.command, found.train_time_excluding_all)
-        + grow_hint(found),
+        + grow_hint(found) + larger_note(found),
         "## Probe cost\n\n" + cost_section(found),
         "## Trials by outcome\n\n" + outcome_table(found.counts),
         "## Memory frontier\n\n" + grid_section(grid),
@@ -196,6 +196,16 @@ def grow_hint(found: Findings) -> str:
     """The probe's hint, when the best config sits at the largest imgsz searched with memory to spare."""
     hint = room_to_grow(found)
     return f"\n\n**Room to grow:** {hint}" if hint else ""
+
+
+def larger_note(found: Findings) -> str:
+    """A stable config at a larger imgsz than the pick, where the data is many times the probes' sample."""
+    larger = found.larger()
+    if larger is None:
+        return ""
+    written = (f" `tuner probe` wrote its training arguments to `{larger.yaml_path}`; train it beside the pick:\n\n"
+               f"```\n{larger.command}\n```") if larger.yaml_path.exists() else ""  # fmt: skip
+    return f"\n\n**A larger imgsz on large data:** {larger.describe()}{written}"
 
 
 def room_to_grow(found: Findings) -> str | None:
