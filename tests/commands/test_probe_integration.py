@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import optuna
+import optuna_dashboard
 import psutil
 import pytest
 import yaml
@@ -375,6 +376,7 @@ def test_on_data_many_times_the_sample_a_larger_stable_config_is_written_out_and
     command = f"tuner train-best --study-name {TINY_NAME} --config results/{TINY_NAME}/larger.yaml --run larger"
     assert command in err and f"Train it: {command}" in (results / "larger.yaml").read_text()
     assert "**A larger imgsz on large data:**" in (results / "report.md").read_text()
+    assert f"`{command}` trains it beside the pick" in optuna_dashboard.get_note(study)  # the dashboard's next steps
     code, _, err = run_cli("train-best", "--config", str(results / "larger.yaml"), "--run", "larger", "--epochs", "1",
                            "--device", "cpu", "--no-plots")  # fmt: skip
     assert code == 0, err

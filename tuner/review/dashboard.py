@@ -51,6 +51,13 @@ def _next_steps(found: Findings) -> list[str]:
     name = found.study_name
     if found.best is not None:
         steps = [f"Train the best stable config: `{found.command}`"]
+        larger = found.larger()
+        if larger is not None and larger.yaml_path.exists():
+            sample, first = larger.sample, larger.config.first
+            steps.append(f"The probes trained on {sample.train_images} of {sample.train_total} train images, and a "
+                         f"larger imgsz may train better than its probe says ({describe_params(first.params)}, trial "
+                         f"{first.number}): `{larger.command}` trains it beside the pick (README, \"A larger imgsz on "
+                         "large data\").")  # fmt: skip
     else:
         steps = ["Raise `--memory-budget`, or add smaller `--imgsz`/`--batch` choices, and run `tuner probe` again."]
     not_tried = sum(1 for cell in found.grid.cells.values() if cell.status == "not tried")
