@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from pathlib import Path
 
 import optuna
@@ -198,3 +199,22 @@ def test_the_trade_between_accuracy_and_training_time_is_a_table_and_a_plot(work
     written = report.write_report(found, Path("results"))
     assert "accuracy_vs_time.png" in written and "## Accuracy against training time" in written["report.md"].read_text()
     assert configs.load(None, {}).train_time is None
+
+
+def test_train_runs_are_read_from_each_runs_summary_and_anything_else_is_passed_over(tmp_path):
+    def summary(folder: str, **extra) -> None:
+        stage = {"trained_with": {"imgsz": 320, "batch": 2, "mosaic": 0.6, "mixup": 0.15}}
+        values = {"epochs": 15, "epochs_planned": 15, "finished": True, "metrics": {"mAP50-95": 0.511, "mAP50": 0.8},
+                  "wall_s": 1380.0, "peak_mem_mb": 1016.0, "stages": [stage], **extra}  # fmt: skip
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "summary.json").write_text(json.dumps(values))
+
+    summary("train")
+    summary("larger", epochs=6, finished=False, stages=[{"trained_with": {"imgsz": 480, "batch": 2, "mosaic": 0.4, "mixup": 0.2}}])
+    summary("broken", stages=[])  # no stage: not a run's summary
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "summary.json").write_text("{not json")
+    runs = findings.train_runs(tmp_path, "mAP50-95")
+    assert [(run.name, run.params.imgsz, run.epochs, run.finished) for run in runs] == [("larger", 480, 6, False), ("train", 320, 15, True)]
+    assert runs[1].value == 0.511 and findings.train_runs(tmp_path, "mAP50")[1].value == 0.8
+    assert findings.train_runs(tmp_path / "none", "mAP50-95") == ()

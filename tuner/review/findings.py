@@ -8,6 +8,7 @@ changes the study. The writers are `tuner.review.report` (files), `tuner.review.
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -151,6 +152,36 @@ class Larger:
 
 
 @dataclasses.dataclass(frozen=True)
+class TrainRun:
+    """A train-best run of the study that ended, as its summary.json says (results/<study>/<run>/, `--run`)."""
+
+    name: str  # its folder: train (the pick's), larger (larger.yaml's), or another --run
+    params: Params  # what its last stage trained with (after any step-down)
+    epochs: int
+    epochs_planned: int
+    value: float | None  # the study's metric of its final weights
+    wall_s: float | None
+    peak_mem_mb: float | None
+    finished: bool
+
+
+def train_runs(folder: Path, metric_name: str) -> tuple[TrainRun, ...]:
+    """The runs under `folder` (results/<study>/) with a summary.json, by folder name; a file that is not a run's
+    summary is passed over."""
+    runs = []
+    for summary_file in sorted(Path(folder).glob("*/summary.json")):
+        try:
+            values = json.loads(summary_file.read_text())
+            runs.append(TrainRun(summary_file.parent.name, Params.of(values["stages"][-1]["trained_with"]),
+                                 int(values["epochs"]), int(values["epochs_planned"]),
+                                 (values.get("metrics") or {}).get(metric_name), values.get("wall_s"),
+                                 values.get("peak_mem_mb"), bool(values.get("finished"))))  # fmt: skip
+        except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError):
+            continue
+    return tuple(runs)
+
+
+@dataclasses.dataclass(frozen=True)
 class Point:
     """One trial on a plot. `value` is None for trials with no metric (oom, error)."""
 
@@ -187,6 +218,7 @@ class Findings:
     speed: cost.Speed | None = None  # the pre-flights' speed law (tuner.study.cost), where they timed their batches
     planned_epochs: int = 40  # of the full training, as train-best would run it from here
     results_dir: Path = Path("results")
+    runs: tuple[TrainRun, ...] = ()  # the study's train-best runs that ended (train_runs)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -267,6 +299,7 @@ def read(study: optuna.Study, results_dir: Path, url: str | None = None) -> Find
         speed=cost.fit_speed(Limits.from_dict(record.limits).frontier.measurements) if record.limits else None,
         planned_epochs=training_time.planned_epochs(),
         results_dir=Path(results_dir),
+        runs=train_runs(Path(results_dir) / study.study_name, metric_name),
     )
     return dataclasses.replace(found, best=best_config(record, trials, found.predicted))
 

@@ -108,6 +108,7 @@ def render_markdown(found: Findings, images: Sequence[str]) -> str:
         "## Best stable config\n\n" + best_section(found.best, metric_name, found.command, found.train_time_excluding_all)
         + grow_hint(found) + larger_note(found),
         "## Probe cost\n\n" + cost_section(found),
+        *([f"## Full trainings\n\n{runs_section(found)}"] if found.runs else []),
         "## Trials by outcome\n\n" + outcome_table(found.counts),
         "## Memory frontier\n\n" + grid_section(grid),
         *([f"## Memory limits\n\n{limits_section(found.record.limits)}"] if found.record.limits else []),
@@ -132,6 +133,19 @@ def cost_section(found: Findings) -> str:
     lines = [plan.describe()] if plan is not None else []
     lines += [f"Budget then {plan.setting} {follows.describe()}"] if plan is not None and follows is not None else []
     return "\n\n".join([*lines, probe_budget.cost_line(spent, pick.seconds if pick else None)])
+
+
+def runs_section(found: Findings) -> str:
+    """The study's train-best runs side by side (`train/`, the pick's; `larger/`, larger.yaml's; any other --run)."""
+    rows = []
+    for run in found.runs:
+        epochs = f"{run.epochs}" if run.finished else f"{run.epochs} of {run.epochs_planned} (stopped)"
+        wall = "?" if run.wall_s is None else training_time.minutes(run.wall_s)
+        peak = "?" if run.peak_mem_mb is None else f"{run.peak_mem_mb:.0f} MiB"
+        rows.append([f"`{run.name}/`", *param_cells(run.params), epochs, _fmt(run.value, 4), wall, peak])
+    table = _table(["run", "imgsz", "batch", "mosaic", "mixup", "epochs", found.metric_name, "wall", "peak memory"], rows)
+    return (f"{table}\n\nEach run's best.pt on the whole val split, from its summary.json (the probes' metrics are "
+            "of a few epochs on their sample).")  # fmt: skip
 
 
 def setting_lines(record: StudyRecord) -> str:
