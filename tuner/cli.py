@@ -161,7 +161,7 @@ def _add_train_best(subparsers) -> None:
         "train-best",
         help="train the study's best stable config to the end, resuming after kills and stepping down on OOM",
         description="Train the best stable config of a study (or of a best.yaml) in a memory-watched child process. "
-        "Writes <results-dir>/<study-name>/train/: Ultralytics' weights/last.pt, best.pt and results.csv, the "
+        "Writes <results-dir>/<study-name>/train/ (or --run NAME): Ultralytics' weights/last.pt, best.pt and results.csv, the "
         "resolved config.yaml (before the first epoch), state.json and summary.json. A training process that dies "
         "is continued from this run's last.pt; a config that runs out of memory twice at the same epoch steps down "
         "to a smaller stable one. Re-running the command continues the run; a finished run is left as it is.",

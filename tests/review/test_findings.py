@@ -215,6 +215,6 @@ def test_train_runs_are_read_from_each_runs_summary_and_anything_else_is_passed_
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "summary.json").write_text("{not json")
     runs = findings.train_runs(tmp_path, "mAP50-95")
-    assert [(run.name, run.params.imgsz, run.epochs, run.finished) for run in runs] == [("larger", 480, 6, False), ("train", 320, 15, True)]
-    assert runs[1].value == 0.511 and findings.train_runs(tmp_path, "mAP50")[1].value == 0.8
+    assert [(run.name, run.params.imgsz, run.epochs, run.finished) for run in runs] == [("train", 320, 15, True), ("larger", 480, 6, False)]  # the pick's first
+    assert runs[0].value == 0.511 and findings.train_runs(tmp_path, "mAP50")[0].value == 0.8
     assert findings.train_runs(tmp_path / "none", "mAP50-95") == ()

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import optuna
 import pytest
@@ -139,6 +140,19 @@ def test_a_pick_with_nothing_smaller_falls_back_to_the_smaller_models_best(workd
     summary = json.loads((train_dir(workdir, "fam-yolov8n") / "summary.json").read_text())
     assert summary["study"] == "fam-yolov8n" and summary["epochs"] == 2
     assert state_of(train_dir(workdir, "fam-yolov8s")).epochs_done == 0  # kept: a re-run goes on from there
+
+
+def test_the_fallback_of_a_run_named_with_run_goes_to_the_same_run_name_of_the_smaller_models_study(
+    workdir, tiny_data, train_with
+):
+    """`--run second`: the fallback trains in results/fam-yolov8n/second/, not in that study's own pick run (train/)."""
+    two_model_studies(workdir, tiny_data)
+    code, _, err = train_with(OomWithModel("yolov8s.yaml"), study_name="fam-yolov8s", epochs=2, run="second")
+    assert code == 0, err
+    second = workdir / "results" / "fam-yolov8n" / "second"
+    assert f"trained as a run of its own in {Path('results') / 'fam-yolov8n' / 'second'}" in err
+    assert json.loads((second / "summary.json").read_text())["study"] == "fam-yolov8n"
+    assert not train_dir(workdir, "fam-yolov8n").exists() and not train_dir(workdir, "fam-yolov8s").exists()
 
 
 def test_the_larger_model_steps_down_within_its_own_study_before_it_falls_back(workdir, tiny_data, train_with):

@@ -279,8 +279,9 @@ def _write_larger(found: findings.Findings, cfg: ProbeConfig, device: Device, re
         path.unlink(missing_ok=True)
         return None
     config = larger.config
+    top = selection.best_stable(found.trials, record.stable_limit_mb, record.noise.spread, record.budget_mb)
     choice = Choice(trial=config.first, value=config.value, runs=config.runs, peak_mb=config.peak_mb,
-                    best_value=config.value, spread=record.noise.spread)  # fmt: skip
+                    best_value=top.best_value if top else config.value, spread=record.noise.spread)  # fmt: skip
     settings = train_settings_or_defaults(progress)
     predicted = selection.pick_prediction(found.trials, config.first.number, settings.epochs)
     write_best_yaml(path, choice, cfg, device, found.study_name, record, settings, predicted,

@@ -35,6 +35,7 @@ from tuner.train.plan import new_plan
 from tuner.train.records import RunPlan, RunState
 from tuner.train.source import (
     DEFAULT_SHARE,
+    best_params,
     fitted_budget,
     smaller_model_study,
     source_from_config,
@@ -108,9 +109,12 @@ def train_best(
              "plots": plots, "seed": seed}  # fmt: skip
     settings = configs.load_train(settings_file, flags)
     name = study_name_for(study_name, storage, Path(studies_dir), config)
-    run_files = RunFiles(Path(results_dir) / name / checks.run_name(run, "--run"))
+    run_name = checks.run_name(run, "--run")
+    run_files = RunFiles(Path(results_dir) / name / run_name)
     if run_files.config.exists():
         run = _continued_run(run_files, settings, flags, screen, time_limit)
+        if config is not None:
+            _check_same_config(Path(config), run.plan, run_files)
         if run.state.finished:
             screen.say(f"The run in {run_files.root} is finished ({run.state.epochs_done} epochs); nothing to do.",
                        important=True)  # fmt: skip
@@ -133,10 +137,10 @@ def train_best(
         with locked(run_files):
             summary = _train(run_files, run, target, budget, budget_text, screen, runner)
     except NoSmallerConfig as exc:
-        study = _smaller_model(exc, run.plan.study, storage, Path(studies_dir), Path(results_dir), screen)
+        study = _smaller_model(exc, run.plan.study, storage, Path(studies_dir), Path(results_dir), run_name, screen)
         return train_best(study_name=study, storage=storage, studies_dir=studies_dir, results_dir=results_dir,
-                          settings_file=settings_file, epochs=epochs, device=device, memory_budget=memory_budget,
-                          max_restarts=max_restarts, strategy=strategy, val_every=val_every, plots=plots, seed=seed,
+                          run=run_name, settings_file=settings_file, epochs=epochs, device=device,
+                          memory_budget=memory_budget, max_restarts=max_restarts, strategy=strategy, val_every=val_every, plots=plots, seed=seed,
                           train_time=train_time, quiet=quiet, as_json=as_json, runner=runner,
                           at_most=exc.params)  # fmt: skip
     print_summary(summary, screen, as_json)
@@ -144,18 +148,28 @@ def train_best(
 
 
 def _smaller_model(failed: NoSmallerConfig, study: str, storage: str | None, studies_dir: Path, results_dir: Path,
-                   screen: Screen) -> str:  # fmt: skip
+                   run_name: str, screen: Screen) -> str:  # fmt: skip
     """The study train-best falls back to when `study`'s config ran out of memory with nothing smaller left: the
-    next smaller model's, where the study was probed with smaller models (the seed note's fallback); else `failed`."""
+    next smaller model's, where the study was probed with smaller models (the seed note's fallback); else `failed`.
+    Its run goes in the same `--run` folder of that study's results."""
     smaller = smaller_model_study(study, storage, studies_dir)
     if smaller is None or failed.params is None:
         raise failed
     name, model = smaller
     screen.say(f"{str(failed).split(' Raise')[0]} Falling back to the smaller model {model}: study {name!r}, "
-               f"trained as a run of its own in {results_dir / name / 'train'} (this run is kept as it is); a new run "
+               f"trained as a run of its own in {results_dir / name / run_name} (this run is kept as it is); a new run "
                f"starts at its first stable config no larger than {failed.params.imgsz}/{failed.params.batch} "
                "(imgsz/batch), else at its smallest.", important=True)  # fmt: skip
     return name
+
+
+def _check_same_config(config: Path, plan: RunPlan, run_files: RunFiles) -> None:
+    """A run folder trains one config: `--config` naming another one, on a run that exists, is refused, not ignored
+    (a re-probe may have written another larger.yaml since that run began)."""
+    asked = best_params(config)
+    if asked != plan.best:
+        raise ConfigError(f"The run in {run_files.root} trains {plan.best} (from {plan.origin}), not {asked} of "
+                          f"{config}: pass another --run NAME for it, or remove that folder to start it over.")  # fmt: skip
 
 
 def _check_flags(epochs, max_restarts, val_every, strategy, config, train_time, seed=None) -> float | None:

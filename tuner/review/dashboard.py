@@ -52,7 +52,7 @@ def _next_steps(found: Findings) -> list[str]:
     if found.best is not None:
         steps = [f"Train the best stable config: `{found.command}`"]
         larger = found.larger()
-        if larger is not None and larger.yaml_path.exists():
+        if larger is not None and larger.written:
             sample, first = larger.sample, larger.config.first
             steps.append(f"The probes trained on {sample.train_images} of {sample.train_total} train images, and a "
                          f"larger imgsz may train better than its probe says ({describe_params(first.params)}, trial "

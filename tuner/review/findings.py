@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import yaml
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.data.sample import Sample
@@ -132,14 +133,23 @@ class Larger:
 
     config: selection.Summary
     seconds: float | None  # its full training, predicted
-    pick_value: float
+    pick_value: float | None
     pick_seconds: float | None
     sample: Sample
     yaml_path: Path  # where `tuner probe` writes it
     command: str  # train-best of it, in a run beside the pick's
 
+    @property
+    def written(self) -> bool:
+        """Whether larger.yaml holds this config (a study continued since may name another)."""
+        try:
+            return Params.of(yaml.safe_load(self.yaml_path.read_text())) == Params.of(self.config.first.params)
+        except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError, AttributeError):
+            return False
+
     def describe(self) -> str:
         params = Params.of(self.config.first.params)
+        pick = "?" if self.pick_value is None else f"{self.pick_value:.4f}"
         times = ""
         if self.seconds is not None:
             pick = f" against the pick's {training_time.minutes(self.pick_seconds)}" if self.pick_seconds else ""
@@ -147,7 +157,7 @@ class Larger:
         return (f"Probes trained on {self.sample.train_images} of {self.sample.train_total} train images: on data this "
                 "many times their sample a larger imgsz can train better than its probe says (README, \"A larger imgsz "
                 f"on large data\"). The most accurate stable config larger than the pick: {params} -> "
-                f"{self.config.value:.4f} (trial {self.config.first.number}; the pick {self.pick_value:.4f}){times}. "
+                f"{self.config.value:.4f} (trial {self.config.first.number}; the pick {pick}){times}. "
                 "A full training decides it.")  # fmt: skip
 
 
@@ -159,17 +169,17 @@ class TrainRun:
     params: Params  # what its last stage trained with (after any step-down)
     epochs: int
     epochs_planned: int
-    value: float | None  # the study's metric of its final weights
+    value: float | None  # the study's metric of its best.pt (a run stopped early: of its last validated epoch)
     wall_s: float | None
     peak_mem_mb: float | None
     finished: bool
 
 
 def train_runs(folder: Path, metric_name: str) -> tuple[TrainRun, ...]:
-    """The runs under `folder` (results/<study>/) with a summary.json, by folder name; a file that is not a run's
-    summary is passed over."""
+    """The runs under `folder` (results/<study>/) with a summary.json, the pick's `train` first, then by folder name;
+    a file that is not a run's summary is passed over."""
     runs = []
-    for summary_file in sorted(Path(folder).glob("*/summary.json")):
+    for summary_file in sorted(Path(folder).glob("*/summary.json"), key=lambda f: (f.parent.name != "train", f.parent.name)):
         try:
             values = json.loads(summary_file.read_text())
             runs.append(TrainRun(summary_file.parent.name, Params.of(values["stages"][-1]["trained_with"]),
@@ -270,7 +280,7 @@ class Findings:
             return None
         pick = next((trial for trial in self.trials if trial.number == best.trial), None)
         yaml_path = self.results_dir / self.study_name / LARGER_YAML
-        return Larger(found, self.predicted(found.first), best.value or 0.0,
+        return Larger(found, self.predicted(found.first), best.value,
                       None if pick is None else self.predicted(pick), record.sample, yaml_path,
                       f"{self.command} --config {_relative(yaml_path)} --run {LARGER_RUN}")  # fmt: skip
 

@@ -144,8 +144,8 @@ def runs_section(found: Findings) -> str:
         peak = "?" if run.peak_mem_mb is None else f"{run.peak_mem_mb:.0f} MiB"
         rows.append([f"`{run.name}/`", *param_cells(run.params), epochs, _fmt(run.value, 4), wall, peak])
     table = _table(["run", "imgsz", "batch", "mosaic", "mixup", "epochs", found.metric_name, "wall", "peak memory"], rows)
-    return (f"{table}\n\nEach run's best.pt on the whole val split, from its summary.json (the probes' metrics are "
-            "of a few epochs on their sample).")  # fmt: skip
+    return (f"{table}\n\nEach run's best.pt on the whole val split (a run stopped early: its last validated epoch), "
+            "from its summary.json; the probes' metrics are of a few epochs on their sample.")  # fmt: skip
 
 
 def setting_lines(record: StudyRecord) -> str:
@@ -218,7 +218,7 @@ def larger_note(found: Findings) -> str:
     if larger is None:
         return ""
     written = (f" `tuner probe` wrote its training arguments to `{larger.yaml_path}`; train it beside the pick:\n\n"
-               f"```\n{larger.command}\n```") if larger.yaml_path.exists() else ""  # fmt: skip
+               f"```\n{larger.command}\n```") if larger.written else ""  # fmt: skip
     return f"\n\n**A larger imgsz on large data:** {larger.describe()}{written}"
 
 

@@ -252,7 +252,7 @@ def larger_on_more_data(
     largest = largest_runs(trials)
     larger = [Summary.of(runs, largest) for key, runs in stable_configs(trials, limit_mb).items()
               if key not in exclude and runs[0].params["imgsz"] > pick.imgsz]  # fmt: skip
-    return max(larger, key=lambda summary: (summary.value, summary.runs), default=None)
+    return max(larger, key=lambda summary: (summary.value, summary.runs, -summary.peak_mb), default=None)
 
 
 def pick_prediction(trials: Iterable[FrozenTrial], number: int, epochs: int) -> Prediction | None:

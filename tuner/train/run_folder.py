@@ -1,6 +1,6 @@
 """The folder of a train-best run, its lock, its saved plan and state, and what a re-run may change.
 
-Everything of a run lives in `<results-dir>/<study-name>/train/`:
+Everything of a run lives in `<results-dir>/<study-name>/train/` (`--run NAME`: `.../NAME/`):
 
     config.yaml     the resolved plan (inputs, settings, stages), written before the first epoch;
                     a re-run trains with this file, changed only by the flags passed to it
@@ -141,12 +141,12 @@ def check_rerun(
     if strategy is not None and strategy != plan.strategy:
         raise ConfigError(
             f"The run in {root} trains with --strategy {plan.strategy}; re-run without --strategy, "
-            "or pass another --results-dir for a new run."
+            "or pass another --run NAME for a new run."
         )
     if seed is not None and seed != plan.seed:
         raise ConfigError(
             f"The run in {root} trains with --seed {plan.seed}; re-run without --seed, "
-            "or pass another --results-dir (or --study-name with --config) for a run with another seed."
+            "or pass another --run NAME for a run with another seed."
         )
     done = state.epochs_done
     if epochs is None or epochs == plan.epochs:
@@ -154,17 +154,17 @@ def check_rerun(
     if epochs < done:
         raise ConfigError(
             f"--epochs {epochs} is below the {done} epochs the run in {root} has already trained; "
-            f"pass --epochs {done} or more (or leave it out), or another --results-dir for a new run."
+            f"pass --epochs {done} or more (or leave it out), or another --run NAME for a new run."
         )
     if state.finished:
         raise ConfigError(
             f"The run in {root} finished its {plan.epochs} epochs; a finished run cannot be extended "
-            "(Ultralytics stripped its optimizer state). Pass another --results-dir for a new run."
+            "(Ultralytics stripped its optimizer state). Pass another --run NAME for a new run."
         )
     if plan.strategy != "single":
         raise ConfigError(
             f"The run in {root} is a {plan.strategy} run planned for {plan.epochs} epochs; only a "
-            f"single-stage run can change --epochs. Leave --epochs out, or pass another --results-dir."
+            f"single-stage run can change --epochs. Leave --epochs out, or pass another --run NAME."
         )
     setting = plan.settings.close_mosaic if plan.settings else configs.TRAIN_DEFAULTS["close_mosaic"]
     stage = dataclasses.replace(plan.stages[0], epochs=epochs, close_mosaic=close_mosaic(setting, epochs))
@@ -194,5 +194,5 @@ def check_no_foreign_run(run_files: RunFiles) -> None:
         if leftover.exists():
             raise ConfigError(
                 f"{run_files.root} holds {leftover.name} but no config.yaml of tuner; move that folder away or pass "
-                "another --results-dir, so that nothing in it is overwritten."
+                "another --run NAME, so that nothing in it is overwritten."
             )

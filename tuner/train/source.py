@@ -204,6 +204,11 @@ def smaller_model_study(name: str, storage: str | None, studies_dir: Path) -> tu
     return None
 
 
+def best_params(path: Path) -> Params:
+    """The config a best.yaml trains (checked as `source_from_config` checks it)."""
+    return Params.of(_read_best_yaml(path))
+
+
 def _read_best_yaml(path: Path) -> dict[str, Any]:
     """best.yaml's values, each checked as the settings are (tuner.checks); a bad one is one line naming the file."""
     try:
