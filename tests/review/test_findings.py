@@ -18,7 +18,7 @@ from tests.review.test_report import DISTRIBUTIONS, NAME, STUDY_ATTRS, TRIALS, _
 from tuner.data.sample import Sample
 from tuner.params import Params
 from tuner.commands.probe import print_probe_summary, probe_summary
-from tuner.review import findings, report
+from tuner.review import findings, report, runs
 from tuner.study import limits
 from tuner.study.progress import Progress
 from tuner.study.records import StudyRecord
@@ -214,7 +214,7 @@ def test_train_runs_are_read_from_each_runs_summary_and_anything_else_is_passed_
     summary("broken", stages=[])  # no stage: not a run's summary
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "summary.json").write_text("{not json")
-    runs = findings.train_runs(tmp_path, "mAP50-95")
-    assert [(run.name, run.params.imgsz, run.epochs, run.finished) for run in runs] == [("train", 320, 15, True), ("larger", 480, 6, False)]  # the pick's first
-    assert runs[0].value == 0.511 and findings.train_runs(tmp_path, "mAP50")[0].value == 0.8
-    assert findings.train_runs(tmp_path / "none", "mAP50-95") == ()
+    found = runs.train_runs(tmp_path, "mAP50-95")
+    assert [(run.name, run.params.imgsz, run.epochs, run.finished) for run in found] == [("train", 320, 15, True), ("larger", 480, 6, False)]  # the pick's first
+    assert found[0].value == 0.511 and runs.train_runs(tmp_path, "mAP50")[0].value == 0.8
+    assert runs.train_runs(tmp_path / "none", "mAP50-95") == ()

@@ -20,6 +20,7 @@ from tuner.memory.budget import MIB, describe_budget, parse_budget
 from tuner.memory.device import Device
 from tuner.params import Params
 from tuner.review import findings
+from tuner.review import larger as larger_config
 from tuner.study import cost, inputs, limits, probe_budget, selection, space, training_time
 from tuner.study import workers as tuner_workers
 from tuner.study.inputs import Inputs
@@ -230,8 +231,9 @@ def _finish(study, cfg, device, record: StudyRecord, url: str, results_dir: Path
         best = Best(choice.trial.number, Params.of(choice.params), choice.value, choice.peak_mb, choice.runs, str(best_yaml))
     record = dataclasses.replace(record, noise=noise, best=best)
     record.save(study, "noise", "best")
-    larger = _write_larger(findings.read(study, results_dir, url), cfg, device, record, progress)
-    _write_report(study, results_dir, url, progress)
+    found = findings.read(study, results_dir, url)  # with the pick recorded
+    larger = _write_larger(found, cfg, device, record, progress)
+    _write_report(found, results_dir, url, progress)
     hint = None
     if best is not None and not record.space_from_data:  # a derived space reaches the limit by itself
         hint = selection.room_to_grow(best.params.imgsz, best.peak_mem_mb, cfg.space.imgsz, record.stable_limit_mb)
@@ -270,11 +272,11 @@ def _train_time_note(limit_s: float | None, slow: dict[tuple, float], trials, re
 
 
 def _write_larger(found: findings.Findings, cfg: ProbeConfig, device: Device, record: StudyRecord,
-                  progress: Progress) -> findings.Larger | None:  # fmt: skip
+                  progress: Progress) -> larger_config.Larger | None:  # fmt: skip
     """larger.yaml beside best.yaml, where the data is many times the probes' sample and a stable config at a larger
-    imgsz than the pick ran (findings.Larger); an earlier study's file is removed where there is none now."""
-    larger = found.larger()
-    path = found.results_dir / found.study_name / findings.LARGER_YAML
+    imgsz than the pick ran (tuner.review.larger); an earlier study's file is removed where there is none now."""
+    larger = larger_config.of(found)
+    path = found.results_dir / found.study_name / larger_config.LARGER_YAML
     if larger is None:
         path.unlink(missing_ok=True)
         return None
@@ -290,20 +292,19 @@ def _write_larger(found: findings.Findings, cfg: ProbeConfig, device: Device, re
     return larger
 
 
-def larger_summary(larger: findings.Larger) -> dict[str, Any]:
+def larger_summary(larger: larger_config.Larger) -> dict[str, Any]:
     config = larger.config
     return {"trial": config.first.number, "params": Params.of(config.first.params).to_dict(), "value": config.value,
             "train_s_predicted": larger.seconds, "yaml": str(larger.yaml_path), "command": larger.command,
             "line": larger.describe()}  # fmt: skip
 
 
-def _write_report(study: optuna.Study, results_dir: Path, url: str, progress: Progress) -> None:
+def _write_report(found: findings.Findings, results_dir: Path, url: str, progress: Progress) -> None:
     from tuner.review import dashboard, report
 
-    found = findings.read(study, results_dir, url)
     written = report.write_report(found, results_dir)
     dashboard.save_notes(found, url)
-    progress.say(f"Report: {written.get('report.md', results_dir / study.study_name)}")
+    progress.say(f"Report: {written.get('report.md', results_dir / found.study_name)}")
 
 
 def write_best_yaml(

@@ -10,6 +10,7 @@ import optuna
 import optuna_dashboard
 from optuna.trial import TrialState
 
+from tuner.review import larger as larger_config
 from tuner.review.findings import Findings, describe_params
 from tuner.study import records
 from tuner.study.records import TrialRecord
@@ -51,7 +52,7 @@ def _next_steps(found: Findings) -> list[str]:
     name = found.study_name
     if found.best is not None:
         steps = [f"Train the best stable config: `{found.command}`"]
-        larger = found.larger()
+        larger = larger_config.of(found)
         if larger is not None and larger.written:
             sample, first = larger.sample, larger.config.first
             steps.append(f"The probes trained on {sample.train_images} of {sample.train_total} train images, and a "

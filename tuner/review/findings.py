@@ -8,18 +8,16 @@ changes the study. The writers are `tuner.review.report` (files), `tuner.review.
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import optuna
-import yaml
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.data.sample import Sample
 from tuner.params import Params
 from tuner.process.contract import Cause, Outcome
+from tuner.review.runs import TrainRun, train_runs
 from tuner.study import cost, selection, training_time
 from tuner.study.limits import Limits
 from tuner.study.records import Best, StudyRecord, TrialRecord, largest_runs, stable_configs
@@ -122,75 +120,6 @@ class BestConfig(Best):
     recorded: bool = True
 
 
-LARGER_YAML = "larger.yaml"  # beside best.yaml: the larger config's training arguments, as best.yaml's
-LARGER_RUN = "larger"  # its train-best run's folder, beside the pick's train/
-
-
-@dataclasses.dataclass(frozen=True)
-class Larger:
-    """A stable config at a larger imgsz than the pick, on data many times the probes' sample: its full training may
-    end ahead of the pick's though its probe trails (tuner.study.selection.larger_on_more_data)."""
-
-    config: selection.Summary
-    seconds: float | None  # its full training, predicted
-    pick_value: float | None
-    pick_seconds: float | None
-    sample: Sample
-    yaml_path: Path  # where `tuner probe` writes it
-    command: str  # train-best of it, in a run beside the pick's
-
-    @property
-    def written(self) -> bool:
-        """Whether larger.yaml holds this config (a study continued since may name another)."""
-        try:
-            return Params.of(yaml.safe_load(self.yaml_path.read_text())) == Params.of(self.config.first.params)
-        except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError, AttributeError):
-            return False
-
-    def describe(self) -> str:
-        params = Params.of(self.config.first.params)
-        pick = "?" if self.pick_value is None else f"{self.pick_value:.4f}"
-        times = ""
-        if self.seconds is not None:
-            pick = f" against the pick's {training_time.minutes(self.pick_seconds)}" if self.pick_seconds else ""
-            times = f", its full training about {training_time.minutes(self.seconds)}{pick}"
-        return (f"Probes trained on {self.sample.train_images} of {self.sample.train_total} train images: on data this "
-                "many times their sample a larger imgsz can train better than its probe says (README, \"A larger imgsz "
-                f"on large data\"). The most accurate stable config larger than the pick: {params} -> "
-                f"{self.config.value:.4f} (trial {self.config.first.number}; the pick {pick}){times}. "
-                "A full training decides it.")  # fmt: skip
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainRun:
-    """A train-best run of the study that ended, as its summary.json says (results/<study>/<run>/, `--run`)."""
-
-    name: str  # its folder: train (the pick's), larger (larger.yaml's), or another --run
-    params: Params  # what its last stage trained with (after any step-down)
-    epochs: int
-    epochs_planned: int
-    value: float | None  # the study's metric of its best.pt (a run stopped early: of its last validated epoch)
-    wall_s: float | None
-    peak_mem_mb: float | None
-    finished: bool
-
-
-def train_runs(folder: Path, metric_name: str) -> tuple[TrainRun, ...]:
-    """The runs under `folder` (results/<study>/) with a summary.json, the pick's `train` first, then by folder name;
-    a file that is not a run's summary is passed over."""
-    runs = []
-    for summary_file in sorted(Path(folder).glob("*/summary.json"), key=lambda f: (f.parent.name != "train", f.parent.name)):
-        try:
-            values = json.loads(summary_file.read_text())
-            runs.append(TrainRun(summary_file.parent.name, Params.of(values["stages"][-1]["trained_with"]),
-                                 int(values["epochs"]), int(values["epochs_planned"]),
-                                 (values.get("metrics") or {}).get(metric_name), values.get("wall_s"),
-                                 values.get("peak_mem_mb"), bool(values.get("finished"))))  # fmt: skip
-        except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError):
-            continue
-    return tuple(runs)
-
-
 @dataclasses.dataclass(frozen=True)
 class Point:
     """One trial on a plot. `value` is None for trials with no metric (oom, error)."""
@@ -265,24 +194,6 @@ class Findings:
             out.append(Trade(config.first.number, Params.of(config.first.params), config.value, config.runs,
                              selection.config_seconds(runs, self.predicted), config.peak_mb))  # fmt: skip
         return sorted(out, key=lambda trade: (-trade.value, trade.trial))[:count]
-
-    def larger(self) -> Larger | None:
-        """A stable config at a larger imgsz than the pick, where the data is many times the probes' sample
-        (tuner.study.selection.larger_on_more_data), within the study's training time."""
-        record, best = self.record, self.best
-        if best is None or record.stable_limit_mb is None:
-            return None
-        train_time = record.config.train_time if record.config else None
-        slow = selection.too_slow(self.trials, record.stable_limit_mb, self.predicted, train_time)
-        found = selection.larger_on_more_data(self.trials, record.stable_limit_mb, best.params, record.sample,
-                                              exclude=frozenset(slow))  # fmt: skip
-        if found is None:
-            return None
-        pick = next((trial for trial in self.trials if trial.number == best.trial), None)
-        yaml_path = self.results_dir / self.study_name / LARGER_YAML
-        return Larger(found, self.predicted(found.first), best.value,
-                      None if pick is None else self.predicted(pick), record.sample, yaml_path,
-                      f"{self.command} --config {_relative(yaml_path)} --run {LARGER_RUN}")  # fmt: skip
 
     def predicted(self, trial: FrozenTrial) -> float | None:
         """The full training's predicted seconds for the config of `trial` over the planned epochs: as its probe
@@ -461,15 +372,15 @@ def train_best_command(study_name: str, results_dir: Path, url: str | None) -> s
     if url is not None and url != storage_url(None, Path("studies"), study_name):
         path = sqlite_path(url)
         if path is not None and path.stem == study_name:
-            parts += ["--studies-dir", _relative(path.parent)]
+            parts += ["--studies-dir", relative(path.parent)]
         else:
             parts += ["--storage", url]
     if Path(results_dir) != Path("results"):
-        parts += ["--results-dir", _relative(Path(results_dir))]
+        parts += ["--results-dir", relative(Path(results_dir))]
     return " ".join(parts)
 
 
-def _relative(path: Path) -> str:
+def relative(path: Path) -> str:
     try:
         return str(path.resolve().relative_to(Path.cwd()))
     except ValueError:

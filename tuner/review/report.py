@@ -17,6 +17,7 @@ from optuna.trial import FrozenTrial
 
 from tuner import files
 from tuner.review import findings, plots
+from tuner.review import larger as larger_config
 from tuner.review.findings import BestConfig, Findings, MemoryGrid, param_cells, trial_outcome, trial_reason
 from tuner.study import probe_budget, records, selection, training_time
 from tuner.study.records import Noise, StudyRecord, TrialRecord
@@ -214,7 +215,7 @@ def grow_hint(found: Findings) -> str:
 
 def larger_note(found: Findings) -> str:
     """A stable config at a larger imgsz than the pick, where the data is many times the probes' sample."""
-    larger = found.larger()
+    larger = larger_config.of(found)
     if larger is None:
         return ""
     written = (f" `tuner probe` wrote its training arguments to `{larger.yaml_path}`; train it beside the pick:\n\n"
