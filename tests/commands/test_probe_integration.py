@@ -24,8 +24,7 @@ from tuner import config as tuner_config
 from tuner.commands import probe as probe_command
 from tuner.memory import device as devices
 from tuner.review import findings
-from tuner.study import training_time
-from tuner.study.progress import Progress
+from tuner.study import selection, training_time
 from tuner.study.records import StudyRecord, TrialRecord
 
 pytestmark = pytest.mark.integration
@@ -401,7 +400,9 @@ def test_on_data_many_times_the_sample_a_larger_stable_config_is_written_out_and
     whole = dataclasses.replace(found.record.sample, train_images=8, val_images=4)
     found = dataclasses.replace(found, record=dataclasses.replace(found.record, sample=whole))
     cfg = tuner_config.load(None, {})
-    assert probe_command._write_larger(found, cfg, devices.resolve("cpu"), found.record, Progress(1, 1, "mAP50-95", quiet=True)) is None
+    pick = selection.best_stable(study.trials, found.record.stable_limit_mb, None)
+    settings = tuner_config.default_train_settings()
+    assert probe_command._write_larger(found, cfg, devices.resolve("cpu"), found.record, pick, settings) is None
     assert not (results / "larger.yaml").exists() and (results / "best.yaml").exists()
 
 

@@ -223,7 +223,7 @@ def _finish(study, cfg, device, record: StudyRecord, url: str, results_dir: Path
     choice = selection.best_stable(trials, record.stable_limit_mb, noise.spread, record.budget_mb, exclude=frozenset(slow))
     time_note = _train_time_note(cfg.train_time, slow, trials, record, noise.spread, choice)
     best_yaml = results_dir / study.study_name / "best.yaml"
-    best = None
+    best, settings = None, None
     if choice is not None:
         settings = train_settings_or_defaults(progress)
         predicted = selection.pick_prediction(trials, choice.trial.number, settings.epochs)
@@ -232,7 +232,7 @@ def _finish(study, cfg, device, record: StudyRecord, url: str, results_dir: Path
     record = dataclasses.replace(record, noise=noise, best=best)
     record.save(study, "noise", "best")
     found = findings.read(study, results_dir, url)  # with the pick recorded
-    larger = _write_larger(found, cfg, device, record, progress)
+    larger = _write_larger(found, cfg, device, record, choice, settings)
     _write_report(found, results_dir, url, progress)
     hint = None
     if best is not None and not record.space_from_data:  # a derived space reaches the limit by itself
@@ -271,20 +271,19 @@ def _train_time_note(limit_s: float | None, slow: dict[tuple, float], trials, re
     return {"limit_s": limit_s, "over": len(slow), "none_fit": none_fit, "line": line}
 
 
-def _write_larger(found: findings.Findings, cfg: ProbeConfig, device: Device, record: StudyRecord,
-                  progress: Progress) -> larger_config.Larger | None:  # fmt: skip
-    """larger.yaml beside best.yaml, where the data is many times the probes' sample and a stable config at a larger
-    imgsz than the pick ran (tuner.review.larger); an earlier study's file is removed where there is none now."""
-    larger = larger_config.of(found)
+def _write_larger(found: findings.Findings, cfg: ProbeConfig, device: Device, record: StudyRecord, pick: Choice | None,
+                  settings: configs.TrainSettings | None) -> larger_config.Larger | None:  # fmt: skip
+    """larger.yaml beside best.yaml (written with `settings`, as best.yaml was for the `pick`), where the data is many
+    times the probes' sample and a stable config at a larger imgsz than the pick ran (tuner.review.larger); an earlier
+    study's file is removed where there is none now."""
+    larger = larger_config.of(found) if pick is not None and settings is not None else None
     path = found.results_dir / found.study_name / larger_config.LARGER_YAML
     if larger is None:
         path.unlink(missing_ok=True)
         return None
     config = larger.config
-    top = selection.best_stable(found.trials, record.stable_limit_mb, record.noise.spread, record.budget_mb)
     choice = Choice(trial=config.first, value=config.value, runs=config.runs, peak_mb=config.peak_mb,
-                    best_value=top.best_value if top else config.value, spread=record.noise.spread)  # fmt: skip
-    settings = train_settings_or_defaults(progress)
+                    best_value=pick.best_value, spread=record.noise.spread)  # fmt: skip
     predicted = selection.pick_prediction(found.trials, config.first.number, settings.epochs)
     write_best_yaml(path, choice, cfg, device, found.study_name, record, settings, predicted,
                     title=f"Study {found.study_name!r}: the most accurate stable config at a larger imgsz than its pick",
